@@ -1,0 +1,14 @@
+"""facepipe: reproducible data preparation for face-forgery (deepfake) detection research.
+
+Stages (one module and one ``facepipe <stage>`` command each): extract (decord frame sampling, face
+detection, 5-point alignment, tracks) -> frequency views -> WebDataset shards -> train / evaluate.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("facepipe")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["__version__"]

@@ -1,0 +1,167 @@
+"""``facepipe`` command line: thin commands, one per stage. Errors reach the user as one line, exit 1."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from facepipe import __version__
+from facepipe.config import ExtractConfig, load_params, validate_section
+from facepipe.errors import FacepipeError
+
+app = typer.Typer(
+    name="facepipe",
+    help="Reproducible, fast data preparation for face-forgery (deepfake) detection research.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+_STATE = {"verbose": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"facepipe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging and full tracebacks on errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    _STATE["verbose"] = verbose
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        logging.getLogger("facepipe").setLevel(logging.INFO)
+
+
+def _set(d: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        d = d.setdefault(p, {})
+    d[leaf] = value
+
+
+@app.command()
+def extract(
+    video_dir: Path = typer.Option(..., "--video-dir", help="Folder searched recursively for videos."),
+    out: Path = typer.Option(..., "--out", help="Output folder (faces/, faces.parquet, videos.parquet)."),
+    params: Optional[Path] = typer.Option(None, "--params", help="params.yaml to read the 'extract' section from."),
+    sampling: Optional[str] = typer.Option(None, help="Frame sampling: uniform | stride | fps."),
+    num_frames: Optional[int] = typer.Option(None, help="uniform: frames per video (default 32)."),
+    stride: Optional[int] = typer.Option(None, help="stride: keep every k-th frame."),
+    fps: Optional[float] = typer.Option(None, help="fps: frames per second of video."),
+    max_frames: Optional[int] = typer.Option(None, help="stride/fps: at most this many frames per video."),
+    detector: Optional[str] = typer.Option(None, help="auto | mtcnn | scrfd | retinaface."),
+    model_root: Optional[str] = typer.Option(None, help="insightface model root (default ~/.insightface/models)."),
+    max_side: Optional[int] = typer.Option(None, help="Detect on a copy with this longest side (px)."),
+    min_face: Optional[int] = typer.Option(None, help="Smallest face searched for, detection-image px."),
+    min_score: Optional[float] = typer.Option(None, help="Drop faces scoring below this."),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda (onnxruntime provider)."),
+    align: Optional[str] = typer.Option(None, help="arcface (5-point similarity) | box (square box crop)."),
+    size: Optional[int] = typer.Option(None, help="Crop side in pixels (default 256)."),
+    margin: Optional[float] = typer.Option(None, help="Context margin (default 1.3)."),
+    select: Optional[str] = typer.Option(None, help="all | largest: which face tracks to keep."),
+    image_format: Optional[str] = typer.Option(None, "--format", help="png (lossless) | jpg."),
+    jpeg_quality: Optional[int] = typer.Option(None, help="JPEG quality when --format jpg."),
+    workers: int = typer.Option(2, "--workers", "-j", min=0, help="Worker processes (0 = in this process)."),
+    fingerprint: str = typer.Option("stat", help="Change detection for resume: stat (size+mtime) | sha256."),
+    strict: bool = typer.Option(False, help="Exit 1 if any video is decode_error or unsupported."),
+    contact_sheet: bool = typer.Option(True, help="Write OUT/contact_sheet.png of one crop per track."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Turn a folder of videos into aligned face crops plus faces.parquet and videos.parquet.
+
+    Incremental: a re-run skips videos already done with the same parameters and file.
+    """
+    from facepipe.extract import run_extract
+    from facepipe.report import contact_sheet as make_sheet
+
+    base = load_params(params, "extract", ExtractConfig) if params else ExtractConfig()
+    data = base.model_dump()
+    overrides = {
+        "sampling.strategy": sampling, "sampling.num_frames": num_frames, "sampling.stride": stride,
+        "sampling.fps": fps, "sampling.max_frames": max_frames, "detector.name": detector,
+        "detector.model_root": model_root, "detector.max_side": max_side, "detector.min_face_px": min_face,
+        "detector.min_score": min_score, "detector.device": device, "align.mode": align,
+        "align.size": size, "align.margin": margin, "track.select": select,
+        "output.format": image_format, "output.jpeg_quality": jpeg_quality,
+    }
+    for k, v in overrides.items():
+        if v is not None:
+            _set(data, k, v)
+    cfg = validate_section(ExtractConfig, data, "extract options")
+    if fingerprint not in ("stat", "sha256"):
+        raise FacepipeError(f"--fingerprint must be stat or sha256, got '{fingerprint}'")
+    s = run_extract(video_dir, out, cfg, workers=workers, fingerprint=fingerprint, progress=progress)
+    typer.echo(f"extract: {s.processed} videos processed, {s.skipped} skipped (unchanged), "
+               f"{s.faces_written} faces written in {s.seconds:.1f}s with {s.detector}")
+    typer.echo("status: " + ", ".join(f"{k}={v}" for k, v in s.statuses.items()))
+    typer.echo(f"tables: {out / 'videos.parquet'}, {out / 'faces.parquet'}; crops under {out / 'faces'}")
+    if contact_sheet:
+        sheet = make_sheet(out)
+        if sheet is not None:
+            typer.echo(f"contact sheet: {sheet}")
+    bad = s.statuses.get("decode_error", 0) + s.statuses.get("unsupported", 0)
+    if strict and bad:
+        raise FacepipeError(f"--strict: {bad} video(s) could not be decoded or are unsupported "
+                            f"(see status in {out / 'videos.parquet'})")
+
+
+@app.command()
+def example(
+    out: Path = typer.Option(Path("example/videos"), "--out", help="Folder to write the example videos to."),
+    seconds: float = typer.Option(2.0, min=0.2, help="Length of each clip in seconds."),
+) -> None:
+    """Build the small synthetic example video folder from photos shipped inside installed packages."""
+    from facepipe.example import build_example
+
+    d = build_example(out, seconds=seconds)
+    files = sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file())
+    typer.echo(f"example: {len(files)} files in {d}: " + ", ".join(files))
+
+
+@app.command()
+def detectors(
+    model_root: str = typer.Option("~/.insightface/models", help="insightface model root to search."),
+) -> None:
+    """List face detectors and whether each can run here (offline)."""
+    from facepipe.config import DetectorConfig
+    from facepipe.faces import list_detectors, resolve_detector_name
+    from facepipe.faces.insight import find_detector_model
+    from facepipe.faces.mtcnn import mtcnn_weights
+
+    for name in list_detectors():
+        if name == "mtcnn":
+            try:
+                where = str(mtcnn_weights()["pnet"].parent)
+            except FacepipeError as e:
+                where = f"unavailable: {e}"
+        else:
+            p = find_detector_model(name, model_root)
+            where = str(p) if p else f"no pack under {model_root}"
+        typer.echo(f"{name:11s} {where}")
+    typer.echo(f"auto -> {resolve_detector_name(DetectorConfig(model_root=model_root))}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except FacepipeError as e:
+        if _STATE["verbose"]:
+            traceback.print_exc()
+        typer.echo(f"facepipe: error: {e}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo("facepipe: interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,170 @@
+"""Stage parameters as pydantic models, one per ``params.yaml`` section.
+
+``load_params(path, section)`` reads a YAML file and validates one section; every problem is reported
+as one :class:`~facepipe.errors.ConfigError` naming the file, the key and what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal, Optional, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from facepipe.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SamplingConfig(_Section):
+    """Which frames of a video are decoded.
+
+    ``uniform``: ``num_frames`` indices spread evenly over the *decodable* frames, first and last
+    included (``numpy.linspace`` rounded down), as in the FF++ / DeepfakeBench preprocessing (32 frames
+    per video is the field's default). ``stride``: every ``stride``-th frame. ``fps``: ``fps`` frames per
+    second of video time. ``max_frames`` caps ``stride`` and ``fps`` (evenly thinned when exceeded).
+    """
+
+    strategy: Literal["uniform", "stride", "fps"] = "uniform"
+    num_frames: int = Field(32, ge=1)
+    stride: int = Field(10, ge=1)
+    fps: float = Field(1.0, gt=0)
+    max_frames: Optional[int] = Field(None, ge=1)
+
+
+class DetectorConfig(_Section):
+    """Face detector choice and its thresholds.
+
+    ``name``: ``auto`` (an insightface pack found under ``model_root`` if any, else ``mtcnn``),
+    ``mtcnn`` (embedded, offline), ``scrfd`` or ``retinaface`` (insightface model packs).
+    Detection runs on a copy of the frame whose longest side is at most ``max_side`` pixels; boxes and
+    landmarks are mapped back to source-frame pixels. ``min_face_px`` is the smallest face side searched
+    for, in detection-image pixels. Faces scoring below ``min_score`` are dropped.
+    """
+
+    name: Literal["auto", "mtcnn", "scrfd", "retinaface"] = "auto"
+    max_side: int = Field(640, ge=64)
+    min_face_px: int = Field(20, ge=12)
+    min_score: float = Field(0.9, ge=0.0, le=1.0)
+    model_root: str = "~/.insightface/models"
+    pack: Optional[str] = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class AlignConfig(_Section):
+    """How a face becomes a crop.
+
+    ``arcface``: similarity transform (rotation, uniform scale, translation) from the five landmarks
+    onto the ArcFace 112x112 template (insightface ``arcface_dst``), scaled to ``size`` and shrunk about
+    the crop centre by ``margin`` (1.0 = the ArcFace crop; 1.3 = DeepfakeBench's context margin).
+    ``box``: no rotation; a square of side ``max(w, h) * margin`` centred on the detector box, as the
+    FF++ and DFDC reference pipelines crop.
+    """
+
+    mode: Literal["arcface", "box"] = "arcface"
+    size: int = Field(256, ge=32, le=2048)
+    margin: float = Field(1.3, ge=1.0, le=4.0)
+
+
+class TrackConfig(_Section):
+    """Linking faces of one person across sampled frames, and which tracks are kept.
+
+    ``select``: ``all`` keeps every track; ``largest`` keeps the one track with the largest summed face
+    area (the video's main subject). Faces in consecutive sampled frames are linked when their box IoU is
+    at least ``iou`` (Hungarian assignment); a track survives ``max_gap`` sampled frames without a face.
+    """
+
+    select: Literal["all", "largest"] = "all"
+    iou: float = Field(0.3, gt=0.0, le=1.0)
+    max_gap: int = Field(2, ge=0)
+
+
+class OutputConfig(_Section):
+    """Crop encoding: lossless ``png`` (default) or ``jpg`` at ``jpeg_quality``."""
+
+    format: Literal["png", "jpg"] = "png"
+    jpeg_quality: int = Field(95, ge=1, le=100)
+
+
+class ExtractConfig(_Section):
+    """Parameters of the ``extract`` stage (``params.yaml`` section ``extract``)."""
+
+    sampling: SamplingConfig = SamplingConfig()
+    detector: DetectorConfig = DetectorConfig()
+    align: AlignConfig = AlignConfig()
+    track: TrackConfig = TrackConfig()
+    output: OutputConfig = OutputConfig()
+    extensions: tuple[str, ...] = (
+        ".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts",
+    )
+
+    @model_validator(mode="after")
+    def _lower_extensions(self) -> "ExtractConfig":
+        bad = [e for e in self.extensions if not e.startswith(".")]
+        if bad:
+            raise ValueError(f"extensions must start with '.': {bad}")
+        return self
+
+    def params_hash(self, detector_id: str) -> str:
+        """Hash of everything that changes what a video's outputs look like (not workers, not paths).
+
+        Args:
+            detector_id: the resolved detector's ``name@version``, so ``auto`` switching detectors
+                invalidates earlier results.
+
+        Returns:
+            16 hex characters.
+        """
+        payload = self.model_dump(exclude={"extensions"})
+        payload["detector"].pop("device")
+        payload["_detector_id"] = detector_id
+        blob = json.dumps(payload, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _format_validation(err: ValidationError, where: str) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(section)"
+        parts.append(f"{loc}: {e['msg']}")
+    return f"{where}: invalid parameters: " + "; ".join(parts)
+
+
+def validate_section(model: type[M], data: dict | None, where: str) -> M:
+    """Validate a mapping against ``model``.
+
+    Raises:
+        ConfigError: naming ``where`` and every offending key.
+    """
+    try:
+        return model.model_validate(data or {})
+    except ValidationError as e:
+        raise ConfigError(_format_validation(e, where)) from None
+
+
+def load_params(path: str | Path, section: str, model: type[M]) -> M:
+    """Read ``section`` of a YAML params file and validate it with ``model``.
+
+    A missing section gives the model's defaults.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or the section does not validate.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: params file not found")
+    try:
+        doc = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{p}: expected a mapping of sections at the top level")
+    return validate_section(model, doc.get(section), f"{p} [{section}]")

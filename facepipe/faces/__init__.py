@@ -1,0 +1,99 @@
+"""Face detection, alignment and tracking.
+
+``create_detector(name, **options)`` is the single factory; ``list_detectors()`` names what is
+registered. Every detector returns :class:`~facepipe.faces.types.Face` objects: box ``xyxy`` and five
+landmarks in source-frame pixels, and a score.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from typing import Callable
+
+from facepipe.config import DetectorConfig
+from facepipe.errors import DetectorError
+from facepipe.faces.base import FaceDetector
+from facepipe.faces.types import LANDMARK_ORDER, Face
+
+log = logging.getLogger(__name__)
+
+_REGISTRY: dict[str, Callable[..., FaceDetector]] = {}
+
+
+def register_detector(name: str) -> Callable[[Callable[..., FaceDetector]], Callable[..., FaceDetector]]:
+    """Decorator adding a detector factory ``fn(cfg: DetectorConfig, threads: int) -> FaceDetector``."""
+
+    def deco(fn: Callable[..., FaceDetector]) -> Callable[..., FaceDetector]:
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def list_detectors() -> list[str]:
+    """Registered detector names, sorted (``auto`` resolves to one of them)."""
+    return sorted(_REGISTRY)
+
+
+@register_detector("mtcnn")
+def _mtcnn(cfg: DetectorConfig, threads: int = 0) -> FaceDetector:
+    from facepipe.faces.mtcnn import MTCNN
+
+    return MTCNN(max_side=cfg.max_side, min_score=cfg.min_score, min_face_px=cfg.min_face_px,
+                 device=cfg.device, threads=threads)
+
+
+def _insight(kind: str) -> Callable[..., FaceDetector]:
+    def make(cfg: DetectorConfig, threads: int = 0) -> FaceDetector:
+        from facepipe.faces.insight import InsightFaceDetector, find_detector_model
+
+        path = find_detector_model(kind, cfg.model_root, cfg.pack)
+        if path is None:
+            where = f"{cfg.model_root}/{cfg.pack}" if cfg.pack else cfg.model_root
+            raise DetectorError(
+                f"no {kind} model pack under {where}: put one there (e.g. buffalo_l with det_10g.onnx, "
+                f"fetched once with 'insightface-cli model.download buffalo_l') or use detector 'mtcnn'")
+        return InsightFaceDetector(kind, path, max_side=cfg.max_side, min_score=cfg.min_score,
+                                   device=cfg.device)
+
+    return make
+
+
+register_detector("scrfd")(_insight("scrfd"))
+register_detector("retinaface")(_insight("retinaface"))
+
+
+def resolve_detector_name(cfg: DetectorConfig) -> str:
+    """The concrete detector ``cfg.name`` stands for (``auto``: scrfd if a pack is found locally, else mtcnn)."""
+    if cfg.name != "auto":
+        return cfg.name
+    from facepipe.faces.insight import find_detector_model
+
+    return "scrfd" if find_detector_model("scrfd", cfg.model_root, cfg.pack) is not None else "mtcnn"
+
+
+def create_detector(cfg: DetectorConfig | str, threads: int = 0) -> FaceDetector:
+    """Build the detector ``cfg`` names.
+
+    Args:
+        cfg: a :class:`DetectorConfig`, or just a name with default options.
+        threads: onnxruntime intra-op threads (0 = its default).
+
+    Raises:
+        DetectorError: unknown name (close matches listed) or missing model files.
+    """
+    if isinstance(cfg, str):
+        if cfg not in _REGISTRY and cfg != "auto":
+            close = difflib.get_close_matches(cfg, list_detectors(), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise DetectorError(f"unknown detector '{cfg}' (known: {', '.join(list_detectors())}){hint}")
+        cfg = DetectorConfig(name=cfg)
+    name = resolve_detector_name(cfg)
+    det = _REGISTRY[name](cfg, threads)
+    log.info("face detector: %s", det.id)
+    return det
+
+
+__all__ = ["Face", "FaceDetector", "LANDMARK_ORDER", "create_detector", "list_detectors",
+           "register_detector", "resolve_detector_name"]

