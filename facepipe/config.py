@@ -50,7 +50,7 @@ class DetectorConfig(_Section):
     name: Literal["auto", "mtcnn", "scrfd", "retinaface"] = "auto"
     max_side: int = Field(640, ge=64)
     min_face_px: int = Field(20, ge=12)
-    min_score: float = Field(0.9, ge=0.0, le=1.0)
+    min_score: float = Field(0.95, ge=0.0, le=1.0)
     model_root: str = "~/.insightface/models"
     pack: Optional[str] = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -75,12 +75,16 @@ class TrackConfig(_Section):
     """Linking faces of one person across sampled frames, and which tracks are kept.
 
     ``select``: ``all`` keeps every track; ``largest`` keeps the one track with the largest summed face
-    area (the video's main subject). Faces in consecutive sampled frames are linked when their box IoU is
-    at least ``iou`` (Hungarian assignment); a track survives ``max_gap`` sampled frames without a face.
+    area (the video's main subject). A face continues a track when its box centre moved at most
+    ``max_shift`` face sizes per sampled frame since the track's last face and its size changed by at
+    most a factor ``max_scale``; ties are resolved globally by Hungarian assignment on the shift. Sampled
+    frames are often far apart (32 frames over 10 s), so box IoU alone breaks tracks of walking people.
+    A track survives ``max_gap`` sampled frames without a face.
     """
 
     select: Literal["all", "largest"] = "all"
-    iou: float = Field(0.3, gt=0.0, le=1.0)
+    max_shift: float = Field(1.5, gt=0.0)
+    max_scale: float = Field(2.0, ge=1.0)
     max_gap: int = Field(2, ge=0)
 
 

@@ -102,6 +102,7 @@ def probe(path: str | Path) -> VideoInfo:
         try:
             first = next(container.decode(st))
             rotation = int(round(getattr(first, "rotation", 0) or 0))
+            rotation = (rotation + 179) % 360 - 179  # one of 0, 90, -90, 180
         except StopIteration:
             raise VideoError(f"{p}: video stream holds no decodable frame") from None
         except av.error.FFmpegError as e:

@@ -1,0 +1,63 @@
+"""Shared fixtures. Real third-party media are read from ../shared/data/real when present (never copied);
+everything else is made inside the tests from photos shipped in installed packages."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facepipe.config import ExtractConfig
+from facepipe.example import camera_frames, package_photo, write_video
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+
+needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"real test media not present at {REAL}")
+
+
+@pytest.fixture(scope="session")
+def real_manifest() -> dict[str, dict]:
+    if not REAL.is_dir():
+        pytest.skip(f"real test media not present at {REAL}")
+    with open(REAL / "MANIFEST.csv", newline="") as f:
+        return {r["path"]: r for r in csv.DictReader(f)}
+
+
+@pytest.fixture(scope="session")
+def t1() -> np.ndarray:
+    """insightface's t1.jpg: (886, 1280, 3) uint8 RGB, six faces."""
+    return package_photo("t1.jpg")
+
+
+@pytest.fixture(scope="session")
+def mtcnn():
+    from facepipe.faces.mtcnn import MTCNN
+
+    return MTCNN(max_side=1280, min_score=0.95)
+
+
+@pytest.fixture(scope="session")
+def face_video_dir(tmp_path_factory, t1) -> Path:
+    """A folder with two short real-photo clips: six faces panning, and one face (Tom Hanks)."""
+    d = tmp_path_factory.mktemp("videos")
+    pan = camera_frames(t1, (640, 360), 20, (420, 330, 0.62), (860, 330, 0.62))
+    write_video(d / "group" / "poker.pan.mp4", pan, fps=10)
+    tom = package_photo("Tom_Hanks_54745.png")
+    canvas = np.full((360, 640, 3), 100, np.uint8)
+    import cv2
+
+    canvas[68:292, 208:432] = cv2.resize(tom, (224, 224), interpolation=cv2.INTER_CUBIC)
+    write_video(d / "single.mp4", camera_frames(canvas, (640, 360), 12, (310, 180, 1.0), (330, 185, 1.1)), fps=10)
+    return d
+
+
+@pytest.fixture()
+def small_cfg() -> ExtractConfig:
+    """Fast settings for tests: 8 uniform frames, 128 px crops, mtcnn."""
+    return ExtractConfig.model_validate({
+        "sampling": {"strategy": "uniform", "num_frames": 8},
+        "detector": {"name": "mtcnn"},
+        "align": {"size": 128},
+    })

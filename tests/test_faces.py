@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from facepipe.config import AlignConfig, TrackConfig
+from facepipe.errors import DetectorError
+from facepipe.faces import create_detector, list_detectors
+from facepipe.faces.align import (arcface_template, box_matrix, face_matrix, similarity_matrix,
+                                  transform_points, warp_crop)
+from facepipe.faces.track import link_tracks
+from facepipe.faces.types import Face
+from tests.conftest import REAL, needs_real
+
+
+def _rgb(path):
+    return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def test_mtcnn_finds_the_six_faces_of_t1(mtcnn, t1):
+    faces = mtcnn.detect([t1])[0]
+    assert len(faces) == 6
+    for f in faces:
+        le, re, nose, lm, rm = f.landmarks
+        x1, y1, x2, y2 = f.box
+        assert le[0] < re[0] and lm[0] < rm[0]  # subject's left/right as seen in the image
+        assert max(le[1], re[1]) < nose[1] < min(lm[1], rm[1]) + 5
+        assert np.all((f.landmarks >= [x1 - 5, y1 - 5]) & (f.landmarks <= [x2 + 5, y2 + 5]))
+        assert f.score >= 0.95 and 40 < f.size_px < 250
+
+
+def test_mtcnn_batch_equals_single(mtcnn, t1):
+    a = t1[:400, :640].copy()
+    b = t1[400:800, 640:1280].copy()
+    single = [mtcnn.detect([x])[0] for x in (a, b)]
+    batched = mtcnn.detect(np.stack([a, b]))
+    for s, bt in zip(single, batched):
+        assert len(s) == len(bt)
+        for fs, fb in zip(s, bt):
+            np.testing.assert_allclose(fs.box, fb.box, atol=1e-3)
+
+
+def test_downscaled_detection_maps_back_to_source_pixels(t1):
+    from facepipe.faces.mtcnn import MTCNN
+
+    full = MTCNN(max_side=1280).detect([t1])[0]
+    small = MTCNN(max_side=640).detect([t1])[0]
+    assert len(full) == len(small) == 6
+    cf = np.array(sorted(((f.box[:2] + f.box[2:]) / 2).tolist() for f in full))
+    cs = np.array(sorted(((f.box[:2] + f.box[2:]) / 2).tolist() for f in small))
+    np.testing.assert_allclose(cf, cs, atol=8)  # same faces, in full-resolution coordinates
+
+
+@needs_real
+@pytest.mark.parametrize("name,count", [("faces/multiface.jpg", 6), ("faces/two_people.jpg", 2),
+                                        ("faces/dlib_2007_007763.jpg", 7), ("noface/horses.jpg", 0),
+                                        ("noface/no_face.jpg", 0)])
+def test_mtcnn_counts_on_real_photos(mtcnn, name, count):
+    assert len(mtcnn.detect([_rgb(REAL / "images" / name)])[0]) == count
+
+
+def test_unknown_detector_lists_close_matches():
+    with pytest.raises(DetectorError, match="did you mean mtcnn"):
+        create_detector("mtcn")
+    assert {"mtcnn", "scrfd", "retinaface"} <= set(list_detectors())
+
+
+def test_similarity_recovers_a_known_transform():
+    tmpl = arcface_template(256, 1.3)
+    ang, s, t = np.deg2rad(20), 0.7, np.array([300.0, 120.0])
+    r = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
+    src = ((tmpl - 128) / s) @ r.T + t  # landmarks of a rotated, scaled face in a frame
+    m = similarity_matrix(src, 256, 1.3)
+    np.testing.assert_allclose(transform_points(src, m), tmpl, atol=1e-6)
+
+
+def test_box_matrix_square_and_centred():
+    m = box_matrix(np.array([100, 50, 180, 170]), 200, margin=1.0)  # 80x120 box -> 120 square
+    c = transform_points(np.array([[139.5, 109.5]]), m)  # centre pixel of the box
+    np.testing.assert_allclose(c, [[99.5, 99.5]], atol=1e-6)
+    assert m[0, 0] == pytest.approx(200 / 120) and m[0, 1] == 0 and m[1, 0] == 0
+
+
+def test_aligned_crop_puts_eyes_on_the_template(mtcnn, t1):
+    """Re-detect on each aligned crop: the eyes land where the matrix sends the source landmarks, and
+    near the template. t1's faces are tilted and turned, where five points cannot all sit on the
+    template; the strict per-crop bound on frontal faces is in test_real.py."""
+    cfg = AlignConfig(mode="arcface", size=256, margin=1.3)
+    tmpl = arcface_template(256, 1.3)
+    to_template, to_mapped = [], []
+    for f in mtcnn.detect([t1])[0]:
+        m = face_matrix(f.box, f.landmarks, cfg)
+        crop = warp_crop(t1, m, 256)
+        again = mtcnn.detect([crop])[0]
+        assert again, "no face found again on the aligned crop"
+        eyes = again[0].landmarks[:2]
+        to_template.append(np.abs(eyes - tmpl[:2]).max())
+        to_mapped.append(np.abs(eyes - transform_points(f.landmarks[:2], m)).max())
+    assert np.median(to_mapped) < 4.0 and max(to_mapped) < 16.0
+    assert np.median(to_template) < 8.0
+
+
+def _face(cx, cy, s=40.0):
+    return Face(box=[cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2], landmarks=np.zeros((5, 2)), score=0.99)
+
+
+def test_tracks_follow_fast_movers_and_survive_gaps():
+    cfg = TrackConfig(max_shift=1.5, max_gap=1)
+    # person A walks 50 px (1.25 face sizes) per sampled frame; person B stands still and is missed once.
+    frames = [[_face(100 + 50 * t, 100), _face(400, 300, 60)] for t in range(5)]
+    frames[2] = [frames[2][0]]
+    ids = link_tracks(frames, cfg)
+    a = [f[0] for f in ids]
+    b = [f[1] for f in ids if len(f) > 1]
+    assert len(set(a)) == 1 and len(set(b)) == 1 and a[0] != b[0]
+    assert b[0] == 0  # the larger face is track 0
+
+
+def test_tracks_split_on_jumps_and_size_changes():
+    cfg = TrackConfig(max_shift=1.0, max_scale=1.5, max_gap=0)
+    ids = link_tracks([[_face(100, 100)], [_face(300, 100)], [_face(300, 100, 120)]], cfg)
+    assert len({i[0] for i in ids}) == 3

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from facepipe.config import SamplingConfig
+from facepipe.errors import VideoError
+from facepipe.example import truncate_copy, write_audio_only, write_video
+from facepipe.video import probe, read_frames, sample_indices
+from tests.conftest import REAL, needs_real
+
+
+@pytest.mark.parametrize("n", [1, 5, 31, 32, 33, 300, 1001])
+def test_uniform_spreads_over_all_frames(n):
+    idx = sample_indices(n, 25.0, SamplingConfig(num_frames=32))
+    assert len(idx) == min(32, n)
+    assert idx[0] == 0 and idx[-1] == n - 1
+    assert np.all(np.diff(idx) > 0)
+    if n > 32:  # evenly spread: gaps differ by at most one frame
+        gaps = np.diff(idx)
+        assert gaps.max() - gaps.min() <= 1
+
+
+def test_stride_fps_and_cap():
+    assert sample_indices(25, 25.0, SamplingConfig(strategy="stride", stride=10)).tolist() == [0, 10, 20]
+    idx = sample_indices(250, 25.0, SamplingConfig(strategy="fps", fps=2.0))  # 10 s at 25 fps
+    assert len(idx) == 20 and np.all(np.diff(idx) == 12) or np.all(np.isin(np.diff(idx), [12, 13]))
+    capped = sample_indices(1000, 25.0, SamplingConfig(strategy="stride", stride=1, max_frames=7))
+    assert len(capped) == 7 and capped[0] == 0 and capped[-1] == 999
+    assert len(sample_indices(0, 25.0, SamplingConfig())) == 0
+
+
+def _marker_frames(n: int, h: int, w: int) -> np.ndarray:
+    """Frames with a white block in the top-left quarter and the frame number in a bottom bar."""
+    f = np.zeros((n, h, w, 3), np.uint8)
+    f[:, : h // 4, : w // 4] = 255
+    for i in range(n):
+        f[i, -16:, :] = (i * 20) % 256
+    return f
+
+
+@pytest.mark.parametrize("rotation", [-90, 90, 180])
+def test_rotation_metadata_gives_upright_frames(tmp_path, rotation):
+    upright = _marker_frames(6, 320, 240) if rotation % 180 else _marker_frames(6, 240, 320)
+    k = rotation // 90  # display = rot90(coded, k)  =>  coded = rot90(upright, -k)
+    coded = np.ascontiguousarray(np.rot90(upright, -k, axes=(1, 2)))
+    path = write_video(tmp_path / "rot.mp4", coded, fps=10, rotation=rotation)
+    info = probe(path)
+    assert info.rotation == rotation
+    assert (info.height, info.width) == upright.shape[1:3]
+    got = read_frames(path, info, SamplingConfig(num_frames=6))
+    assert got.frames.shape == upright.shape
+    # The white block is back in the top-left quarter.
+    tl = got.frames[:, : upright.shape[1] // 4, : upright.shape[2] // 4].mean()
+    br = got.frames[:, upright.shape[1] // 2: -20, upright.shape[2] // 2:].mean()
+    assert tl > 200 and br < 40
+
+
+def test_truncated_file_samples_from_decodable_frames(tmp_path, t1):
+    from facepipe.example import camera_frames
+
+    full = write_video(tmp_path / "full.mp4", camera_frames(t1, (320, 240), 60, (640, 400, 0.3), (660, 420, 0.35)))
+    cut = truncate_copy(full, tmp_path / "cut.mp4", keep=0.4)
+    info = probe(cut)
+    assert info.frames_header == 60  # the header still claims every frame
+    got = read_frames(cut, info, SamplingConfig(num_frames=8))
+    assert 0 < got.frames_decodable < 60
+    assert got.indices.max() < got.frames_decodable
+    assert got.indices[-1] == got.frames_decodable - 1  # spread over what decodes, up to its end
+    assert got.decode_error and "header frames" in got.decode_error
+
+
+def test_bad_files_raise_with_status(tmp_path):
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.mp4"
+    text.write_text("hello\n" * 100)
+    audio = write_audio_only(tmp_path / "audio.mp4")
+    for path, status, words in [(empty, "decode_error", "empty file"), (text, "unsupported", "not a video"),
+                                (audio, "unsupported", "no video stream")]:
+        with pytest.raises(VideoError) as e:
+            probe(path)
+        assert e.value.status == status and words in str(e.value) and str(path) in str(e.value)
+
+
+@needs_real
+def test_real_corrupted_mp4_counts_decodable_frames():
+    p = REAL / "videos/edge/corrupted.mp4"
+    info = probe(p)
+    got = read_frames(p, info, SamplingConfig(num_frames=32))
+    assert info.frames_header == 50
+    assert got.frames_decodable == 28  # PyAV/FFmpeg decode 28 frames, then invalid NAL units
+    assert len(got.indices) == 28 and got.decode_error
+
+
+@needs_real
+def test_real_rotated_mov_is_upright():
+    p = REAL / "videos/noface/video_90.mov"
+    info = probe(p)
+    assert info.rotation == -90 and (info.width, info.height) == (320, 568)
+    got = read_frames(p, info, SamplingConfig())
+    assert got.frames.shape[1:] == (568, 320, 3)
