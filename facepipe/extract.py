@@ -225,7 +225,7 @@ def process_video(job: VideoJob, out_dir: str, params_hash: str, sha256: str | N
     """
     from facepipe.faces.align import face_matrix, warp_crop
     from facepipe.faces.track import link_tracks
-    from facepipe.video import probe, read_frames
+    from facepipe.video import FrameSampler, probe
 
     cfg = cfg or _WORKER["cfg"]
     detector = detector or _WORKER["detector"]
@@ -238,59 +238,71 @@ def process_video(job: VideoJob, out_dir: str, params_hash: str, sha256: str | N
     face_rows: list[dict] = []
     final_dir = out / "faces" / job.video_id
     tmp_dir = out / "faces" / f".{job.video_id}.tmp-{os.getpid()}"
+    ext = cfg.output.format
     try:
         info = probe(job.path)
         row.update(fps=info.fps, frames_header=info.frames_header, width=info.width, height=info.height,
                    rotation=info.rotation, duration_s=info.duration_s, codec=info.codec)
-        sampled = read_frames(job.path, info, cfg.sampling)
-        row.update(frames_decoded=sampled.frames_decodable, frames_sampled=len(sampled.indices))
-        faces = detector.detect(sampled.frames)
-        tracks = link_tracks(faces, cfg.track)
-        keep_tracks = {0} if cfg.track.select == "largest" else None
         shutil.rmtree(tmp_dir, ignore_errors=True)
         tmp_dir.mkdir(parents=True)
-        ext = cfg.output.format
-        kept_tracks: set[int] = set()
-        for frame, fidx, ts, ffaces, ftracks in zip(sampled.frames, sampled.indices, sampled.timestamps_s,
-                                                   faces, tracks):
-            for face, tid in zip(ffaces, ftracks):
-                if keep_tracks is not None and tid not in keep_tracks:
+        # Stream chunks of frames: detect, crop and write each face under a provisional name; track
+        # ids are known only once every sampled frame has been seen.
+        sampler = FrameSampler(job.path, info, cfg.sampling)
+        per_frame: list[list] = []  # per sampled frame: [(face, matrix, provisional name)]
+        frame_meta: list[tuple[int, float]] = []
+        for chunk in sampler:
+            for frame, fidx, ts, ffaces in zip(chunk.frames, chunk.indices, chunk.timestamps_s,
+                                               detector.detect(chunk.frames)):
+                kept = []
+                for k, face in enumerate(ffaces):
+                    try:
+                        m = face_matrix(face.box, face.landmarks, cfg.align)
+                    except ValueError as e:
+                        log.warning("%s frame %d: face skipped: %s", job.rel, fidx, e)
+                        continue
+                    name = f"{int(fidx):06d}_f{k}.{ext}"
+                    crop = warp_crop(frame, m, cfg.align.size)
+                    (tmp_dir / name).write_bytes(_encode(crop, ext, cfg.output.jpeg_quality))
+                    kept.append((face, m, name))
+                per_frame.append(kept)
+                frame_meta.append((int(fidx), float(ts)))
+        row.update(frames_decoded=sampler.frames_decodable, frames_sampled=sampler.n_sampled)
+        tracks = link_tracks([[f for f, _, _ in kept] for kept in per_frame], cfg.track)
+        for (fidx, ts), kept, tids in zip(frame_meta, per_frame, tracks):
+            for (face, m, tmp_name), tid in zip(kept, tids):
+                if cfg.track.select == "largest" and tid != 0:
+                    (tmp_dir / tmp_name).unlink()
                     continue
-                try:
-                    m = face_matrix(face.box, face.landmarks, cfg.align)
-                except ValueError as e:
-                    log.warning("%s frame %d: face skipped: %s", job.rel, fidx, e)
-                    continue
-                crop = warp_crop(frame, m, cfg.align.size)
-                name = f"{int(fidx):06d}_{tid}.{ext}"
-                (tmp_dir / name).write_bytes(_encode(crop, ext, cfg.output.jpeg_quality))
-                kept_tracks.add(tid)
+                name = f"{fidx:06d}_{tid}.{ext}"
+                os.replace(tmp_dir / tmp_name, tmp_dir / name)
                 face_rows.append({
-                    "video_id": job.video_id, "frame_index": int(fidx), "timestamp_s": float(ts),
+                    "video_id": job.video_id, "frame_index": fidx, "timestamp_s": ts,
                     "track_id": int(tid), "box": face.box.tolist(), "landmarks": face.landmarks.tolist(),
                     "score": face.score, "face_size_px": face.size_px, "affine": m.tolist(),
                     "crop_path": f"faces/{job.video_id}/{name}", "crop_mode": cfg.align.mode,
                     "crop_size": cfg.align.size, "detector": detector.name,
                     "detector_version": detector.version,
                 })
-        row.update(n_faces=len(face_rows), n_tracks=len(kept_tracks))
-        if sampled.decode_error:
-            row.update(status="decode_error", message=sampled.decode_error + "; faces taken from the "
+        row.update(n_faces=len(face_rows), n_tracks=len({r["track_id"] for r in face_rows}))
+        if sampler.decode_error:
+            row.update(status="decode_error", message=sampler.decode_error + "; faces taken from the "
                        "decodable frames")
         elif face_rows:
             msg = None
-            if info.frames_header and sampled.frames_decodable != info.frames_header:
-                msg = (f"header says {info.frames_header} frames, {sampled.frames_decodable} decode; "
+            if info.frames_header and sampler.frames_decodable != info.frames_header:
+                msg = (f"header says {info.frames_header} frames, {sampler.frames_decodable} decode; "
                        "sampled from the decodable ones")
             row.update(status="ok", message=msg)
         else:
             row.update(status="no_face", message=f"no face scoring >= {detector.min_score} in "
-                       f"{len(sampled.indices)} sampled frames")
+                       f"{sampler.n_sampled} sampled frames")
     except VideoError as e:
         row.update(status=e.status, message=str(e))
     except Exception as e:  # a bug or an unforeseen file: keep the run going, say so loudly
         log.error("%s: unexpected error:\n%s", job.rel, traceback.format_exc())
-        row.update(status="decode_error", message=f"unexpected error: {type(e).__name__}: {e}")
+        row.update(status="decode_error", message=f"unexpected error: {type(e).__name__}: {e}",
+                   n_faces=0, n_tracks=0)
+        face_rows = []  # publish nothing half-done for this video
     row["seconds"] = time.perf_counter() - t0
 
     # Publish: crops folder first (rename), then the face rows, then the video row (marks done).

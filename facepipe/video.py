@@ -16,6 +16,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -155,81 +156,129 @@ def sample_indices(n_frames: int, fps: float, cfg: SamplingConfig) -> np.ndarray
     return idx
 
 
-def read_frames(path: str | Path, info: VideoInfo, cfg: SamplingConfig) -> SampledFrames:
-    """Decode the sampled frames of ``path``.
+class FrameSampler:
+    """Decode the sampled frames of one video in chunks of bounded memory.
 
-    Tries decord first (``get_batch`` decodes only up to the last sampled frame and skips
-    conversion of the rest); when decord fails, counts decodable frames with PyAV and samples again.
+    Iterating yields :class:`SampledFrames` chunks of at most ``chunk_size`` frames in increasing frame
+    order. decord is used first (``get_batch`` decodes only up to each chunk's last frame and skips
+    converting the others). When decord fails, the frames that really decode are counted with PyAV
+    and the sample is drawn again from those; chunks already delivered are kept and the new sample
+    continues after the last delivered frame (with the default ``uniform`` 32 frames there is a single
+    chunk, so the sample is exactly the one drawn over the decodable frames).
+
+    After iteration, ``frames_decodable`` and ``decode_error`` describe the file.
 
     Args:
         path: the video file.
         info: its :func:`probe` result.
         cfg: the sampling strategy.
+        chunk_size: frames per chunk (memory: ``chunk_size * H * W * 3`` bytes).
+
+    Raises:
+        VideoError: (while iterating) no frame decodes at all.
+    """
+
+    def __init__(self, path: str | Path, info: VideoInfo, cfg: SamplingConfig, chunk_size: int = 64) -> None:
+        self.path = str(path)
+        self.info = info
+        self.cfg = cfg
+        self.chunk_size = int(chunk_size)
+        self.frames_decodable = 0
+        self.decode_error: str | None = None
+        self.n_sampled = 0
+
+    def __iter__(self) -> Iterator[SampledFrames]:
+        import decord
+
+        last = -1
+        try:
+            vr = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=1)
+            n = len(vr)
+            idx = sample_indices(n, self.info.fps, self.cfg)
+            if len(idx) == 0:
+                raise VideoError(f"{self.path}: decord found no frames")
+            expected = (self.info.height, self.info.width, 3)
+            for k in range(0, len(idx), self.chunk_size):
+                part = idx[k:k + self.chunk_size]
+                frames = vr.get_batch(part.tolist()).asnumpy()
+                if frames.shape[1:] != expected:
+                    # decord's rotation filter mis-sizes some small rotated streams; trust PyAV then.
+                    raise RuntimeError(f"decord gave frames of shape {frames.shape[1:]}, expected {expected}")
+                ts = vr.get_frame_timestamp(part.tolist())[:, 0].astype(np.float64)
+                self.frames_decodable = n
+                self.n_sampled += len(part)
+                last = int(part[-1])
+                yield SampledFrames(frames, part, ts, n, None)
+            return
+        except VideoError:
+            raise
+        except Exception as e:  # decord raises DECORDError / RuntimeError without a stable type
+            msg = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
+            log.info("%s: decord could not deliver the sample (%s); recounting decodable frames with PyAV",
+                     self.path, msg)
+        yield from self._pyav(after=last)
+
+    def _pyav(self, after: int) -> Iterator[SampledFrames]:
+        import av
+
+        n, err = 0, None
+        try:
+            with av.open(self.path) as c:
+                for _ in c.decode(c.streams.video[0]):
+                    n += 1
+        except av.error.FFmpegError as e:
+            err = str(e)
+        if n == 0:
+            raise VideoError(f"{self.path}: no frame decodes" + (f": {err}" if err else ""))
+        self.frames_decodable = n
+        if err is not None:
+            self.decode_error = f"decoder error after {n} of {self.info.frames_header} header frames: {err}"
+        idx = sample_indices(n, self.info.fps, self.cfg)
+        keep = set(idx[idx > after].tolist())
+        rot = int(round(self.info.rotation / 90)) % 4
+        buf: list[tuple[int, float, np.ndarray]] = []
+        count = 0
+        try:
+            with av.open(self.path) as c:
+                for frame in c.decode(c.streams.video[0]):
+                    if count >= n:
+                        break
+                    if count in keep:
+                        arr = frame.to_ndarray(format="rgb24")
+                        if rot:
+                            arr = np.ascontiguousarray(np.rot90(arr, rot))
+                        t = float(frame.time) if frame.time is not None else count / (self.info.fps or 25.0)
+                        buf.append((count, t, arr))
+                        if len(buf) == self.chunk_size:
+                            yield self._chunk(buf, n)
+                            buf = []
+                    count += 1
+        except av.error.FFmpegError:
+            pass  # the error was recorded by the counting pass
+        if buf:
+            yield self._chunk(buf, n)
+
+    def _chunk(self, buf: list[tuple[int, float, np.ndarray]], n: int) -> SampledFrames:
+        self.n_sampled += len(buf)
+        return SampledFrames(np.stack([b[2] for b in buf]), np.array([b[0] for b in buf], dtype=np.int64),
+                             np.array([b[1] for b in buf], dtype=np.float64), n, self.decode_error)
+
+
+def read_frames(path: str | Path, info: VideoInfo, cfg: SamplingConfig) -> SampledFrames:
+    """Decode all sampled frames of ``path`` at once (see :class:`FrameSampler` for the streaming form).
+
+    Returns:
+        One :class:`SampledFrames` holding every sampled frame.
 
     Raises:
         VideoError: no frame decodes at all.
     """
-    import decord
-
-    p = str(path)
-    try:
-        vr = decord.VideoReader(p, ctx=decord.cpu(0), num_threads=1)
-        n = len(vr)
-        idx = sample_indices(n, info.fps, cfg)
-        if len(idx) == 0:
-            raise VideoError(f"{p}: decord found no frames")
-        frames = vr.get_batch(idx.tolist()).asnumpy()
-        ts = vr.get_frame_timestamp(idx.tolist())[:, 0].astype(np.float64)
-        del vr
-        if frames.shape[1:] != (info.height, info.width, 3):
-            # decord's rotation filter mis-sizes some small rotated streams; trust PyAV then.
-            raise RuntimeError(f"decord gave frames of shape {frames.shape[1:]}, expected "
-                               f"{(info.height, info.width, 3)}")
-        return SampledFrames(frames, idx, ts, n, None)
-    except VideoError:
-        raise
-    except Exception as e:  # decord raises DECORDError / RuntimeError without a stable type
-        log.info("%s: decord could not deliver the sample (%s); recounting decodable frames with PyAV",
-                 p, str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__)
-    return _read_frames_pyav(p, info, cfg)
-
-
-def _read_frames_pyav(path: str, info: VideoInfo, cfg: SamplingConfig) -> SampledFrames:
-    import av
-
-    def decode(keep: set[int] | None):
-        kept: list[tuple[int, float, np.ndarray]] = []
-        count, err = 0, None
-        try:
-            with av.open(path) as c:
-                st = c.streams.video[0]
-                for frame in c.decode(st):
-                    if keep is not None and count in keep:
-                        arr = frame.to_ndarray(format="rgb24")
-                        k = int(round(info.rotation / 90)) % 4
-                        if k:
-                            arr = np.ascontiguousarray(np.rot90(arr, k))
-                        t = float(frame.time) if frame.time is not None else count / (info.fps or 25.0)
-                        kept.append((count, t, arr))
-                    count += 1
-        except av.error.FFmpegError as e:
-            err = str(e)
-        return count, err, kept
-
-    n, err, _ = decode(None)
-    if n == 0:
-        raise VideoError(f"{path}: no frame decodes" + (f": {err}" if err else ""))
-    idx = sample_indices(n, info.fps, cfg)
-    _, _, kept = decode(set(idx.tolist()))
-    kept = [k for k in kept if k[0] < n]
-    frames = np.stack([k[2] for k in kept])
-    message = None
-    if err is not None:
-        message = f"decoder error after {n} of {info.frames_header} header frames: {err}"
+    sampler = FrameSampler(path, info, cfg)
+    chunks = list(sampler)
     return SampledFrames(
-        frames,
-        np.array([k[0] for k in kept], dtype=np.int64),
-        np.array([k[1] for k in kept], dtype=np.float64),
-        n,
-        message,
+        np.concatenate([c.frames for c in chunks]),
+        np.concatenate([c.indices for c in chunks]),
+        np.concatenate([c.timestamps_s for c in chunks]),
+        sampler.frames_decodable,
+        sampler.decode_error,
     )

@@ -6,7 +6,7 @@ import pytest
 from facepipe.config import SamplingConfig
 from facepipe.errors import VideoError
 from facepipe.example import truncate_copy, write_audio_only, write_video
-from facepipe.video import probe, read_frames, sample_indices
+from facepipe.video import FrameSampler, probe, read_frames, sample_indices
 from tests.conftest import REAL, needs_real
 
 
@@ -100,3 +100,18 @@ def test_real_rotated_mov_is_upright():
     assert info.rotation == -90 and (info.width, info.height) == (320, 568)
     got = read_frames(p, info, SamplingConfig())
     assert got.frames.shape[1:] == (568, 320, 3)
+
+
+def test_chunked_sampling_equals_one_batch(tmp_path, t1):
+    from facepipe.example import camera_frames
+
+    path = write_video(tmp_path / "v.mp4", camera_frames(t1, (320, 240), 40, (640, 400, 0.3), (700, 420, 0.4)))
+    info = probe(path)
+    cfg = SamplingConfig(strategy="stride", stride=4)
+    whole = read_frames(path, info, cfg)
+    sampler = FrameSampler(path, info, cfg, chunk_size=3)
+    chunks = list(sampler)
+    assert [len(c.indices) for c in chunks] == [3, 3, 3, 1]
+    assert np.array_equal(np.concatenate([c.indices for c in chunks]), whole.indices)
+    assert np.array_equal(np.concatenate([c.frames for c in chunks]), whole.frames)
+    assert sampler.n_sampled == 10 and sampler.frames_decodable == 40 and sampler.decode_error is None
