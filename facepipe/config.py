@@ -131,6 +131,32 @@ class ExtractConfig(_Section):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+class FreqConfig(_Section):
+    """Parameters of the ``freq`` stage and of the views computed in the loader (section ``freq``).
+
+    ``views``: which views the stage stores per crop (float16), from ``dct``, ``dct_bands``,
+    ``block_dct``, ``fft``, ``phase``, ``srm`` (see :mod:`facepipe.freq`). ``dct_log``: the ``dct`` view
+    is ``log(|X| + eps)``. ``bands``: FAD low/mid edges as fractions of the crop side on ``i + j``
+    (F3Net's 1/2.82 and 1/2). ``block``: block side for ``block_dct``. ``srm_truncate``: SRM clip.
+    """
+
+    views: tuple[str, ...] = ("dct", "fft")
+    dct_log: bool = True
+    bands: tuple[float, float] = (1 / 2.82, 1 / 2)
+    block: int = Field(8, ge=2)
+    srm_truncate: Optional[float] = Field(3.0, gt=0)
+
+    @model_validator(mode="after")
+    def _known_views(self) -> "FreqConfig":
+        known = ("dct", "dct_bands", "block_dct", "fft", "phase", "srm")
+        bad = [v for v in self.views if v not in known]
+        if bad:
+            raise ValueError(f"unknown views {bad}; known: {list(known)}")
+        if not 0 < self.bands[0] < self.bands[1]:
+            raise ValueError(f"bands must satisfy 0 < low < high, got {self.bands}")
+        return self
+
+
 M = TypeVar("M", bound=BaseModel)
 
 

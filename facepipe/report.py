@@ -33,7 +33,8 @@ def contact_sheet(out_dir: str | Path, max_tiles: int = 48, tile: int = 128, col
             continue
         y, x = (i // cols) * (tile + cap), (i % cols) * tile
         sheet[y:y + tile, x:x + tile] = cv2.resize(img, (tile, tile), interpolation=cv2.INTER_AREA)
-        label = f"{r['video_id'][-14:]} t{r['track_id']}"
+        vid = r["video_id"] if len(r["video_id"]) <= 16 else r["video_id"][:7] + ".." + r["video_id"][-7:]
+        label = f"{vid} t{r['track_id']}"
         cv2.putText(sheet, label, (x + 2, y + tile + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (0, 0, 0), 1,
                     cv2.LINE_AA)
     path = out / "contact_sheet.png"
