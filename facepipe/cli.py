@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from facepipe import __version__
-from facepipe.config import ExtractConfig, load_params, validate_section
+from facepipe.config import ExtractConfig, FreqConfig, ShardConfig, load_params, validate_section
 from facepipe.errors import FacepipeError
 
 app = typer.Typer(
@@ -115,6 +115,89 @@ def extract(
     if strict and bad:
         raise FacepipeError(f"--strict: {bad} video(s) could not be decoded or are unsupported "
                             f"(see status in {out / 'videos.parquet'})")
+
+
+@app.command()
+def freq(
+    extract_dir: Path = typer.Option(..., "--extract", help="An extract output folder (faces.parquet + crops)."),
+    out: Path = typer.Option(..., "--out", help="Output folder (views/<video_id>.npz, views.parquet)."),
+    params: Optional[Path] = typer.Option(None, "--params", help="params.yaml to read the 'freq' section from."),
+    views: Optional[str] = typer.Option(None, help="Comma-separated views: dct,dct_bands,block_dct,fft,phase,srm."),
+    workers: int = typer.Option(2, "--workers", "-j", min=0, help="Worker processes (0 = in this process)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Compute frequency views of every extracted crop and store them as float16 (incremental)."""
+    from facepipe.freq.stage import run_freq
+
+    data = (load_params(params, "freq", FreqConfig) if params else FreqConfig()).model_dump()
+    if views is not None:
+        data["views"] = [v.strip() for v in views.split(",") if v.strip()]
+    cfg = validate_section(FreqConfig, data, "freq options")
+    s = run_freq(extract_dir, out, cfg, workers=workers, progress=progress)
+    typer.echo(f"freq: {s.processed} videos processed, {s.skipped} skipped (unchanged), {s.crops} crops, "
+               f"views {', '.join(cfg.views)} in {s.seconds:.1f}s -> {out}")
+
+
+def _parse_input(text: str) -> dict:
+    fields = {}
+    for part in text.split(","):
+        if "=" not in part:
+            raise FacepipeError(f"--input '{text}': expected dataset=NAME,extract=DIR,manifest=FILE[,freq=DIR]")
+        k, v = part.split("=", 1)
+        fields[k.strip()] = v.strip()
+    return fields
+
+
+@app.command()
+def shard(
+    out: Path = typer.Option(..., "--out", help="Output folder for the tar shards, index.json and _meta.json."),
+    inputs: Optional[list[str]] = typer.Option(
+        None, "--input", help="dataset=NAME,extract=DIR,manifest=FILE[,freq=DIR]; repeat for several datasets."),
+    params: Optional[Path] = typer.Option(None, "--params", help="params.yaml to read the 'shard' section from."),
+    max_samples: Optional[int] = typer.Option(None, help="Samples per shard at most."),
+    max_bytes: Optional[int] = typer.Option(None, help="Bytes per shard at most."),
+    seed: Optional[int] = typer.Option(None, help="Shuffle seed."),
+    views: Optional[str] = typer.Option(None, help="Comma-separated stored views to include (default: all stored)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Write deterministic WebDataset tar shards per split, from one or more datasets, with an index."""
+    from facepipe.data.writer import run_shard
+
+    data = (load_params(params, "shard", ShardConfig) if params else ShardConfig()).model_dump()
+    if inputs:
+        data["inputs"] = [_parse_input(t) for t in inputs]
+    for k, v in {"max_samples": max_samples, "max_bytes": max_bytes, "seed": seed}.items():
+        if v is not None:
+            data[k] = v
+    if views is not None:
+        data["views"] = [v.strip() for v in views.split(",") if v.strip()]
+    cfg = validate_section(ShardConfig, data, "shard options")
+    s = run_shard(out, cfg, progress=progress)
+    typer.echo("shard: " + ", ".join(f"{k} {s.samples[k]} samples in {s.shards[k]} shards" for k in s.samples)
+               + f"; {s.bytes / 1e6:.1f} MB in {s.seconds:.1f}s -> {out}")
+
+
+@app.command()
+def inspect(
+    shards: Path = typer.Argument(..., help="Shard folder (or its index.json)."),
+    n: int = typer.Option(32, help="Samples on the contact sheet."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Contact sheet PNG (default SHARDS/contact_sheet.png)."),
+) -> None:
+    """Count samples per split/dataset/label/method by reading every shard; write a contact sheet."""
+    import polars as pl
+
+    from facepipe.report import inspect_shards
+
+    counts, sheet, problems = inspect_shards(shards, n=n, out_png=out)
+    with pl.Config(tbl_rows=200, tbl_hide_dataframe_shape=True, tbl_formatting="ASCII_MARKDOWN"):
+        typer.echo(str(counts))
+    typer.echo(f"total: {int(counts['len'].sum()) if counts.height else 0} samples")
+    if sheet:
+        typer.echo(f"contact sheet: {sheet}")
+    for p in problems[:20]:
+        typer.echo(f"problem: {p}", err=True)
+    if problems:
+        raise FacepipeError(f"{len(problems)} problem(s) found in {shards}")
 
 
 @app.command()

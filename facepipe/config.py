@@ -140,7 +140,7 @@ class FreqConfig(_Section):
     (F3Net's 1/2.82 and 1/2). ``block``: block side for ``block_dct``. ``srm_truncate``: SRM clip.
     """
 
-    views: tuple[str, ...] = ("dct", "fft")
+    views: tuple[str, ...] = ("dct",)
     dct_log: bool = True
     bands: tuple[float, float] = (1 / 2.82, 1 / 2)
     block: int = Field(8, ge=2)
@@ -155,6 +155,31 @@ class FreqConfig(_Section):
         if not 0 < self.bands[0] < self.bands[1]:
             raise ValueError(f"bands must satisfy 0 < low < high, got {self.bands}")
         return self
+
+
+class ShardInput(_Section):
+    """One dataset going into a shard set: its extract output, its manifest, optionally its freq output."""
+
+    dataset: str
+    extract: str
+    manifest: str
+    freq: Optional[str] = None
+
+
+class ShardConfig(_Section):
+    """Parameters of the ``shard`` stage (section ``shard``).
+
+    ``inputs``: the datasets (several go into one shard set, each sample keeping its dataset).
+    A shard closes after ``max_samples`` samples or ``max_bytes`` bytes. ``seed`` fixes the shuffle
+    across videos, datasets and labels. ``views``: stored views to include (``None`` = all the freq
+    stage stored; ``[]`` = none).
+    """
+
+    inputs: tuple[ShardInput, ...] = ()
+    max_samples: int = Field(2000, ge=1)
+    max_bytes: int = Field(500_000_000, ge=1_000)
+    seed: int = 0
+    views: Optional[tuple[str, ...]] = None
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -42,3 +42,90 @@ def contact_sheet(out_dir: str | Path, max_tiles: int = 48, tile: int = 128, col
     cv2.imwrite(str(tmp), sheet)
     os.replace(tmp, path)
     return path
+
+
+def _spectrum_panel(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Centred log-amplitude spectrum of the luma, min-max scaled to uint8, as a (size, size, 3) image."""
+    from facepipe.freq.functional import fft, luma, to_chw01
+
+    s = fft(luma(to_chw01(rgb)))[0]
+    s = (s - s.min()) / max(float(s.max() - s.min()), 1e-6)
+    g = cv2.resize((s * 255).astype(np.uint8), (size, size), interpolation=cv2.INTER_AREA)
+    return cv2.applyColorMap(g, cv2.COLORMAP_INFERNO)[..., ::-1]
+
+
+def inspect_shards(source: str | Path, n: int = 32, out_png: str | Path | None = None,
+                   tile: int = 112) -> tuple[pl.DataFrame, Path | None, list[str]]:
+    """Read every sample of a shard set: counts per split, dataset, label and method, and a contact sheet.
+
+    Args:
+        source: the shard folder (with ``index.json``) or the index itself.
+        n: samples on the contact sheet (spread over the splits).
+        out_png: contact-sheet path (default ``<folder>/contact_sheet.png``).
+        tile: tile side in pixels (crop and its spectrum side by side).
+
+    Returns:
+        (counts table, contact-sheet path or None, problems found: samples failing the schema, and
+        disagreements between the index and the tars).
+
+    Raises:
+        InputError: no index / no shards.
+    """
+    import json
+
+    import webdataset as wds
+
+    from facepipe.data.schema import SchemaError, decode_sample
+    from facepipe.errors import InputError
+
+    folder = Path(source)
+    index_path = folder if folder.suffix == ".json" else folder / "index.json"
+    if not index_path.is_file():
+        raise InputError(f"{index_path}: shard index not found")
+    index = json.loads(index_path.read_text())
+    rows, picks, problems = [], [], []
+    per_split = max(1, n // max(1, sum(1 for s in index["splits"].values() if s["samples"])))
+    for split, info in index["splits"].items():
+        for sh in info["shards"]:
+            url = str(index_path.parent / sh["url"])
+            count = 0
+            try:
+                for s in wds.WebDataset(url, shardshuffle=False, empty_check=False):
+                    count += 1
+                    try:
+                        d = decode_sample(s)
+                    except SchemaError as e:
+                        problems.append(str(e))
+                        continue
+                    m = d["meta"]
+                    rows.append({"split": split, "dataset": m["dataset"], "label": m["label_name"],
+                                 "method": m["method"]})
+                    if len([p for p in picks if p[0] == split]) < per_split:
+                        picks.append((split, d))
+            except Exception as e:  # a truncated or unreadable tar: report and go on
+                problems.append(f"{url}: cannot read: {e}")
+            if count != sh["samples"]:
+                problems.append(f"{url}: index says {sh['samples']} samples, tar holds {count}")
+    counts = (pl.DataFrame(rows, schema={"split": pl.String, "dataset": pl.String, "label": pl.String,
+                                         "method": pl.String})
+              .group_by("split", "dataset", "label", "method").len().sort("split", "dataset", "label", "method"))
+    sheet = None
+    if picks:
+        cols = 4
+        cap = 14
+        r = (len(picks) + cols - 1) // cols
+        img = np.full((r * (tile + cap), cols * 2 * tile, 3), 255, np.uint8)
+        for i, (split, d) in enumerate(picks):
+            y, x = (i // cols) * (tile + cap), (i % cols) * 2 * tile
+            crop = cv2.resize(d["image"], (tile, tile), interpolation=cv2.INTER_AREA)
+            img[y:y + tile, x:x + tile] = crop
+            img[y:y + tile, x + tile:x + 2 * tile] = _spectrum_panel(d["image"], tile)
+            m = d["meta"]
+            color = (200, 0, 0) if m["label"] == 1 else (0, 120, 0)
+            text = f"{m['label_name']} {m['dataset']} {m['method'] or ''} {split}"[:38]
+            cv2.putText(img, text, (x + 2, y + tile + 11), cv2.FONT_HERSHEY_SIMPLEX, 0.32, color, 1, cv2.LINE_AA)
+        sheet = Path(out_png) if out_png else index_path.parent / "contact_sheet.png"
+        tmp = sheet.with_name(f".{sheet.stem}.tmp-{os.getpid()}.png")
+        cv2.imwrite(str(tmp), img[..., ::-1])
+        os.replace(tmp, sheet)
+    return counts, sheet, problems

@@ -61,3 +61,17 @@ def small_cfg() -> ExtractConfig:
         "detector": {"name": "mtcnn"},
         "align": {"size": 128},
     })
+
+
+@pytest.fixture(scope="session")
+def real_run(tmp_path_factory, real_manifest):
+    """extract with default parameters over ../shared/data/real/videos (2 workers), once per session."""
+    import polars as pl
+
+    from facepipe.extract import run_extract
+
+    out = tmp_path_factory.mktemp("real_out")
+    summary = run_extract(REAL / "videos", out, ExtractConfig(), workers=2, progress=False)
+    videos = {r["path"]: r for r in pl.read_parquet(out / "videos.parquet").iter_rows(named=True)}
+    faces = pl.read_parquet(out / "faces.parquet")
+    return out, summary, videos, faces

@@ -16,15 +16,6 @@ FRONTAL = ["videos/ffpp/original_634.mp4", "videos/ffpp/FaceSwap_634_660.mp4", "
            "videos/ffpp/NeuralTextures_004_982.mp4", "videos/dfdc/lynaeydofd.mp4"]
 
 
-@pytest.fixture(scope="module")
-def real_run(tmp_path_factory, real_manifest):
-    out = tmp_path_factory.mktemp("real_out")
-    summary = run_extract(REAL / "videos", out, ExtractConfig(), workers=2, progress=False)
-    videos = {r["path"]: r for r in pl.read_parquet(out / "videos.parquet").iter_rows(named=True)}
-    faces = pl.read_parquet(out / "faces.parquet")
-    return out, summary, videos, faces
-
-
 def test_every_video_is_listed_with_its_status(real_run, real_manifest):
     out, summary, videos, faces = real_run
     manifest_videos = {p[len("videos/"):]: r for p, r in real_manifest.items() if r["kind"] == "video"}

@@ -1,0 +1,477 @@
+"""``make_loader``: stream facepipe shards into a PyTorch training loop (one GPU, many, or the CPU).
+
+The pipeline is a list of webdataset stages::
+
+    shard list (index / URLs / brace pattern; epoch-wise shuffled, or resampled without epochs)
+      -> split_by_node (torchrun ranks) -> split_by_worker (DataLoader workers)
+      -> tar members -> samples  [handler]
+      -> dataset-weight / class-balance thinning (seeded rejection sampling from the index's counts)
+      -> sample shuffle buffer
+      -> decode + check schema + albumentations augmentation (seeded per rank, worker and epoch)  [handler]
+      -> batches of uint8 images + labels + metadata (+ stored views)
+    then, in the training process: images to ``device``, frequency views computed there by
+    :mod:`facepipe.freq.torch` (after augmentation), normalisation.
+
+Handlers: ``warn`` (log the shard and key, skip the sample, count it in ``loader.errors``) or
+``raise``. Shards are opened with ``webdataset.gopen``: local paths, ``http(s)://``, ``gs://``,
+``hf://`` and ``pipe:COMMAND`` (e.g. ``pipe:aws s3 cp s3://bucket/train-000000.tar -``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from facepipe.config import FreqConfig
+from facepipe.data.schema import LABEL_NAMES, SCHEMA_VERSION, SchemaError, decode_sample
+from facepipe.errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+META_KEYS = ("key", "dataset", "video_id", "method", "split", "frame_index", "track_id")
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """Shard URLs of one split and what the index says about them (counts are ``None`` without an index)."""
+
+    urls: tuple[str, ...]
+    samples: int | None
+    cells: dict[tuple[str, int], int] | None  # (dataset, label) -> samples
+    views: tuple[str, ...]
+
+
+def _read_text(url: str) -> str:
+    import webdataset as wds
+
+    with wds.gopen(url, "rb") as f:
+        return f.read().decode()
+
+
+def resolve_shards(source: str | os.PathLike | Sequence[str], split: str | None = "train") -> ShardSet:
+    """Turn an index (file, folder or URL), a brace pattern or a list of URLs into a :class:`ShardSet`.
+
+    Raises:
+        InputError: the index is missing or unreadable, the split is unknown or has no shards, or the
+            source names no shard at all.
+        SchemaError: the index was written with another schema version.
+    """
+    import braceexpand
+
+    if isinstance(source, (list, tuple)):
+        urls = tuple(str(u) for u in source)
+        if not urls:
+            raise InputError("make_loader: empty list of shard URLs")
+        return ShardSet(urls, None, None, ())
+    src = str(source)
+    if os.path.isdir(src):
+        src = os.path.join(src, "index.json")
+    if src.endswith(".json"):
+        try:
+            index = json.loads(_read_text(src))
+        except (OSError, ValueError) as e:
+            raise InputError(f"{src}: cannot read shard index: {e}") from None
+        if index.get("schema_version") != SCHEMA_VERSION:
+            raise SchemaError(f"{src}: shards have schema version {index.get('schema_version')}, this facepipe "
+                              f"reads {SCHEMA_VERSION}; rebuild them with 'facepipe shard'")
+        if split not in index.get("splits", {}):
+            raise InputError(f"{src}: no split '{split}' (have {sorted(index.get('splits', {}))})")
+        info = index["splits"][split]
+        if not info["shards"]:
+            raise InputError(f"{src}: split '{split}' has no shards (0 samples)")
+        base = src.rsplit("/", 1)[0] if "/" in src else "."
+        urls = tuple(f"{base}/{s['url']}" for s in info["shards"])
+        cells: Counter = Counter()
+        for s in info["shards"]:
+            for cell, n in s["cells"].items():
+                d, lab = cell.rsplit(":", 1)
+                cells[(d, 1 if lab == "fake" else 0)] += n
+        return ShardSet(urls, int(info["samples"]), dict(cells), tuple(index.get("views", ())))
+    remote = "://" in src or src.startswith("pipe:")
+    if not remote and "{" not in src and not os.path.exists(src):
+        raise InputError(f"{src}: no such shard, shard folder or index")
+    urls = tuple(braceexpand.braceexpand(src))
+    return ShardSet(urls, None, None, ())
+
+
+def default_augmentation(size: int | None, seed: int):
+    """The field's usual face-forgery training augmentation (DeepfakeBench / SBI style), albumentations.
+
+    Horizontal flip, small rotation (±10°), Gaussian blur, isotropic resize of the longest side to
+    ``size`` with a random interpolation and constant padding to a square, brightness/contrast or
+    HSV jitter, JPEG re-compression at quality 40–100. Targets: ``image`` (H, W, 3) uint8 RGB.
+    """
+    import albumentations as A
+    import cv2
+
+    steps = [
+        A.HorizontalFlip(p=0.5),
+        A.Affine(rotate=(-10, 10), border_mode=cv2.BORDER_CONSTANT, p=0.3),
+        A.GaussianBlur(blur_limit=(3, 7), p=0.1),
+    ]
+    if size:
+        steps += [
+            A.OneOf([A.LongestMaxSize(max_size=size, interpolation=i)
+                     for i in (cv2.INTER_AREA, cv2.INTER_LINEAR, cv2.INTER_CUBIC)], p=1.0),
+            A.PadIfNeeded(min_height=size, min_width=size, border_mode=cv2.BORDER_CONSTANT, fill=0),
+        ]
+    steps += [
+        A.OneOf([A.RandomBrightnessContrast(p=1.0), A.HueSaturationValue(p=1.0)], p=0.5),
+        A.ImageCompression(quality_range=(40, 100), p=0.5),
+    ]
+    return A.Compose(steps, seed=seed)
+
+
+class _Counts:
+    """Per-worker count of skipped samples (read back through the batches)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
+def _worker() -> tuple[int, int]:
+    wi = torch.utils.data.get_worker_info()
+    return (wi.id, wi.num_workers) if wi is not None else (0, 1)
+
+
+class _Pipeline:
+    """Picklable stage functions (DataLoader workers may be spawned)."""
+
+    def __init__(self, shardset: ShardSet, batch_size: int, shuffle: bool, shuffle_buffer: int,
+                 resampled: bool, seed: int, augment, image_size: int | None, stored_views: tuple[str, ...],
+                 accept: dict[tuple[str, int], float] | None, handler: str, rank: int, world_size: int,
+                 explicit_node: bool, drop_last: bool) -> None:
+        self.__dict__.update(locals())
+        del self.__dict__["self"]
+        self.epoch = 0
+        self.counts = _Counts()
+
+    # -- handlers --
+    def _handle(self, exn: Exception) -> bool:
+        if self.handler == "raise":
+            raise exn
+        self.counts.n += 1
+        log.warning("skipped a sample: %s", exn)
+        return True
+
+    def _rng(self, salt: int) -> np.random.Generator:
+        w, _ = _worker()
+        return np.random.default_rng([self.seed, self.rank, w, self.epoch, salt])
+
+    # -- stages --
+    def _nodes(self, src: Iterator) -> Iterator:
+        if self.explicit_node:
+            return islice(src, self.rank, None, self.world_size)
+        import webdataset as wds
+
+        return wds.split_by_node(src)
+
+    def _select(self, src: Iterator[dict]) -> Iterator[dict]:
+        rng = self._rng(1)
+        for s in src:
+            if self.accept is not None:
+                try:
+                    meta = json.loads(s["json"])
+                    p = self.accept.get((meta["dataset"], int(meta["label"])), 1.0)
+                except Exception as e:  # a broken sample: let the decode stage report it
+                    log.debug("cannot read metadata for thinning: %s", e)
+                    p = 1.0
+                if rng.random() >= p:
+                    continue
+            yield s
+
+    def _decode(self, src: Iterator[dict]) -> Iterator[dict]:
+        w, _ = _worker()
+        aug = None
+        if self.augment is True:
+            aug = default_augmentation(self.image_size, seed=int(self._rng(2).integers(2**31)))
+        elif callable(self.augment):
+            aug = self.augment
+        resize = None
+        if aug is None and self.image_size:
+            import albumentations as A
+
+            resize = A.Resize(self.image_size, self.image_size)
+        for s in src:
+            try:
+                d = decode_sample(s, self.stored_views)
+                img = d["image"]
+                if aug is not None:
+                    img = aug(image=img)["image"]
+                elif resize is not None:
+                    img = resize(image=img)["image"]
+                d["image"] = img
+                d["_worker"] = (w, self.counts)
+                yield d
+            except Exception as e:  # under 'raise' _handle re-raises; under 'warn' it counts and skips
+                if self._handle(e):
+                    continue
+
+    def _collate(self, samples: list[dict]) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "image_u8": torch.from_numpy(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2).contiguous(),
+            "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
+        }
+        for k in META_KEYS:
+            out[k] = [s["meta"][k] for s in samples]
+        for v in self.stored_views:
+            out[v] = torch.from_numpy(np.stack([s[v] for s in samples]).astype(np.float16))
+        w, counts = samples[-1]["_worker"]
+        out["_errors"] = (w, counts.n)
+        return out
+
+    def build(self):
+        import webdataset as wds
+
+        h = self._handle
+        stages: list = []
+        if self.resampled:
+            stages.append(wds.ResampledShards(list(self.shardset.urls), seed=self.seed + 1000 * self.rank,
+                                              deterministic=True))
+        else:
+            stages.append(wds.SimpleShardList(list(self.shardset.urls)))
+            if self.shuffle:
+                stages.append(wds.detshuffle(bufsize=len(self.shardset.urls), initial=len(self.shardset.urls),
+                                             seed=self.seed, epoch=self.epoch - 1))
+            stages.append(self._nodes)
+        stages.append(wds.split_by_worker)
+        stages.append(wds.tarfile_to_samples(handler=h))
+        stages.append(self._select)
+        if self.shuffle and self.shuffle_buffer > 1:
+            stages.append(wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100),
+                                      rng=_SeededRandom(self.seed, self.rank, self.epoch)))
+        stages.append(self._decode)
+        stages.append(wds.batched(self.batch_size, collation_fn=self._collate, partial=not self.drop_last))
+        return wds.DataPipeline(*stages)
+
+
+class _SeededRandom:
+    """A ``random.Random`` created lazily in the worker, seeded by (seed, rank, worker, epoch)."""
+
+    def __init__(self, seed: int, rank: int, epoch: int) -> None:
+        self.args = (seed, rank, epoch)
+        self._r = None
+
+    def __getattr__(self, name):
+        import random
+
+        if self._r is None:
+            w, _ = _worker()
+            self._r = random.Random(hash((*self.args, w)) & 0xFFFFFFFF)
+        return getattr(self._r, name)
+
+
+class FaceLoader:
+    """Iterable of training batches (see :func:`make_loader`); one pass = one epoch.
+
+    Attributes:
+        shardset: the resolved shards.
+        errors: samples skipped by the ``warn`` handler in the last pass (summed over workers).
+        epoch: incremented at the start of every pass; seeds shard order, shuffling and augmentation.
+    """
+
+    def __init__(self, pipe: _Pipeline, num_workers: int, device: torch.device, views: tuple[str, ...],
+                 compute_views: bool, freq_cfg: FreqConfig, mean, std, epoch_batches: int | None) -> None:
+        self._pipe = pipe
+        self.num_workers = num_workers
+        self.device = device
+        self.views = views
+        self.compute_views = compute_views
+        self.freq_cfg = freq_cfg
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
+        self.epoch_batches = epoch_batches
+        self.shardset = pipe.shardset
+        self.errors = 0
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        if self.epoch_batches is None:
+            raise TypeError("length unknown: give epoch_samples, or build the shards with an index")
+        return self.epoch_batches
+
+    def _to_device(self, b: dict) -> dict:
+        from facepipe.freq import compute_views_torch
+
+        x = b.pop("image_u8").to(self.device, non_blocking=True).float().div_(255.0)
+        if self.compute_views and self.views:
+            b.update(compute_views_torch(self.views, x, self.freq_cfg))
+        else:
+            for v in self.views:
+                b[v] = b[v].to(self.device, non_blocking=True).float()
+        b["image"] = (x - self.mean) / self.std
+        b["label"] = b["label"].to(self.device, non_blocking=True)
+        return b
+
+    def __iter__(self) -> Iterator[dict]:
+        import webdataset as wds
+
+        self.epoch += 1
+        self._pipe.epoch = self.epoch
+        self._pipe.counts = _Counts()
+        loader = wds.WebLoader(self._pipe.build(), batch_size=None, num_workers=self.num_workers,
+                               pin_memory=self.device.type == "cuda",
+                               persistent_workers=False)
+        if self.epoch_batches is not None and self._pipe.resampled:
+            loader = loader.with_epoch(self.epoch_batches)
+        seen: dict[int, int] = {}
+        for b in loader:
+            w, n = b.pop("_errors")
+            seen[w] = n
+            self.errors = sum(seen.values())
+            yield self._to_device(b)
+
+
+def make_loader(
+    source: str | os.PathLike | Sequence[str],
+    split: str = "train",
+    batch_size: int = 32,
+    num_workers: int = 4,
+    *,
+    shuffle: bool = True,
+    shuffle_buffer: int = 2000,
+    resampled: bool = False,
+    epoch_samples: int | None = None,
+    seed: int = 0,
+    augment: bool | Callable = False,
+    image_size: int | None = None,
+    views: Sequence[str] = (),
+    view_source: str = "auto",
+    freq: FreqConfig | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    device: str | torch.device = "cpu",
+    dataset_weights: dict[str, float] | None = None,
+    class_balance: bool = False,
+    handler: str = "warn",
+    rank: int | None = None,
+    world_size: int | None = None,
+    drop_last: bool = False,
+) -> FaceLoader:
+    """Stream facepipe shards as training batches.
+
+    Args:
+        source: the shard index (``index.json``, its folder, or a URL to it), a brace pattern
+            (``/data/train-{000000..000099}.tar``) or a list of shard URLs.
+        split: split to read from an index.
+        batch_size: samples per batch.
+        num_workers: DataLoader worker processes (0 = in this process).
+        shuffle: shuffle shard order per epoch and samples in a buffer of ``shuffle_buffer``.
+        resampled: draw shards with replacement forever (no epochs); each pass then stops after
+            ``epoch_samples`` samples (default: the split's size from the index) per rank.
+        epoch_samples: samples per pass (resampled mode) across all ranks.
+        seed: seeds shard order, shuffle buffer, thinning and augmentation (mixed with rank, worker, epoch).
+        augment: ``True`` for :func:`default_augmentation`, a callable ``f(image=...) -> {"image": ...}``
+            (e.g. an ``albumentations.Compose``), or ``False``.
+        image_size: output side in pixels (isotropic resize + pad when augmenting, resize otherwise);
+            ``None`` keeps the crop size.
+        views: frequency views to add to each batch (:data:`facepipe.freq.VIEWS`).
+        view_source: ``compute`` (torch, on ``device``, after augmentation), ``stored`` (read from the
+            shards), or ``auto`` (stored when not augmenting and the shards hold them, else computed).
+        freq: view parameters (bands, log, ...); defaults to :class:`FreqConfig`.
+        mean, std: per-channel normalisation of the [0, 1] RGB image.
+        device: where batches (and computed views) go.
+        dataset_weights: target share of each dataset in the stream, e.g. ``{"ffpp": 1, "dfdc": 1}``;
+            needs the index's counts.
+        class_balance: equalise real and fake within each dataset (seeded rejection sampling).
+        handler: ``warn`` (skip and count broken samples/shards) or ``raise``.
+        rank, world_size: this process's node split; default from ``torchrun`` (RANK/WORLD_SIZE or
+            ``torch.distributed``).
+        drop_last: drop a last partial batch.
+
+    Returns:
+        A :class:`FaceLoader`; each batch is a dict with ``image`` (B, 3, H, W) float32 normalised,
+        ``label`` (B,) int64 (0 real, 1 fake), every view in ``views`` (B, C', H', W') float32, and lists
+        ``key``, ``dataset``, ``video_id``, ``method``, ``split``, ``frame_index``, ``track_id``.
+
+    Raises:
+        InputError / SchemaError: see :func:`resolve_shards`.
+        ConfigError: bad options, e.g. fewer shards than ranks (a rank would read nothing and a DDP
+            job would hang), thinning without an index, unknown views or handler.
+    """
+    from facepipe.freq import VIEWS
+
+    if handler not in ("warn", "raise"):
+        raise ConfigError(f"handler must be 'warn' or 'raise', got {handler!r}")
+    bad = [v for v in views if v not in VIEWS]
+    if bad:
+        raise ConfigError(f"unknown views {bad}; known: {list(VIEWS)}")
+    shardset = resolve_shards(source, split)
+    explicit = rank is not None or world_size is not None
+    if explicit:
+        rank, world_size = int(rank or 0), int(world_size or 1)
+    else:
+        import webdataset as wds
+
+        rank, world_size, _, _ = wds.utils.pytorch_worker_info()
+    if not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} not in [0, world_size={world_size})")
+    if not resampled and len(shardset.urls) < world_size:
+        raise ConfigError(
+            f"{len(shardset.urls)} shard(s) for {world_size} rank(s): some ranks would read nothing in an epoch "
+            "and a DDP job would hang; write more, smaller shards (shard.max_samples) or use resampled=True")
+    if not resampled and len(shardset.urls) < world_size * max(1, num_workers):
+        log.warning("%d shard(s) for %d rank(s) x %d worker(s): some workers will idle; write smaller shards",
+                    len(shardset.urls), world_size, max(1, num_workers))
+    if not resampled and world_size > 1 and len(shardset.urls) % world_size:
+        log.warning("%d shards over %d ranks: ranks get unequal sample counts per epoch; with DDP prefer "
+                    "resampled=True (fixed epoch length per rank)", len(shardset.urls), world_size)
+    if view_source not in ("auto", "compute", "stored"):
+        raise ConfigError(f"view_source must be auto, compute or stored, got {view_source!r}")
+    stored_ok = all(v in shardset.views for v in views)
+    if view_source == "stored" and not stored_ok:
+        raise ConfigError(f"views {list(views)} asked for from the shards, but they store {list(shardset.views)}")
+    compute = view_source == "compute" or (view_source == "auto" and (bool(augment) or not stored_ok))
+    accept = None
+    if dataset_weights or class_balance:
+        if shardset.cells is None:
+            raise ConfigError("dataset_weights / class_balance need the shard index's counts: pass index.json")
+        accept = _acceptance(shardset.cells, dataset_weights, class_balance)
+    total = epoch_samples or shardset.samples
+    epoch_batches = None
+    if total is not None:
+        per_rank = total / world_size
+        if accept is not None:
+            per_rank *= sum(shardset.cells[c] * accept[c] for c in shardset.cells) / max(1, sum(shardset.cells.values()))
+        epoch_batches = int(per_rank // batch_size) if drop_last else int(np.ceil(per_rank / batch_size))
+    if resampled and epoch_batches is None:
+        raise ConfigError("resampled=True needs epoch_samples (or an index to take the split size from)")
+    pipe = _Pipeline(shardset, batch_size, shuffle, shuffle_buffer, resampled, seed, augment, image_size,
+                     () if compute else tuple(views), accept, handler, rank, world_size, explicit, drop_last)
+    return FaceLoader(pipe, num_workers, torch.device(device), tuple(views), compute, freq or FreqConfig(),
+                      mean, std, epoch_batches)
+
+
+def _acceptance(cells: dict[tuple[str, int], float], weights: dict[str, float] | None,
+                balance: bool) -> dict[tuple[str, int], float]:
+    """Acceptance probability per (dataset, label) so the kept stream follows the target shares."""
+    datasets = sorted({d for d, _ in cells})
+    w = {d: float((weights or {}).get(d, 1.0 if not weights else 0.0)) for d in datasets}
+    if weights:
+        unknown = set(weights) - set(datasets)
+        if unknown:
+            raise ConfigError(f"dataset_weights names {sorted(unknown)}, shards hold {datasets}")
+    total_w = sum(w.values())
+    target = {}
+    for (d, lab), n in cells.items():
+        nd = sum(m for (dd, _), m in cells.items() if dd == d)
+        labels_here = sum(1 for (dd, _) in cells if dd == d)
+        share = (1.0 / labels_here) if balance else n / nd
+        target[(d, lab)] = w[d] / total_w * share
+    total = sum(cells.values())
+    ratio = {c: target[c] / (cells[c] / total) if cells[c] else 0.0 for c in cells}
+    top = max(ratio.values())
+    return {c: r / top for c, r in ratio.items()}
+
+
+__all__ = ["FaceLoader", "ShardSet", "default_augmentation", "make_loader", "resolve_shards", "LABEL_NAMES"]

@@ -1,0 +1,303 @@
+"""freq -> shard -> make_loader on small real clips made from package photos, and on the shared real media."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from facepipe.config import ExtractConfig, FreqConfig, ShardConfig, ShardInput
+from facepipe.data.loader import make_loader
+from facepipe.data.schema import SCHEMA_VERSION, SchemaError, parse_key, sample_key
+from facepipe.data.writer import run_shard
+from facepipe.errors import ConfigError, InputError
+from facepipe.example import camera_frames, package_photo, write_video
+from facepipe.extract import run_extract
+from facepipe.freq.stage import run_freq
+from tests.conftest import REAL
+
+VIEWS = ("dct", "srm")
+
+
+def _manifest(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "label", "split", "method", "source_ids"])
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def two_datasets(tmp_path_factory, t1):
+    """Dataset 'groupset' (train: a real pan over t1 and a 'fake' zoom made from it) and 'solo'
+    (test: a real clip of one face and a 'fake' one made from it), extracted and freq'd."""
+    import cv2
+
+    root = tmp_path_factory.mktemp("data")
+    a, b = root / "groupset" / "videos", root / "solo" / "videos"
+    write_video(a / "pan.mp4", camera_frames(t1, (480, 270), 12, (420, 330, 0.5), (860, 330, 0.5)), fps=10)
+    write_video(a / "zoom.mp4", camera_frames(t1, (480, 270), 12, (640, 300, 0.45), (760, 330, 0.7)), fps=10)
+    tom = package_photo("Tom_Hanks_54745.png")
+    canvas = np.full((270, 480, 3), 100, np.uint8)
+    canvas[40:208, 156:324] = cv2.resize(tom, (168, 168), interpolation=cv2.INTER_CUBIC)
+    write_video(b / "tom.mp4", camera_frames(canvas, (480, 270), 12, (240, 130, 1.0), (250, 135, 1.1)), fps=10)
+    write_video(b / "tom_swap.mp4", camera_frames(canvas[:, ::-1], (480, 270), 12, (240, 130, 1.0),
+                                                  (230, 140, 1.1)), fps=10)
+    cfg = ExtractConfig.model_validate({"sampling": {"num_frames": 6}, "detector": {"name": "mtcnn"},
+                                        "align": {"size": 64}})
+    inputs = []
+    for name, vids, rows in [
+        ("groupset", a, [dict(path="pan.mp4", label="real", split="train", method="", source_ids=""),
+                         dict(path="zoom.mp4", label="fake", split="train", method="Zoom", source_ids="pan")]),
+        ("solo", b, [dict(path="tom.mp4", label="real", split="test", method="", source_ids=""),
+                     dict(path="tom_swap.mp4", label="fake", split="test", method="Mirror", source_ids="tom")]),
+    ]:
+        ex, fq = root / name / "extract", root / name / "freq"
+        run_extract(vids, ex, cfg, workers=0, progress=False)
+        run_freq(ex, fq, FreqConfig(views=VIEWS), workers=0, progress=False)
+        inputs.append(ShardInput(dataset=name, extract=str(ex), freq=str(fq),
+                                 manifest=str(_manifest(root / name / "manifest.csv", rows))))
+    shard_cfg = ShardConfig(inputs=tuple(inputs), max_samples=6, seed=7)
+    out = root / "shards"
+    run_shard(out, shard_cfg, progress=False)
+    return root, shard_cfg, out
+
+
+def _tar_keys(folder: Path) -> dict[str, list[str]]:
+    keys: dict[str, list[str]] = {}
+    for t in sorted(folder.glob("*.tar")):
+        with tarfile.open(t) as tf:
+            names = tf.getnames()
+        keys[t.name] = sorted({n.split(".", 1)[0] for n in names})
+    return keys
+
+
+def test_every_face_is_exactly_one_sample(two_datasets):
+    root, _, out = two_datasets
+    faces = pl.concat([pl.read_parquet(root / d / "extract" / "faces.parquet").with_columns(pl.lit(d).alias("ds"))
+                       for d in ("groupset", "solo")])
+    expected = sorted(sample_key(r["ds"], r["video_id"], r["frame_index"], r["track_id"])
+                      for r in faces.iter_rows(named=True))
+    got = sorted(k for ks in _tar_keys(out).values() for k in ks)
+    assert got == expected and len(got) > 40
+    with tarfile.open(sorted(out.glob("train-*.tar"))[0]) as tf:
+        names = tf.getnames()
+        member = tf.extractfile(next(n for n in names if n.endswith(".json"))).read()
+    meta = json.loads(member)
+    assert meta["schema_version"] == SCHEMA_VERSION and meta["dataset"] == "groupset"
+    exts = {n.split(".", 1)[1] for n in names}
+    assert exts == {"png", "json", "cls", "dct.npy", "srm.npy"}
+
+
+def test_splits_are_disjoint_and_shards_mix_videos(two_datasets):
+    _, _, out = two_datasets
+    split_of_video = {}
+    for name, keys in _tar_keys(out).items():
+        split = name.split("-")[0]
+        for k in keys:
+            ds, vid, _, _ = parse_key(k)
+            assert split_of_video.setdefault((ds, vid), split) == split
+    assert {s for s in split_of_video.values()} == {"train", "test"}
+    first = _tar_keys(out)["train-000000.tar"]
+    assert len({parse_key(k)[1] for k in first}) == 2  # shuffled across videos (and labels)
+
+
+def test_index_counts_match_the_tars(two_datasets):
+    _, _, out = two_datasets
+    index = json.loads((out / "index.json").read_text())
+    keys = _tar_keys(out)
+    assert index["splits"]["val"] == {"samples": 0, "shards": []}
+    for split, info in index["splits"].items():
+        for sh in info["shards"]:
+            assert sh["samples"] == len(keys[sh["url"]]) <= 6
+            assert sh["bytes"] == (out / sh["url"]).stat().st_size
+            assert sum(sh["cells"].values()) == sh["samples"]
+    assert index["total"] == sum(len(k) for k in keys.values())
+    meta = json.loads((out / "_meta.json").read_text())
+    assert meta["schema_version"] == SCHEMA_VERSION and meta["params"]["seed"] == 7
+
+
+def test_rerun_is_byte_identical(two_datasets, tmp_path):
+    _, cfg, out = two_datasets
+    run_shard(tmp_path / "again", cfg, progress=False)
+    digest = lambda d: {p.name: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+                        for p in sorted(d.iterdir()) if p.is_file()}
+    assert digest(out) == digest(tmp_path / "again")
+
+
+def test_two_ranks_two_workers_read_disjoint_samples_covering_the_split(two_datasets):
+    _, _, out = two_datasets
+    seen = []
+    for rank in (0, 1):
+        loader = make_loader(out, "train", batch_size=4, num_workers=2, rank=rank, world_size=2, seed=3)
+        seen.append([k for b in loader for k in b["key"]])
+    a, b = set(seen[0]), set(seen[1])
+    index = json.loads((out / "index.json").read_text())
+    assert not a & b
+    assert len(seen[0]) + len(seen[1]) == index["splits"]["train"]["samples"] == len(a | b)
+
+
+def test_batches_have_the_documented_shapes_and_stored_views_match_computed(two_datasets):
+    _, _, out = two_datasets
+    stored = make_loader(out, "test", batch_size=5, num_workers=0, shuffle=False, views=VIEWS)
+    computed = make_loader(out, "test", batch_size=5, num_workers=0, shuffle=False, views=VIEWS,
+                           view_source="compute")
+    assert not stored.compute_views and computed.compute_views
+    n = 0
+    for bs, bc in zip(stored, computed):
+        assert bs["key"] == bc["key"]
+        assert bs["image"].shape == (len(bs["key"]), 3, 64, 64) and bs["image"].dtype == torch.float32
+        assert bs["label"].dtype == torch.int64 and set(bs["label"].tolist()) <= {0, 1}
+        assert bs["dct"].shape == bs["image"].shape and bs["srm"].shape == bs["image"].shape
+        for v in VIEWS:  # float16 storage vs float32 computation
+            np.testing.assert_allclose(bs[v].numpy(), bc[v].numpy(), rtol=2e-3, atol=2e-3)
+        assert set(bs["dataset"]) == {"solo"} and len(bs["video_id"]) == len(bs["key"])
+        n += len(bs["key"])
+    assert n == json.loads((out / "index.json").read_text())["splits"]["test"]["samples"]
+
+
+def test_augmentation_is_seeded(two_datasets):
+    _, _, out = two_datasets
+    run = lambda seed: next(iter(make_loader(out, "train", batch_size=8, num_workers=0, augment=True,  # noqa: E731
+                                             image_size=48, seed=seed, views=("dct",))))
+    b1, b2, b3 = run(1), run(1), run(2)
+    assert b1["key"] == b2["key"] and torch.equal(b1["image"], b2["image"]) and torch.equal(b1["dct"], b2["dct"])
+    assert b1["image"].shape == (8, 3, 48, 48) and b1["dct"].shape == (8, 3, 48, 48)
+    assert b1["key"] != b3["key"] or not torch.equal(b1["image"], b3["image"])
+
+
+def test_dataset_weights_and_class_balance(two_datasets):
+    _, _, out = two_datasets
+    only = make_loader(out, "train", batch_size=4, num_workers=0, dataset_weights={"groupset": 1.0})
+    assert {d for b in only for d in b["dataset"]} == {"groupset"}
+    with pytest.raises(ConfigError, match="shards hold"):
+        make_loader(out, "train", batch_size=4, num_workers=0, dataset_weights={"nope": 1.0})
+    counts = np.zeros(2)
+    for seed in range(6):
+        for b in make_loader(out, "train", batch_size=8, num_workers=0, class_balance=True, seed=seed):
+            counts += np.bincount(b["label"].numpy(), minlength=2)
+    assert abs(counts[0] - counts[1]) / counts.sum() < 0.15  # about half real, half fake
+
+
+def test_resampled_mode_has_a_defined_epoch(two_datasets):
+    _, _, out = two_datasets
+    loader = make_loader(out, "train", batch_size=4, num_workers=0, resampled=True, epoch_samples=20)
+    assert len(loader) == 5 and sum(1 for _ in loader) == 5
+
+
+def test_bad_shards_are_named_and_counted(two_datasets, tmp_path):
+    _, _, out = two_datasets
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    # truncate one train shard and drop a field from a sample of another
+    shards = sorted(bad.glob("train-*.tar"))
+    data = shards[0].read_bytes()
+    shards[0].write_bytes(data[: len(data) // 2 + 100])
+    with tarfile.open(shards[1]) as tf:
+        members = [(m, tf.extractfile(m).read()) for m in tf.getmembers()]
+    victim = next(m.name for m, _ in members if m.name.endswith(".cls"))
+    with tarfile.open(shards[1], "w") as tf:
+        for m, payload in members:
+            if m.name != victim:
+                import io
+
+                tf.addfile(m, io.BytesIO(payload))
+    loader = make_loader(bad, "train", batch_size=4, num_workers=0, handler="warn")
+    keys = [k for b in loader for k in b["key"]]
+    total = json.loads((bad / "index.json").read_text())["splits"]["train"]["samples"]
+    assert loader.errors >= 2 and len(keys) < total
+    assert victim.split(".")[0] not in keys
+    with pytest.raises(Exception) as e:
+        for _ in make_loader(bad, "train", batch_size=4, num_workers=0, handler="raise", shuffle=False):
+            pass
+    assert isinstance(e.value, (SchemaError, tarfile.ReadError, ValueError, OSError))
+
+
+def test_schema_mismatch_and_empty_sets_fail_clearly(two_datasets, tmp_path):
+    _, _, out = two_datasets
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    index = json.loads((old / "index.json").read_text())
+    index["schema_version"] = 0
+    (old / "index.json").write_text(json.dumps(index))
+    with pytest.raises(SchemaError, match="schema version 0"):
+        make_loader(old, "train")
+    with pytest.raises(InputError, match="split 'val' has no shards"):
+        make_loader(out, "val")
+    with pytest.raises(InputError, match="no such shard"):
+        make_loader(tmp_path / "nothing", "train")
+    n_test = len(json.loads((out / "index.json").read_text())["splits"]["test"]["shards"])
+    with pytest.raises(ConfigError, match="some ranks would read nothing"):
+        make_loader(out, "test", num_workers=1, world_size=n_test + 1, rank=0)
+
+
+def test_shard_refuses_unlabelled_videos_and_leaks(two_datasets, tmp_path):
+    root, cfg, _ = two_datasets
+    partial = _manifest(tmp_path / "m.csv", [dict(path="pan.mp4", label="real", split="train", method="",
+                                                  source_ids="")])
+    inp = cfg.inputs[0].model_copy(update={"manifest": str(partial)})
+    with pytest.raises(InputError, match="no manifest row for 1 extracted video"):
+        run_shard(tmp_path / "s", cfg.model_copy(update={"inputs": (inp,)}), progress=False)
+    leak = _manifest(tmp_path / "leak.csv", [
+        dict(path="pan.mp4", label="real", split="test", method="", source_ids=""),
+        dict(path="zoom.mp4", label="fake", split="train", method="Zoom", source_ids="pan")])
+    inp = cfg.inputs[0].model_copy(update={"manifest": str(leak)})
+    with pytest.raises(InputError, match=r"leakage.*zoom \(train\) from pan \(test\)"):
+        run_shard(tmp_path / "s", cfg.model_copy(update={"inputs": (inp,)}), progress=False)
+    assert not (tmp_path / "s").exists() or not list((tmp_path / "s").glob("*.tar"))
+
+
+def test_freq_stage_is_incremental_and_float16(two_datasets):
+    root, _, _ = two_datasets
+    ex, fq = root / "solo" / "extract", root / "solo" / "freq"
+    again = run_freq(ex, fq, FreqConfig(views=VIEWS), workers=0, progress=False)
+    assert again.processed == 0 and again.skipped == 2
+    z = np.load(fq / "views" / "tom.npz")
+    first = sorted(z.files)[0]
+    assert z[first].dtype == np.float16 and z[first].shape == (3, 64, 64)
+    changed = run_freq(ex, fq, FreqConfig(views=("block_dct",)), workers=0, progress=False)
+    assert changed.processed == 2
+    assert np.load(fq / "views" / "tom.npz")[sorted(np.load(fq / "views" / "tom.npz").files)[0]].shape == (64, 8, 8)
+    run_freq(ex, fq, FreqConfig(views=VIEWS), workers=0, progress=False)  # restore for other tests
+
+
+def test_real_media_extract_freq_shard_loader(real_run, tmp_path):
+    """The shared FF++/DFDC clips end to end; FF++ official splits: 634_660 test, 004_982 val."""
+    out, _, videos, faces = real_run
+    rows = []
+    for path in videos:
+        split, method, src = "train", "", ""
+        if "634" in path:
+            split = "test"
+        if "004" in path:
+            split = "val"
+        fake = path.startswith("ffpp/FaceSwap") or path.startswith("ffpp/NeuralTextures") or "brtujopkby" in path
+        if path.startswith("ffpp/FaceSwap"):
+            method, src = "FaceSwap", "ffpp-original_634"
+        elif path.startswith("ffpp/NeuralTextures"):
+            method, src = "NeuralTextures", "ffpp-original_004"
+        elif fake:
+            method = "DFDC"
+        rows.append(dict(path=path, label="fake" if fake else "real", split=split, method=method, source_ids=src))
+    fq = tmp_path / "freq"
+    run_freq(out, fq, FreqConfig(views=("dct",)), workers=2, progress=False)
+    cfg = ShardConfig(inputs=(ShardInput(dataset="shared", extract=str(out), freq=str(fq),
+                                         manifest=str(_manifest(tmp_path / "m.csv", rows))),), max_samples=50)
+    run_shard(tmp_path / "shards", cfg, progress=False)
+    keys = _tar_keys(tmp_path / "shards")
+    assert sum(len(k) for k in keys.values()) == faces.height
+    val = make_loader(tmp_path / "shards", "val", batch_size=16, num_workers=0, views=("dct",), shuffle=False)
+    n = 0
+    for b in val:
+        assert set(b["method"]) <= {"original", "NeuralTextures"} and set(b["split"]) == {"val"}
+        assert b["dct"].shape[1:] == (3, 256, 256)
+        n += len(b["key"])
+    assert n == sum(len(k) for name, k in keys.items() if name.startswith("val"))
