@@ -2,8 +2,9 @@
 
 No network and no third-party media in the repository: the photos are insightface's
 ``data/images/t1.jpg`` (six people round a table) and ``Tom_Hanks_54745.png`` (one aligned face).
-Camera motion (pan and zoom) over the photos gives real-looking clips; a rotated phone clip, a
-no-face clip and three broken files exercise the error paths. The example is synthetic and small.
+Camera motion (pan and zoom) over the photos gives real-looking clips, self-blended fakes (SBI) give
+their fake twins; a rotated phone clip, a no-face clip and four broken files exercise the error paths.
+The example is synthetic and small.
 """
 
 from __future__ import annotations
@@ -148,46 +149,123 @@ def truncate_copy(src: str | Path, dst: str | Path, keep: float = 0.5) -> Path:
     return dst
 
 
-def build_example(out_dir: str | Path, seconds: float = 2.0, fps: int = 25) -> Path:
-    """Write the example video folder.
+def self_blend(photo: np.ndarray, faces, rng: np.random.Generator) -> np.ndarray:
+    """Self-blended image (Shiohara & Yamasaki, "Detecting Deepfakes with Self-Blended Images", CVPR 2022).
 
-    Contents (relative to ``out_dir``): ``friends/poker_pan.mp4`` (six faces, camera pan),
-    ``friends/poker_zoom.mp4`` (zoom onto three faces), ``portrait/tom_hanks.mp4`` (one face moving),
-    ``phone/rotated_-90.mp4`` (portrait clip stored sideways with -90 degree rotation metadata),
-    ``noface/table.mp4`` (the poker table only), ``broken/truncated.mp4`` (header lies),
-    ``broken/empty.mp4`` (0 bytes), ``broken/not_a_video.mp4`` (text), ``broken/audio_only.mp4``.
+    Each face is blended with a slightly altered copy of itself (colour shift, blur or sharpening,
+    1-5% rescale and a small shift about the face centre) through a soft elliptical mask around the
+    inner face (eyes, nose, mouth from the five landmarks), leaving the blending boundary and colour
+    mismatch that forgery detectors must find.
+
+    Args:
+        photo: (H, W, 3) uint8 RGB.
+        faces: :class:`facepipe.faces.types.Face` objects in ``photo``'s pixels.
+        rng: seeded generator (the result is a function of it).
 
     Returns:
-        ``out_dir`` as a Path.
+        (H, W, 3) uint8 RGB, the photo with every face self-blended.
     """
+    out = photo.astype(np.float32)
+    h, w = photo.shape[:2]
+    for f in faces:
+        lm = f.landmarks.astype(np.float64)
+        centre = lm.mean(axis=0)
+        eye_d = float(np.linalg.norm(lm[1] - lm[0]))
+        # source: the same face, altered
+        src = photo.astype(np.float32)
+        src = src * rng.uniform(0.85, 1.15, size=3) + rng.uniform(-12, 12, size=3)
+        if rng.random() < 0.5:
+            src = cv2.GaussianBlur(src, (0, 0), rng.uniform(0.8, 1.6))
+        else:
+            src = cv2.addWeighted(src, 1.6, cv2.GaussianBlur(src, (0, 0), 1.5), -0.6, 0)
+        s = rng.uniform(1.01, 1.05)
+        t = rng.uniform(-0.03, 0.03, size=2) * eye_d
+        m = np.array([[s, 0, (1 - s) * centre[0] + t[0]], [0, s, (1 - s) * centre[1] + t[1]]])
+        src = cv2.warpAffine(src, m, (w, h), borderMode=cv2.BORDER_REFLECT)
+        # mask: a soft ellipse over eyes, nose and mouth, randomly stretched
+        mask = np.zeros((h, w), np.float32)
+        axes = (int(eye_d * rng.uniform(0.9, 1.2)), int(eye_d * rng.uniform(1.1, 1.4)))
+        angle = float(np.degrees(np.arctan2(lm[1, 1] - lm[0, 1], lm[1, 0] - lm[0, 0])))
+        cv2.ellipse(mask, (int(centre[0]), int(centre[1] + 0.15 * eye_d)), axes, angle, 0, 360, 1.0, -1)
+        mask = cv2.GaussianBlur(mask, (0, 0), max(1.0, eye_d * rng.uniform(0.08, 0.2)))[..., None]
+        mask *= rng.uniform(0.75, 1.0)
+        out = mask * src + (1 - mask) * out
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+EXAMPLE_MANIFEST = "manifest.csv"
+"""The example's manifest file (in the ``csv`` form :func:`facepipe.manifest.read_manifest` reads)."""
+
+
+def build_example(out_dir: str | Path, seconds: float = 2.0, fps: int = 25, seed: int = 0) -> Path:
+    """Write the example video folder and its manifest.
+
+    Real clips move a virtual camera over package photos; each has a self-blended fake twin
+    (method ``SBI``) made from the same photo and camera path. Splits keep identities apart:
+    train shows the three people on the left of ``t1.jpg``, val the three on the right, test Tom Hanks;
+    a fake always sits with its original. Also: ``phone/rotated_-90.mp4`` (val; portrait clip stored
+    sideways with -90 degree rotation metadata), ``noface/table.mp4`` (train; the poker table only) and
+    ``broken/`` (truncated, empty, text, audio only). The example is synthetic and small.
+
+    Returns:
+        ``out_dir`` as a Path; ``out_dir/manifest.csv`` lists every file with label, split, method,
+        source ids and identity ids.
+    """
+    import csv
+
+    from facepipe.faces.mtcnn import MTCNN
+
     out = Path(out_dir)
     n = max(2, int(seconds * fps))
-    t1 = package_photo("t1.jpg")  # 1280x886, six faces
-    log.info("building the example videos in %s", out)
-    pan = camera_frames(t1, (640, 360), n, (420, 330, 0.62), (860, 330, 0.62))
-    write_video(out / "friends" / "poker_pan.mp4", pan, fps)
-    zoom = camera_frames(t1, (640, 360), n, (640, 300, 0.5), (800, 330, 0.9))
-    write_video(out / "friends" / "poker_zoom.mp4", zoom, fps)
-
+    rng = np.random.default_rng(seed)
+    detector = MTCNN(max_side=1280)
+    t1 = package_photo("t1.jpg")  # 1280x886: Rachel, Monica, Ross | Chandler, Joey, Phoebe
+    t1_fake = self_blend(t1, detector.detect([t1])[0], rng)
     tom = package_photo("Tom_Hanks_54745.png")  # 112x112 aligned face
     canvas = np.full((360, 640, 3), 90, np.uint8)
     canvas[:, :, 2] = 120
-    big = cv2.resize(tom, (224, 224), interpolation=cv2.INTER_CUBIC)
-    y0 = 68
-    canvas[y0:y0 + 224, 208:432] = big
-    tom_frames = camera_frames(canvas, (640, 360), n, (300, 180, 1.0), (340, 190, 1.15))
-    write_video(out / "portrait" / "tom_hanks.mp4", tom_frames, fps)
+    canvas[68:292, 208:432] = cv2.resize(tom, (224, 224), interpolation=cv2.INTER_CUBIC)
+    canvas_fake = self_blend(canvas, detector.detect([canvas])[0], rng)
+    log.info("building the example videos in %s", out)
 
-    portrait = camera_frames(t1, (360, 640), n, (1000, 300, 1.0), (1000, 330, 1.1))
-    coded = np.ascontiguousarray(np.rot90(portrait, 1, axes=(1, 2)))  # stored sideways
-    write_video(out / "phone" / "rotated_-90.mp4", coded, fps, rotation=-90)
+    left, right = ["t1-rachel", "t1-monica", "t1-ross"], ["t1-chandler", "t1-joey", "t1-phoebe"]
+    rows = []
 
-    table = camera_frames(t1, (640, 240), n, (500, 760, 1.0), (780, 760, 1.0))
-    write_video(out / "noface" / "table.mp4", table, fps)
+    def clip(rel, photo, size, start, end, label, split, ids, method="", source="", rotation=0):
+        frames = camera_frames(photo, size, n, start, end)
+        if rotation:
+            frames = np.ascontiguousarray(np.rot90(frames, 1, axes=(1, 2)))  # stored sideways
+        write_video(out / rel, frames, fps, rotation=rotation)
+        rows.append(dict(path=rel, label=label, split=split, method=method, source_ids=source,
+                         identity_ids=";".join(ids)))
+
+    path_l = ((300, 330, 1.0), (345, 320, 1.0))
+    path_r = ((1000, 260, 0.8), (1020, 270, 0.85))  # x from 600: Ross (left group) stays out
+    clip("friends/left_pan.mp4", t1, (640, 360), *path_l, "real", "train", left)
+    clip("friends/left_pan_sbi.mp4", t1_fake, (640, 360), *path_l, "fake", "train", left, "SBI",
+         "friends-left_pan")
+    clip("friends/right_pan.mp4", t1, (640, 360), *path_r, "real", "val", right)
+    clip("friends/right_pan_sbi.mp4", t1_fake, (640, 360), *path_r, "fake", "val", right, "SBI",
+         "friends-right_pan")
+    path_t = ((300, 180, 1.0), (340, 190, 1.15))
+    clip("portrait/tom_hanks.mp4", canvas, (640, 360), *path_t, "real", "test", ["tom-hanks"])
+    clip("portrait/tom_hanks_sbi.mp4", canvas_fake, (640, 360), *path_t, "fake", "test", ["tom-hanks"], "SBI",
+         "portrait-tom_hanks")
+    clip("phone/rotated_-90.mp4", t1, (360, 640), (1000, 300, 1.0), (1000, 330, 1.1), "real", "val",
+         ["t1-joey"], rotation=-90)
+    clip("noface/table.mp4", t1, (640, 240), (500, 760, 1.0), (780, 760, 1.0), "real", "train", [])
 
     broken = out / "broken"
-    truncate_copy(out / "friends" / "poker_pan.mp4", broken / "truncated.mp4", keep=0.5)
+    truncate_copy(out / "friends" / "left_pan.mp4", broken / "truncated.mp4", keep=0.5)
     (broken / "empty.mp4").write_bytes(b"")
     (broken / "not_a_video.mp4").write_text("this is a text file with a video extension\n")
     write_audio_only(broken / "audio_only.mp4")
+    for name in ("truncated.mp4", "empty.mp4", "not_a_video.mp4", "audio_only.mp4"):
+        ids = left if name == "truncated.mp4" else []
+        rows.append(dict(path=f"broken/{name}", label="real", split="train", method="", source_ids="",
+                         identity_ids=";".join(ids)))
+    with open(out / EXAMPLE_MANIFEST, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
     return out

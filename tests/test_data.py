@@ -301,3 +301,83 @@ def test_real_media_extract_freq_shard_loader(real_run, tmp_path):
         assert b["dct"].shape[1:] == (3, 256, 256)
         n += len(b["key"])
     assert n == sum(len(k) for name, k in keys.items() if name.startswith("val"))
+
+
+TORCHRUN_SCRIPT = """
+import json, os, sys
+from facepipe.data.loader import make_loader
+shards, out = sys.argv[1], sys.argv[2]
+loader = make_loader(shards, "train", batch_size=3, num_workers=2, seed=5)  # rank from torchrun's env
+keys = [k for b in loader for k in b["key"]]
+with open(os.path.join(out, f"rank{os.environ['RANK']}.json"), "w") as f:
+    json.dump({"keys": keys, "world": os.environ["WORLD_SIZE"]}, f)
+"""
+
+
+def test_torchrun_ranks_split_the_shards_by_themselves(two_datasets, tmp_path):
+    import subprocess
+    import sys
+
+    _, _, out = two_datasets
+    script = tmp_path / "train.py"
+    script.write_text(TORCHRUN_SCRIPT)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(script), str(out), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]
+    assert all(g["world"] == "2" for g in got)
+    a, b = set(got[0]["keys"]), set(got[1]["keys"])
+    total = json.loads((out / "index.json").read_text())["splits"]["train"]["samples"]
+    assert a and b and not a & b and len(a | b) == total
+
+
+def test_freq_shard_inspect_commands(two_datasets, tmp_path):
+    import subprocess
+    import sys
+
+    root, cfg, _ = two_datasets
+    run = lambda *a: subprocess.run([sys.executable, "-m", "facepipe", *a], capture_output=True, text=True)  # noqa: E731
+    fq = tmp_path / "freq"
+    r = run("freq", "--extract", str(root / "solo" / "extract"), "--out", str(fq), "--views", "fft,phase",
+            "--workers", "0", "--no-progress")
+    assert r.returncode == 0 and "2 videos processed" in r.stdout, r.stderr
+    inp = cfg.inputs[1]
+    spec = f"dataset=solo,extract={inp.extract},manifest={inp.manifest},freq={fq}"
+    r = run("shard", "--out", str(tmp_path / "shards"), "--input", spec, "--max-samples", "5", "--no-progress")
+    assert r.returncode == 0 and "test" in r.stdout, r.stderr
+    index = json.loads((tmp_path / "shards" / "index.json").read_text())
+    assert index["views"] == ["fft", "phase"] and index["splits"]["test"]["samples"] > 5
+    r = run("inspect", str(tmp_path / "shards"), "--n", "4")
+    assert r.returncode == 0, r.stderr
+    assert "| test  | solo    | fake  | Mirror" in r.stdout and (tmp_path / "shards" / "contact_sheet.png").is_file()
+    import cv2
+
+    sheet = cv2.imread(str(tmp_path / "shards" / "contact_sheet.png"))
+    assert sheet is not None and sheet.shape[1] == 4 * 2 * 112
+    # a truncated shard is reported, exit 1
+    t = sorted((tmp_path / "shards").glob("test-*.tar"))[0]
+    t.write_bytes(t.read_bytes()[:3000])
+    r = run("inspect", str(tmp_path / "shards"))
+    assert r.returncode == 1 and "index says" in r.stderr and t.name in r.stderr
+    r = run("shard", "--out", str(tmp_path / "s2"), "--input", "dataset=solo,extract=/nope")
+    assert r.returncode == 1 and r.stderr.startswith("facepipe: error:")
+
+
+def test_example_manifest_is_labelled_and_leak_free(tmp_path):
+    from facepipe.example import EXAMPLE_MANIFEST, build_example
+    from facepipe.manifest import read_manifest
+
+    d = build_example(tmp_path / "ex", seconds=0.4)
+    m = read_manifest(d / EXAMPLE_MANIFEST, dataset="example")
+    files = {p.relative_to(d).as_posix() for p in d.rglob("*.mp4")}
+    assert set(m["path"]) == files
+    fakes = m.filter(pl.col("label") == 1)
+    assert fakes.height == 3 and set(fakes["method"]) == {"SBI"}
+    split = dict(zip(m["video_id"], m["split"]))
+    for vid, srcs in zip(fakes["video_id"], fakes["source_ids"]):
+        assert [split[s] for s in srcs] == [split[vid]]
+    owner: dict[str, str] = {}
+    for ids, s in zip(m["identity_ids"], m["split"]):
+        for i in ids:
+            assert owner.setdefault(i, s) == s, f"identity {i} in two splits"
+    assert set(m["split"]) == {"train", "val", "test"}

@@ -169,6 +169,12 @@ class _Pipeline:
         return np.random.default_rng([self.seed, self.rank, w, self.epoch, salt])
 
     # -- stages --
+    def _wanted(self, name: str) -> bool:
+        """Skip tar members this loader does not use (stored views it was not asked for)."""
+        if name.endswith(".npy"):
+            return name.rsplit(".", 2)[-2] in self.stored_views
+        return True
+
     def _nodes(self, src: Iterator) -> Iterator:
         if self.explicit_node:
             return islice(src, self.rank, None, self.world_size)
@@ -219,7 +225,7 @@ class _Pipeline:
 
     def _collate(self, samples: list[dict]) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "image_u8": torch.from_numpy(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2).contiguous(),
+            "image_u8": torch.from_numpy(np.stack([s["image"] for s in samples])),  # (B, H, W, 3) uint8
             "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
         }
         for k in META_KEYS:
@@ -245,7 +251,7 @@ class _Pipeline:
                                              seed=self.seed, epoch=self.epoch - 1))
             stages.append(self._nodes)
         stages.append(wds.split_by_worker)
-        stages.append(wds.tarfile_to_samples(handler=h))
+        stages.append(wds.tarfile_to_samples(handler=h, select_files=self._wanted))
         stages.append(self._select)
         if self.shuffle and self.shuffle_buffer > 1:
             stages.append(wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100),
@@ -303,13 +309,13 @@ class FaceLoader:
     def _to_device(self, b: dict) -> dict:
         from facepipe.freq import compute_views_torch
 
-        x = b.pop("image_u8").to(self.device, non_blocking=True).float().div_(255.0)
+        x = b.pop("image_u8").to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
         if self.compute_views and self.views:
             b.update(compute_views_torch(self.views, x, self.freq_cfg))
         else:
             for v in self.views:
                 b[v] = b[v].to(self.device, non_blocking=True).float()
-        b["image"] = (x - self.mean) / self.std
+        b["image"] = x.sub_(self.mean).div_(self.std)  # views above were computed from x before this
         b["label"] = b["label"].to(self.device, non_blocking=True)
         return b
 

@@ -1,0 +1,18 @@
+"""Shards: the sample schema (``schema``), the shard writer (``writer``), and ``make_loader`` for training.
+
+``make_loader`` is imported lazily so that the schema and writer do not pull in torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["make_loader"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "make_loader":
+        from facepipe.data.loader import make_loader
+
+        return make_loader
+    raise AttributeError(f"module 'facepipe.data' has no attribute {name!r}")
