@@ -36,6 +36,7 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from facepipe import __version__
+from facepipe._io import atomic_path, atomic_write_bytes
 from facepipe.config import ExtractConfig
 from facepipe.errors import InputError, VideoError
 
@@ -190,18 +191,6 @@ def _init_worker(cfg: ExtractConfig, threads: int, log_level: int) -> None:
     _WORKER["cfg"] = cfg
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _atomic_write_parquet(df: pl.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    df.write_parquet(tmp)
-    os.replace(tmp, path)
-
-
 def _encode(crop_rgb: np.ndarray, fmt: str, quality: int) -> bytes:
     bgr = cv2.cvtColor(crop_rgb, cv2.COLOR_RGB2BGR)
     if fmt == "png":
@@ -313,8 +302,9 @@ def process_video(job: VideoJob, out_dir: str, params_hash: str, sha256: str | N
     else:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         shutil.rmtree(final_dir, ignore_errors=True)
-    _atomic_write_parquet(pl.DataFrame(face_rows, schema=FACE_SCHEMA), parts / f"{job.video_id}.parquet")
-    _atomic_write_bytes(parts / f"{job.video_id}.json", json.dumps(row).encode())
+    with atomic_path(parts / f"{job.video_id}.parquet") as tmp:
+        pl.DataFrame(face_rows, schema=FACE_SCHEMA).write_parquet(tmp)
+    atomic_write_bytes(parts / f"{job.video_id}.json", json.dumps(row).encode())
     return row, len(face_rows)
 
 
@@ -473,7 +463,7 @@ def _run_pool(pending: list[VideoJob], out: Path, params_hash: str, shas: dict, 
                 row.update(video_id=j.video_id, path=j.rel, status="decode_error", file_size=j.size,
                            file_mtime_ns=j.mtime_ns, params_hash=None, n_faces=0, n_tracks=0,
                            message="the decoder crashed the worker process on this file")
-                _atomic_write_bytes(out / "_parts" / f"{j.video_id}.json", json.dumps(row).encode())
+                atomic_write_bytes(out / "_parts" / f"{j.video_id}.json", json.dumps(row).encode())
                 done(row, 0)
             finally:
                 solo.shutdown()
@@ -507,9 +497,8 @@ def consolidate(out: Path, jobs: list[VideoJob]) -> dict[str, int]:
     faces = faces.sort(["video_id", "frame_index", "track_id"])
     meta = {"facepipe_version": __version__, "stage_version": str(STAGE_VERSION)}
     for df, name in ((videos, "videos.parquet"), (faces, "faces.parquet")):
-        tmp = out / f".{name}.tmp-{os.getpid()}"
-        df.write_parquet(tmp, metadata=meta)
-        os.replace(tmp, out / name)
+        with atomic_path(out / name) as tmp:
+            df.write_parquet(tmp, metadata=meta)
     counts = {s: 0 for s in STATUSES}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 import polars as pl
+
+from facepipe._io import atomic_path
 
 
 def contact_sheet(out_dir: str | Path, max_tiles: int = 48, tile: int = 128, cols: int = 8) -> Path | None:
@@ -38,9 +39,8 @@ def contact_sheet(out_dir: str | Path, max_tiles: int = 48, tile: int = 128, col
         cv2.putText(sheet, label, (x + 2, y + tile + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (0, 0, 0), 1,
                     cv2.LINE_AA)
     path = out / "contact_sheet.png"
-    tmp = out / f".contact_sheet.tmp-{os.getpid()}.png"
-    cv2.imwrite(str(tmp), sheet)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        cv2.imwrite(str(tmp), sheet)
     return path
 
 
@@ -125,7 +125,6 @@ def inspect_shards(source: str | Path, n: int = 32, out_png: str | Path | None =
             text = f"{m['label_name']} {m['dataset']} {m['method'] or ''} {split}"[:38]
             cv2.putText(img, text, (x + 2, y + tile + 11), cv2.FONT_HERSHEY_SIMPLEX, 0.32, color, 1, cv2.LINE_AA)
         sheet = Path(out_png) if out_png else index_path.parent / "contact_sheet.png"
-        tmp = sheet.with_name(f".{sheet.stem}.tmp-{os.getpid()}.png")
-        cv2.imwrite(str(tmp), img[..., ::-1])
-        os.replace(tmp, sheet)
+        with atomic_path(sheet) as tmp:
+            cv2.imwrite(str(tmp), img[..., ::-1])
     return counts, sheet, problems

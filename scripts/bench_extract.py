@@ -118,12 +118,14 @@ def main() -> None:
         ("cv2 read-all + keep N (1 proc)", *bench_cv2(files, args.num_frames)),
         ("ffmpeg null decode (1 thread)", *bench_ffmpeg(files, args.num_frames)),
     ]
-    print(f"| method | seconds | videos/s | frames/s | sampled/s | faces/s |")
-    print(f"|---|---:|---:|---:|---:|---:|")
+    print("| method | seconds | videos/s | frames/s | sampled/s | faces/s |")
+    print("|---|---:|---:|---:|---:|---:|")
+    def rate(x, dt):
+        return "–" if x is None else f"{x / dt:.1f}"
+
     for name, dt, decoded, sampled, faces in rows:
-        def rate(x):
-            return "–" if x is None else f"{x / dt:.1f}"
-        print(f"| {name} | {dt:.1f} | {len(files) / dt:.2f} | {rate(decoded)} | {rate(sampled)} | {rate(faces)} |")
+        print(f"| {name} | {dt:.1f} | {len(files) / dt:.2f} | {rate(decoded, dt)} | {rate(sampled, dt)} "
+              f"| {rate(faces, dt)} |")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from facepipe.errors import ConfigError, InputError
 from facepipe.example import camera_frames, package_photo, write_video
 from facepipe.extract import run_extract
 from facepipe.freq.stage import run_freq
-from tests.conftest import REAL
 
 VIEWS = ("dct", "srm")
 
@@ -115,7 +114,7 @@ def test_index_counts_match_the_tars(two_datasets):
     index = json.loads((out / "index.json").read_text())
     keys = _tar_keys(out)
     assert index["splits"]["val"] == {"samples": 0, "shards": []}
-    for split, info in index["splits"].items():
+    for info in index["splits"].values():
         for sh in info["shards"]:
             assert sh["samples"] == len(keys[sh["url"]]) <= 6
             assert sh["bytes"] == (out / sh["url"]).stat().st_size

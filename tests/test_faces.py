@@ -7,8 +7,14 @@ import pytest
 from facepipe.config import AlignConfig, TrackConfig
 from facepipe.errors import DetectorError
 from facepipe.faces import create_detector, list_detectors
-from facepipe.faces.align import (arcface_template, box_matrix, face_matrix, similarity_matrix,
-                                  transform_points, warp_crop)
+from facepipe.faces.align import (
+    arcface_template,
+    box_matrix,
+    face_matrix,
+    similarity_matrix,
+    transform_points,
+    warp_crop,
+)
 from facepipe.faces.track import link_tracks
 from facepipe.faces.types import Face
 from tests.conftest import REAL, needs_real

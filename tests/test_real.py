@@ -5,7 +5,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import polars as pl
-import pytest
 
 from facepipe.config import ExtractConfig
 from facepipe.extract import run_extract, video_id_for

@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import multiprocessing as mp
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
+from facepipe._io import atomic_path, atomic_write_bytes
 from facepipe.config import FreqConfig
 from facepipe.errors import InputError
 from facepipe.freq import compute_view
@@ -71,15 +71,11 @@ def _video_views(extract_dir: str, out_dir: str, video_id: str, rows: list[dict]
         for v in cfg.views:
             arrays[member_name(r["frame_index"], r["track_id"], v)] = compute_view(v, x, cfg).astype(np.float16)
     out = Path(out_dir)
-    final = out / "views" / f"{video_id}.npz"
-    tmp = final.with_name(f".{video_id}.tmp-{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, final)
-    part = out / "_parts" / f"{video_id}.json"
-    tmp = part.with_name(f".{part.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"video_id": video_id, "crops": fingerprint, "params_hash": params_hash,
-                               "n": len(rows), "views": list(cfg.views)}))
-    os.replace(tmp, part)
+    with atomic_path(out / "views" / f"{video_id}.npz") as tmp:
+        np.savez(tmp, **arrays)
+    atomic_write_bytes(out / "_parts" / f"{video_id}.json",
+                       json.dumps({"video_id": video_id, "crops": fingerprint, "params_hash": params_hash,
+                                   "n": len(rows), "views": list(cfg.views)}).encode())
     return len(rows)
 
 
@@ -155,8 +151,7 @@ def run_freq(extract_dir: str | Path, out_dir: str | Path, cfg: FreqConfig, work
                   pl.col("track_id").cast(pl.String)).alias("member"),
         pl.lit(list(cfg.views), dtype=pl.List(pl.String)).alias("views"),
     ).sort(["video_id", "frame_index", "track_id"])
-    tmp = out / f".views.parquet.tmp-{os.getpid()}"
-    table.write_parquet(tmp)
-    os.replace(tmp, out / "views.parquet")
+    with atomic_path(out / "views.parquet") as tmp:
+        table.write_parquet(tmp)
     summary.seconds = time.perf_counter() - t0
     return summary
