@@ -380,3 +380,23 @@ def test_example_manifest_is_labelled_and_leak_free(tmp_path):
         for i in ids:
             assert owner.setdefault(i, s) == s, f"identity {i} in two splits"
     assert set(m["split"]) == {"train", "val", "test"}
+
+
+def test_brace_patterns_pipes_and_missing_shards(two_datasets, tmp_path):
+    _, _, out = two_datasets
+    index = json.loads((out / "index.json").read_text())
+    names = [s["url"] for s in index["splits"]["train"]["shards"]]
+    n = index["splits"]["train"]["samples"]
+    pattern = str(out / f"train-{{000000..{len(names) - 1:06d}}}.tar")
+    keys = [k for b in make_loader(pattern, batch_size=4, num_workers=0) for k in b["key"]]
+    assert len(keys) == len(set(keys)) == n
+    piped = [f"pipe:cat {out / u}" for u in names]
+    keys = [k for b in make_loader(piped, batch_size=4, num_workers=0) for k in b["key"]]
+    assert len(keys) == n
+    loader = make_loader([str(out / names[0]), str(tmp_path / "missing.tar")], batch_size=4, num_workers=0)
+    got = [k for b in loader for k in b["key"]]
+    assert len(got) == index["splits"]["train"]["shards"][0]["samples"]
+    assert loader.errors == 1  # the missing shard, skipped and counted under handler="warn"
+    with pytest.raises(FileNotFoundError):
+        for _ in make_loader([str(tmp_path / "missing.tar")], batch_size=4, num_workers=0, handler="raise"):
+            pass
