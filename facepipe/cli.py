@@ -56,6 +56,8 @@ def extract(
     video_dir: Path = typer.Option(..., "--video-dir", help="Folder searched recursively for videos."),
     out: Path = typer.Option(..., "--out", help="Output folder (faces/, faces.parquet, videos.parquet)."),
     params: Optional[Path] = typer.Option(None, "--params", help="params.yaml to read the 'extract' section from."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest",
+                                            help="Only the videos this manifest lists (paths relative to --video-dir)."),
     sampling: Optional[str] = typer.Option(None, help="Frame sampling: uniform | stride | fps."),
     num_frames: Optional[int] = typer.Option(None, help="uniform: frames per video (default 32)."),
     stride: Optional[int] = typer.Option(None, help="stride: keep every k-th frame."),
@@ -102,7 +104,8 @@ def extract(
     cfg = validate_section(ExtractConfig, data, "extract options")
     if fingerprint not in ("stat", "sha256"):
         raise FacepipeError(f"--fingerprint must be stat or sha256, got '{fingerprint}'")
-    s = run_extract(video_dir, out, cfg, workers=workers, fingerprint=fingerprint, progress=progress)
+    s = run_extract(video_dir, out, cfg, workers=workers, fingerprint=fingerprint, progress=progress,
+                    manifest=manifest)
     typer.echo(f"extract: {s.processed} videos processed, {s.skipped} skipped (unchanged), "
                f"{s.faces_written} faces written in {s.seconds:.1f}s with {s.detector}")
     typer.echo("status: " + ", ".join(f"{k}={v}" for k, v in s.statuses.items()))
@@ -115,6 +118,59 @@ def extract(
     if strict and bad:
         raise FacepipeError(f"--strict: {bad} video(s) could not be decoded or are unsupported "
                             f"(see status in {out / 'videos.parquet'})")
+
+
+@app.command()
+def manifest(
+    out: Path = typer.Option(..., "--out", help="manifest.parquet to write."),
+    dataset: str = typer.Option(..., "--dataset", help="Dataset name (a key of 'datasets' in --params, if given)."),
+    adapter: Optional[str] = typer.Option(None, help="Layout adapter (see 'facepipe datasets')."),
+    root: Optional[Path] = typer.Option(None, help="The dataset's root folder in its published layout."),
+    params: Optional[Path] = typer.Option(
+        None, "--params", help="params.yaml: 'manifest' section, and datasets.<dataset> for adapter/root."),
+    split_mode: Optional[str] = typer.Option(None, help="official | group."),
+    compression: Optional[str] = typer.Option(None, help="FF++/DFD compression folder: raw | c23 | c40."),
+    option: Optional[list[str]] = typer.Option(None, "--option", help="Adapter option KEY=VALUE (repeatable)."),
+) -> None:
+    """Build a leakage-checked manifest (labels, official or grouped splits) from a dataset's own layout."""
+    from facepipe._io import atomic_path
+    from facepipe.config import load_dataset_entry
+    from facepipe.datasets import ManifestConfig, build_manifest
+
+    data = (load_params(params, "manifest", ManifestConfig) if params else ManifestConfig()).model_dump()
+    options = dict(data.get("options") or {})
+    if params and adapter is None:
+        entry = load_dataset_entry(params, dataset)
+        adapter, root = entry.adapter, root or Path(entry.root)
+        options.update(entry.options)
+    if adapter is None or root is None:
+        raise FacepipeError("give --adapter and --root, or --params with a datasets.<name> entry")
+    for kv in option or []:
+        if "=" not in kv:
+            raise FacepipeError(f"--option '{kv}': expected KEY=VALUE")
+        k, v = kv.split("=", 1)
+        options[k] = v
+    data["options"] = options
+    for k, v in {"split_mode": split_mode, "compression": compression}.items():
+        if v is not None:
+            data[k] = v
+    cfg = validate_section(ManifestConfig, data, "manifest options")
+    df = build_manifest(adapter, root, dataset, cfg)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        df.write_parquet(tmp)
+    counts = df.group_by("split", "label").len().sort("split", "label")
+    summary = ", ".join(f"{s} {'fake' if lab else 'real'} {n}" for s, lab, n in counts.iter_rows())
+    typer.echo(f"manifest: {df.height} videos of '{dataset}' ({adapter}) -> {out}: {summary}")
+
+
+@app.command()
+def datasets() -> None:
+    """List the dataset adapters and the layout each expects."""
+    from facepipe.datasets import list_adapters
+
+    for a in list_adapters():
+        typer.echo(f"{a.name}\n" + "\n".join("    " + line for line in a.layout.splitlines()) + "\n")
 
 
 @app.command()
@@ -166,6 +222,12 @@ def shard(
     data = (load_params(params, "shard", ShardConfig) if params else ShardConfig()).model_dump()
     if inputs:
         data["inputs"] = [_parse_input(t) for t in inputs]
+    elif not data["inputs"] and params:
+        from facepipe.config import dataset_keys
+
+        # the pipeline's convention: every dataset in params.yaml's 'datasets' under data/datasets/<name>/
+        data["inputs"] = [{"dataset": k, "extract": f"data/datasets/{k}/extract", "freq": f"data/datasets/{k}/freq",
+                           "manifest": f"data/datasets/{k}/manifest.parquet"} for k in dataset_keys(params)]
     for k, v in {"max_samples": max_samples, "max_bytes": max_bytes, "seed": seed}.items():
         if v is not None:
             data[k] = v

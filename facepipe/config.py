@@ -185,6 +185,41 @@ class ShardConfig(_Section):
 M = TypeVar("M", bound=BaseModel)
 
 
+class DatasetEntry(_Section):
+    """One entry of the ``datasets`` mapping in params.yaml: which adapter reads which root.
+
+    ``root`` is the dataset in its published layout (and the folder ``extract`` reads videos from);
+    ``options`` are adapter settings (e.g. ``file`` for ``csv``, ``splits_dir`` for ``ffpp``).
+    """
+
+    adapter: str
+    root: str
+    options: dict[str, str] = {}
+
+
+def load_dataset_entry(path: str | Path, key: str) -> DatasetEntry:
+    """``datasets.<key>`` of a params file.
+
+    Raises:
+        ConfigError: missing file, no ``datasets`` mapping, unknown key, or an invalid entry.
+    """
+    p = Path(path)
+    try:
+        doc = yaml.safe_load(p.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{p}: cannot read params: {e}") from None
+    ds = doc.get("datasets") or {}
+    if key not in ds:
+        raise ConfigError(f"{p}: no dataset '{key}' under 'datasets' (have: {', '.join(ds) or 'none'})")
+    return validate_section(DatasetEntry, ds[key], f"{p} [datasets.{key}]")
+
+
+def dataset_keys(path: str | Path) -> list[str]:
+    """Keys of the ``datasets`` mapping of a params file (empty when absent)."""
+    doc = yaml.safe_load(Path(path).read_text()) or {}
+    return list((doc.get("datasets") or {}).keys())
+
+
 def _format_validation(err: ValidationError, where: str) -> str:
     parts = []
     for e in err.errors():

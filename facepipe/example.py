@@ -209,7 +209,7 @@ def build_example(out_dir: str | Path, seconds: float = 2.0, fps: int = 25, seed
 
     Returns:
         ``out_dir`` as a Path; ``out_dir/manifest.csv`` lists every file with label, split, method,
-        source ids and identity ids.
+        source paths and identity ids (the ``csv`` adapter's layout).
     """
     import csv
 
@@ -243,14 +243,14 @@ def build_example(out_dir: str | Path, seconds: float = 2.0, fps: int = 25, seed
     path_r = ((1000, 260, 0.8), (1020, 270, 0.85))  # x from 600: Ross (left group) stays out
     clip("friends/left_pan.mp4", t1, (640, 360), *path_l, "real", "train", left)
     clip("friends/left_pan_sbi.mp4", t1_fake, (640, 360), *path_l, "fake", "train", left, "SBI",
-         "friends-left_pan")
+         "friends/left_pan.mp4")
     clip("friends/right_pan.mp4", t1, (640, 360), *path_r, "real", "val", right)
     clip("friends/right_pan_sbi.mp4", t1_fake, (640, 360), *path_r, "fake", "val", right, "SBI",
-         "friends-right_pan")
+         "friends/right_pan.mp4")
     path_t = ((300, 180, 1.0), (340, 190, 1.15))
     clip("portrait/tom_hanks.mp4", canvas, (640, 360), *path_t, "real", "test", ["tom-hanks"])
     clip("portrait/tom_hanks_sbi.mp4", canvas_fake, (640, 360), *path_t, "fake", "test", ["tom-hanks"], "SBI",
-         "portrait-tom_hanks")
+         "portrait/tom_hanks.mp4")
     clip("phone/rotated_-90.mp4", t1, (360, 640), (1000, 300, 1.0), (1000, 330, 1.1), "real", "val",
          ["t1-joey"], rotation=-90)
     clip("noface/table.mp4", t1, (640, 240), (500, 760, 1.0), (780, 760, 1.0), "real", "train", [])

@@ -167,6 +167,37 @@ def discover_videos(video_dir: str | Path, extensions: tuple[str, ...]) -> list[
     return jobs
 
 
+def jobs_from_manifest(video_dir: str | Path, manifest: "pl.DataFrame") -> list[VideoJob]:
+    """Inputs listed in a manifest (``path`` relative to ``video_dir``; ``video_id`` as the manifest says).
+
+    Paths may be video files or image-sequence folders. Listed paths that do not exist are still
+    returned (``size`` -1) so the stage records them as ``decode_error`` instead of silently skipping.
+
+    Raises:
+        InputError: ``video_dir`` is missing or the manifest lists nothing.
+    """
+    root = Path(video_dir)
+    if not root.is_dir():
+        raise InputError(f"{root}: video folder does not exist")
+    if manifest.height == 0:
+        raise InputError("the manifest lists no videos")
+    jobs = []
+    for rel, vid in manifest.select("path", "video_id").sort("path").iter_rows():
+        p = root / rel
+        try:
+            st = p.stat()
+            size = _tree_size(p) if p.is_dir() else st.st_size
+            mtime = st.st_mtime_ns
+        except OSError:
+            size, mtime = -1, 0
+        jobs.append(VideoJob(str(p.resolve()), rel, vid, size, mtime))
+    return jobs
+
+
+def _tree_size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+
+
 def file_sha256(path: str) -> str:
     """sha256 hex digest of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
@@ -349,7 +380,8 @@ def _is_done(part_json: Path, job: VideoJob, params_hash: str, fingerprint: str,
 
 
 def run_extract(video_dir: str | Path, out_dir: str | Path, cfg: ExtractConfig, workers: int = 2,
-                fingerprint: Literal["stat", "sha256"] = "stat", progress: bool = True) -> ExtractSummary:
+                fingerprint: Literal["stat", "sha256"] = "stat", progress: bool = True,
+                manifest: str | Path | None = None) -> ExtractSummary:
     """Run the extract stage.
 
     Args:
@@ -361,6 +393,9 @@ def run_extract(video_dir: str | Path, out_dir: str | Path, cfg: ExtractConfig, 
         fingerprint: how a finished video is recognised as unchanged: ``stat`` (size + mtime) or
             ``sha256`` of the content (survives copies that reset mtimes).
         progress: show a tqdm bar over videos with faces/s.
+        manifest: process only the videos this manifest lists (paths relative to ``video_dir``,
+            ids from the manifest), e.g. one compression level of an FF++ tree; ``None`` = every
+            video file under ``video_dir``.
 
     Returns:
         An :class:`ExtractSummary`.
@@ -372,7 +407,12 @@ def run_extract(video_dir: str | Path, out_dir: str | Path, cfg: ExtractConfig, 
     from facepipe.faces import create_detector
 
     t0 = time.perf_counter()
-    jobs = discover_videos(video_dir, cfg.extensions)
+    if manifest is not None:
+        from facepipe.manifest import read_manifest
+
+        jobs = jobs_from_manifest(video_dir, read_manifest(manifest, dataset="_"))
+    else:
+        jobs = discover_videos(video_dir, cfg.extensions)
     out = Path(out_dir)
     cpu = os.cpu_count() or 1
     threads = max(1, cpu // max(1, workers)) if workers else 0
@@ -384,7 +424,8 @@ def run_extract(video_dir: str | Path, out_dir: str | Path, cfg: ExtractConfig, 
     for stale in (out / "faces").glob(".*.tmp-*"):  # left by a killed run
         shutil.rmtree(stale, ignore_errors=True)
 
-    shas = {j.video_id: file_sha256(j.path) for j in jobs} if fingerprint == "sha256" else {}
+    shas = ({j.video_id: file_sha256(j.path) for j in jobs if Path(j.path).is_file()}
+            if fingerprint == "sha256" else {})
     pending = [j for j in jobs if not _is_done(out / "_parts" / f"{j.video_id}.json", j, params_hash,
                                                fingerprint, shas.get(j.video_id), out)]
     summary = ExtractSummary(skipped=len(jobs) - len(pending), detector=detector.id, out_dir=str(out))

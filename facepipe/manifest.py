@@ -3,8 +3,8 @@
 Columns (``MANIFEST_SCHEMA``): ``dataset``, ``video_id`` (as :func:`facepipe.extract.video_id_for`
 derives it from ``path``), ``path`` (relative to the dataset's video folder), ``label`` (0 real, 1 fake),
 ``method`` (manipulation method; ``original`` for real videos), ``split`` (train/val/test),
-``source_ids`` (video ids of the original(s) a fake was made from), ``compression`` and
-``identity_ids`` (where known).
+``source_ids`` (video ids of the original(s) a fake was made from), ``compression``,
+``identity_ids`` (people shown, where known) and ``mask_path`` (manipulation mask video, FF++).
 
 :func:`read_manifest` reads a parquet file in that schema or a CSV with at least ``path,label``
 (``label`` 0/1 or real/fake; optional ``split``, ``method``, ``source_ids`` separated by ``;``,
@@ -23,7 +23,7 @@ from facepipe.errors import InputError
 MANIFEST_SCHEMA = {
     "dataset": pl.String, "video_id": pl.String, "path": pl.String, "label": pl.Int8, "method": pl.String,
     "split": pl.String, "source_ids": pl.List(pl.String), "compression": pl.String,
-    "identity_ids": pl.List(pl.String),
+    "identity_ids": pl.List(pl.String), "mask_path": pl.String,
 }
 
 
@@ -87,8 +87,9 @@ def read_manifest(path: str | Path, dataset: str | None = None) -> pl.DataFrame:
         df = df.with_columns(pl.lit(None, dtype=pl.String).alias("method"))
     df = df.with_columns(pl.when(pl.col("method").is_null() & (pl.col("label") == 0)).then(pl.lit("original"))
                          .otherwise(pl.col("method")).alias("method"))
-    if "compression" not in df.columns:
-        df = df.with_columns(pl.lit(None, dtype=pl.String).alias("compression"))
+    for col in ("compression", "mask_path"):
+        if col not in df.columns:
+            df = df.with_columns(pl.lit(None, dtype=pl.String).alias(col))
     df = df.with_columns(_list_col(df, "source_ids"), _list_col(df, "identity_ids"))
     df = df.select([pl.col(c).cast(t) for c, t in MANIFEST_SCHEMA.items()])
     for name in df["dataset"].unique().to_list():
@@ -97,16 +98,12 @@ def read_manifest(path: str | Path, dataset: str | None = None) -> pl.DataFrame:
     if dup.height:
         raise InputError(f"{p}: video '{dup['video_id'][0]}' of dataset '{dup['dataset'][0]}' is listed "
                          f"{dup['len'][0]} times")
-    check_leakage(df, str(p))
+    check_leakage(df, str(p), identities=False)  # identity policy is the manifest stage's decision
     return df
 
 
-def check_leakage(df: pl.DataFrame, where: str) -> None:
-    """Fail when a fake and one of its originals (``source_ids``) sit in different splits.
-
-    Raises:
-        InputError: naming every offending (fake, original, splits) up to 10.
-    """
+def find_leaks(df: pl.DataFrame, identities: bool = True) -> list[str]:
+    """Describe every fake whose original sits in another split, and every identity seen in two splits."""
     split_of = {(d, v): s for d, v, s in df.select("dataset", "video_id", "split").iter_rows()}
     bad = []
     for d, v, s, srcs in df.select("dataset", "video_id", "split", "source_ids").iter_rows():
@@ -114,6 +111,31 @@ def check_leakage(df: pl.DataFrame, where: str) -> None:
             other = split_of.get((d, src))
             if other is not None and other != s:
                 bad.append(f"{v} ({s}) from {src} ({other})")
+    if identities and "identity_ids" in df.columns:
+        where: dict[tuple[str, str], set[str]] = {}
+        for d, s, ids in df.select("dataset", "split", "identity_ids").iter_rows():
+            for i in ids or []:
+                where.setdefault((d, i), set()).add(s)
+        bad += [f"identity {i} in {', '.join(sorted(ss))}" for (_, i), ss in sorted(where.items()) if len(ss) > 1]
+    return bad
+
+
+def check_leakage(df: pl.DataFrame, where: str, identities: bool = True, mode: str = "error") -> list[str]:
+    """Fail (``mode="error"``) or warn when originals or identities cross splits.
+
+    Returns:
+        The offenders (empty when clean).
+
+    Raises:
+        InputError: ``mode="error"`` and leaks exist, naming up to 10 offenders.
+    """
+    import logging
+
+    bad = find_leaks(df, identities)
     if bad:
-        raise InputError(f"{where}: originals cross splits (leakage): " + "; ".join(bad[:10])
-                         + (f"; and {len(bad) - 10} more" if len(bad) > 10 else ""))
+        msg = (f"{where}: originals or identities cross splits (leakage): " + "; ".join(bad[:10])
+               + (f"; and {len(bad) - 10} more" if len(bad) > 10 else ""))
+        if mode == "error":
+            raise InputError(msg)
+        logging.getLogger(__name__).warning(msg)
+    return bad

