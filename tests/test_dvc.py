@@ -67,6 +67,18 @@ def test_one_parameter_reruns_only_what_depends_on_it(repo):
     assert all(sh["samples"] <= 50 for s in index["splits"].values() for sh in s["shards"])
 
 
+def test_metrics_and_plots_are_declared(repo):
+    _run(["dvc", "repro"], repo)
+    metrics = json.loads(_run(["dvc", "metrics", "show", "--json"], repo))
+    stats = next(iter(metrics.values()))["data"]["data/shards/stats.json"]["data"]  # one revision: the workspace
+    index = json.loads((repo / "data" / "shards" / "index.json").read_text())
+    assert stats["samples"] == index["total"]
+    assert {s: v["samples"] for s, v in stats["splits"].items()} == {s: v["samples"] for s, v in index["splits"].items()}
+    assert 0 < stats["splits"]["train"]["fake_share"] < 1
+    out = _run(["dvc", "plots", "show", "--json"], repo)
+    assert "data/shards/counts.csv" in out
+
+
 def test_dag_shows_the_graph(repo):
     dag = _run(["dvc", "dag", "--md"], repo)
     for stage in ("example", "manifest@example", "extract@example", "freq@example", "shard"):

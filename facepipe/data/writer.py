@@ -6,6 +6,8 @@ Layout of ``OUT``::
     index.json             every shard with its samples, bytes, and counts by dataset, label, method
                            and by (dataset, label) cell ("ffpp:fake")
     _meta.json             schema version, facepipe version, the parameters and inputs that made them
+    stats.json, counts.csv samples, videos, fake share and bytes per sample per split (DVC metrics) and
+                           samples per split/dataset/label (DVC plot data)
 
 Deterministic: the same inputs and parameters give byte-identical tars (samples sorted by key, then
 shuffled with the seed; tar members with mtime 0, fixed owner and mode), so DVC's cache works. The
@@ -38,6 +40,8 @@ log = logging.getLogger(__name__)
 
 INDEX_NAME = "index.json"
 META_NAME = "_meta.json"
+STATS_NAME = "stats.json"
+COUNTS_NAME = "counts.csv"
 
 
 @lru_cache(maxsize=64)
@@ -177,8 +181,9 @@ def run_shard(out_dir: str | Path, cfg: ShardConfig, progress: bool = True) -> S
             "views": list(stored)}
     (stage / INDEX_NAME).write_text(json.dumps(index, indent=1, sort_keys=True))
     (stage / META_NAME).write_text(json.dumps(meta, indent=1, sort_keys=True))
+    _write_stats(stage, index, allrows)
     # Swap the complete new set in.
-    for old in list(out.glob("*.tar")) + [out / INDEX_NAME, out / META_NAME]:
+    for old in list(out.glob("*.tar")) + [out / n for n in (INDEX_NAME, META_NAME, STATS_NAME, COUNTS_NAME)]:
         if old.exists():
             old.unlink()
     for f in sorted(stage.iterdir()):
@@ -186,6 +191,27 @@ def run_shard(out_dir: str | Path, cfg: ShardConfig, progress: bool = True) -> S
     stage.rmdir()
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _write_stats(folder: Path, index: dict, rows: pl.DataFrame) -> None:
+    """``stats.json`` (DVC metrics: samples, videos, fake share, bytes per sample, per split) and
+    ``counts.csv`` (DVC plot data: samples per split, dataset and label)."""
+    stats: dict = {"samples": index["total"], "splits": {}}
+    for split, info in index["splits"].items():
+        r = rows.filter(pl.col("split") == split)
+        n = info["samples"]
+        stats["splits"][split] = {
+            "samples": n,
+            "videos": r.select("dataset", "video_id").unique().height,
+            "fake_share": round(float((r["label"] == 1).mean()), 4) if n else 0.0,
+            "bytes_per_sample": round(sum(s["bytes"] for s in info["shards"]) / n) if n else 0,
+        }
+    (folder / STATS_NAME).write_text(json.dumps(stats, indent=1, sort_keys=True))
+    counts = (rows.with_columns(pl.col("label").replace_strict(LABEL_NAMES, return_dtype=pl.String).alias("label"))
+              .group_by("split", "dataset", "label").len().rename({"len": "samples"})
+              .with_columns(pl.concat_str("split", "dataset", "label", separator="/").alias("group"))
+              .sort("split", "dataset", "label"))
+    counts.select("group", "split", "dataset", "label", "samples").write_csv(folder / COUNTS_NAME)
 
 
 def _sample(r: dict, views: tuple[str, ...]) -> dict:
