@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from facepipe.config import FreqConfig
-from facepipe.data.schema import LABEL_NAMES, SCHEMA_VERSION, SchemaError, decode_sample
+from facepipe.data.schema import SCHEMA_VERSION, SchemaError, decode_sample
 from facepipe.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
@@ -480,4 +480,4 @@ def _acceptance(cells: dict[tuple[str, int], float], weights: dict[str, float] |
     return {c: r / top for c, r in ratio.items()}
 
 
-__all__ = ["FaceLoader", "ShardSet", "default_augmentation", "make_loader", "resolve_shards", "LABEL_NAMES"]
+__all__ = ["FaceLoader", "ShardSet", "default_augmentation", "make_loader", "resolve_shards"]
