@@ -11,7 +11,15 @@ from typing import Optional
 import typer
 
 from facepipe import __version__
-from facepipe.config import ExtractConfig, FreqConfig, ShardConfig, load_params, validate_section
+from facepipe.config import (
+    EvaluateConfig,
+    ExtractConfig,
+    FreqConfig,
+    ShardConfig,
+    TrainConfig,
+    load_params,
+    validate_section,
+)
 from facepipe.errors import FacepipeError
 
 app = typer.Typer(
@@ -263,6 +271,61 @@ def inspect(
 
 
 @app.command()
+def train(
+    shards: Path = typer.Option(..., "--shards", help="Shard folder (index.json) with train and val splits."),
+    out: Path = typer.Option(..., "--out", help="Output folder: last.pt, best.pt, train.json, dvclive/."),
+    params: Optional[Path] = typer.Option(None, "--params", help="params.yaml to read the 'train' section from."),
+    detector: Optional[str] = typer.Option(None, help="Zoo detector (see 'facepipe detectors')."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
+    batch_size: Optional[int] = typer.Option(None, help="Samples per batch (per rank)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate."),
+    resume: bool = typer.Option(False, help="Continue from OUT/last.pt."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train a zoo detector on streamed shards (CPU, one GPU, or many with torchrun); select on val."""
+    from facepipe.train.engine import run_train
+
+    data = (load_params(params, "train", TrainConfig) if params else TrainConfig()).model_dump()
+    for k, v in {"detector": detector, "steps": steps, "batch_size": batch_size, "lr": lr}.items():
+        if v is not None:
+            data[k] = v
+    cfg = validate_section(TrainConfig, data, "train options")
+    s = run_train(shards, out, cfg, resume=resume, progress=progress)
+    typer.echo(f"train: {s['steps']} steps of {s['detector']}, best val {s['select']} "
+               f"{s['best'] if s['best'] is not None else 'n/a'} at step {s['best_step']} ({s['stop']}); "
+               f"data wait {100 * s['data_wait_fraction']:.0f}% of step time -> {out}")
+
+
+@app.command()
+def evaluate(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint from 'facepipe train' (best.pt)."),
+    shards: list[Path] = typer.Option(..., "--shards", help="Shard folder(s) to test on (repeat for cross-dataset)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: metrics.json, predictions.parquet, roc_*.csv."),
+    params: Optional[Path] = typer.Option(None, "--params", help="params.yaml to read the 'evaluate' section from."),
+    split: Optional[str] = typer.Option(None, help="Split to evaluate (default test)."),
+    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Horizontal-flip test-time augmentation."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Frame- and video-level AUC/EER/AP/accuracy per dataset and method, cross-dataset table, ROC plots."""
+    from facepipe.train.evaluate import run_evaluate
+
+    data = (load_params(params, "evaluate", EvaluateConfig) if params else EvaluateConfig()).model_dump()
+    if split is not None:
+        data["split"] = split
+    if tta is not None:
+        data["tta_hflip"] = tta
+    cfg = validate_section(EvaluateConfig, data, "evaluate options")
+    r = run_evaluate(checkpoint, list(shards), out, cfg, progress=progress)
+    fmt = lambda v: "n/a" if v is None or v != v else f"{v:.4f}"  # noqa: E731
+    typer.echo(f"evaluate {r['detector']} on {cfg.split}: frame AUC {fmt(r['frame']['auc'])}, video AUC "
+               f"{fmt(r['video']['auc'])}, video EER {fmt(r['video']['eer'])}, video AP {fmt(r['video']['ap'])} "
+               f"({r['video']['n']} videos) -> {out / 'metrics.json'}")
+    for row in r["cross_dataset"]:
+        typer.echo(f"  {row['trained_on']} -> {row['tested_on']}{' (cross)' if row['cross'] else ''}: "
+                   f"video AUC {fmt(row['video_auc'])}, frame AUC {fmt(row['frame_auc'])}")
+
+
+@app.command()
 def example(
     out: Path = typer.Option(Path("example/videos"), "--out", help="Folder to write the example videos to."),
     seconds: float = typer.Option(2.0, min=0.2, help="Length of each clip in seconds."),
@@ -279,7 +342,7 @@ def example(
 def detectors(
     model_root: str = typer.Option("~/.insightface/models", help="insightface model root to search."),
 ) -> None:
-    """List face detectors and whether each can run here (offline)."""
+    """List face detectors (and whether each can run here, offline) and the forgery-detector zoo."""
     from facepipe.config import DetectorConfig
     from facepipe.faces import list_detectors, resolve_detector_name
     from facepipe.faces.insight import find_detector_model
@@ -296,6 +359,13 @@ def detectors(
             where = str(p) if p else f"no pack under {model_root}"
         typer.echo(f"{name:11s} {where}")
     typer.echo(f"auto -> {resolve_detector_name(DetectorConfig(model_root=model_root))}")
+    from facepipe.models import get_spec
+    from facepipe.models import list_detectors as zoo
+
+    typer.echo("\nforgery detectors (facepipe train --detector NAME):")
+    for name in zoo():
+        spec = get_spec(name)
+        typer.echo(f"{name:16s} inputs={','.join(spec.inputs)} size={spec.input_size}  {spec.paper}")
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal, Optional, TypeVar
+from typing import Literal, Optional, TypeVar, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -180,6 +180,54 @@ class ShardConfig(_Section):
     max_bytes: int = Field(500_000_000, ge=1_000)
     seed: int = 0
     views: Optional[tuple[str, ...]] = None
+
+
+class TrainConfig(_Section):
+    """Parameters of the ``train`` stage (section ``train``).
+
+    ``detector`` from the zoo (``facepipe.models.list_detectors()``) with ``detector_options``;
+    ``pretrained``: ``false``, ``true`` (local timm cache only) or a weights file. ``image_size``:
+    ``null`` = the detector's input size. ``steps`` optimizer steps in all; validation every
+    ``eval_every`` steps selects the best checkpoint on ``select`` (``video_auc`` or ``frame_auc``) of
+    the **val** split, never test; training stops after ``patience`` validations without improvement.
+    ``amp``: ``auto`` = bf16 autocast on CUDA, fp32 on CPU; ``off``.
+    """
+
+    detector: str = "resnet18"
+    detector_options: dict = {}
+    pretrained: Union[bool, str] = False
+    image_size: Optional[int] = Field(None, ge=16)
+    batch_size: int = Field(32, ge=1)
+    steps: int = Field(1000, ge=1)
+    eval_every: int = Field(200, ge=1)
+    checkpoint_every: int = Field(200, ge=1)
+    optimizer: Literal["adamw", "adam"] = "adamw"
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["cosine", "step"] = "cosine"
+    step_size: int = Field(1000, ge=1)
+    gamma: float = Field(0.1, gt=0, le=1)
+    clip_norm: Optional[float] = Field(1.0, gt=0)
+    amp: Literal["auto", "off"] = "auto"
+    seed: int = 0
+    num_workers: int = Field(2, ge=0)
+    augment: bool = True
+    class_balance: bool = False
+    dataset_weights: Optional[dict[str, float]] = None
+    patience: int = Field(5, ge=1)
+    select: Literal["video_auc", "frame_auc"] = "video_auc"
+
+
+class EvaluateConfig(_Section):
+    """Parameters of the ``evaluate`` stage (section ``evaluate``): split, video aggregation (``mean`` |
+    ``max`` | ``topk`` with ``topk``), horizontal-flip test-time augmentation, batch size, workers."""
+
+    split: str = "test"
+    video_agg: Literal["mean", "max", "topk"] = "mean"
+    topk: int = Field(5, ge=1)
+    tta_hflip: bool = False
+    batch_size: int = Field(64, ge=1)
+    num_workers: int = Field(2, ge=0)
 
 
 M = TypeVar("M", bound=BaseModel)

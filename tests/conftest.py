@@ -75,3 +75,25 @@ def real_run(tmp_path_factory, real_manifest):
     videos = {r["path"]: r for r in pl.read_parquet(out / "videos.parquet").iter_rows(named=True)}
     faces = pl.read_parquet(out / "faces.parquet")
     return out, summary, videos, faces
+
+
+@pytest.fixture(scope="session")
+def example_shards(tmp_path_factory) -> Path:
+    """The bundled example (short clips) through manifest -> extract -> shard, 64 px crops, no stored views."""
+    from facepipe.config import ShardConfig, ShardInput
+    from facepipe.data.writer import run_shard
+    from facepipe.datasets import ManifestConfig, build_manifest
+    from facepipe.example import build_example
+    from facepipe.extract import run_extract
+
+    root = tmp_path_factory.mktemp("example")
+    videos = build_example(root / "videos", seconds=0.6)
+    man = build_manifest("csv", videos, "example", ManifestConfig())
+    man.write_parquet(root / "manifest.parquet")
+    cfg = ExtractConfig.model_validate({"sampling": {"num_frames": 6}, "detector": {"name": "mtcnn"},
+                                        "align": {"size": 64}})
+    run_extract(videos, root / "extract", cfg, workers=0, progress=False, manifest=root / "manifest.parquet")
+    run_shard(root / "shards", ShardConfig(inputs=(ShardInput(dataset="example", extract=str(root / "extract"),
+                                                              manifest=str(root / "manifest.parquet")),),
+                                           max_samples=16), progress=False)
+    return root / "shards"

@@ -1,0 +1,1 @@
+"""Training and evaluation of zoo detectors on streamed shards (``engine``, ``evaluate``, ``metrics``)."""

@@ -1,0 +1,64 @@
+"""Metrics checked against cases computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+
+from facepipe.errors import InputError
+from facepipe.train.metrics import binary_metrics, eer, metric_table, roc_points, video_scores
+
+
+def test_hand_computed_case():
+    # reals 0.1 0.4 0.35, fakes 0.8 0.35 -> pairs (fake > real): 0.8 beats all 3; 0.35 beats 0.1, ties 0.35
+    y = [0, 0, 0, 1, 1]
+    s = [0.1, 0.4, 0.35, 0.8, 0.35]
+    m = binary_metrics(y, s)
+    assert m["auc"] == pytest.approx((3 + 1 + 0.5) / 6)
+    assert m["acc"] == pytest.approx(4 / 5)  # 0.35 fake predicted real
+    assert (m["real_acc"], m["fake_acc"]) == (1.0, 0.5)
+    # AP: ranking 0.8(F) 0.4(R) 0.35(F,R tie) 0.1(R): precision at recall 0.5 = 1, at recall 1 = 2/4 -> 0.75
+    assert m["ap"] == pytest.approx(0.5 * 1 + 0.5 * 0.5)
+    assert (m["n"], m["n_real"], m["n_fake"]) == (5, 3, 2)
+
+
+def test_eer_perfect_inverted_and_balanced():
+    assert eer(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9])) == 0.0
+    assert eer(np.array([0, 0, 1, 1]), np.array([0.9, 0.8, 0.2, 0.1])) == 1.0
+    # scores: R .1 .3 .6, F .2 .5 .9 -> at threshold 0.5: FPR 1/3 (0.6), FNR 1/3 (0.2): EER 1/3
+    assert eer(np.array([0, 0, 0, 1, 1, 1]), np.array([0.1, 0.3, 0.6, 0.2, 0.5, 0.9])) == pytest.approx(1 / 3)
+    assert math.isnan(binary_metrics([1, 1], [0.2, 0.9])["auc"])
+
+
+def _frames():
+    return pl.DataFrame({
+        "dataset": ["a"] * 6 + ["b"] * 2,
+        "video_id": ["r1", "r1", "f1", "f1", "f2", "f2", "r2", "f3"],
+        "label": [0, 0, 1, 1, 1, 1, 0, 1],
+        "method": ["original", "original", "X", "X", "Y", "Y", "original", "Z"],
+        "score": [0.1, 0.7, 0.2, 0.9, 0.6, 0.6, 0.3, 0.4],
+    })
+
+
+def test_video_aggregation():
+    v = video_scores(_frames(), "mean")
+    assert dict(zip(v["video_id"], v["score"])) == pytest.approx({"r1": 0.4, "f1": 0.55, "f2": 0.6, "r2": 0.3,
+                                                                  "f3": 0.4})
+    assert dict(zip(video_scores(_frames(), "max")["video_id"], video_scores(_frames(), "max")["score"]))["r1"] == 0.7
+    assert video_scores(_frames(), "topk", k=1)["score"].to_list() == video_scores(_frames(), "max")["score"].to_list()
+    with pytest.raises(InputError, match="different labels"):
+        video_scores(_frames().with_columns(pl.Series("label", [0, 1, 1, 1, 1, 1, 0, 1])))
+
+
+def test_metric_table_per_dataset_and_method():
+    t = metric_table(_frames())
+    assert t["video"]["n"] == 5 and t["frame"]["n"] == 8
+    assert set(t["per_dataset"]) == {"a", "b"} and set(t["per_method"]) == {"X", "Y", "Z"}
+    # method X in dataset a: fakes f1 (mean .55) vs reals of a (r1 .4): video AUC 1
+    assert t["per_method"]["X"]["video"]["auc"] == 1.0 and t["per_method"]["X"]["video"]["n"] == 2
+    assert t["per_dataset"]["b"]["video"]["auc"] == 1.0  # f3 .4 > r2 .3
+    roc = roc_points(_frames()["label"], _frames()["score"])
+    assert roc["fpr"][0] == 0 and roc["tpr"][-1] == 1 and (roc["threshold"] <= 1).all()

@@ -1,0 +1,125 @@
+"""train_step, train/resume/early stop, evaluate, bad inputs, and DDP under torchrun (CPU, gloo)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import polars as pl
+import pytest
+import torch
+
+from facepipe.config import EvaluateConfig, TrainConfig
+from facepipe.data.loader import make_loader
+from facepipe.errors import InputError
+from facepipe.models import create_detector
+from facepipe.train.engine import NonFiniteLoss, load_checkpoint, run_train, train_step
+from facepipe.train.evaluate import run_evaluate
+
+SMALL = dict(detector="resnet18", image_size=64, batch_size=8, steps=6, eval_every=3, checkpoint_every=3,
+             num_workers=0, lr=1e-3)
+
+
+def _batch():
+    torch.manual_seed(0)
+    return {"image": torch.randn(4, 3, 32, 32), "label": torch.tensor([0, 1, 0, 1])}
+
+
+def test_train_step_updates_clips_and_refuses_nan():
+    model = create_detector("resnet18")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = train_step(model, _batch(), opt, clip_norm=1e-3)
+    assert loss > 0 and any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    # clipping: with max norm 1e-3 and lr 0.1 no parameter moves more than 1e-4
+    assert max((a - b).abs().max().item() for a, b in zip(before, model.parameters())) <= 1e-4 + 1e-7
+    frozen = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        model.head[1].bias.fill_(float("nan"))
+    with pytest.raises(NonFiniteLoss):
+        train_step(model, _batch(), opt)
+    assert all(torch.equal(a, b) or torch.isnan(b).any() for a, b in zip(frozen, model.parameters()))
+
+
+def test_train_step_bf16_autocast_runs_on_cpu():
+    model = create_detector("local", dim=32, depth=1)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    assert train_step(model, _batch(), opt, amp_dtype=torch.bfloat16) > 0
+
+
+def test_train_selects_on_val_resumes_and_evaluates(example_shards, tmp_path):
+    out = tmp_path / "run"
+    s = run_train(example_shards, out, TrainConfig(**SMALL), progress=False)
+    assert s["steps"] == 6 and (out / "best.pt").is_file() and (out / "last.pt").is_file()
+    last = load_checkpoint(out / "last.pt", "resnet18")
+    assert last["step"] == 6 and last["datasets"] == ["example"] and last["image_size"] == 64
+    best = load_checkpoint(out / "best.pt")
+    assert best["step"] in (3, 6) and best["best"] == s["best"]
+    metrics = (out / "dvclive" / "metrics.json")
+    assert metrics.is_file() and "val" in json.loads(metrics.read_text())
+    # resume continues from step 6 to 9, keeping optimizer and schedule
+    s2 = run_train(example_shards, out, TrainConfig(**{**SMALL, "steps": 9}), resume=True, progress=False)
+    assert s2["steps"] == 9 and load_checkpoint(out / "last.pt")["step"] == 9
+    with pytest.raises(InputError, match="checkpoint of detector 'resnet18', asked to resume 'local'"):
+        run_train(example_shards, out, TrainConfig(**{**SMALL, "detector": "local"}), resume=True, progress=False)
+    r = run_evaluate(out / "best.pt", [example_shards], tmp_path / "eval", EvaluateConfig(num_workers=0, tta_hflip=True),
+                     progress=False)
+    preds = pl.read_parquet(tmp_path / "eval" / "predictions.parquet")
+    test_n = json.loads((example_shards / "index.json").read_text())["splits"]["test"]["samples"]
+    assert preds.height == test_n and set(preds["split"]) == {"test"}
+    assert r["frame"]["n"] == test_n and r["video"]["n"] == 2  # tom_hanks and its SBI twin
+    assert r["cross_dataset"] == [{**r["cross_dataset"][0], "trained_on": "example", "tested_on": "example",
+                                   "cross": False}]
+    roc = pl.read_csv(tmp_path / "eval" / "roc_frame.csv")
+    assert roc["fpr"].min() == 0 and roc["tpr"].max() == 1
+    on_disk = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert on_disk["video"]["n"] == 2 and on_disk["split"] == "test"
+
+
+def test_early_stopping(example_shards, tmp_path):
+    cfg = TrainConfig(**{**SMALL, "steps": 50, "eval_every": 1, "patience": 2, "lr": 1e-9})
+    s = run_train(example_shards, tmp_path / "run", cfg, progress=False)
+    assert s["stop"].startswith("early stop") and s["steps"] < 50
+
+
+def test_bad_inputs(example_shards, tmp_path):
+    with pytest.raises(InputError, match="shard index not found"):
+        run_train(tmp_path / "nothing", tmp_path / "o", TrainConfig(**SMALL), progress=False)
+    with pytest.raises(InputError, match="checkpoint not found"):
+        run_train(example_shards, tmp_path / "fresh", TrainConfig(**SMALL), resume=True, progress=False)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    ckpt = {"model": {}, "detector": "resnet18", "schema_version": 0}
+    torch.save(ckpt, tmp_path / "old.pt")
+    with pytest.raises(InputError, match="shard schema 0"):
+        load_checkpoint(tmp_path / "old.pt")
+    # a detector needing a view the batch lacks is named
+    model = create_detector("two_stream_srm")
+    batch = next(iter(make_loader(example_shards, "train", batch_size=2, num_workers=0)))
+    with pytest.raises(InputError, match=r"needs \['srm'\]"):
+        train_step(model, batch, torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(example_shards, tmp_path):
+    out = tmp_path / "run"
+    cfg = TrainConfig(**{**SMALL, "steps": 9, "lr": 1e36, "clip_norm": None, "checkpoint_every": 1,
+                         "eval_every": 100, "augment": False})  # step 1 overflows the head: step 2 is NaN
+    with pytest.raises(NonFiniteLoss, match=r"at step \d+: training stopped; the last good checkpoint is"):
+        run_train(example_shards, out, cfg, progress=False)
+    last = load_checkpoint(out / "last.pt")
+    assert 1 <= last["step"] < 9
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+
+
+def test_ddp_with_torchrun_on_cpu(example_shards, tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(
+        "import sys\nfrom facepipe.config import TrainConfig\nfrom facepipe.train.engine import run_train\n"
+        f"run_train(sys.argv[1], sys.argv[2], TrainConfig(**{SMALL!r}), progress=False)\n")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(script), str(example_shards), str(tmp_path / "ddp")], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert load_checkpoint(tmp_path / "ddp" / "last.pt")["step"] == 6
