@@ -23,6 +23,10 @@ def _run(cmd: list[str], cwd: Path) -> str:
     return r.stdout + r.stderr
 
 
+def metrics_file(metrics: dict, path: str) -> dict:
+    return next(iter(metrics.values()))["data"][path]["data"]
+
+
 def _ran(out: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", out))
 
@@ -36,15 +40,21 @@ def repo(tmp_path_factory) -> Path:
     params = yaml.safe_load((d / "params.yaml").read_text())
     params["extract"]["sampling"]["num_frames"] = 4  # small and quick
     params["extract"]["align"]["size"] = 64
+    params["train"].update(image_size=64, steps=6, eval_every=3, checkpoint_every=3, batch_size=8, num_workers=0)
+    params["evaluate"]["num_workers"] = 0
     (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["git", "init", "-q"], d)
     _run(["dvc", "init", "-q"], d)
+    (d / ".gitignore").write_text("/facepipe/\n")
+    _run(["git", "add", "-A"], d)  # a repo with history, as a clone is (dvclive records the baseline commit)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "pipeline"], d)
     return d
 
 
 def test_repro_builds_everything_then_does_nothing(repo):
     out = _run(["dvc", "repro"], repo)
-    assert _ran(out) == {"example", "manifest@example", "extract@example", "freq@example", "shard"}
+    assert _ran(out) == {"example", "manifest@example", "extract@example", "freq@example", "shard", "train",
+                         "evaluate"}
     index = json.loads((repo / "data" / "shards" / "index.json").read_text())
     assert index["total"] > 50 and all(index["splits"][s]["samples"] > 0 for s in ("train", "val", "test"))
     labels = {k for s in index["splits"].values() for sh in s["shards"] for k in sh["labels"]}
@@ -56,12 +66,16 @@ def test_repro_builds_everything_then_does_nothing(repo):
 def test_one_parameter_reruns_only_what_depends_on_it(repo):
     _run(["dvc", "repro"], repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["evaluate"]["tta_hflip"] = True
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert _ran(_run(["dvc", "repro"], repo)) == {"evaluate"}
+    assert json.loads((repo / "data" / "evaluate" / "metrics.json").read_text())["tta_hflip"] is True
     params["shard"]["max_samples"] = 50
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert _ran(_run(["dvc", "repro"], repo)) == {"shard"}
+    assert _ran(_run(["dvc", "repro"], repo)) == {"shard", "train", "evaluate"}
     params["freq"]["views"] = ["dct", "srm"]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert _ran(_run(["dvc", "repro"], repo)) == {"freq@example", "shard"}
+    assert _ran(_run(["dvc", "repro"], repo)) == {"freq@example", "shard", "train", "evaluate"}
     index = json.loads((repo / "data" / "shards" / "index.json").read_text())
     assert index["views"] == ["dct", "srm"]
     assert all(sh["samples"] <= 50 for s in index["splits"].values() for sh in s["shards"])
@@ -75,11 +89,13 @@ def test_metrics_and_plots_are_declared(repo):
     assert stats["samples"] == index["total"]
     assert {s: v["samples"] for s, v in stats["splits"].items()} == {s: v["samples"] for s, v in index["splits"].items()}
     assert 0 < stats["splits"]["train"]["fake_share"] < 1
+    assert metrics_file(metrics, "data/evaluate/metrics.json")["video"]["n"] > 0
+    assert "val" in metrics_file(metrics, "data/train/dvclive/metrics.json")
     out = _run(["dvc", "plots", "show", "--json"], repo)
-    assert "data/shards/counts.csv" in out
+    assert "data/shards/counts.csv" in out and "roc_video.csv" in out and "val/video_auc" in out
 
 
 def test_dag_shows_the_graph(repo):
     dag = _run(["dvc", "dag", "--md"], repo)
-    for stage in ("example", "manifest@example", "extract@example", "freq@example", "shard"):
+    for stage in ("example", "manifest@example", "extract@example", "freq@example", "shard", "train", "evaluate"):
         assert stage in dag
