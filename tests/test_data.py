@@ -380,3 +380,20 @@ def test_example_manifest_is_labelled_and_leak_free(tmp_path):
         for i in ids:
             assert owner.setdefault(i, s) == s, f"identity {i} in two splits"
     assert set(m["split"]) == {"train", "val", "test"}
+
+
+def test_shard_reads_views_freshly_after_freq_rewrites_them(two_datasets, tmp_path):
+    """run_freq -> run_shard -> run_freq (other views, same npz paths) -> run_shard in one process."""
+    root, cfg, _ = two_datasets
+    inp = cfg.inputs[1]
+    fq = tmp_path / "freq"
+    run_freq(inp.extract, fq, FreqConfig(views=("dct",), dct_log=True), workers=0, progress=False)
+    one = cfg.model_copy(update={"inputs": (inp.model_copy(update={"freq": str(fq)}),)})
+    run_shard(tmp_path / "a", one, progress=False)
+    run_freq(inp.extract, fq, FreqConfig(views=("dct",), dct_log=False), workers=0, progress=False)
+    run_shard(tmp_path / "b", one, progress=False)
+    a = next(iter(make_loader(tmp_path / "a", "test", batch_size=4, num_workers=0, shuffle=False, views=("dct",))))
+    b = next(iter(make_loader(tmp_path / "b", "test", batch_size=4, num_workers=0, shuffle=False, views=("dct",))))
+    assert a["key"] == b["key"]
+    # DC coefficient of a 64 px crop: signed ~ 64 x mean (> 10), its log ~ 3.5
+    assert (a["dct"][:, :, 0, 0] < 6).all() and (b["dct"][:, :, 0, 0] > 10).all()

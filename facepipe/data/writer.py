@@ -44,11 +44,6 @@ STATS_NAME = "stats.json"
 COUNTS_NAME = "counts.csv"
 
 
-@lru_cache(maxsize=64)
-def _npz(path: str):
-    return np.load(path, allow_pickle=False)
-
-
 def collect_samples(inp: ShardInput, views: tuple[str, ...] | None) -> tuple[pl.DataFrame, tuple[str, ...]]:
     """Join one dataset's faces with its manifest (and stored views).
 
@@ -146,6 +141,8 @@ def run_shard(out_dir: str | Path, cfg: ShardConfig, progress: bool = True) -> S
     stage.mkdir()
     index = {"schema_version": SCHEMA_VERSION, "total": 0, "views": list(stored), "splits": {}}
     summary = ShardSummary()
+    # Open npz files are cached for this run only: a later freq run may rewrite them under the same names.
+    npz = lru_cache(maxsize=64)(lambda path: np.load(path, allow_pickle=False))
     bar = tqdm(total=allrows.height, unit="sample", desc="shard", disable=not progress)
     for s_i, split in enumerate(SPLITS):
         rows = allrows.filter(pl.col("split") == split)
@@ -158,7 +155,7 @@ def run_shard(out_dir: str | Path, cfg: ShardConfig, progress: bool = True) -> S
                                  maxsize=cfg.max_bytes, verbose=0, mtime=0, user="facepipe",
                                  group="facepipe", mode=0o444) as sink:
                 for r in rows.iter_rows(named=True):
-                    sink.write(_sample(r, stored))
+                    sink.write(_sample(r, stored, npz))
                     st = stats.setdefault(sink.fname, {"samples": 0, "datasets": Counter(), "labels": Counter(),
                                                        "methods": Counter(), "cells": Counter()})
                     st["samples"] += 1
@@ -177,6 +174,7 @@ def run_shard(out_dir: str | Path, cfg: ShardConfig, progress: bool = True) -> S
         summary.shards[split] = len(shards)
         summary.bytes += sum(s["bytes"] for s in shards)
     bar.close()
+    npz.cache_clear()
     meta = {"schema_version": SCHEMA_VERSION, "facepipe_version": __version__, "params": cfg.model_dump(),
             "views": list(stored)}
     (stage / INDEX_NAME).write_text(json.dumps(index, indent=1, sort_keys=True))
@@ -214,7 +212,7 @@ def _write_stats(folder: Path, index: dict, rows: pl.DataFrame) -> None:
     counts.select("group", "split", "dataset", "label", "samples").write_csv(folder / COUNTS_NAME)
 
 
-def _sample(r: dict, views: tuple[str, ...]) -> dict:
+def _sample(r: dict, views: tuple[str, ...], npz) -> dict:
     crop = Path(r["_root"]) / r["crop_path"]
     try:
         image = crop.read_bytes()
@@ -222,7 +220,7 @@ def _sample(r: dict, views: tuple[str, ...]) -> dict:
         raise InputError(f"{crop}: cannot read crop: {e.strerror}") from None
     arrays = {}
     if views:
-        z = _npz(str(Path(r["_freq"]) / r["npz"]))
+        z = npz(str(Path(r["_freq"]) / r["npz"]))
         for v in views:
             arrays[v] = z[f"{r['member']}/{v}"]
     meta = {
