@@ -59,6 +59,24 @@ def _set(d: dict, dotted: str, value) -> None:
     d[leaf] = value
 
 
+def _params_data(params: Optional[Path], section: str, model) -> dict:
+    """A stage's parameters as a plain dict: its params.yaml section (validated), or the defaults."""
+    return (load_params(params, section, model) if params else model()).model_dump()
+
+
+def _configure(model, data: dict, overrides: dict, section: str):
+    """Apply the command-line options that were given (``None`` = not given; dotted keys reach nested
+    sections) and validate; errors name the key."""
+    for k, v in overrides.items():
+        if v is not None:
+            _set(data, k, v)
+    return validate_section(model, data, f"{section} options")
+
+
+def _csv_list(text: Optional[str]) -> Optional[list[str]]:
+    return None if text is None else [v.strip() for v in text.split(",") if v.strip()]
+
+
 @app.command()
 def extract(
     video_dir: Path = typer.Option(..., "--video-dir", help="Folder searched recursively for videos."),
@@ -96,8 +114,6 @@ def extract(
     from facepipe.extract import run_extract
     from facepipe.report import contact_sheet as make_sheet
 
-    base = load_params(params, "extract", ExtractConfig) if params else ExtractConfig()
-    data = base.model_dump()
     overrides = {
         "sampling.strategy": sampling, "sampling.num_frames": num_frames, "sampling.stride": stride,
         "sampling.fps": fps, "sampling.max_frames": max_frames, "detector.name": detector,
@@ -106,10 +122,7 @@ def extract(
         "align.size": size, "align.margin": margin, "track.select": select,
         "output.format": image_format, "output.jpeg_quality": jpeg_quality,
     }
-    for k, v in overrides.items():
-        if v is not None:
-            _set(data, k, v)
-    cfg = validate_section(ExtractConfig, data, "extract options")
+    cfg = _configure(ExtractConfig, _params_data(params, "extract", ExtractConfig), overrides, "extract")
     if fingerprint not in ("stat", "sha256"):
         raise FacepipeError(f"--fingerprint must be stat or sha256, got '{fingerprint}'")
     s = run_extract(video_dir, out, cfg, workers=workers, fingerprint=fingerprint, progress=progress,
@@ -145,7 +158,7 @@ def manifest(
     from facepipe.config import load_dataset_entry
     from facepipe.datasets import ManifestConfig, build_manifest
 
-    data = (load_params(params, "manifest", ManifestConfig) if params else ManifestConfig()).model_dump()
+    data = _params_data(params, "manifest", ManifestConfig)
     options = dict(data.get("options") or {})
     if params and adapter is None:
         entry = load_dataset_entry(params, dataset)
@@ -159,10 +172,7 @@ def manifest(
         k, v = kv.split("=", 1)
         options[k] = v
     data["options"] = options
-    for k, v in {"split_mode": split_mode, "compression": compression}.items():
-        if v is not None:
-            data[k] = v
-    cfg = validate_section(ManifestConfig, data, "manifest options")
+    cfg = _configure(ManifestConfig, data, {"split_mode": split_mode, "compression": compression}, "manifest")
     df = build_manifest(adapter, root, dataset, cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
@@ -193,10 +203,7 @@ def freq(
     """Compute frequency views of every extracted crop and store them as float16 (incremental)."""
     from facepipe.freq.stage import run_freq
 
-    data = (load_params(params, "freq", FreqConfig) if params else FreqConfig()).model_dump()
-    if views is not None:
-        data["views"] = [v.strip() for v in views.split(",") if v.strip()]
-    cfg = validate_section(FreqConfig, data, "freq options")
+    cfg = _configure(FreqConfig, _params_data(params, "freq", FreqConfig), {"views": _csv_list(views)}, "freq")
     s = run_freq(extract_dir, out, cfg, workers=workers, progress=progress)
     typer.echo(f"freq: {s.processed} videos processed, {s.skipped} skipped (unchanged), {s.crops} crops, "
                f"views {', '.join(cfg.views)} in {s.seconds:.1f}s -> {out}")
@@ -227,7 +234,7 @@ def shard(
     """Write deterministic WebDataset tar shards per split, from one or more datasets, with an index."""
     from facepipe.data.writer import run_shard
 
-    data = (load_params(params, "shard", ShardConfig) if params else ShardConfig()).model_dump()
+    data = _params_data(params, "shard", ShardConfig)
     if inputs:
         data["inputs"] = [_parse_input(t) for t in inputs]
     elif not data["inputs"] and params:
@@ -236,12 +243,8 @@ def shard(
         # the pipeline's convention: every dataset in params.yaml's 'datasets' under data/datasets/<name>/
         data["inputs"] = [{"dataset": k, "extract": f"data/datasets/{k}/extract", "freq": f"data/datasets/{k}/freq",
                            "manifest": f"data/datasets/{k}/manifest.parquet"} for k in dataset_keys(params)]
-    for k, v in {"max_samples": max_samples, "max_bytes": max_bytes, "seed": seed}.items():
-        if v is not None:
-            data[k] = v
-    if views is not None:
-        data["views"] = [v.strip() for v in views.split(",") if v.strip()]
-    cfg = validate_section(ShardConfig, data, "shard options")
+    cfg = _configure(ShardConfig, data, {"max_samples": max_samples, "max_bytes": max_bytes, "seed": seed,
+                                         "views": _csv_list(views)}, "shard")
     s = run_shard(out, cfg, progress=progress)
     typer.echo("shard: " + ", ".join(f"{k} {s.samples[k]} samples in {s.shards[k]} shards" for k in s.samples)
                + f"; {s.bytes / 1e6:.1f} MB in {s.seconds:.1f}s -> {out}")
@@ -285,11 +288,8 @@ def train(
     """Train a zoo detector on streamed shards (CPU, one GPU, or many with torchrun); select on val."""
     from facepipe.train.engine import run_train
 
-    data = (load_params(params, "train", TrainConfig) if params else TrainConfig()).model_dump()
-    for k, v in {"detector": detector, "steps": steps, "batch_size": batch_size, "lr": lr}.items():
-        if v is not None:
-            data[k] = v
-    cfg = validate_section(TrainConfig, data, "train options")
+    cfg = _configure(TrainConfig, _params_data(params, "train", TrainConfig),
+                     {"detector": detector, "steps": steps, "batch_size": batch_size, "lr": lr}, "train")
     s = run_train(shards, out, cfg, resume=resume, progress=progress)
     typer.echo(f"train: {s['steps']} steps of {s['detector']}, best val {s['select']} "
                f"{s['best'] if s['best'] is not None else 'n/a'} at step {s['best_step']} ({s['stop']}); "
@@ -309,12 +309,8 @@ def evaluate(
     """Frame- and video-level AUC/EER/AP/accuracy per dataset and method, cross-dataset table, ROC plots."""
     from facepipe.train.evaluate import run_evaluate
 
-    data = (load_params(params, "evaluate", EvaluateConfig) if params else EvaluateConfig()).model_dump()
-    if split is not None:
-        data["split"] = split
-    if tta is not None:
-        data["tta_hflip"] = tta
-    cfg = validate_section(EvaluateConfig, data, "evaluate options")
+    cfg = _configure(EvaluateConfig, _params_data(params, "evaluate", EvaluateConfig),
+                     {"split": split, "tta_hflip": tta}, "evaluate")
     r = run_evaluate(checkpoint, list(shards), out, cfg, progress=progress)
     fmt = lambda v: "n/a" if v is None or v != v else f"{v:.4f}"  # noqa: E731
     typer.echo(f"evaluate {r['detector']} on {cfg.split}: frame AUC {fmt(r['frame']['auc'])}, video AUC "
