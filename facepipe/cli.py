@@ -11,15 +11,7 @@ from typing import Optional
 import typer
 
 from facepipe import __version__
-from facepipe.config import (
-    EvaluateConfig,
-    ExtractConfig,
-    FreqConfig,
-    ShardConfig,
-    TrainConfig,
-    load_params,
-    validate_section,
-)
+from facepipe.config import load_params, validate_section
 from facepipe.errors import FacepipeError
 
 app = typer.Typer(
@@ -82,14 +74,14 @@ def extract(
     video_dir: Path = typer.Option(..., "--video-dir", help="Folder searched recursively for videos."),
     out: Path = typer.Option(..., "--out", help="Output folder (faces/, faces.parquet, videos.parquet)."),
     params: Optional[Path] = typer.Option(None, "--params", help="params.yaml to read the 'extract' section from."),
-    manifest: Optional[Path] = typer.Option(None, "--manifest",
-                                            help="Only the videos this manifest lists (paths relative to --video-dir)."),
+    manifest: Optional[Path] = typer.Option(
+        None, "--manifest", help="Only the videos this manifest lists, with its labels and originals (per-face labels)."),
     sampling: Optional[str] = typer.Option(None, help="Frame sampling: uniform | stride | fps."),
     num_frames: Optional[int] = typer.Option(None, help="uniform: frames per video (default 32)."),
     stride: Optional[int] = typer.Option(None, help="stride: keep every k-th frame."),
     fps: Optional[float] = typer.Option(None, help="fps: frames per second of video."),
     max_frames: Optional[int] = typer.Option(None, help="stride/fps: at most this many frames per video."),
-    detector: Optional[str] = typer.Option(None, help="auto | mtcnn | scrfd | retinaface."),
+    detector: Optional[str] = typer.Option(None, help="Face detector: auto | mtcnn | scrfd | retinaface."),
     model_root: Optional[str] = typer.Option(None, help="insightface model root (default ~/.insightface/models)."),
     max_side: Optional[int] = typer.Option(None, help="Detect on a copy with this longest side (px)."),
     min_face: Optional[int] = typer.Option(None, help="Smallest face searched for, detection-image px."),
@@ -99,46 +91,52 @@ def extract(
     size: Optional[int] = typer.Option(None, help="Crop side in pixels (default 256)."),
     margin: Optional[float] = typer.Option(None, help="Context margin (default 1.3)."),
     select: Optional[str] = typer.Option(None, help="all | largest: which face tracks to keep."),
+    label_policy: Optional[str] = typer.Option(None, help="Fakes without a usable original: main | all | drop."),
     image_format: Optional[str] = typer.Option(None, "--format", help="png (lossless) | jpg."),
     jpeg_quality: Optional[int] = typer.Option(None, help="JPEG quality when --format jpg."),
-    workers: int = typer.Option(2, "--workers", "-j", min=0, help="Worker processes (0 = in this process)."),
-    fingerprint: str = typer.Option("stat", help="Change detection for resume: stat (size+mtime) | sha256."),
-    strict: bool = typer.Option(False, help="Exit 1 if any video is decode_error or unsupported."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", min=0,
+                                          help="Worker processes (0 = in this process; default 2)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds per video before a worker is stopped."),
+    fingerprint: Optional[str] = typer.Option(None, help="Change detection for resume: stat (size+mtime) | sha256."),
+    strict: bool = typer.Option(False, help="Exit 1 if any video is error, decode_error or unsupported."),
     contact_sheet: bool = typer.Option(True, help="Write OUT/contact_sheet.png of one crop per track."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Turn a folder of videos into aligned face crops plus faces.parquet and videos.parquet.
 
-    Incremental: a re-run skips videos already done with the same parameters and file.
+    Incremental: a re-run skips videos already done with the same code, parameters and file; videos whose
+    earlier run failed unexpectedly (status error) are retried.
     """
-    from facepipe.extract import run_extract
     from facepipe.report import contact_sheet as make_sheet
+    from facepipe.stages.extract import ExtractConfig, run
 
     overrides = {
         "sampling.strategy": sampling, "sampling.num_frames": num_frames, "sampling.stride": stride,
         "sampling.fps": fps, "sampling.max_frames": max_frames, "detector.name": detector,
         "detector.model_root": model_root, "detector.max_side": max_side, "detector.min_face_px": min_face,
         "detector.min_score": min_score, "detector.device": device, "align.mode": align,
-        "align.size": size, "align.margin": margin, "track.select": select,
-        "output.format": image_format, "output.jpeg_quality": jpeg_quality,
+        "align.size": size, "align.margin": margin, "track.select": select, "labels.policy": label_policy,
+        "output.format": image_format, "output.jpeg_quality": jpeg_quality, "workers": workers,
+        "timeout_s": timeout, "file_fingerprint": fingerprint,
     }
     cfg = _configure(ExtractConfig, _params_data(params, "extract", ExtractConfig), overrides, "extract")
-    if fingerprint not in ("stat", "sha256"):
-        raise FacepipeError(f"--fingerprint must be stat or sha256, got '{fingerprint}'")
-    s = run_extract(video_dir, out, cfg, workers=workers, fingerprint=fingerprint, progress=progress,
-                    manifest=manifest)
+    s = run(video_dir, out, cfg, progress=progress, manifest=manifest)
     typer.echo(f"extract: {s.processed} videos processed, {s.skipped} skipped (unchanged), "
-               f"{s.faces_written} faces written in {s.seconds:.1f}s with {s.detector}")
+               f"{s.faces_written} faces written in {s.seconds:.1f}s with {s.detector} (stage {s.fingerprint})")
     typer.echo("status: " + ", ".join(f"{k}={v}" for k, v in s.statuses.items()))
+    for line in s.problems:
+        typer.echo(f"  {line}")
+    if s.labels:
+        typer.echo("faces by label source: " + ", ".join(f"{k}={v}" for k, v in s.labels.items()))
     typer.echo(f"tables: {out / 'videos.parquet'}, {out / 'faces.parquet'}; crops under {out / 'faces'}")
     if contact_sheet:
         sheet = make_sheet(out)
         if sheet is not None:
             typer.echo(f"contact sheet: {sheet}")
-    bad = s.statuses.get("decode_error", 0) + s.statuses.get("unsupported", 0)
+    bad = sum(s.statuses.get(k, 0) for k in ("error", "decode_error", "unsupported"))
     if strict and bad:
-        raise FacepipeError(f"--strict: {bad} video(s) could not be decoded or are unsupported "
-                            f"(see status in {out / 'videos.parquet'})")
+        raise FacepipeError(f"--strict: {bad} video(s) failed (error, decode_error or unsupported; see status in "
+                            f"{out / 'videos.parquet'})")
 
 
 @app.command()
@@ -154,9 +152,9 @@ def manifest(
     option: Optional[list[str]] = typer.Option(None, "--option", help="Adapter option KEY=VALUE (repeatable)."),
 ) -> None:
     """Build a leakage-checked manifest (labels, official or grouped splits) from a dataset's own layout."""
-    from facepipe._io import atomic_path
     from facepipe.config import load_dataset_entry
-    from facepipe.datasets import ManifestConfig, build_manifest
+    from facepipe.datasets import ManifestConfig
+    from facepipe.stages.manifest import run
 
     data = _params_data(params, "manifest", ManifestConfig)
     options = dict(data.get("options") or {})
@@ -173,18 +171,17 @@ def manifest(
         options[k] = v
     data["options"] = options
     cfg = _configure(ManifestConfig, data, {"split_mode": split_mode, "compression": compression}, "manifest")
-    df = build_manifest(adapter, root, dataset, cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        df.write_parquet(tmp)
-    counts = df.group_by("split", "label").len().sort("split", "label")
-    summary = ", ".join(f"{s} {'fake' if lab else 'real'} {n}" for s, lab, n in counts.iter_rows())
-    typer.echo(f"manifest: {df.height} videos of '{dataset}' ({adapter}) -> {out}: {summary}")
+    s = run(adapter, root, dataset, cfg, out)
+    typer.echo(f"manifest: {s.videos} videos of '{dataset}' ({adapter}) -> {out}")
+    for split, r in s.report.items():
+        typer.echo(f"  {split:5s} real {r['real']:6d} fake {r['fake']:6d}  ({100 * r['share']:.1f}% of videos, "
+                   f"{100 * r['share_real']:.1f}% of reals, {100 * r['share_fake']:.1f}% of fakes)")
 
 
 @app.command()
 def datasets() -> None:
-    """List the dataset adapters and the layout each expects."""
+    """List the dataset adapters, the layout each expects and the document it follows."""
     from facepipe.datasets import list_adapters
 
     for a in list_adapters():
@@ -201,12 +198,14 @@ def freq(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Compute frequency views of every extracted crop and store them as float16 (incremental)."""
-    from facepipe.freq.stage import run_freq
+    from facepipe.freq.config import FreqConfig
+    from facepipe.stages.freq import run
 
     cfg = _configure(FreqConfig, _params_data(params, "freq", FreqConfig), {"views": _csv_list(views)}, "freq")
-    s = run_freq(extract_dir, out, cfg, workers=workers, progress=progress)
+    s = run(extract_dir, out, cfg, workers=workers, progress=progress)
     typer.echo(f"freq: {s.processed} videos processed, {s.skipped} skipped (unchanged), {s.crops} crops, "
-               f"views {', '.join(cfg.views)} in {s.seconds:.1f}s -> {out}")
+               f"views stored: {', '.join(cfg.views) or 'none (computed on the fly by the loader)'} in "
+               f"{s.seconds:.1f}s -> {out}")
 
 
 def _parse_input(text: str) -> dict:
@@ -232,7 +231,7 @@ def shard(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Write deterministic WebDataset tar shards per split, from one or more datasets, with an index."""
-    from facepipe.data.writer import run_shard
+    from facepipe.stages.shard import ShardConfig, run
 
     data = _params_data(params, "shard", ShardConfig)
     if inputs:
@@ -245,9 +244,10 @@ def shard(
                            "manifest": f"data/datasets/{k}/manifest.parquet"} for k in dataset_keys(params)]
     cfg = _configure(ShardConfig, data, {"max_samples": max_samples, "max_bytes": max_bytes, "seed": seed,
                                          "views": _csv_list(views)}, "shard")
-    s = run_shard(out, cfg, progress=progress)
+    s = run(out, cfg, progress=progress)
     typer.echo("shard: " + ", ".join(f"{k} {s.samples[k]} samples in {s.shards[k]} shards" for k in s.samples)
-               + f"; {s.bytes / 1e6:.1f} MB in {s.seconds:.1f}s -> {out}")
+               + f"; {s.bytes / 1e6:.1f} MB in {s.seconds:.1f}s -> {out}/{s.version}")
+    typer.echo("faces by label source: " + ", ".join(f"{k}={v}" for k, v in sorted(s.label_sources.items())))
 
 
 @app.command()
@@ -277,21 +277,24 @@ def inspect(
 def train(
     shards: Path = typer.Option(..., "--shards", help="Shard folder (index.json) with train and val splits."),
     out: Path = typer.Option(..., "--out", help="Output folder: last.pt, best.pt, train.json, dvclive/."),
-    params: Optional[Path] = typer.Option(None, "--params", help="params.yaml to read the 'train' section from."),
-    detector: Optional[str] = typer.Option(None, help="Zoo detector (see 'facepipe detectors')."),
+    params: Optional[Path] = typer.Option(
+        None, "--params", help="params.yaml to read the 'train' (and 'freq', for views) sections from."),
+    model: Optional[str] = typer.Option(None, help="Zoo model (see 'facepipe models')."),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
     batch_size: Optional[int] = typer.Option(None, help="Samples per batch (per rank)."),
     lr: Optional[float] = typer.Option(None, help="Learning rate."),
     resume: bool = typer.Option(False, help="Continue from OUT/last.pt."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Train a zoo detector on streamed shards (CPU, one GPU, or many with torchrun); select on val."""
-    from facepipe.train.engine import run_train
+    """Train a zoo model on streamed shards (CPU, one GPU, or many with torchrun); select on val."""
+    from facepipe.freq.config import FreqConfig
+    from facepipe.stages.train import TrainConfig, run
 
     cfg = _configure(TrainConfig, _params_data(params, "train", TrainConfig),
-                     {"detector": detector, "steps": steps, "batch_size": batch_size, "lr": lr}, "train")
-    s = run_train(shards, out, cfg, resume=resume, progress=progress)
-    typer.echo(f"train: {s['steps']} steps of {s['detector']}, best val {s['select']} "
+                     {"model": model, "steps": steps, "batch_size": batch_size, "lr": lr}, "train")
+    freq = load_params(params, "freq", FreqConfig) if params else FreqConfig()
+    s = run(shards, out, cfg, freq, resume=resume, progress=progress)
+    typer.echo(f"train: {s['steps']} steps of {s['model']}, best val {s['select']} "
                f"{s['best'] if s['best'] is not None else 'n/a'} at step {s['best_step']} ({s['stop']}); "
                f"data wait {100 * s['data_wait_fraction']:.0f}% of step time -> {out}")
 
@@ -307,13 +310,13 @@ def evaluate(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Frame- and video-level AUC/EER/AP/accuracy per dataset and method, cross-dataset table, ROC plots."""
-    from facepipe.train.evaluate import run_evaluate
+    from facepipe.stages.evaluate import EvaluateConfig, run
 
     cfg = _configure(EvaluateConfig, _params_data(params, "evaluate", EvaluateConfig),
                      {"split": split, "tta_hflip": tta}, "evaluate")
-    r = run_evaluate(checkpoint, list(shards), out, cfg, progress=progress)
+    r = run(checkpoint, list(shards), out, cfg, progress=progress)
     fmt = lambda v: "n/a" if v is None or v != v else f"{v:.4f}"  # noqa: E731
-    typer.echo(f"evaluate {r['detector']} on {cfg.split}: frame AUC {fmt(r['frame']['auc'])}, video AUC "
+    typer.echo(f"evaluate {r['model']} on {cfg.split}: frame AUC {fmt(r['frame']['auc'])}, video AUC "
                f"{fmt(r['video']['auc'])}, video EER {fmt(r['video']['eer'])}, video AP {fmt(r['video']['ap'])} "
                f"({r['video']['n']} videos) -> {out / 'metrics.json'}")
     for row in r["cross_dataset"]:
@@ -334,17 +337,17 @@ def example(
     typer.echo(f"example: {len(files)} files in {d}: " + ", ".join(files))
 
 
-@app.command()
-def detectors(
+@app.command("face-detectors")
+def face_detectors(
     model_root: str = typer.Option("~/.insightface/models", help="insightface model root to search."),
 ) -> None:
-    """List face detectors (and whether each can run here, offline) and the forgery-detector zoo."""
-    from facepipe.config import DetectorConfig
-    from facepipe.faces import list_detectors, resolve_detector_name
+    """List the face detectors (which find faces) and whether each can run here, offline."""
+    from facepipe.faces import list_face_detectors, resolve_detector_name
+    from facepipe.faces.config import DetectorConfig
     from facepipe.faces.insight import find_detector_model
     from facepipe.faces.mtcnn import mtcnn_weights
 
-    for name in list_detectors():
+    for name in list_face_detectors():
         if name == "mtcnn":
             try:
                 where = str(mtcnn_weights()["pnet"].parent)
@@ -355,11 +358,14 @@ def detectors(
             where = str(p) if p else f"no pack under {model_root}"
         typer.echo(f"{name:11s} {where}")
     typer.echo(f"auto -> {resolve_detector_name(DetectorConfig(model_root=model_root))}")
-    from facepipe.models import get_spec
-    from facepipe.models import list_detectors as zoo
 
-    typer.echo("\nforgery detectors (facepipe train --detector NAME):")
-    for name in zoo():
+
+@app.command()
+def models() -> None:
+    """List the forgery-detector zoo (models that classify faces as real or fake): inputs, size, paper."""
+    from facepipe.models import get_spec, list_models
+
+    for name in list_models():
         spec = get_spec(name)
         typer.echo(f"{name:16s} inputs={','.join(spec.inputs)} size={spec.input_size}  {spec.paper}")
 

@@ -1,29 +1,42 @@
 """The manifest: one row per labelled video, the link between a dataset's labels/splits and extract outputs.
 
-Columns (``MANIFEST_SCHEMA``): ``dataset``, ``video_id`` (as :func:`facepipe.extract.video_id_for`
-derives it from ``path``), ``path`` (relative to the dataset's video folder), ``label`` (0 real, 1 fake),
-``method`` (manipulation method; ``original`` for real videos), ``split`` (train/val/test),
-``source_ids`` (video ids of the original(s) a fake was made from), ``compression``,
-``identity_ids`` (people shown, where known) and ``mask_path`` (manipulation mask video, FF++).
+Columns (``MANIFEST_SCHEMA``):
 
-:func:`read_manifest` reads a parquet file in that schema or a CSV with at least ``path,label``
-(``label`` 0/1 or real/fake; optional ``split``, ``method``, ``source_ids`` separated by ``;``,
-``dataset``, ``video_id``, ``compression``, ``identity_ids``).
+- ``dataset``; ``video_id`` (as :func:`facepipe.ids.video_id_for` derives it from ``path``); ``path``
+  (relative to the dataset's video folder, or absolute for inputs outside it);
+- ``label`` (0 real, 1 fake); ``method`` (manipulation method; ``original`` for real videos);
+  ``split`` (train/val/test);
+- ``source_ids``: the originals a fake was made from, **first the target** (the video whose frames the
+  fake modifies, compared with it for per-face labels; FF++ names fakes ``target_source``), then any
+  face donors. A bare id names a video of the same dataset, ``<dataset>:<video_id>`` one of another
+  dataset (checked by the shard stage when both are combined);
+- ``compression``; ``identity_ids`` (people shown, where known); ``mask_path`` (manipulation mask video,
+  FF++);
+- ``protocol_note``: set by an adapter on a row whose official protocol knowingly crosses splits (e.g. a
+  Celeb-DF official test fake whose original is in train); the leakage check accepts and reports it.
+
+:func:`read_manifest` reads a parquet file in that schema or a CSV with at least ``path,label,split``
+(``label`` 0/1 or real/fake; optional ``method``, ``source_ids`` separated by ``;`` — video ids, paths of
+other rows, or ``dataset:video_id`` — ``dataset``, ``video_id``, ``compression``, ``identity_ids``).
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
-from facepipe.data.schema import SPLITS, check_name
 from facepipe.errors import InputError
+from facepipe.ids import SPLITS, check_name, qualify, video_id_for
+
+log = logging.getLogger(__name__)
 
 MANIFEST_SCHEMA = {
     "dataset": pl.String, "video_id": pl.String, "path": pl.String, "label": pl.Int8, "method": pl.String,
     "split": pl.String, "source_ids": pl.List(pl.String), "compression": pl.String,
-    "identity_ids": pl.List(pl.String), "mask_path": pl.String,
+    "identity_ids": pl.List(pl.String), "mask_path": pl.String, "protocol_note": pl.String,
 }
 
 
@@ -36,8 +49,44 @@ def _list_col(df: pl.DataFrame, name: str) -> pl.Expr:
             .list.eval(pl.element().str.strip_chars().filter(pl.element() != "")).alias(name))
 
 
+def _rows_named(df: pl.DataFrame, n: int = 5) -> str:
+    paths = df["path"].to_list()
+    return ", ".join(str(p) for p in paths[:n]) + (f" and {len(paths) - n} more" if len(paths) > n else "")
+
+
+def resolve_sources(df: pl.DataFrame, where: str) -> pl.DataFrame:
+    """Turn every ``source_ids`` entry into a video id (same dataset) or ``dataset:video_id``.
+
+    An entry may be a video id of a row, the ``path`` of a row (as the csv layout documents), or a
+    qualified ``dataset:video_id`` (another dataset: kept as is).
+
+    Raises:
+        InputError: an entry names no row (names the row and the entry).
+    """
+    ids = {(d, v) for d, v in df.select("dataset", "video_id").iter_rows()}
+    by_path = {(d, p): v for d, p, v in df.select("dataset", "path", "video_id").iter_rows()}
+    out = []
+    for d, path, srcs in df.select("dataset", "path", "source_ids").iter_rows():
+        resolved = []
+        for s in srcs or []:
+            if (d, s) in by_path:
+                resolved.append(by_path[(d, s)])
+            elif (d, s) in ids:
+                resolved.append(s)
+            elif ":" in s and qualify(d, s)[0] != d:
+                od, ov = qualify(d, s)
+                check_name("dataset", od)
+                check_name("video_id", ov)
+                resolved.append(f"{od}:{ov}")
+            else:
+                raise InputError(f"{where}: source '{s}' of {path} names no video of the manifest (give a "
+                                 "video id, the path of another row, or dataset:video_id)")
+        out.append(resolved)
+    return df.with_columns(pl.Series("source_ids", out, dtype=pl.List(pl.String)))
+
+
 def read_manifest(path: str | Path, dataset: str | None = None) -> pl.DataFrame:
-    """Read and validate a manifest (parquet, or CSV with ``path,label[,...]``).
+    """Read and validate a manifest (parquet, or CSV with ``path,label,split[,...]``).
 
     Args:
         path: the file.
@@ -47,19 +96,18 @@ def read_manifest(path: str | Path, dataset: str | None = None) -> pl.DataFrame:
         A DataFrame in :data:`MANIFEST_SCHEMA`.
 
     Raises:
-        InputError: unreadable file, missing columns, unknown labels or splits, duplicate
-            (dataset, video_id), or a fake whose listed original sits in another split (leakage).
+        InputError: unreadable file, missing columns, unknown labels, a blank or unknown split (naming
+            the rows), duplicate (dataset, video_id), a source that names no video, or a fake whose
+            original sits in another split (leakage).
     """
-    from facepipe.extract import video_id_for
-
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: manifest not found")
     try:
         df = pl.read_parquet(p) if p.suffix == ".parquet" else pl.read_csv(p, infer_schema=False)
-    except Exception as e:  # polars raises several error types for unreadable files
+    except Exception as e:  # noqa: BLE001  polars raises several error types for unreadable files
         raise InputError(f"{p}: cannot read manifest: {e}") from None
-    for col in ("path", "label"):
+    for col in ("path", "label", "split"):
         if col not in df.columns:
             raise InputError(f"{p}: manifest lacks column '{col}' (columns: {df.columns})")
     if "dataset" not in df.columns:
@@ -68,26 +116,30 @@ def read_manifest(path: str | Path, dataset: str | None = None) -> pl.DataFrame:
         df = df.with_columns(pl.lit(dataset).alias("dataset"))
     elif dataset is not None:
         df = df.with_columns(pl.col("dataset").fill_null(dataset))
-    labels = pl.col("label").cast(pl.String).str.to_lowercase()
+    labels = pl.col("label").cast(pl.String).str.strip_chars().str.to_lowercase()
     df = df.with_columns(
         pl.when(labels.is_in(["0", "real"])).then(0).when(labels.is_in(["1", "fake"])).then(1)
         .otherwise(None).cast(pl.Int8).alias("_label"), labels.alias("_raw"))
     bad = df.filter(pl.col("_label").is_null())
     if bad.height:
-        raise InputError(f"{p}: unknown label {bad['_raw'][0]!r} for {bad['path'][0]} (use 0/1 or real/fake)")
+        raise InputError(f"{p}: unknown label {bad['_raw'][0]!r} for {_rows_named(bad)} (use 0/1 or real/fake)")
     df = df.with_columns(pl.col("_label").alias("label")).drop("_label", "_raw")
-    if "video_id" not in df.columns:
-        df = df.with_columns(pl.col("path").map_elements(video_id_for, return_dtype=pl.String).alias("video_id"))
-    if "split" not in df.columns:
-        raise InputError(f"{p}: manifest lacks column 'split' (train/val/test)")
+    df = df.with_columns(pl.col("split").cast(pl.String).str.strip_chars())
+    blank = df.filter(pl.col("split").is_null() | (pl.col("split") == ""))
+    if blank.height:
+        raise InputError(f"{p}: blank split for {blank.height} row(s): {_rows_named(blank)}; every row needs "
+                         f"{', '.join(SPLITS)} (the manifest stage assigns leak-free splits)")
     bad = df.filter(~pl.col("split").is_in(list(SPLITS)))
     if bad.height:
-        raise InputError(f"{p}: unknown split {bad['split'][0]!r} for {bad['path'][0]} (use {', '.join(SPLITS)})")
+        raise InputError(f"{p}: unknown split {bad['split'][0]!r} for {bad.height} row(s): {_rows_named(bad)} "
+                         f"(use {', '.join(SPLITS)})")
+    if "video_id" not in df.columns:
+        df = df.with_columns(pl.col("path").map_elements(video_id_for, return_dtype=pl.String).alias("video_id"))
     if "method" not in df.columns:
         df = df.with_columns(pl.lit(None, dtype=pl.String).alias("method"))
     df = df.with_columns(pl.when(pl.col("method").is_null() & (pl.col("label") == 0)).then(pl.lit("original"))
                          .otherwise(pl.col("method")).alias("method"))
-    for col in ("compression", "mask_path"):
+    for col in ("compression", "mask_path", "protocol_note"):
         if col not in df.columns:
             df = df.with_columns(pl.lit(None, dtype=pl.String).alias(col))
     df = df.with_columns(_list_col(df, "source_ids"), _list_col(df, "identity_ids"))
@@ -98,44 +150,82 @@ def read_manifest(path: str | Path, dataset: str | None = None) -> pl.DataFrame:
     if dup.height:
         raise InputError(f"{p}: video '{dup['video_id'][0]}' of dataset '{dup['dataset'][0]}' is listed "
                          f"{dup['len'][0]} times")
+    df = resolve_sources(df, str(p))
     check_leakage(df, str(p), identities=False)  # identity policy is the manifest stage's decision
     return df
 
 
-def find_leaks(df: pl.DataFrame, identities: bool = True) -> list[str]:
-    """Describe every fake whose original sits in another split, and every identity seen in two splits."""
+@dataclass
+class Leaks:
+    """What :func:`find_leaks` found.
+
+    Attributes:
+        originals: fakes whose original (a ``source_ids`` entry) sits in another split.
+        identities: identities seen in two splits.
+        accepted: crossings an adapter marked as a property of the official protocol (``protocol_note``).
+    """
+
+    originals: list[str] = field(default_factory=list)
+    identities: list[str] = field(default_factory=list)
+    accepted: list[str] = field(default_factory=list)
+
+
+def find_leaks(df: pl.DataFrame, identities: bool = True, across_datasets_only: bool = False) -> Leaks:
+    """Every fake whose original sits in another split, and (``identities``) every identity seen in two splits.
+
+    Links ``dataset:video_id`` reach other datasets of ``df``; links to datasets not in ``df`` are not
+    checkable here. With ``across_datasets_only``, only links and identities that join two datasets count
+    (each dataset's own were checked by its manifest stage under its own policy).
+    """
     split_of = {(d, v): s for d, v, s in df.select("dataset", "video_id", "split").iter_rows()}
-    bad = []
-    for d, v, s, srcs in df.select("dataset", "video_id", "split", "source_ids").iter_rows():
-        for src in srcs or []:
-            other = split_of.get((d, src))
-            if other is not None and other != s:
-                bad.append(f"{v} ({s}) from {src} ({other})")
+    has_note = "protocol_note" in df.columns
+    out = Leaks()
+    cols = ["dataset", "video_id", "split", "source_ids"] + (["protocol_note"] if has_note else [])
+    for r in df.select(cols).iter_rows(named=True):
+        for src in r["source_ids"] or []:
+            od, ov = qualify(r["dataset"], src)
+            if across_datasets_only and od == r["dataset"]:
+                continue
+            other = split_of.get((od, ov))
+            if other is not None and other != r["split"]:
+                text = f"{r['dataset']}:{r['video_id']} ({r['split']}) from {od}:{ov} ({other})"
+                (out.accepted if has_note and r["protocol_note"] else out.originals).append(text)
     if identities and "identity_ids" in df.columns:
-        where: dict[tuple[str, str], set[str]] = {}
+        where: dict[str, set[tuple[str, str]]] = {}
         for d, s, ids in df.select("dataset", "split", "identity_ids").iter_rows():
             for i in ids or []:
-                where.setdefault((d, i), set()).add(s)
-        bad += [f"identity {i} in {', '.join(sorted(ss))}" for (_, i), ss in sorted(where.items()) if len(ss) > 1]
-    return bad
+                where.setdefault(i, set()).add((d, s))
+        for i, places in sorted(where.items()):
+            splits = {s for _, s in places}
+            if len(splits) < 2:
+                continue
+            if across_datasets_only and len({d for d, _ in places}) < 2:
+                continue
+            out.identities.append(f"identity {i} in {', '.join(sorted(f'{d}:{s}' for d, s in places))}")
+    return out
 
 
-def check_leakage(df: pl.DataFrame, where: str, identities: bool = True, mode: str = "error") -> list[str]:
-    """Fail (``mode="error"``) or warn when originals or identities cross splits.
+def check_leakage(df: pl.DataFrame, where: str, identities: bool = True, mode: str = "error",
+                  across_datasets_only: bool = False) -> Leaks:
+    """Fail (``mode="error"``) or warn when originals (or, with ``identities``, people) cross splits.
+
+    Crossings an adapter marked with ``protocol_note`` are accepted and reported with their count.
 
     Returns:
-        The offenders (empty when clean).
+        The :class:`Leaks` found.
 
     Raises:
         InputError: ``mode="error"`` and leaks exist, naming up to 10 offenders.
     """
-    import logging
-
-    bad = find_leaks(df, identities)
+    leaks = find_leaks(df, identities, across_datasets_only)
+    bad = leaks.originals + leaks.identities
+    if leaks.accepted:
+        log.warning("%s: %d fake(s) of the official protocol have their original in another split (accepted, "
+                    "see protocol_note), e.g. %s", where, len(leaks.accepted), leaks.accepted[0])
     if bad:
         msg = (f"{where}: originals or identities cross splits (leakage): " + "; ".join(bad[:10])
                + (f"; and {len(bad) - 10} more" if len(bad) > 10 else ""))
         if mode == "error":
             raise InputError(msg)
-        logging.getLogger(__name__).warning(msg)
-    return bad
+        log.warning(msg)
+    return leaks

@@ -10,11 +10,16 @@ import polars as pl
 
 from facepipe._io import atomic_path
 
+LABEL_COLOURS_BGR = {1: (40, 40, 220), 0: (60, 160, 40), None: (128, 128, 128)}
+"""Tile frames on contact sheets: red = fake face, green = real face, grey = unlabelled (no manifest)."""
+
 
 def contact_sheet(out_dir: str | Path, max_tiles: int = 48, tile: int = 128, cols: int = 8) -> Path | None:
-    """Write ``OUT/contact_sheet.png``: one crop per (video, track), captioned with video id and track.
+    """Write ``OUT/contact_sheet.png``: one crop per (video, track), framed and captioned with its face label.
 
-    Picks each track's middle face. Returns the path, or ``None`` when there are no faces.
+    Picks each track's middle face. The frame is red for a fake face, green for a real one, grey without
+    labels; the caption gives the video id, track, label and (fakes compared with their original) the
+    ``manipulation_score``. Returns the path, or ``None`` when there are no faces.
     """
     out = Path(out_dir)
     faces = pl.read_parquet(out / "faces.parquet")
@@ -22,11 +27,11 @@ def contact_sheet(out_dir: str | Path, max_tiles: int = 48, tile: int = 128, col
         return None
     picks = (faces.sort(["video_id", "track_id", "frame_index"])
              .group_by(["video_id", "track_id"], maintain_order=True)
-             .agg(pl.col("crop_path").gather(pl.len() // 2).first(), pl.col("score").mean())
+             .agg(pl.all().gather(pl.len() // 2).first())
              .head(max_tiles))
     n = picks.height
     rows = (n + cols - 1) // cols
-    cap = 16
+    cap = 26
     sheet = np.full((rows * (tile + cap), cols * tile, 3), 255, np.uint8)
     for i, r in enumerate(picks.iter_rows(named=True)):
         img = cv2.imread(str(out / r["crop_path"]), cv2.IMREAD_COLOR)
@@ -34,10 +39,16 @@ def contact_sheet(out_dir: str | Path, max_tiles: int = 48, tile: int = 128, col
             continue
         y, x = (i // cols) * (tile + cap), (i % cols) * tile
         sheet[y:y + tile, x:x + tile] = cv2.resize(img, (tile, tile), interpolation=cv2.INTER_AREA)
-        vid = r["video_id"] if len(r["video_id"]) <= 16 else r["video_id"][:7] + ".." + r["video_id"][-7:]
-        label = f"{vid} t{r['track_id']}"
-        cv2.putText(sheet, label, (x + 2, y + tile + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (0, 0, 0), 1,
-                    cv2.LINE_AA)
+        label = r.get("label")
+        colour = LABEL_COLOURS_BGR.get(label, LABEL_COLOURS_BGR[None])
+        cv2.rectangle(sheet, (x + 1, y + 1), (x + tile - 2, y + tile - 2), colour, 3)
+        vid = r["video_id"] if len(r["video_id"]) <= 20 else r["video_id"][:9] + ".." + r["video_id"][-9:]
+        text = {1: "FAKE", 0: "real"}.get(label, "unlabelled")
+        if r.get("manipulation_score") is not None:
+            text += f" diff {r['manipulation_score']:.2f}"
+        cv2.putText(sheet, f"{vid} t{r['track_id']}", (x + 2, y + tile + 11), cv2.FONT_HERSHEY_SIMPLEX, 0.32,
+                    (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(sheet, text, (x + 2, y + tile + 23), cv2.FONT_HERSHEY_SIMPLEX, 0.36, colour, 1, cv2.LINE_AA)
     path = out / "contact_sheet.png"
     with atomic_path(path) as tmp:
         cv2.imwrite(str(tmp), sheet)
@@ -56,7 +67,8 @@ def _spectrum_panel(rgb: np.ndarray, size: int) -> np.ndarray:
 
 def inspect_shards(source: str | Path, n: int = 32, out_png: str | Path | None = None,
                    tile: int = 112) -> tuple[pl.DataFrame, Path | None, list[str]]:
-    """Read every sample of a shard set: counts per split, dataset, label and method, and a contact sheet.
+    """Read every sample of a shard set: counts per split, dataset, label, label source and method, and a
+    contact sheet (each crop beside its spectrum, captioned with its face label and label source).
 
     Args:
         source: the shard folder (with ``index.json``) or the index itself.
@@ -99,16 +111,15 @@ def inspect_shards(source: str | Path, n: int = 32, out_png: str | Path | None =
                         continue
                     m = d["meta"]
                     rows.append({"split": split, "dataset": m["dataset"], "label": m["label_name"],
-                                 "method": m["method"]})
+                                 "label_source": m["label_source"], "method": m["method"]})
                     if len([p for p in picks if p[0] == split]) < per_split:
                         picks.append((split, d))
             except Exception as e:  # a truncated or unreadable tar: report and go on
                 problems.append(f"{url}: cannot read: {e}")
             if count != sh["samples"]:
                 problems.append(f"{url}: index says {sh['samples']} samples, tar holds {count}")
-    counts = (pl.DataFrame(rows, schema={"split": pl.String, "dataset": pl.String, "label": pl.String,
-                                         "method": pl.String})
-              .group_by("split", "dataset", "label", "method").len().sort("split", "dataset", "label", "method"))
+    keys = ["split", "dataset", "label", "label_source", "method"]
+    counts = (pl.DataFrame(rows, schema={k: pl.String for k in keys}).group_by(keys).len().sort(keys))
     sheet = None
     if picks:
         cols = 4
@@ -122,7 +133,7 @@ def inspect_shards(source: str | Path, n: int = 32, out_png: str | Path | None =
             img[y:y + tile, x + tile:x + 2 * tile] = _spectrum_panel(d["image"], tile)
             m = d["meta"]
             color = (200, 0, 0) if m["label"] == 1 else (0, 120, 0)
-            text = f"{m['label_name']} {m['dataset']} {m['method'] or ''} {split}"[:38]
+            text = f"{m['label_name']} ({m['label_source']}) {m['method'] or ''} {split}"[:40]
             cv2.putText(img, text, (x + 2, y + tile + 11), cv2.FONT_HERSHEY_SIMPLEX, 0.32, color, 1, cv2.LINE_AA)
         sheet = Path(out_png) if out_png else index_path.parent / "contact_sheet.png"
         with atomic_path(sheet) as tmp:

@@ -16,14 +16,32 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal, Optional
 
 import numpy as np
+from pydantic import Field
 
-from facepipe.config import SamplingConfig
+from facepipe.config import Section
 from facepipe.errors import VideoError
+from facepipe.ids import IMAGE_EXTS
 
 log = logging.getLogger(__name__)
+
+
+class SamplingConfig(Section):
+    """Which frames of a video are decoded (``extract.sampling``).
+
+    ``uniform``: ``num_frames`` indices spread evenly over the *decodable* frames, first and last
+    included (``numpy.linspace`` rounded down), as in the FF++ / DeepfakeBench preprocessing (32 frames
+    per video is the field's default). ``stride``: every ``stride``-th frame. ``fps``: ``fps`` frames per
+    second of video time. ``max_frames`` caps ``stride`` and ``fps`` (evenly thinned when exceeded).
+    """
+
+    strategy: Literal["uniform", "stride", "fps"] = "uniform"
+    num_frames: int = Field(32, ge=1)
+    stride: int = Field(10, ge=1)
+    fps: float = Field(1.0, gt=0)
+    max_frames: Optional[int] = Field(None, ge=1)
 
 
 @dataclass(frozen=True)
@@ -128,7 +146,6 @@ def probe(path: str | Path) -> VideoInfo:
         )
 
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 SEQUENCE_FPS = 25.0
 """Frame rate assumed for image-sequence folders (WildDeepfake, DF40 frames), which carry none."""
 

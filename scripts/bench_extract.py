@@ -27,16 +27,14 @@ import numpy as np
 
 
 def _files(d: Path) -> list[Path]:
-    from facepipe.config import ExtractConfig
-    from facepipe.extract import discover_videos
+    from facepipe.stages.extract import ExtractConfig, discover_videos
 
     return [Path(j.path) for j in discover_videos(d, ExtractConfig().extensions)]
 
 
 def bench_sampling(files, n):
-    from facepipe.config import SamplingConfig
     from facepipe.errors import VideoError
-    from facepipe.video import probe, read_frames
+    from facepipe.video import SamplingConfig, probe, read_frames
 
     decoded = sampled = 0
     t = time.perf_counter()
@@ -87,13 +85,12 @@ def bench_ffmpeg(files, n):
 
 
 def bench_stage(d, n, workers):
-    from facepipe.config import ExtractConfig
-    from facepipe.extract import run_extract
+    from facepipe.stages.extract import ExtractConfig, run
 
     cfg = ExtractConfig.model_validate({"sampling": {"num_frames": n}})
     with tempfile.TemporaryDirectory() as out:
         t = time.perf_counter()
-        s = run_extract(d, out, cfg, workers=workers, progress=False)
+        s = run(d, out, cfg.model_copy(update={"workers": workers}), progress=False)
         dt = time.perf_counter() - t
         import polars as pl
 

@@ -25,11 +25,11 @@ import torch
 def bench(name: str, shards: Path, steps: int, batch_size: int, image_size: int, workers: int,
           device: torch.device) -> tuple[float, float]:
     from facepipe.data.loader import make_loader
-    from facepipe.models import create_detector, get_spec
+    from facepipe.models import create_model, get_spec
     from facepipe.train.engine import amp_dtype_for, train_step
 
     spec = get_spec(name)
-    model = create_detector(name, **({"input_size": image_size} if name == "f3net" else {})).to(device)
+    model = create_model(name, **{k: image_size for k in get_spec(name).size_options}).to(device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     n = json.loads((shards / "index.json").read_text())["splits"]["train"]["samples"]
     loader = make_loader(shards, "train", batch_size, workers, resampled=True, epoch_samples=max(n, batch_size * 64),
@@ -55,11 +55,11 @@ def bench(name: str, shards: Path, steps: int, batch_size: int, image_size: int,
 
 
 def main() -> None:
-    from facepipe.models import list_detectors
+    from facepipe.models import list_models
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("shards", type=Path)
-    ap.add_argument("--detectors", nargs="+", default=list_detectors())
+    ap.add_argument("--detectors", nargs="+", default=list_models())
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--image-size", type=int, default=128)

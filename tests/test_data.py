@@ -14,14 +14,17 @@ import polars as pl
 import pytest
 import torch
 
-from facepipe.config import ExtractConfig, FreqConfig, ShardConfig, ShardInput
 from facepipe.data.loader import make_loader
 from facepipe.data.schema import SCHEMA_VERSION, SchemaError, parse_key, sample_key
-from facepipe.data.writer import run_shard
 from facepipe.errors import ConfigError, InputError
 from facepipe.example import camera_frames, package_photo, write_video
-from facepipe.extract import run_extract
-from facepipe.freq.stage import run_freq
+from facepipe.freq.config import FreqConfig
+from facepipe.stages.extract import ExtractConfig
+from facepipe.stages.extract import run as run_extract
+from facepipe.stages.freq import run as run_freq
+from facepipe.stages.shard import ShardConfig, ShardInput
+from facepipe.stages.shard import run as run_shard
+from tests.conftest import shard_files
 
 VIEWS = ("dct", "srm")
 
@@ -51,7 +54,7 @@ def two_datasets(tmp_path_factory, t1):
     write_video(b / "tom_swap.mp4", camera_frames(canvas[:, ::-1], (480, 270), 12, (240, 130, 1.0),
                                                   (230, 140, 1.1)), fps=10)
     cfg = ExtractConfig.model_validate({"sampling": {"num_frames": 6}, "detector": {"name": "mtcnn"},
-                                        "align": {"size": 64}})
+                                        "align": {"size": 64}, "workers": 0})
     inputs = []
     for name, vids, rows in [
         ("groupset", a, [dict(path="pan.mp4", label="real", split="train", method="", source_ids=""),
@@ -60,10 +63,10 @@ def two_datasets(tmp_path_factory, t1):
                      dict(path="tom_swap.mp4", label="fake", split="test", method="Mirror", source_ids="tom")]),
     ]:
         ex, fq = root / name / "extract", root / name / "freq"
-        run_extract(vids, ex, cfg, workers=0, progress=False)
+        man = _manifest(root / name / "manifest.csv", rows)
+        run_extract(vids, ex, cfg, progress=False, manifest=man)
         run_freq(ex, fq, FreqConfig(views=VIEWS), workers=0, progress=False)
-        inputs.append(ShardInput(dataset=name, extract=str(ex), freq=str(fq),
-                                 manifest=str(_manifest(root / name / "manifest.csv", rows))))
+        inputs.append(ShardInput(dataset=name, extract=str(ex), freq=str(fq), manifest=str(man)))
     shard_cfg = ShardConfig(inputs=tuple(inputs), max_samples=6, seed=7)
     out = root / "shards"
     run_shard(out, shard_cfg, progress=False)
@@ -72,7 +75,7 @@ def two_datasets(tmp_path_factory, t1):
 
 def _tar_keys(folder: Path) -> dict[str, list[str]]:
     keys: dict[str, list[str]] = {}
-    for t in sorted(folder.glob("*.tar")):
+    for t in sorted(shard_files(folder).glob("*.tar")):
         with tarfile.open(t) as tf:
             names = tf.getnames()
         keys[t.name] = sorted({n.split(".", 1)[0] for n in names})
@@ -87,7 +90,7 @@ def test_every_face_is_exactly_one_sample(two_datasets):
                       for r in faces.iter_rows(named=True))
     got = sorted(k for ks in _tar_keys(out).values() for k in ks)
     assert got == expected and len(got) > 40
-    with tarfile.open(sorted(out.glob("train-*.tar"))[0]) as tf:
+    with tarfile.open(sorted(shard_files(out).glob("train-*.tar"))[0]) as tf:
         names = tf.getnames()
         member = tf.extractfile(next(n for n in names if n.endswith(".json"))).read()
     meta = json.loads(member)
@@ -116,19 +119,19 @@ def test_index_counts_match_the_tars(two_datasets):
     assert index["splits"]["val"] == {"samples": 0, "shards": []}
     for info in index["splits"].values():
         for sh in info["shards"]:
-            assert sh["samples"] == len(keys[sh["url"]]) <= 6
+            assert sh["samples"] == len(keys[sh["url"].split("/")[-1]]) <= 6
             assert sh["bytes"] == (out / sh["url"]).stat().st_size
             assert sum(sh["cells"].values()) == sh["samples"]
     assert index["total"] == sum(len(k) for k in keys.values())
-    meta = json.loads((out / "_meta.json").read_text())
+    meta = json.loads((shard_files(out) / "_meta.json").read_text())
     assert meta["schema_version"] == SCHEMA_VERSION and meta["params"]["seed"] == 7
 
 
 def test_rerun_is_byte_identical(two_datasets, tmp_path):
     _, cfg, out = two_datasets
     run_shard(tmp_path / "again", cfg, progress=False)
-    digest = lambda d: {p.name: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
-                        for p in sorted(d.iterdir()) if p.is_file()}
+    digest = lambda d: {p.relative_to(d).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+                        for p in sorted(d.rglob("*")) if p.is_file() and p.name != ".lock"}
     assert digest(out) == digest(tmp_path / "again")
 
 
@@ -197,7 +200,7 @@ def test_bad_shards_are_named_and_counted(two_datasets, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(out, bad)
     # truncate one train shard and drop a field from a sample of another
-    shards = sorted(bad.glob("train-*.tar"))
+    shards = sorted(shard_files(bad).glob("train-*.tar"))
     data = shards[0].read_bytes()
     shards[0].write_bytes(data[: len(data) // 2 + 100])
     with tarfile.open(shards[1]) as tf:
@@ -249,9 +252,9 @@ def test_shard_refuses_unlabelled_videos_and_leaks(two_datasets, tmp_path):
         dict(path="pan.mp4", label="real", split="test", method="", source_ids=""),
         dict(path="zoom.mp4", label="fake", split="train", method="Zoom", source_ids="pan")])
     inp = cfg.inputs[0].model_copy(update={"manifest": str(leak)})
-    with pytest.raises(InputError, match=r"leakage.*zoom \(train\) from pan \(test\)"):
+    with pytest.raises(InputError, match=r"leakage.*groupset:zoom \(train\) from groupset:pan \(test\)"):
         run_shard(tmp_path / "s", cfg.model_copy(update={"inputs": (inp,)}), progress=False)
-    assert not (tmp_path / "s").exists() or not list((tmp_path / "s").glob("*.tar"))
+    assert not (tmp_path / "s").exists() or not list((tmp_path / "s").rglob("*.tar"))
 
 
 def test_freq_stage_is_incremental_and_float16(two_datasets):
@@ -270,34 +273,27 @@ def test_freq_stage_is_incremental_and_float16(two_datasets):
 
 def test_real_media_extract_freq_shard_loader(real_run, tmp_path):
     """The shared FF++/DFDC clips end to end; FF++ official splits: 634_660 test, 004_982 val."""
+    from tests.conftest import REAL_MANIFEST
+
     out, _, videos, faces = real_run
-    rows = []
-    for path in videos:
-        split, method, src = "train", "", ""
-        if "634" in path:
-            split = "test"
-        if "004" in path:
-            split = "val"
-        fake = path.startswith("ffpp/FaceSwap") or path.startswith("ffpp/NeuralTextures") or "brtujopkby" in path
-        if path.startswith("ffpp/FaceSwap"):
-            method, src = "FaceSwap", "ffpp-original_634"
-        elif path.startswith("ffpp/NeuralTextures"):
-            method, src = "NeuralTextures", "ffpp-original_004"
-        elif fake:
-            method = "DFDC"
-        rows.append(dict(path=path, label="fake" if fake else "real", split=split, method=method, source_ids=src))
     fq = tmp_path / "freq"
     run_freq(out, fq, FreqConfig(views=("dct",)), workers=2, progress=False)
     cfg = ShardConfig(inputs=(ShardInput(dataset="shared", extract=str(out), freq=str(fq),
-                                         manifest=str(_manifest(tmp_path / "m.csv", rows))),), max_samples=50)
+                                         manifest=str(REAL_MANIFEST)),), max_samples=50)
     run_shard(tmp_path / "shards", cfg, progress=False)
     keys = _tar_keys(tmp_path / "shards")
     assert sum(len(k) for k in keys.values()) == faces.height
-    val = make_loader(tmp_path / "shards", "val", batch_size=16, num_workers=0, views=("dct",), shuffle=False)
+    val = make_loader(tmp_path / "shards", "val", batch_size=16, num_workers=0, views=("dct",), shuffle=False,
+                      masks=True)
     n = 0
     for b in val:
         assert set(b["method"]) <= {"original", "NeuralTextures"} and set(b["split"]) == {"val"}
-        assert b["dct"].shape[1:] == (3, 256, 256)
+        assert b["dct"].shape[1:] == (3, 256, 256) and b["mask"].shape[1:] == (1, 256, 256)
+        for method, label, src, m in zip(b["method"], b["label"].tolist(), b["label_source"], b["mask"]):
+            if method == "NeuralTextures":  # compared with original_004: fake, with a mask on the mouth
+                assert (label, src) == (1, "original_diff") and 0 < m.mean() < 0.2
+            else:
+                assert (label, src) == (0, "video") and m.max() == 0
         n += len(b["key"])
     assert n == sum(len(k) for name, k in keys.items() if name.startswith("val"))
 
@@ -348,13 +344,15 @@ def test_freq_shard_inspect_commands(two_datasets, tmp_path):
     assert index["views"] == ["fft", "phase"] and index["splits"]["test"]["samples"] > 5
     r = run("inspect", str(tmp_path / "shards"), "--n", "4")
     assert r.returncode == 0, r.stderr
-    assert "| test  | solo    | fake  | Mirror" in r.stdout and (tmp_path / "shards" / "contact_sheet.png").is_file()
+    # the mirrored face differs from the original on a flat background that does not: a fake face by comparison
+    assert "| test  | solo    | fake  | original_diff | Mirror   | 6" in r.stdout, r.stdout
+    assert (tmp_path / "shards" / "contact_sheet.png").is_file()
     import cv2
 
     sheet = cv2.imread(str(tmp_path / "shards" / "contact_sheet.png"))
     assert sheet is not None and sheet.shape[1] == 4 * 2 * 112
     # a truncated shard is reported, exit 1
-    t = sorted((tmp_path / "shards").glob("test-*.tar"))[0]
+    t = sorted(shard_files(tmp_path / "shards").glob("test-*.tar"))[0]
     t.write_bytes(t.read_bytes()[:3000])
     r = run("inspect", str(tmp_path / "shards"))
     assert r.returncode == 1 and "index says" in r.stderr and t.name in r.stderr
@@ -392,8 +390,12 @@ def test_shard_reads_views_freshly_after_freq_rewrites_them(two_datasets, tmp_pa
     run_shard(tmp_path / "a", one, progress=False)
     run_freq(inp.extract, fq, FreqConfig(views=("dct",), dct_log=False), workers=0, progress=False)
     run_shard(tmp_path / "b", one, progress=False)
-    a = next(iter(make_loader(tmp_path / "a", "test", batch_size=4, num_workers=0, shuffle=False, views=("dct",))))
-    b = next(iter(make_loader(tmp_path / "b", "test", batch_size=4, num_workers=0, shuffle=False, views=("dct",))))
+    a = next(iter(make_loader(tmp_path / "a", "test", batch_size=4, num_workers=0, shuffle=False, views=("dct",),
+                              view_source="stored")))
+    with pytest.raises(ConfigError, match="stored views were computed with freq parameters"):
+        make_loader(tmp_path / "b", "test", views=("dct",), view_source="stored")  # dct_log differs from the default
+    b = next(iter(make_loader(tmp_path / "b", "test", batch_size=4, num_workers=0, shuffle=False, views=("dct",),
+                              view_source="stored", freq=FreqConfig(views=("dct",), dct_log=False))))
     assert a["key"] == b["key"]
     # DC coefficient of a 64 px crop: signed ~ 64 x mean (> 10), its log ~ 3.5
     assert (a["dct"][:, :, 0, 0] < 6).all() and (b["dct"][:, :, 0, 0] > 10).all()

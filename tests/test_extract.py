@@ -12,8 +12,10 @@ import pytest
 
 from facepipe.errors import InputError
 from facepipe.example import write_audio_only
-from facepipe.extract import FACE_SCHEMA, VIDEO_SCHEMA, discover_videos, run_extract, video_id_for
 from facepipe.faces.align import warp_crop
+from facepipe.ids import video_id_for
+from facepipe.stages.extract import FACE_SCHEMA, VIDEO_SCHEMA, discover_videos
+from facepipe.stages.extract import run as run_extract
 from facepipe.video import probe, read_frames
 
 
@@ -43,7 +45,7 @@ def test_video_ids_are_stable_unique_and_key_safe(tmp_path):
 
 def test_extract_writes_crops_and_tables(videos, tmp_path, small_cfg):
     out = tmp_path / "out"
-    s = run_extract(videos, out, small_cfg, workers=0, progress=False)
+    s = run_extract(videos, out, small_cfg, progress=False)
     assert s.processed == 2 and s.statuses["ok"] == 2
     v = pl.read_parquet(out / "videos.parquet")
     f = pl.read_parquet(out / "faces.parquet")
@@ -71,19 +73,19 @@ def test_extract_writes_crops_and_tables(videos, tmp_path, small_cfg):
 
 def test_rerun_does_no_work_and_changes_are_redone(videos, tmp_path, small_cfg):
     out = tmp_path / "out"
-    run_extract(videos, out, small_cfg, workers=0, progress=False)
+    run_extract(videos, out, small_cfg, progress=False)
     crops_before = _mtimes(out / "faces")
-    s2 = run_extract(videos, out, small_cfg, workers=0, progress=False)
+    s2 = run_extract(videos, out, small_cfg, progress=False)
     assert s2.processed == 0 and s2.skipped == 2
     assert _mtimes(out / "faces") == crops_before
     # A changed file is redone, the other one is not.
     p = videos / "single.mp4"
     os.utime(p, ns=(p.stat().st_atime_ns, p.stat().st_mtime_ns + 10**9))
-    s3 = run_extract(videos, out, small_cfg, workers=0, progress=False)
+    s3 = run_extract(videos, out, small_cfg, progress=False)
     assert s3.processed == 1 and s3.skipped == 1
     # A changed parameter redoes everything.
     cfg2 = small_cfg.model_copy(update={"align": small_cfg.align.model_copy(update={"size": 96})})
-    s4 = run_extract(videos, out, cfg2, workers=0, progress=False)
+    s4 = run_extract(videos, out, cfg2, progress=False)
     assert s4.processed == 2
     f = pl.read_parquet(out / "faces.parquet")
     assert f["crop_size"].unique().to_list() == [96]
@@ -92,23 +94,23 @@ def test_rerun_does_no_work_and_changes_are_redone(videos, tmp_path, small_cfg):
 
 def test_sha256_fingerprint_survives_touch(videos, tmp_path, small_cfg):
     out = tmp_path / "out"
-    run_extract(videos, out, small_cfg, workers=0, fingerprint="sha256", progress=False)
+    run_extract(videos, out, small_cfg.model_copy(update={"file_fingerprint": "sha256"}), progress=False)
     p = videos / "single.mp4"
     os.utime(p, ns=(p.stat().st_atime_ns, p.stat().st_mtime_ns + 10**9))
-    s = run_extract(videos, out, small_cfg, workers=0, fingerprint="sha256", progress=False)
+    s = run_extract(videos, out, small_cfg.model_copy(update={"file_fingerprint": "sha256"}), progress=False)
     assert s.processed == 0
 
 
 def test_killed_run_leaves_finished_videos_and_no_half_files(videos, tmp_path, small_cfg):
     out = tmp_path / "out"
-    run_extract(videos, out, small_cfg, workers=0, progress=False)
+    run_extract(videos, out, small_cfg, progress=False)
     # Simulate a kill while "single" was being written: its part marker is gone, a temp crop folder
     # and a half-written crop are left behind.
     (out / "_parts" / "single.json").unlink()
     tmp = out / "faces" / ".single.tmp-99999"
     tmp.mkdir()
     (tmp / "000000_0.png").write_bytes(b"\x89PNG half")
-    s = run_extract(videos, out, small_cfg, workers=0, progress=False)
+    s = run_extract(videos, out, small_cfg, progress=False)
     assert s.processed == 1 and s.skipped == 1
     assert not tmp.exists()
     assert not list(out.rglob(".*tmp*"))
@@ -123,7 +125,7 @@ def test_bad_inputs_are_recorded_and_the_run_goes_on(videos, tmp_path, small_cfg
     data = (videos / "single.mp4").read_bytes()
     (videos / "cut.mp4").write_bytes(data[: len(data) // 3])  # index at the end: unreadable
     out = tmp_path / "out"
-    s = run_extract(videos, out, small_cfg, workers=0, progress=False)
+    s = run_extract(videos, out, small_cfg, progress=False)
     v = {r["video_id"]: r for r in pl.read_parquet(out / "videos.parquet").iter_rows(named=True)}
     assert v["empty"]["status"] == "decode_error" and "empty file" in v["empty"]["message"]
     assert v["notes"]["status"] == "unsupported" and "notes.mp4" in v["notes"]["message"]
@@ -136,7 +138,7 @@ def test_no_face_video(tmp_path, small_cfg, t1):
     from facepipe.example import camera_frames, write_video
 
     write_video(tmp_path / "in" / "table.mp4", camera_frames(t1, (640, 240), 10, (500, 760, 1.0), (780, 760, 1.0)))
-    run_extract(tmp_path / "in", tmp_path / "out", small_cfg, workers=0, progress=False)
+    run_extract(tmp_path / "in", tmp_path / "out", small_cfg, progress=False)
     v = pl.read_parquet(tmp_path / "out" / "videos.parquet")
     assert v["status"].to_list() == ["no_face"] and v["n_faces"].to_list() == [0]
     assert pl.read_parquet(tmp_path / "out" / "faces.parquet").height == 0
@@ -148,7 +150,7 @@ def test_largest_keeps_one_track_and_box_mode(videos, tmp_path, small_cfg):
         "align": small_cfg.align.model_copy(update={"mode": "box", "margin": 1.3}),
         "output": small_cfg.output.model_copy(update={"format": "jpg", "jpeg_quality": 90}),
     })
-    run_extract(videos, tmp_path / "out", cfg, workers=0, progress=False)
+    run_extract(videos, tmp_path / "out", cfg, progress=False)
     f = pl.read_parquet(tmp_path / "out" / "faces.parquet")
     assert f.group_by("video_id").agg(pl.col("track_id").n_unique())["track_id"].to_list() == [1, 1]
     assert set(f["crop_mode"]) == {"box"} and all(p.endswith(".jpg") for p in f["crop_path"])
@@ -157,8 +159,8 @@ def test_largest_keeps_one_track_and_box_mode(videos, tmp_path, small_cfg):
 
 
 def test_worker_processes_give_the_same_tables(videos, tmp_path, small_cfg):
-    run_extract(videos, tmp_path / "a", small_cfg, workers=0, progress=False)
-    run_extract(videos, tmp_path / "b", small_cfg, workers=2, progress=False)
+    run_extract(videos, tmp_path / "a", small_cfg, progress=False)
+    run_extract(videos, tmp_path / "b", small_cfg.model_copy(update={"workers": 2}), progress=False)
     fa = pl.read_parquet(tmp_path / "a" / "faces.parquet")
     fb = pl.read_parquet(tmp_path / "b" / "faces.parquet")
     assert fa.drop("box", "landmarks", "affine", "score").equals(fb.drop("box", "landmarks", "affine", "score"))
@@ -167,17 +169,17 @@ def test_worker_processes_give_the_same_tables(videos, tmp_path, small_cfg):
 
 def test_missing_or_empty_video_dir_writes_nothing(tmp_path, small_cfg):
     with pytest.raises(InputError, match="does not exist"):
-        run_extract(tmp_path / "nope", tmp_path / "out", small_cfg, workers=0, progress=False)
+        run_extract(tmp_path / "nope", tmp_path / "out", small_cfg, progress=False)
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("no videos here")
     with pytest.raises(InputError, match="no video files"):
-        run_extract(tmp_path / "empty", tmp_path / "out", small_cfg, workers=0, progress=False)
+        run_extract(tmp_path / "empty", tmp_path / "out", small_cfg, progress=False)
     assert not (tmp_path / "out").exists()
 
 
 def test_part_files_record_params_and_fingerprint(videos, tmp_path, small_cfg):
     out = tmp_path / "out"
-    run_extract(videos, out, small_cfg, workers=0, progress=False)
+    run_extract(videos, out, small_cfg, progress=False)
     row = json.loads((out / "_parts" / "single.json").read_text())
     assert row["file_size"] == (videos / "single.mp4").stat().st_size
-    assert row["detector"].startswith("mtcnn@") and len(row["params_hash"]) == 16
+    assert row["detector"].startswith("mtcnn@") and len(row["item_key"]) == 16

@@ -4,9 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from facepipe.config import AlignConfig, TrackConfig
 from facepipe.errors import DetectorError
-from facepipe.faces import create_detector, list_detectors
+from facepipe.faces import create_face_detector, list_face_detectors
 from facepipe.faces.align import (
     arcface_template,
     box_matrix,
@@ -15,6 +14,7 @@ from facepipe.faces.align import (
     transform_points,
     warp_crop,
 )
+from facepipe.faces.config import AlignConfig, TrackConfig
 from facepipe.faces.track import link_tracks
 from facepipe.faces.types import Face
 from tests.conftest import REAL, needs_real
@@ -68,8 +68,8 @@ def test_mtcnn_counts_on_real_photos(mtcnn, name, count):
 
 def test_unknown_detector_lists_close_matches():
     with pytest.raises(DetectorError, match="did you mean mtcnn"):
-        create_detector("mtcn")
-    assert {"mtcnn", "scrfd", "retinaface"} <= set(list_detectors())
+        create_face_detector("mtcn")
+    assert {"mtcnn", "scrfd", "retinaface"} <= set(list_face_detectors())
 
 
 def test_similarity_recovers_a_known_transform():

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from facepipe.config import FreqConfig
 from facepipe.freq import VIEWS, compute_view, compute_views_torch
 from facepipe.freq import functional as Fn
 from facepipe.freq import torch as T
+from facepipe.freq.config import FreqConfig
 from tests.conftest import REAL
 
 

@@ -12,9 +12,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from facepipe.config import DetectorConfig
 from facepipe.errors import DetectorError
-from facepipe.faces import create_detector, resolve_detector_name
+from facepipe.faces import create_face_detector, resolve_detector_name
+from facepipe.faces.config import DetectorConfig
 
 KPS = np.array([[-0.4, -0.2], [0.4, -0.2], [0.0, 0.1], [-0.3, 0.5], [0.3, 0.5]], np.float32)
 
@@ -72,7 +72,7 @@ def model_root(tmp_path):
 def test_auto_prefers_a_local_pack_and_maps_boxes_back(model_root):
     cfg = DetectorConfig(name="auto", model_root=str(model_root), max_side=320, min_score=0.5)
     assert resolve_detector_name(cfg) == "scrfd"
-    det = create_detector(cfg)
+    det = create_face_detector(cfg)
     assert det.name == "scrfd" and det.version.startswith("buffalo_test/det_test+insightface-")
     # 640x640 RGB frame, a red 32x32 cell at row 5, col 7 of the stride-32 grid *at detection scale*
     # (320 px); the frame is downscaled by 2 before detection.
@@ -91,5 +91,5 @@ def test_auto_prefers_a_local_pack_and_maps_boxes_back(model_root):
 
 def test_named_insightface_detector_without_pack_says_where_it_looked(tmp_path):
     with pytest.raises(DetectorError, match=f"no scrfd model pack under {tmp_path}"):
-        create_detector(DetectorConfig(name="scrfd", model_root=str(tmp_path)))
+        create_face_detector(DetectorConfig(name="scrfd", model_root=str(tmp_path)))
     assert resolve_detector_name(DetectorConfig(name="auto", model_root=str(tmp_path))) == "mtcnn"

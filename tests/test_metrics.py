@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from facepipe.errors import InputError
-from facepipe.train.metrics import binary_metrics, eer, metric_table, roc_points, video_scores
+from facepipe.metrics import binary_metrics, eer, metric_table, roc_points, video_scores
 
 
 def test_hand_computed_case():

@@ -6,16 +6,16 @@ import pytest
 import torch
 
 from facepipe.errors import ConfigError
-from facepipe.models import create_detector, get_spec, list_detectors
+from facepipe.models import create_model, get_spec, list_models
 from facepipe.models.multipole import LocalWindowAttention, MultipoleAttention
 
 SMALL = {"f3net": {"backbone": "resnet18", "input_size": 64}}
 
 
-@pytest.mark.parametrize("name", list_detectors())
+@pytest.mark.parametrize("name", list_models())
 def test_forward_and_backward(name):
     torch.manual_seed(0)
-    model = create_detector(name, **SMALL.get(name, {}))
+    model = create_model(name, **SMALL.get(name, {}))
     spec = get_spec(name)
     inputs = {"image": torch.randn(2, 3, 64, 64)}
     for v in spec.views:
@@ -30,10 +30,10 @@ def test_forward_and_backward(name):
 
 def test_registry_errors_and_freezing():
     with pytest.raises(ConfigError, match="did you mean xception"):
-        create_detector("xceptoin")
+        create_model("xceptoin")
     with pytest.raises(ConfigError, match="bad options"):
-        create_detector("resnet18", no_such_option=1)
-    frozen = create_detector("resnet18", freeze_backbone=True)
+        create_model("resnet18", no_such_option=1)
+    frozen = create_model("resnet18", freeze_backbone=True)
     trainable = [n for n, p in frozen.named_parameters() if p.requires_grad]
     assert trainable and all(n.startswith("head.") for n in trainable)
     assert get_spec("two_stream_srm").views == ("srm",) and get_spec("xception").views == ()
@@ -43,11 +43,11 @@ def test_pretrained_without_local_weights_falls_back_offline(caplog, tmp_path, m
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache: nothing to load, nothing downloaded
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with caplog.at_level("WARNING"):
-        m = create_detector("resnet18", pretrained=True)
+        m = create_model("resnet18", pretrained=True)
     assert "no local pretrained weights for resnet18" in caplog.text
     assert m({"image": torch.randn(2, 3, 64, 64)}).shape == (2,)
     with pytest.raises(ConfigError, match="weights file not found"):
-        create_detector("resnet18", pretrained=str(tmp_path / "nope.pth"))
+        create_model("resnet18", pretrained=str(tmp_path / "nope.pth"))
 
 
 def test_pretrained_from_a_given_file_loads_those_weights(tmp_path):
@@ -56,7 +56,7 @@ def test_pretrained_from_a_given_file_loads_those_weights(tmp_path):
     src = timm.create_model("resnet18", num_classes=0)
     torch.nn.init.constant_(src.conv1.weight, 0.123)
     torch.save(src.state_dict(), tmp_path / "w.pth")
-    m = create_detector("resnet18", pretrained=str(tmp_path / "w.pth"))
+    m = create_model("resnet18", pretrained=str(tmp_path / "w.pth"))
     assert torch.allclose(m.backbone.conv1.weight, torch.full_like(m.backbone.conv1.weight, 0.123))
 
 

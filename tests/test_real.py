@@ -6,10 +6,11 @@ import cv2
 import numpy as np
 import polars as pl
 
-from facepipe.config import ExtractConfig
-from facepipe.extract import run_extract, video_id_for
 from facepipe.faces.align import arcface_template
-from tests.conftest import REAL
+from facepipe.ids import video_id_for
+from facepipe.stages.extract import ExtractConfig
+from facepipe.stages.extract import run as run_extract
+from tests.conftest import REAL, REAL_MANIFEST
 
 FRONTAL = ["videos/ffpp/original_634.mp4", "videos/ffpp/FaceSwap_634_660.mp4", "videos/ffpp/original_004.mp4",
            "videos/ffpp/NeuralTextures_004_982.mp4", "videos/dfdc/lynaeydofd.mp4"]
@@ -70,6 +71,6 @@ def test_frontal_crops_put_the_eyes_on_the_template(real_run, mtcnn):
 
 def test_second_run_does_no_work(real_run):
     out, _, _, faces = real_run
-    again = run_extract(REAL / "videos", out, ExtractConfig(), workers=2, progress=False)
+    again = run_extract(REAL / "videos", out, ExtractConfig(), progress=False, manifest=REAL_MANIFEST)
     assert again.processed == 0 and again.skipped == len(real_run[2])
     assert pl.read_parquet(out / "faces.parquet").equals(faces)

@@ -10,14 +10,16 @@ import polars as pl
 import pytest
 import torch
 
-from facepipe.config import EvaluateConfig, TrainConfig
 from facepipe.data.loader import make_loader
 from facepipe.errors import InputError
-from facepipe.models import create_detector
-from facepipe.train.engine import NonFiniteLoss, load_checkpoint, run_train, train_step
-from facepipe.train.evaluate import run_evaluate
+from facepipe.models import create_model
+from facepipe.stages.evaluate import EvaluateConfig
+from facepipe.stages.evaluate import run as run_evaluate
+from facepipe.stages.train import TrainConfig
+from facepipe.stages.train import run as run_train
+from facepipe.train.engine import NonFiniteLoss, load_checkpoint, train_step
 
-SMALL = dict(detector="resnet18", image_size=64, batch_size=8, steps=6, eval_every=3, checkpoint_every=3,
+SMALL = dict(model="resnet18", image_size=64, batch_size=8, steps=6, eval_every=3, checkpoint_every=3,
              num_workers=0, lr=1e-3)
 
 
@@ -27,7 +29,7 @@ def _batch():
 
 
 def test_train_step_updates_clips_and_refuses_nan():
-    model = create_detector("resnet18")
+    model = create_model("resnet18")
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     before = [p.detach().clone() for p in model.parameters()]
     loss = train_step(model, _batch(), opt, clip_norm=1e-3)
@@ -43,7 +45,7 @@ def test_train_step_updates_clips_and_refuses_nan():
 
 
 def test_train_step_bf16_autocast_runs_on_cpu():
-    model = create_detector("local", dim=32, depth=1)
+    model = create_model("local", dim=32, depth=1)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     assert train_step(model, _batch(), opt, amp_dtype=torch.bfloat16) > 0
 
@@ -61,8 +63,8 @@ def test_train_selects_on_val_resumes_and_evaluates(example_shards, tmp_path):
     # resume continues from step 6 to 9, keeping optimizer and schedule
     s2 = run_train(example_shards, out, TrainConfig(**{**SMALL, "steps": 9}), resume=True, progress=False)
     assert s2["steps"] == 9 and load_checkpoint(out / "last.pt")["step"] == 9
-    with pytest.raises(InputError, match="checkpoint of detector 'resnet18', asked to resume 'local'"):
-        run_train(example_shards, out, TrainConfig(**{**SMALL, "detector": "local"}), resume=True, progress=False)
+    with pytest.raises(InputError, match="checkpoint of model 'resnet18', asked to resume 'local'"):
+        run_train(example_shards, out, TrainConfig(**{**SMALL, "model": "local"}), resume=True, progress=False)
     r = run_evaluate(out / "best.pt", [example_shards], tmp_path / "eval", EvaluateConfig(num_workers=0, tta_hflip=True),
                      progress=False)
     preds = pl.read_parquet(tmp_path / "eval" / "predictions.parquet")
@@ -91,12 +93,12 @@ def test_bad_inputs(example_shards, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match="not a readable checkpoint"):
         load_checkpoint(tmp_path / "junk.pt")
-    ckpt = {"model": {}, "detector": "resnet18", "schema_version": 0}
+    ckpt = {"model": {}, "model_name": "resnet18", "schema_version": 0}
     torch.save(ckpt, tmp_path / "old.pt")
     with pytest.raises(InputError, match="shard schema 0"):
         load_checkpoint(tmp_path / "old.pt")
     # a detector needing a view the batch lacks is named
-    model = create_detector("two_stream_srm")
+    model = create_model("two_stream_srm")
     batch = next(iter(make_loader(example_shards, "train", batch_size=2, num_workers=0)))
     with pytest.raises(InputError, match=r"needs \['srm'\]"):
         train_step(model, batch, torch.optim.SGD(model.parameters(), lr=0.1))
@@ -116,8 +118,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(example_shards, tmp_p
 def test_ddp_with_torchrun_on_cpu(example_shards, tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(
-        "import sys\nfrom facepipe.config import TrainConfig\nfrom facepipe.train.engine import run_train\n"
-        f"run_train(sys.argv[1], sys.argv[2], TrainConfig(**{SMALL!r}), progress=False)\n")
+        "import sys\nfrom facepipe.stages.train import TrainConfig, run\n"
+        f"run(sys.argv[1], sys.argv[2], TrainConfig(**{SMALL!r}), progress=False)\n")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         str(script), str(example_shards), str(tmp_path / "ddp")], capture_output=True, text=True,
                        timeout=600)

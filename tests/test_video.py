@@ -3,10 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from facepipe.config import SamplingConfig
 from facepipe.errors import VideoError
 from facepipe.example import truncate_copy, write_audio_only, write_video
-from facepipe.video import FrameSampler, probe, read_frames, sample_indices
+from facepipe.video import FrameSampler, SamplingConfig, probe, read_frames, sample_indices
 from tests.conftest import REAL, needs_real
 
 

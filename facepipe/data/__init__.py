@@ -1,6 +1,7 @@
-"""Shards: the sample schema (``schema``), the shard writer (``writer``), and ``make_loader`` for training.
+"""Shards: the sample schema (``schema``) and ``make_loader`` for training (the shard stage is
+:mod:`facepipe.stages.shard`).
 
-``make_loader`` is imported lazily so that the schema and writer do not pull in torch.
+``make_loader`` is imported lazily so that the schema does not pull in torch.
 """
 
 from __future__ import annotations

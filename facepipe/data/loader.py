@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 from collections import Counter
 from dataclasses import dataclass
 from itertools import islice
@@ -30,15 +31,16 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from facepipe.config import FreqConfig
 from facepipe.data.schema import SCHEMA_VERSION, SchemaError, decode_sample
 from facepipe.errors import ConfigError, InputError
+from facepipe.freq.config import FreqConfig
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-META_KEYS = ("key", "dataset", "video_id", "method", "split", "frame_index", "track_id")
+META_KEYS = ("key", "dataset", "video_id", "method", "split", "frame_index", "track_id", "video_label", "label_source",
+             "manipulation_score")
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,8 @@ class ShardSet:
     samples: int | None
     cells: dict[tuple[str, int], int] | None  # (dataset, label) -> samples
     views: tuple[str, ...]
+    view_params: dict | None = None  # the freq parameters the stored views were computed with
+    crop_size: int | None = None
 
 
 def _read_text(url: str) -> str:
@@ -96,7 +100,8 @@ def resolve_shards(source: str | os.PathLike | Sequence[str], split: str | None 
             for cell, n in s["cells"].items():
                 d, lab = cell.rsplit(":", 1)
                 cells[(d, 1 if lab == "fake" else 0)] += n
-        return ShardSet(urls, int(info["samples"]), dict(cells), tuple(index.get("views", ())))
+        return ShardSet(urls, int(info["samples"]), dict(cells), tuple(index.get("views", ())),
+                        index.get("view_params"), index.get("crop_size"))
     remote = "://" in src or src.startswith("pipe:")
     if not remote and "{" not in src and not os.path.exists(src):
         raise InputError(f"{src}: no such shard, shard folder or index")
@@ -133,7 +138,7 @@ def default_augmentation(size: int | None, seed: int):
 
 
 class _Counts:
-    """Per-worker count of skipped samples (read back through the batches)."""
+    """Per-worker count of skipped samples (read back through the batches and a final stats item)."""
 
     def __init__(self) -> None:
         self.n = 0
@@ -144,13 +149,20 @@ def _worker() -> tuple[int, int]:
     return (wi.id, wi.num_workers) if wi is not None else (0, 1)
 
 
+def _seed(*parts: int) -> int:
+    """A 63-bit seed from integers (stable across processes and Python runs, unlike ``hash``)."""
+    return int(np.random.SeedSequence([abs(int(p)) for p in parts]).generate_state(2, np.uint32).view(np.uint64)[0]
+               >> np.uint64(1))
+
+
 class _Pipeline:
-    """Picklable stage functions (DataLoader workers may be spawned)."""
+    """The stages as methods of one picklable object (DataLoader workers may be spawned: macOS, Windows,
+    Python >= 3.14 on Linux). Every random choice is seeded by (seed, rank, worker, epoch)."""
 
     def __init__(self, shardset: ShardSet, batch_size: int, shuffle: bool, shuffle_buffer: int,
                  resampled: bool, seed: int, augment, image_size: int | None, stored_views: tuple[str, ...],
                  accept: dict[tuple[str, int], float] | None, handler: str, rank: int, world_size: int,
-                 explicit_node: bool, drop_last: bool) -> None:
+                 explicit_node: bool, drop_last: bool, masks: bool) -> None:
         self.__dict__.update(locals())
         del self.__dict__["self"]
         self.epoch = 0
@@ -170,9 +182,11 @@ class _Pipeline:
 
     # -- stages --
     def _wanted(self, name: str) -> bool:
-        """Skip tar members this loader does not use (stored views it was not asked for)."""
+        """Skip tar members this loader does not use (stored views it was not asked for, masks)."""
         if name.endswith(".npy"):
             return name.rsplit(".", 2)[-2] in self.stored_views
+        if name.endswith(".mask.png"):
+            return self.masks
         return True
 
     def _nodes(self, src: Iterator) -> Iterator:
@@ -182,6 +196,13 @@ class _Pipeline:
 
         return wds.split_by_node(src)
 
+    def _resampled_shards(self, src: Iterator | None = None) -> Iterator[dict]:
+        """Shards drawn with replacement, a new draw every pass (epoch), independently per rank and worker."""
+        rng = random.Random(_seed(self.seed, self.rank, _worker()[0], self.epoch, 11))
+        urls = self.shardset.urls
+        while True:
+            yield {"url": urls[rng.randrange(len(urls))]}
+
     def _select(self, src: Iterator[dict]) -> Iterator[dict]:
         rng = self._rng(1)
         for s in src:
@@ -189,12 +210,18 @@ class _Pipeline:
                 try:
                     meta = json.loads(s["json"])
                     p = self.accept.get((meta["dataset"], int(meta["label"])), 1.0)
-                except Exception as e:  # a broken sample: let the decode stage report it
+                except Exception as e:  # noqa: BLE001  a broken sample: let the decode stage report it
                     log.debug("cannot read metadata for thinning: %s", e)
                     p = 1.0
                 if rng.random() >= p:
                     continue
             yield s
+
+    def _shuffle(self, src: Iterator[dict]) -> Iterator[dict]:
+        import webdataset as wds
+
+        rng = random.Random(_seed(self.seed, self.rank, _worker()[0], self.epoch, 3))
+        yield from wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100), rng=rng)(src)
 
     def _decode(self, src: Iterator[dict]) -> Iterator[dict]:
         w, _ = _worker()
@@ -210,16 +237,16 @@ class _Pipeline:
             resize = A.Resize(self.image_size, self.image_size)
         for s in src:
             try:
-                d = decode_sample(s, self.stored_views)
-                img = d["image"]
-                if aug is not None:
-                    img = aug(image=img)["image"]
-                elif resize is not None:
-                    img = resize(image=img)["image"]
-                d["image"] = img
+                d = decode_sample(s, self.stored_views, mask=self.masks)
+                t = aug or resize
+                if t is not None:
+                    res = t(image=d["image"], mask=d["mask"]) if self.masks else t(image=d["image"])
+                    d["image"] = res["image"]
+                    if self.masks:
+                        d["mask"] = res["mask"]
                 d["_worker"] = (w, self.counts)
                 yield d
-            except Exception as e:  # under 'raise' _handle re-raises; under 'warn' it counts and skips
+            except Exception as e:  # noqa: BLE001  under 'raise' _handle re-raises; under 'warn' it counts, skips
                 if self._handle(e):
                     continue
 
@@ -228,13 +255,20 @@ class _Pipeline:
             "image_u8": torch.from_numpy(np.stack([s["image"] for s in samples])),  # (B, H, W, 3) uint8
             "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
         }
+        if self.masks:
+            out["mask_u8"] = torch.from_numpy(np.stack([s["mask"] for s in samples]))  # (B, H, W) uint8
         for k in META_KEYS:
-            out[k] = [s["meta"][k] for s in samples]
+            out[k] = [s["meta"].get(k) for s in samples]
         for v in self.stored_views:
             out[v] = torch.from_numpy(np.stack([s[v] for s in samples]).astype(np.float16))
         w, counts = samples[-1]["_worker"]
         out["_errors"] = (w, counts.n)
         return out
+
+    def _tail(self, src: Iterator[dict]) -> Iterator[dict]:
+        """After a worker's last batch: one stats item with its final skip count (exact counts)."""
+        yield from src
+        yield {"_final_errors": (_worker()[0], self.counts.n)}
 
     def build(self):
         import webdataset as wds
@@ -242,8 +276,7 @@ class _Pipeline:
         h = self._handle
         stages: list = []
         if self.resampled:
-            stages.append(wds.ResampledShards(list(self.shardset.urls), seed=self.seed + 1000 * self.rank,
-                                              deterministic=True))
+            stages.append(self._resampled_shards)
         else:
             stages.append(wds.SimpleShardList(list(self.shardset.urls)))
             if self.shuffle:
@@ -254,27 +287,11 @@ class _Pipeline:
         stages.append(wds.tarfile_to_samples(handler=h, select_files=self._wanted))
         stages.append(self._select)
         if self.shuffle and self.shuffle_buffer > 1:
-            stages.append(wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100),
-                                      rng=_SeededRandom(self.seed, self.rank, self.epoch)))
+            stages.append(self._shuffle)
         stages.append(self._decode)
         stages.append(wds.batched(self.batch_size, collation_fn=self._collate, partial=not self.drop_last))
+        stages.append(self._tail)
         return wds.DataPipeline(*stages)
-
-
-class _SeededRandom:
-    """A ``random.Random`` created lazily in the worker, seeded by (seed, rank, worker, epoch)."""
-
-    def __init__(self, seed: int, rank: int, epoch: int) -> None:
-        self.args = (seed, rank, epoch)
-        self._r = None
-
-    def __getattr__(self, name):
-        import random
-
-        if self._r is None:
-            w, _ = _worker()
-            self._r = random.Random(hash((*self.args, w)) & 0xFFFFFFFF)
-        return getattr(self._r, name)
 
 
 class FaceLoader:
@@ -282,12 +299,15 @@ class FaceLoader:
 
     Attributes:
         shardset: the resolved shards.
-        errors: samples skipped by the ``warn`` handler in the last pass (summed over workers).
-        epoch: incremented at the start of every pass; seeds shard order, shuffling and augmentation.
+        errors: samples skipped by the ``warn`` handler in the last pass (summed over workers; exact once
+            the pass ends).
+        epoch: incremented at the start of every pass; seeds shard order, resampling, shuffling and
+            augmentation.
     """
 
     def __init__(self, pipe: _Pipeline, num_workers: int, device: torch.device, views: tuple[str, ...],
-                 compute_views: bool, freq_cfg: FreqConfig, mean, std, epoch_batches: int | None) -> None:
+                 compute_views: bool, freq_cfg: FreqConfig, mean, std, epoch_batches: int | None,
+                 view_size: int | None) -> None:
         self._pipe = pipe
         self.num_workers = num_workers
         self.device = device
@@ -297,6 +317,7 @@ class FaceLoader:
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
         self.epoch_batches = epoch_batches
+        self.view_size = view_size
         self.shardset = pipe.shardset
         self.errors = 0
         self.epoch = 0
@@ -306,6 +327,22 @@ class FaceLoader:
             raise TypeError("length unknown: give epoch_samples, or build the shards with an index")
         return self.epoch_batches
 
+    def views_of(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The loader's views of a batch of *normalised* images, computed as for its batches.
+
+        Used by test-time augmentation: flip the image, then recompute every view from it (spectral
+        views such as ``dct`` or ``fft`` must not be flipped themselves).
+
+        Args:
+            image: (B, 3, H, W) float, normalised with this loader's mean and std.
+
+        Returns:
+            view name -> (B, C', H', W') float32.
+        """
+        from facepipe.freq import compute_views_torch
+
+        return compute_views_torch(self.views, (image * self.std + self.mean).float(), self.freq_cfg)
+
     def _to_device(self, b: dict) -> dict:
         from facepipe.freq import compute_views_torch
 
@@ -314,7 +351,12 @@ class FaceLoader:
             b.update(compute_views_torch(self.views, x, self.freq_cfg))
         else:
             for v in self.views:
-                b[v] = b[v].to(self.device, non_blocking=True).float()
+                t = b[v].to(self.device, non_blocking=True).float()
+                if self.view_size and t.shape[-1] != self.view_size and v != "block_dct":
+                    raise ConfigError(f"stored view {v} is {tuple(t.shape[-2:])}, the images {self.view_size}")
+                b[v] = t
+        if "mask_u8" in b:
+            b["mask"] = b.pop("mask_u8").to(self.device, non_blocking=True).unsqueeze(1).float().div_(255.0)
         b["image"] = x.sub_(self.mean).div_(self.std)  # views above were computed from x before this
         b["label"] = b["label"].to(self.device, non_blocking=True)
         return b
@@ -326,12 +368,16 @@ class FaceLoader:
         self._pipe.epoch = self.epoch
         self._pipe.counts = _Counts()
         loader = wds.WebLoader(self._pipe.build(), batch_size=None, num_workers=self.num_workers,
-                               pin_memory=self.device.type == "cuda",
-                               persistent_workers=False)
+                               pin_memory=self.device.type == "cuda", persistent_workers=False)
         if self.epoch_batches is not None and self._pipe.resampled:
             loader = loader.with_epoch(self.epoch_batches)
         seen: dict[int, int] = {}
         for b in loader:
+            if "_final_errors" in b:
+                w, n = b["_final_errors"]
+                seen[w] = n
+                self.errors = sum(seen.values())
+                continue
             w, n = b.pop("_errors")
             seen[w] = n
             self.errors = sum(seen.values())
@@ -363,6 +409,7 @@ def make_loader(
     rank: int | None = None,
     world_size: int | None = None,
     drop_last: bool = False,
+    masks: bool = False,
 ) -> FaceLoader:
     """Stream facepipe shards as training batches.
 
@@ -382,9 +429,12 @@ def make_loader(
         image_size: output side in pixels (isotropic resize + pad when augmenting, resize otherwise);
             ``None`` keeps the crop size.
         views: frequency views to add to each batch (:data:`facepipe.freq.VIEWS`).
-        view_source: ``compute`` (torch, on ``device``, after augmentation), ``stored`` (read from the
-            shards), or ``auto`` (stored when not augmenting and the shards hold them, else computed).
-        freq: view parameters (bands, log, ...); defaults to :class:`FreqConfig`.
+        view_source: ``compute`` (torch, on ``device``, from the final image: after augmentation and
+            resizing), ``stored`` (read from the shards: refused when they were computed with other ``freq``
+            parameters or at another size than the images), or ``auto`` (stored when that gives exactly
+            what ``compute`` would: not augmenting, same parameters, same size; else computed).
+        freq: view parameters (bands, log, ...), e.g. params.yaml's ``freq`` section; defaults to
+            :class:`FreqConfig`.
         mean, std: per-channel normalisation of the [0, 1] RGB image.
         device: where batches (and computed views) go.
         dataset_weights: target share of each dataset in the stream, e.g. ``{"ffpp": 1, "dfdc": 1}``;
@@ -394,11 +444,14 @@ def make_loader(
         rank, world_size: this process's node split; default from ``torchrun`` (RANK/WORLD_SIZE or
             ``torch.distributed``).
         drop_last: drop a last partial batch.
+        masks: add ``mask`` (B, 1, H, W) float32 in [0, 1]: each fake face's difference from its
+            original, augmented with the image (zeros for real faces and for fakes without an original).
 
     Returns:
         A :class:`FaceLoader`; each batch is a dict with ``image`` (B, 3, H, W) float32 normalised,
-        ``label`` (B,) int64 (0 real, 1 fake), every view in ``views`` (B, C', H', W') float32, and lists
-        ``key``, ``dataset``, ``video_id``, ``method``, ``split``, ``frame_index``, ``track_id``.
+        ``label`` (B,) int64 (the face's label: 0 real, 1 fake), every view in ``views`` (B, C', H', W')
+        float32, and lists ``key``, ``dataset``, ``video_id``, ``method``, ``split``, ``frame_index``,
+        ``track_id``, ``video_label``, ``label_source``, ``manipulation_score``.
 
     Raises:
         InputError / SchemaError: see :func:`resolve_shards`.
@@ -434,10 +487,20 @@ def make_loader(
                     "resampled=True (fixed epoch length per rank)", len(shardset.urls), world_size)
     if view_source not in ("auto", "compute", "stored"):
         raise ConfigError(f"view_source must be auto, compute or stored, got {view_source!r}")
-    stored_ok = all(v in shardset.views for v in views)
-    if view_source == "stored" and not stored_ok:
-        raise ConfigError(f"views {list(views)} asked for from the shards, but they store {list(shardset.views)}")
-    compute = view_source == "compute" or (view_source == "auto" and (bool(augment) or not stored_ok))
+    freq = freq or FreqConfig()
+    stored_problem = None
+    if not all(v in shardset.views for v in views):
+        stored_problem = f"the shards store {list(shardset.views)}"
+    elif views and shardset.view_params is not None and shardset.view_params != json.loads(json.dumps(
+            freq.view_params())):
+        stored_problem = (f"the stored views were computed with freq parameters {shardset.view_params}, not "
+                          f"{freq.view_params()}")
+    elif views and image_size and shardset.crop_size and image_size != shardset.crop_size:
+        stored_problem = f"the stored views are {shardset.crop_size} px, the images will be {image_size} px"
+    if view_source == "stored" and views and (stored_problem or augment):
+        raise ConfigError(f"views {list(views)} asked for from the shards, but "
+                          + (stored_problem or "augmentation changes the images after the views were stored"))
+    compute = view_source == "compute" or (view_source == "auto" and (bool(augment) or stored_problem is not None))
     accept = None
     if dataset_weights or class_balance:
         if shardset.cells is None:
@@ -453,9 +516,9 @@ def make_loader(
     if resampled and epoch_batches is None:
         raise ConfigError("resampled=True needs epoch_samples (or an index to take the split size from)")
     pipe = _Pipeline(shardset, batch_size, shuffle, shuffle_buffer, resampled, seed, augment, image_size,
-                     () if compute else tuple(views), accept, handler, rank, world_size, explicit, drop_last)
-    return FaceLoader(pipe, num_workers, torch.device(device), tuple(views), compute, freq or FreqConfig(),
-                      mean, std, epoch_batches)
+                     () if compute else tuple(views), accept, handler, rank, world_size, explicit, drop_last, masks)
+    return FaceLoader(pipe, num_workers, torch.device(device), tuple(views), compute, freq, mean, std, epoch_batches,
+                      None if compute else (image_size or shardset.crop_size))
 
 
 def _acceptance(cells: dict[tuple[str, int], float], weights: dict[str, float] | None,

@@ -2,70 +2,48 @@
 
 A sample is a group of tar members sharing a key::
 
-    <dataset>__<video_id>__<frame:06d>__<track>.png      the crop (or .jpg), as extract wrote it
-    <dataset>__<video_id>__<frame:06d>__<track>.json     metadata (META_FIELDS), sorted keys
-    <dataset>__<video_id>__<frame:06d>__<track>.cls      label as ASCII: 0 real, 1 fake
-    <dataset>__<video_id>__<frame:06d>__<track>.<view>.npy   each stored frequency view, float16 (C, H, W)
+    <dataset>__<video_id>__<frame:06d>__<track>.png        the crop (or .jpg), as extract wrote it
+    <dataset>__<video_id>__<frame:06d>__<track>.json       metadata (META_FIELDS), sorted keys
+    <dataset>__<video_id>__<frame:06d>__<track>.cls        the face's label as ASCII: 0 real, 1 fake
+    <dataset>__<video_id>__<frame:06d>__<track>.mask.png   (fakes compared with their original) the
+                                                           difference mask, warped like the crop: 255 = manipulated
+    <dataset>__<video_id>__<frame:06d>__<track>.<view>.npy each stored frequency view, float16 (C, H, W)
 
-Keys contain no dots (webdataset splits the member name at the first dot) and the parts never
-contain ``__``. Writer, loader, inspect and tests all go through this module.
+Keys contain no dots (webdataset splits the member name at the first dot) and the parts never contain
+``__``. Writer, loader, inspect and tests all go through this module.
+
+Version history: 1 — video labels only; 2 — per-face ``label`` with ``video_label``, ``label_source``,
+``manipulation_score`` and the ``mask.png`` member.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import re
 from typing import Any
 
 import numpy as np
 
 from facepipe.errors import FacepipeError
+from facepipe.ids import KEY_SEP, LABEL_NAMES, LABEL_SOURCES, SPLITS, IdError, check_name, parse_key, sample_key
 
-SCHEMA_VERSION = 1
-KEY_SEP = "__"
+SCHEMA_VERSION = 2
 IMAGE_EXTS = ("png", "jpg")
-SPLITS = ("train", "val", "test")
-LABEL_NAMES = {0: "real", 1: "fake"}
+MASK_EXT = "mask.png"
 META_FIELDS = (
-    "key", "label", "label_name", "dataset", "method", "split", "video_id", "source_ids", "frame_index",
-    "timestamp_s", "track_id", "box", "landmarks", "affine", "crop_size", "crop_mode", "detector",
-    "detector_version", "schema_version",
+    "key", "label", "label_name", "video_label", "label_source", "manipulation_score", "dataset", "method", "split",
+    "video_id", "source_ids", "frame_index", "timestamp_s", "track_id", "box", "landmarks", "affine", "crop_size",
+    "crop_mode", "detector", "detector_version", "schema_version",
 )
-"""Fields of the ``json`` member. ``box``/``landmarks``/``affine`` are in source-frame pixels as in
+"""Fields of the ``json`` member. ``label`` is the face's own label (what training and evaluation use),
+``video_label`` its video's, ``label_source`` how the face label was decided (``original_diff`` | ``policy``
+| ``video``), ``manipulation_score`` the share of the face box differing from the original beyond the
+background (``null`` without an original). ``box``/``landmarks``/``affine`` are in source-frame pixels as in
 ``faces.parquet``; ``source_ids`` lists the original video ids a fake was made from (empty for reals)."""
-
-_PART = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 class SchemaError(FacepipeError):
     """A sample or shard set does not follow this schema (names the shard and key when known)."""
-
-
-def check_name(kind: str, value: str) -> str:
-    """Raise :class:`SchemaError` unless ``value`` is usable as a key part (``[A-Za-z0-9_-]``, no ``__``)."""
-    if not _PART.match(value) or KEY_SEP in value:
-        raise SchemaError(f"{kind} '{value}' cannot be part of a sample key: use letters, digits, '-' and "
-                          f"single '_' only")
-    return value
-
-
-def sample_key(dataset: str, video_id: str, frame_index: int, track_id: int) -> str:
-    """``<dataset>__<video_id>__<frame:06d>__<track>``."""
-    return KEY_SEP.join([check_name("dataset", dataset), check_name("video_id", video_id),
-                         f"{int(frame_index):06d}", str(int(track_id))])
-
-
-def parse_key(key: str) -> tuple[str, str, int, int]:
-    """Inverse of :func:`sample_key`.
-
-    Raises:
-        SchemaError: the key does not have four ``__``-separated parts.
-    """
-    parts = key.split(KEY_SEP)
-    if len(parts) != 4:
-        raise SchemaError(f"sample key '{key}' is not <dataset>__<video_id>__<frame>__<track>")
-    return parts[0], parts[1], int(parts[2]), int(parts[3])
 
 
 def npy_bytes(a: np.ndarray) -> bytes:
@@ -81,41 +59,55 @@ def npy_load(b: bytes) -> np.ndarray:
 
 
 def encode_sample(key: str, image: bytes, image_ext: str, meta: dict[str, Any],
-                  views: dict[str, np.ndarray]) -> dict[str, Any]:
+                  views: dict[str, np.ndarray], mask: bytes | None = None) -> dict[str, Any]:
     """Build the member dict for ``webdataset.TarWriter`` (all values bytes).
 
     Args:
-        key: from :func:`sample_key`.
+        key: from :func:`~facepipe.ids.sample_key`.
         image: encoded crop bytes (PNG or JPEG), stored as is.
         image_ext: ``png`` or ``jpg``.
-        meta: the :data:`META_FIELDS` (``key`` and ``schema_version`` are filled in).
+        meta: the :data:`META_FIELDS` (``key``, ``label_name`` and ``schema_version`` are filled in).
         views: view name -> (C, H, W) array, stored as float16 ``.npy``.
+        mask: PNG bytes of the (H, W) uint8 difference mask, or ``None``.
 
     Raises:
-        SchemaError: unknown image extension, missing metadata fields or a bad label.
+        SchemaError: unknown image extension, missing metadata fields, a bad label or label source.
     """
     if image_ext not in IMAGE_EXTS:
         raise SchemaError(f"{key}: image extension must be one of {IMAGE_EXTS}, got {image_ext}")
     meta = {**meta, "key": key, "schema_version": SCHEMA_VERSION}
+    if meta.get("label") in LABEL_NAMES:
+        meta["label_name"] = LABEL_NAMES[meta["label"]]
     missing = [f for f in META_FIELDS if f not in meta]
     if missing:
         raise SchemaError(f"{key}: metadata lacks {missing}")
-    if meta["label"] not in LABEL_NAMES:
-        raise SchemaError(f"{key}: label must be 0 (real) or 1 (fake), got {meta['label']!r}")
+    for f in ("label", "video_label"):
+        if meta[f] not in LABEL_NAMES:
+            raise SchemaError(f"{key}: {f} must be 0 (real) or 1 (fake), got {meta[f]!r}")
+    if meta["label_source"] not in LABEL_SOURCES:
+        raise SchemaError(f"{key}: label_source must be one of {LABEL_SOURCES}, got {meta['label_source']!r}")
     out: dict[str, Any] = {"__key__": key, image_ext: image,
                            "json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode(),
                            "cls": str(int(meta["label"])).encode()}
+    if mask is not None:
+        out[MASK_EXT] = mask
     for name, arr in views.items():
         out[f"{name}.npy"] = npy_bytes(np.asarray(arr, dtype=np.float16))
     return out
 
 
-def decode_sample(sample: dict[str, Any], views: tuple[str, ...] = ()) -> dict[str, Any]:
+def decode_sample(sample: dict[str, Any], views: tuple[str, ...] = (), mask: bool = False) -> dict[str, Any]:
     """Check and decode one raw webdataset sample (member name suffix -> bytes).
 
+    Args:
+        sample: the raw sample.
+        views: stored views to decode.
+        mask: decode the difference mask (an all-zero mask when the sample has none: a real face, or a
+            fake without an original to compare with — check ``meta["label_source"]``).
+
     Returns:
-        ``{"key", "image": (H, W, 3) uint8 RGB, "meta": dict, "label": int, <view>: float32 (C, H, W)}``
-        for each name in ``views``.
+        ``{"key", "image": (H, W, 3) uint8 RGB, "meta": dict, "label": int, <view>: float32 (C, H, W),
+        "mask": (H, W) uint8 (with ``mask``)}``.
 
     Raises:
         SchemaError: naming the shard (``__url__``) and key: a missing field, a schema-version
@@ -146,6 +138,14 @@ def decode_sample(sample: dict[str, Any], views: tuple[str, ...] = ()) -> dict[s
     if img is None:
         raise SchemaError(f"{where}: {ext} image does not decode")
     out = {"key": key, "image": cv2.cvtColor(img, cv2.COLOR_BGR2RGB), "meta": meta, "label": label}
+    if mask:
+        if MASK_EXT in sample:
+            m = cv2.imdecode(np.frombuffer(sample[MASK_EXT], np.uint8), cv2.IMREAD_GRAYSCALE)
+            if m is None or m.shape != img.shape[:2]:
+                raise SchemaError(f"{where}: mask does not decode or does not match the crop's size")
+        else:
+            m = np.zeros(img.shape[:2], np.uint8)
+        out["mask"] = m
     for v in views:
         name = f"{v}.npy"
         if name not in sample:
@@ -153,3 +153,8 @@ def decode_sample(sample: dict[str, Any], views: tuple[str, ...] = ()) -> dict[s
                               f"{sorted(k[:-4] for k in sample if k.endswith('.npy'))})")
         out[v] = npy_load(sample[name]).astype(np.float32)
     return out
+
+
+__all__ = ["IMAGE_EXTS", "IdError", "KEY_SEP", "LABEL_NAMES", "MASK_EXT", "META_FIELDS", "SCHEMA_VERSION", "SPLITS",
+           "SchemaError", "check_name", "decode_sample", "encode_sample", "npy_bytes", "npy_load", "parse_key",
+           "sample_key"]

@@ -6,14 +6,15 @@ validated manifest with official labels and splits (or leak-free grouped splits 
 
 from facepipe.datasets import celebdf, dfdc, ffpp, generic, others  # noqa: F401  (registration)
 from facepipe.datasets.base import (
-                                    ManifestConfig,
-                                    Row,
-                                    build_manifest,
-                                    get_adapter,
-                                    group_split,
-                                    list_adapters,
-                                    register_adapter,
+    ManifestConfig,
+    Row,
+    build_manifest,
+    get_adapter,
+    group_split,
+    list_adapters,
+    register_adapter,
+    split_report,
 )
 
 __all__ = ["ManifestConfig", "Row", "build_manifest", "get_adapter", "group_split", "list_adapters",
-           "register_adapter"]
+           "register_adapter", "split_report"]

@@ -5,18 +5,23 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from facepipe.datasets.base import ManifestConfig, Row, layout_error, register_adapter
+from facepipe.datasets.base import ManifestConfig, Row, components, layout_error, register_adapter, stable_fraction
 from facepipe.errors import InputError
 
 LAYOUT = """
 ROOT/Celeb-real/id0_0000.mp4 ...            real, celebrity id0
-ROOT/Celeb-synthesis/id0_id1_0000.mp4 ...   fake: id0's video 0000 with id1's face
+ROOT/Celeb-synthesis/id0_id1_0000.mp4 ...   fake: id0's video 0000 (the target, its original) with id1's face
 ROOT/YouTube-real/00000.mp4 ...             real
-ROOT/List_of_testing_videos.txt             official test list, lines '<label> <folder>/<file>' with
-                                            label 1 = real, 0 = fake (Celeb-DF's convention)
-No official train list: train is everything not in the test list (val carved out leak-free with
-manifest.options.val_fraction). The official test list shares identities with the rest: use
-manifest.identity_leakage: warn to keep the official protocol, or split_mode: group to re-split."""
+ROOT/List_of_testing_videos.txt             official test list (518 videos in v2), lines '<label> <folder>/<file>'
+                                            with label 1 = real, 0 = fake (Celeb-DF's convention)
+Following github.com/yuezunli/celeb-deepfakeforensics (README: 590 Celeb-real, 300 YouTube-real, 5639
+Celeb-synthesis, List_of_testing_videos.txt). No official train list: train is everything not in the test
+list, as the protocol is used (DeepfakeBench). The published test list holds most test fakes without their
+original (234 of 340 in v2): those originals stay in train, and such fakes carry a protocol_note (accepted
+by the leakage check, reported with their count). The test list also shares celebrities with train: with
+manifest.identity_leakage: auto this overlap is reported with counts, not an error. split_mode: group
+re-splits leak-free instead. options.val_fraction carves a validation split out of train in whole groups
+(a fake with its original and every video of its two celebrities)."""
 
 
 def _scan(root: Path, cfg: ManifestConfig, name: str) -> list[Row]:
@@ -44,10 +49,11 @@ def _scan(root: Path, cfg: ManifestConfig, name: str) -> list[Row]:
                 if not m:
                     raise InputError(f"{p}: Celeb-synthesis video not named idA_idB_NNNN.mp4")
                 a, b, k = m.groups()
-                row = Row(rel, 1, "Celeb-DF", sources=[f"Celeb-real/{a}_{k}.mp4"], identities=[a, b])
+                row = Row(rel, 1, "Celeb-DF", sources=[f"Celeb-real/{a}_{k}.mp4"],
+                          identities=[f"celebdf:{a}", f"celebdf:{b}"])
             elif folder.name == "Celeb-real":
                 m = re.fullmatch(r"(id\d+)_(\d+)", p.stem)
-                row = Row(rel, 0, "original", identities=[m.group(1)] if m else [])
+                row = Row(rel, 0, "original", identities=[f"celebdf:{m.group(1)}"] if m else [])
             else:
                 row = Row(rel, 0, "original")
             if rel in test:
@@ -61,24 +67,45 @@ def _scan(root: Path, cfg: ManifestConfig, name: str) -> list[Row]:
     missing = set(test) - {r.path for r in rows}
     if missing:
         raise InputError(f"{test_list}: lists {len(missing)} file(s) not found, e.g. {sorted(missing)[0]}")
-    val = float(cfg.options.get("val_fraction", 0))
-    if val and cfg.split_mode == "official":
-        # carve val out of train by identity group, deterministically
-        from facepipe.datasets.base import stable_fraction
-
+    if cfg.split_mode == "official":
+        split_of = {r.path: r.split for r in rows}
         for r in rows:
-            if r.split == "train":
-                key = (r.identities or [r.path])[0]
-                if stable_fraction(key) < val:
-                    r.split = "val"
+            if r.label == 1 and r.split == "test" and split_of.get(r.sources[0], "test") != "test":
+                r.protocol_note = "Celeb-DF official test list: the original is not listed, so it is in train"
+        val = float(cfg.options.get("val_fraction", 0))
+        if val:
+            _carve_val(rows, val, cfg.seed)
     return rows
 
 
-@register_adapter("celebdf_v1", LAYOUT)
+def _carve_val(rows: list[Row], fraction: float, seed: int) -> None:
+    """Move whole groups of train rows (a fake with its original and all videos of its celebrities) to val,
+    in a seeded order fixed by each group's first path, until ``fraction`` of the train rows is reached."""
+    train = [r for r in rows if r.split == "train"]
+    groups = components(train)
+    order = sorted(groups, key=lambda g: stable_fraction(f"{seed}:{train[g[0]].path}"))
+    target, moved = fraction * len(train), 0
+    for g in order:
+        if moved >= target:
+            break
+        if moved + len(g) > 1.5 * target:  # a group too large for the share left
+            continue
+        for i in g:
+            train[i].split = "val"
+        moved += len(g)
+    if moved < 0.5 * target:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "Celeb-DF val carve reached %d of %d train videos (%.0f%% asked): its groups are too large", moved,
+            len(train), 100 * fraction)
+
+
+@register_adapter("celebdf_v1", LAYOUT, shared_identities=True)
 def scan_v1(root: Path, cfg: ManifestConfig) -> list[Row]:
     return _scan(root, cfg, "celebdf_v1")
 
 
-@register_adapter("celebdf_v2", LAYOUT)
+@register_adapter("celebdf_v2", LAYOUT, shared_identities=True)
 def scan_v2(root: Path, cfg: ManifestConfig) -> list[Row]:
     return _scan(root, cfg, "celebdf_v2")

@@ -14,8 +14,11 @@ ROOT/dfdc_train_part_N/metadata.json        {"abc.mp4": {"label": "FAKE"|"REAL",
 ROOT/dfdc_train_part_N/abc.mp4 ...          the training videos (originals may sit in other parts)
 ROOT/test/labels.csv (optional)             the public test set: filename,label (1 = fake) with the videos in
                                             ROOT/test/ or ROOT/test/videos/
-Training parts have no official val/test: they are split leak-free by original (every fake with its
-original), fractions from manifest.fractions; the test set, when present, is 'test'."""
+Following the DFDC dataset paper (Dolhansky et al., arXiv:2006.07397) and its metadata.json format. Training
+parts have no official val/test: they are split leak-free by original (every fake with its original),
+stratified by label, fractions from manifest.fractions; the test set, when present, is 'test'. A video
+named in metadata.json but absent on disk is an error naming it (manifest.missing_files: warn counts and
+skips them, e.g. for partial downloads)."""
 
 PREVIEW_LAYOUT = """
 ROOT/dataset.json                           {"<relative path>": {"label": "real"|"fake", "set": "train"|"test",
@@ -53,8 +56,6 @@ def scan_dfdc(root: Path, cfg: ManifestConfig) -> list[Row]:
         if label not in ("REAL", "FAKE"):
             raise InputError(f"{part / 'metadata.json'}: {name} has label {info.get('label')!r} (REAL or FAKE)")
         rel = (part / name).relative_to(root).as_posix()
-        if not (part / name).exists():
-            continue  # metadata of a part lists videos that a partial download may lack
         if label == "FAKE":
             orig = info.get("original")
             src = (where[orig] / orig).relative_to(root).as_posix() if orig in where else f"{part.name}/{orig}"
@@ -70,8 +71,6 @@ def scan_dfdc(root: Path, cfg: ManifestConfig) -> list[Row]:
                 lab = int(float(r["label"]))
                 rows.append(Row((vdir / r["filename"]).relative_to(root).as_posix(), lab,
                                 "DFDC" if lab else "original", "test"))
-    if not rows:
-        raise layout_error("dfdc", root, "metadata lists no video that is present")
     return rows
 
 

@@ -9,17 +9,23 @@ from pathlib import Path
 from facepipe.datasets.base import ManifestConfig, Row, layout_error, register_adapter
 from facepipe.errors import InputError
 
-FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "FaceShifter")
+FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
+"""The four methods of the FF++ benchmark protocol (Rössler et al., ICCV 2019), the set the field reports
+(F3Net, SBI, DeepfakeBench's FF++ tables); FaceShifter (added later) and DeepFakeDetection are opt-in
+through ``manifest.methods``."""
+FFPP_OPTIONAL_METHODS = ("FaceShifter",)
 VIDEO_EXTS = (".mp4", ".avi", ".mov")
 
 FFPP_LAYOUT = """
 ROOT/original_sequences/youtube/{raw,c23,c40}/videos/000.mp4 ...            real (1000 YouTube videos)
-ROOT/manipulated_sequences/{Deepfakes,Face2Face,FaceSwap,NeuralTextures,FaceShifter}/{raw,c23,c40}/videos/
-    000_003.mp4 ...                                                          fake, named target_source
+ROOT/manipulated_sequences/{Deepfakes,Face2Face,FaceSwap,NeuralTextures}/{raw,c23,c40}/videos/
+    000_003.mp4 ...                                                          fake, named target_source: target 000's
+                                                                             frames with source 003's face
 ROOT/manipulated_sequences/<method>/masks/videos/000_003.mp4                 (optional) manipulation masks
 ROOT/splits/{train,val,test}.json  (or ROOT/dataset/splits/, or options.splits_dir): official split, lists of
     [target, source] pairs, 720/140/140 videos per method (github.com/ondyari/FaceForensics dataset/splits)
-Options: manifest.compression (c23), manifest.methods (the five above)."""
+Following github.com/ondyari/FaceForensics (dataset/README.md, dataset/splits). Options: manifest.compression
+(c23), manifest.methods (default the four benchmark methods above; FaceShifter is opt-in)."""
 
 DFD_LAYOUT = """
 ROOT/original_sequences/actors/{raw,c23,c40}/videos/01__kitchen_pan.mp4 ...  real, actor 01

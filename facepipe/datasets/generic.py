@@ -8,8 +8,7 @@ import polars as pl
 
 from facepipe.datasets.base import ManifestConfig, Row, layout_error, register_adapter
 from facepipe.errors import InputError
-
-VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts")
+from facepipe.ids import VIDEO_EXTS, video_id_for
 
 FOLDER_LAYOUT = """
 ROOT/real/**/<video>                real
@@ -21,7 +20,9 @@ CSV_LAYOUT = """
 ROOT/<options.file, default manifest.csv>   (or a path relative to the working folder)
     columns path,label[,split,method,source_ids,identity_ids,group]
     path relative to ROOT; label 0/1 or real/fake; split train/val/test (empty = grouped split);
-    source_ids: ';'-separated paths (relative to ROOT) of the originals a fake was made from;
+    source_ids: ';'-separated originals a fake was made from, FIRST THE TARGET (the video whose frames the
+    fake modifies: per-face labels compare with it), as paths relative to ROOT or video ids of other rows,
+    or dataset:video_id for a video of another dataset;
     identity_ids / group: ';'-separated ids of people or any grouping that must stay in one split."""
 
 
@@ -62,6 +63,7 @@ def scan_csv(root: Path, cfg: ManifestConfig) -> list[Row]:
         if col not in df.columns:
             raise InputError(f"{f}: missing column '{col}' (columns: {df.columns})")
     rows = []
+    path_of_id = {video_id_for(p): p for p in df["path"].to_list()}
     for n, r in enumerate(df.iter_rows(named=True), 2):
         lab = str(r["label"]).strip().lower()
         if lab not in ("0", "1", "real", "fake"):
@@ -71,6 +73,7 @@ def scan_csv(root: Path, cfg: ManifestConfig) -> list[Row]:
         if cfg.split_mode == "group":
             split = None
         method = (r.get("method") or "").strip() or ("original" if label == 0 else "fake")
-        rows.append(Row(r["path"], label, method, split, sources=_ids(r.get("source_ids")),
+        sources = [path_of_id.get(x, x) for x in _ids(r.get("source_ids"))]
+        rows.append(Row(r["path"], label, method, split, sources=sources,
                         identities=_ids(r.get("identity_ids")) + [f"group:{g}" for g in _ids(r.get("group"))]))
     return rows

@@ -7,17 +7,25 @@ from pathlib import Path
 
 from facepipe.datasets.base import ManifestConfig, Row, layout_error, register_adapter
 from facepipe.errors import InputError
-from facepipe.video import IMAGE_EXTS
-
-VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+from facepipe.ids import IMAGE_EXTS, VIDEO_EXTS
 
 DFO_LAYOUT = """
-ROOT/manipulated_videos/<variant>/000_M101.mp4 ...   fake: FF++ target video 000 with actor M101's face
-                                                     (variant end_to_end by default: manifest.options.variant)
-ROOT/source_videos/M101/**/*.mp4 ...                 real: the actors' source recordings
-ROOT/lists/splits/{train,val,test}.txt               official split of the manipulated videos (file names)
-Jiang et al., "DeeperForensics-1.0", CVPR 2020. Source videos follow their actor's fakes' split (an
-actor is in one split); the FF++ targets are not part of this dataset, so fakes list no original."""
+ROOT/manipulated_videos/<variant>/000_M101.mp4 ...   fake: FF++ target video 000 (frames) with actor M101's face
+                                                     (variant end_to_end by default: options.variant; the others:
+                                                     reenact_postprocess, end_to_end_level_{1..5},
+                                                     end_to_end_random_level, end_to_end_mix_{2,3,4}_distortions)
+ROOT/lists/splits/{train,val,test}.txt               official split: manipulated file names (000_M101.mp4),
+                                                     703/96/201; one list for every variant
+options.ffpp_root=/data/FaceForensics++              the real class: the FF++ C23 target videos
+                                                     (original_sequences/youtube/c23/videos/000.mp4 ...)
+Following github.com/EndlessSora/DeeperForensics-1.0 (dataset/README.md): "The 'real' part for face
+forensics models are the target videos, i.e. 1,000 refined YouTube videos collected by FaceForensics++ ...
+download the target videos from FaceForensics++ with C23 compression rate"; the actors' source videos
+"are not the 'real' part" (they improve manipulation quality). So the reals are the FF++ c23 targets (each
+in its fake's split, ids ffpp-c23-NNN, identity ytNNN as in the ffpp adapter so a shard set holding both
+datasets is checked across them), every fake is linked to its target, and ROOT/source_videos/ is not
+used (options.source_videos: include adds them as reals of method 'actor_source', a different capture
+domain: for studies of that domain only)."""
 
 UADFV_LAYOUT = """
 ROOT/real/0000.mp4 ...          real
@@ -32,10 +40,25 @@ Zi et al., "WildDeepfake", ACM MM 2020. Each sequence folder is one input of 'ex
 order at 25 fps); label and official split from the top folder."""
 
 DF40_LAYOUT = """
-ROOT/<method>/**/<video>.mp4  or  ROOT/<method>/**/<sequence>/*.png    all fake, method = first folder
-A path component train/ or test/ gives the split; otherwise sequences are split by video (fractions).
-Yan et al., "DF40: Toward Next-Generation Deepfake Detection", NeurIPS 2024 (real videos come from
-FF++ / Celeb-DF: build those manifests with their adapters)."""
+ROOT/<method>/{ff,cdf}/**/<video>.mp4 | <video>/<frames>.png    fake; method = first folder; ff / cdf = the FF++ or
+                                                                Celeb-DF domain the fake was made in
+ROOT/<method>/{fake,real}/**/...                                the 'unknown' methods that ship their own real data
+                                                                (deepfacelab, heygen, whichisreal, MidJourney, stargan,
+                                                                starganv2, styleclip, e4e, CollabDiff): real/ is real
+ROOT/dataset_json/<method>_ff.json, <method>_cdf.json, <method>.json   the official split lists (options.json_dir):
+    {"<name>": {"<X>_Real"|"<X>_Fake": {"train"|"val"|"test": {"<video>": {"label": ..., "frames": [...]}}}}}
+Following github.com/YZY-stack/DF40 (README: folder structure, "For the 'unknown' 9 methods: the real data is
+already included within the folder", dataset_json). Splits come from the JSON lists (a video found in none
+is an error in official mode); the 31 known methods' real data is FF++ c23 / Celeb-DF: build those manifests
+with their adapters. Fakes of the ff domain named TTT_SSS (or TTT) are linked to FF++ originals as
+<options.ffpp_dataset, default ffpp>:original_sequences-youtube-c23-videos-TTT and carry identities ytTTT,
+ytSSS; cdf fakes idA_idB_NNNN to <options.celebdf_dataset, default celebdf>:Celeb-real-idA_NNNN with
+identities celebdf:idA, celebdf:idB, so the shard stage checks them against those datasets' splits
+(DF40's own combined lists are known to put FF++ test identities in train)."""
+
+DF40_UNKNOWN = ("deepfacelab", "heygen", "whichisreal", "MidJourney", "stargan", "starganv2", "styleclip", "e4e",
+                "CollabDiff")
+"""DF40's 'unknown' methods, which ship their own real data in ``real/`` (DF40 README)."""
 
 
 def _files(folder: Path, exts=VIDEO_EXTS) -> list[Path]:
@@ -48,6 +71,10 @@ def scan_dfo(root: Path, cfg: ManifestConfig) -> list[Row]:
     fakes = _files(root / "manipulated_videos" / variant)
     if not fakes:
         raise layout_error("deeperforensics", root, f"no videos in manipulated_videos/{variant}")
+    if "ffpp_root" not in cfg.options:
+        raise InputError(f"{root}: DeeperForensics' real class is the FF++ C23 target videos (its README): set "
+                         "manifest.options.ffpp_root (or datasets.<name>.options.ffpp_root) to your FF++ root")
+    targets = Path(cfg.options["ffpp_root"]).expanduser().resolve() / "original_sequences" / "youtube" / "c23" / "videos"
     split_of: dict[str, str] = {}
     if cfg.split_mode == "official":
         for s in ("train", "val", "test"):
@@ -56,21 +83,27 @@ def scan_dfo(root: Path, cfg: ManifestConfig) -> list[Row]:
                 raise InputError(f"{f}: DeeperForensics split file missing (or set manifest.split_mode: group)")
             for line in f.read_text().split():
                 split_of[Path(line).name] = s
-    rows, actor_split = [], {}
+    rows: list[Row] = []
+    target_rows: dict[str, Row] = {}
     for p in fakes:
-        m = re.fullmatch(r"(\d+)_([A-Z]\d+)", p.stem)
+        m = re.fullmatch(r"(\d{3})_([A-Z]\d+)", p.stem)
         if not m:
-            raise InputError(f"{p}: DeeperForensics fake not named TTT_MNNN.mp4")
-        actor = m.group(2)
+            raise InputError(f"{p}: DeeperForensics fake not named TTT_MNNN.mp4 (<target_id>_<source_id>)")
+        tid, actor = m.groups()
         split = split_of.get(p.name)
         if cfg.split_mode == "official" and split is None:
             raise InputError(f"{p}: not in lists/splits/*.txt")
-        if split:
-            actor_split.setdefault(actor, split)
-        rows.append(Row(p.relative_to(root).as_posix(), 1, f"DeeperForensics-{variant}", split, identities=[actor]))
-    for p in _files(root / "source_videos"):
-        actor = p.relative_to(root / "source_videos").parts[0]
-        rows.append(Row(p.relative_to(root).as_posix(), 0, "original", actor_split.get(actor), identities=[actor]))
+        target = target_rows.get(tid)
+        if target is None:
+            target = target_rows[tid] = Row(str(targets / f"{tid}.mp4"), 0, "original", split, identities=[f"yt{tid}"],
+                                            compression="c23", video_id=f"ffpp-c23-{tid}")
+        rows.append(Row(p.relative_to(root).as_posix(), 1, f"DeeperForensics-{variant}", split, sources=[target.path],
+                        identities=[f"yt{tid}", f"dfo:{actor}"]))
+    rows.extend(target_rows[t] for t in sorted(target_rows))
+    if cfg.options.get("source_videos", "exclude") == "include":
+        for p in _files(root / "source_videos"):
+            actor = p.relative_to(root / "source_videos").parts[0]
+            rows.append(Row(p.relative_to(root).as_posix(), 0, "actor_source", None, identities=[f"dfo:{actor}"]))
     return rows
 
 
@@ -110,18 +143,89 @@ def scan_wdf(root: Path, cfg: ManifestConfig) -> list[Row]:
     return rows
 
 
+def _df40_splits(json_dir: Path) -> dict[tuple[str, str], tuple[str, int]]:
+    """(json name, video key) -> (split, label) from DF40's dataset_json files."""
+    import json
+
+    out: dict[tuple[str, str], tuple[str, int]] = {}
+    for f in sorted(json_dir.glob("*.json")):
+        try:
+            doc = json.loads(f.read_text())
+        except ValueError as e:
+            raise InputError(f"{f}: not valid JSON: {e}") from None
+        for name, by_label in doc.items():
+            if not isinstance(by_label, dict):
+                raise InputError(f"{f}: '{name}' is not a mapping of label names")
+            for label_key, by_split in by_label.items():
+                lab = 0 if label_key.lower().endswith("real") else 1 if label_key.lower().endswith("fake") else None
+                if lab is None:
+                    raise InputError(f"{f}: label name '{label_key}' ends neither in _Real nor in _Fake")
+                for split, videos in by_split.items():
+                    if split not in ("train", "val", "test"):
+                        raise InputError(f"{f}: split '{split}' under '{label_key}' (train, val or test)")
+                    if set(videos) & {"c23", "c40", "raw"}:  # DeepfakeBench puts a compression level here for FF++
+                        videos = {v: i for level in videos.values() for v, i in level.items()}
+                    for video in videos:
+                        out[(name, str(video))] = (split, lab)
+    return out
+
+
+def _df40_links(domain: str, key: str, cfg: ManifestConfig) -> tuple[list[str], list[str]]:
+    if domain == "ff":
+        m = re.fullmatch(r"(\d{3})(?:_(\d{3}))?", key)
+        if m:
+            ds = cfg.options.get("ffpp_dataset", "ffpp")
+            ids = [i for i in m.groups() if i]
+            return [f"{ds}:original_sequences-youtube-c23-videos-{ids[0]}"], [f"yt{i}" for i in ids]
+    if domain == "cdf":
+        m = re.fullmatch(r"(id\d+)_(id\d+)_(\d+)", key)
+        if m:
+            ds = cfg.options.get("celebdf_dataset", "celebdf")
+            a, b, k = m.groups()
+            return [f"{ds}:Celeb-real-{a}_{k}"], [f"celebdf:{a}", f"celebdf:{b}"]
+    return [], []
+
+
 @register_adapter("df40", DF40_LAYOUT)
 def scan_df40(root: Path, cfg: ManifestConfig) -> list[Row]:
-    rows = []
-    methods = cfg.methods or tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")))
+    json_dir = Path(cfg.options.get("json_dir", root / "dataset_json"))
+    splits = _df40_splits(json_dir) if cfg.split_mode == "official" and json_dir.is_dir() else {}
+    if cfg.split_mode == "official" and not splits:
+        raise InputError(f"{json_dir}: DF40's official split lists (dataset_json/*.json) not found; set "
+                         "manifest.options.json_dir, or manifest.split_mode: group")
+    methods = cfg.methods or tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                                          and p.name != json_dir.name))
+    rows, unlisted = [], []
     for method in methods:
         mdir = root / method
-        inputs = _files(mdir) + [s for s in _sequences(mdir)]
-        for p in sorted(set(inputs)):
-            rel = p.relative_to(root)
-            split = next((c for c in rel.parts if c in ("train", "val", "test")), None)
-            rows.append(Row(rel.as_posix(), 1, method, split if cfg.split_mode == "official" else None,
-                            identities=[f"df40-{rel.parts[-1] if p.is_file() else rel.parts[-2]}"]))
+        if not mdir.is_dir():
+            raise layout_error("df40", root, f"method folder {method}/ missing")
+        parts = [(d.name, d) for d in sorted(mdir.iterdir()) if d.is_dir()]
+        if not parts:
+            raise layout_error("df40", root, f"{method}/ holds neither ff/ and cdf/ nor fake/ and real/")
+        for part, pdir in parts:
+            if part not in ("ff", "cdf", "fake", "real"):
+                raise layout_error("df40", root, f"{method}/{part}/: expected ff/, cdf/, fake/ or real/")
+            label = 0 if part == "real" else 1
+            inputs = sorted(set(_files(pdir)) | set(_sequences(pdir)))
+            for p in inputs:
+                rel = p.relative_to(root)
+                key = p.stem if p.is_file() else p.name
+                names = ([f"{method}_{part}", method] if part in ("ff", "cdf")
+                         else [method, f"{method}_ff", f"{method}_cdf"])
+                hit = next((splits[(n, key)] for n in names if (n, key) in splits), None)
+                split = hit[0] if hit else None
+                if hit and hit[1] != label:
+                    raise InputError(f"{root / rel}: DF40 lists it as {'real' if hit[1] == 0 else 'fake'}, its folder "
+                                     f"{method}/{part}/ says {'real' if label == 0 else 'fake'}")
+                if cfg.split_mode == "official" and split is None:
+                    unlisted.append(rel.as_posix())
+                sources, idents = _df40_links(part, key, cfg) if label == 1 else ([], [])
+                rows.append(Row(rel.as_posix(), label, method if label else "original", split, sources=sources,
+                                identities=idents or [f"df40:{method}:{key}"]))
+    if unlisted:
+        raise InputError(f"{root / unlisted[0]}: in none of DF40's split lists under {json_dir} ({len(unlisted)} such "
+                         "videos); or set manifest.split_mode: group")
     if not rows:
         raise layout_error("df40", root, "no method folder holds videos or image sequences")
     return rows

@@ -1,8 +1,9 @@
-"""Face detection, alignment and tracking.
+"""Face detection, alignment, tracking and per-face labelling.
 
-``create_detector(name, **options)`` is the single factory; ``list_detectors()`` names what is
-registered. Every detector returns :class:`~facepipe.faces.types.Face` objects: box ``xyxy`` and five
-landmarks in source-frame pixels, and a score.
+``create_face_detector(cfg)`` is the single factory; ``list_face_detectors()`` names what is
+registered (face detectors find faces; forgery detectors, which classify them, are
+``facepipe.models.create_model``). Every face detector returns :class:`~facepipe.faces.types.Face`
+objects: box ``xyxy`` and five landmarks in source-frame pixels, and a score.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import difflib
 import logging
 from typing import Callable
 
-from facepipe.config import DetectorConfig
 from facepipe.errors import DetectorError
 from facepipe.faces.base import FaceDetector
+from facepipe.faces.config import DetectorConfig
 from facepipe.faces.types import LANDMARK_ORDER, Face
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 _REGISTRY: dict[str, Callable[..., FaceDetector]] = {}
 
 
-def register_detector(name: str) -> Callable[[Callable[..., FaceDetector]], Callable[..., FaceDetector]]:
+def register_face_detector(name: str) -> Callable[[Callable[..., FaceDetector]], Callable[..., FaceDetector]]:
     """Decorator adding a detector factory ``fn(cfg: DetectorConfig, threads: int) -> FaceDetector``."""
 
     def deco(fn: Callable[..., FaceDetector]) -> Callable[..., FaceDetector]:
@@ -31,12 +32,12 @@ def register_detector(name: str) -> Callable[[Callable[..., FaceDetector]], Call
     return deco
 
 
-def list_detectors() -> list[str]:
+def list_face_detectors() -> list[str]:
     """Registered detector names, sorted (``auto`` resolves to one of them)."""
     return sorted(_REGISTRY)
 
 
-@register_detector("mtcnn")
+@register_face_detector("mtcnn")
 def _mtcnn(cfg: DetectorConfig, threads: int = 0) -> FaceDetector:
     from facepipe.faces.mtcnn import MTCNN
 
@@ -60,8 +61,8 @@ def _insight(kind: str) -> Callable[..., FaceDetector]:
     return make
 
 
-register_detector("scrfd")(_insight("scrfd"))
-register_detector("retinaface")(_insight("retinaface"))
+register_face_detector("scrfd")(_insight("scrfd"))
+register_face_detector("retinaface")(_insight("retinaface"))
 
 
 def resolve_detector_name(cfg: DetectorConfig) -> str:
@@ -73,7 +74,7 @@ def resolve_detector_name(cfg: DetectorConfig) -> str:
     return "scrfd" if find_detector_model("scrfd", cfg.model_root, cfg.pack) is not None else "mtcnn"
 
 
-def create_detector(cfg: DetectorConfig | str, threads: int = 0) -> FaceDetector:
+def create_face_detector(cfg: DetectorConfig | str, threads: int = 0) -> FaceDetector:
     """Build the detector ``cfg`` names.
 
     Args:
@@ -85,9 +86,9 @@ def create_detector(cfg: DetectorConfig | str, threads: int = 0) -> FaceDetector
     """
     if isinstance(cfg, str):
         if cfg not in _REGISTRY and cfg != "auto":
-            close = difflib.get_close_matches(cfg, list_detectors(), n=3)
+            close = difflib.get_close_matches(cfg, list_face_detectors(), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise DetectorError(f"unknown detector '{cfg}' (known: {', '.join(list_detectors())}){hint}")
+            raise DetectorError(f"unknown detector '{cfg}' (known: {', '.join(list_face_detectors())}){hint}")
         cfg = DetectorConfig(name=cfg)
     name = resolve_detector_name(cfg)
     det = _REGISTRY[name](cfg, threads)
@@ -95,5 +96,5 @@ def create_detector(cfg: DetectorConfig | str, threads: int = 0) -> FaceDetector
     return det
 
 
-__all__ = ["Face", "FaceDetector", "LANDMARK_ORDER", "create_detector", "list_detectors",
-           "register_detector", "resolve_detector_name"]
+__all__ = ["Face", "FaceDetector", "LANDMARK_ORDER", "create_face_detector", "list_face_detectors",
+           "register_face_detector", "resolve_detector_name"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from facepipe.config import TrackConfig
+from facepipe.faces.config import TrackConfig
 from facepipe.faces.types import Face
 
 _NO = 1e9

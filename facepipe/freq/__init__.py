@@ -12,14 +12,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from facepipe.config import FreqConfig
 from facepipe.freq import functional as Fn
+from facepipe.freq.config import VIEWS, FreqConfig
 
 if TYPE_CHECKING:
     import torch
-
-VIEWS = ("dct", "dct_bands", "block_dct", "fft", "phase", "srm")
-
 
 def _unknown(name: str) -> ValueError:
     import difflib
@@ -79,4 +76,4 @@ def compute_views_torch(names, x: "torch.Tensor", cfg: FreqConfig | None = None)
     return out
 
 
-__all__ = ["VIEWS", "compute_view", "compute_views_torch"]
+__all__ = ["VIEWS", "FreqConfig", "compute_view", "compute_views_torch"]

@@ -1,6 +1,10 @@
-"""The detector zoo: ``create_detector(name, **overrides)``, ``list_detectors()``, ``get_spec(name)``."""
+"""The forgery-detector zoo: models that classify face crops as real or fake (face *detectors*, which find
+faces, are :mod:`facepipe.faces`).
+
+``create_model(name, **overrides)``, ``list_models()``, ``get_spec(name)``.
+"""
 
 from facepipe.models import baselines, frequency, multipole  # noqa: F401  (registration)
-from facepipe.models._registry import DetectorSpec, create_detector, get_spec, list_detectors, register_detector
+from facepipe.models._registry import ModelSpec, create_model, get_spec, list_models, register_model
 
-__all__ = ["DetectorSpec", "create_detector", "get_spec", "list_detectors", "register_detector"]
+__all__ = ["ModelSpec", "create_model", "get_spec", "list_models", "register_model"]

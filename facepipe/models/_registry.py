@@ -1,10 +1,10 @@
-"""The detector zoo registry (after timm's ``_registry``/``_factory``): one decorated factory per detector.
+"""The forgery-detector zoo registry (after timm's ``_registry``/``_factory``): one decorated factory per model.
 
-Every detector maps a dict of inputs to one logit per sample::
+Every model maps a dict of inputs to one logit per sample::
 
     logits = model({"image": (B, 3, H, W) float, <view>: (B, C', H', W') float, ...})   # (B,) float
 
-``DetectorSpec`` says which inputs it consumes (``"image"`` and frequency view names), its input size
+``ModelSpec`` says which inputs it consumes (``"image"`` and frequency view names), its input size
 and normalisation; the loader is configured from it.
 """
 
@@ -29,8 +29,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
-class DetectorSpec:
-    """What a detector consumes.
+class ModelSpec:
+    """What a model consumes.
 
     Attributes:
         name: registry name.
@@ -49,6 +49,9 @@ class DetectorSpec:
     paper: str = ""
     timm_name: str | None = None
     defaults: dict = field(default_factory=dict)
+    size_options: tuple[str, ...] = ()
+    """Factory keyword arguments that take the training input size in pixels (e.g. ``input_size`` for models
+    with size-dependent filters); the train and evaluate stages pass the size under these names."""
 
     @property
     def views(self) -> tuple[str, ...]:
@@ -56,10 +59,10 @@ class DetectorSpec:
         return tuple(i for i in self.inputs if i != "image")
 
 
-_REGISTRY: dict[str, tuple[Callable[..., nn.Module], DetectorSpec]] = {}
+_REGISTRY: dict[str, tuple[Callable[..., nn.Module], ModelSpec]] = {}
 
 
-def register_detector(spec: DetectorSpec):
+def register_model(spec: ModelSpec):
     """Decorator adding ``factory(**kwargs) -> nn.Module`` under ``spec.name``."""
 
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -69,29 +72,29 @@ def register_detector(spec: DetectorSpec):
     return deco
 
 
-def list_detectors() -> list[str]:
-    """Registered detector names, sorted."""
+def list_models() -> list[str]:
+    """Registered model names, sorted."""
     return sorted(_REGISTRY)
 
 
-def get_spec(name: str) -> DetectorSpec:
-    """The :class:`DetectorSpec` of ``name``.
+def get_spec(name: str) -> ModelSpec:
+    """The :class:`ModelSpec` of ``name``.
 
     Raises:
         ConfigError: unknown name, with close matches.
     """
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
-        raise ConfigError(f"unknown detector '{name}' (known: {', '.join(list_detectors())})"
+        raise ConfigError(f"unknown model '{name}' (known: {', '.join(list_models())})"
                           + (f"; did you mean {', '.join(close)}?" if close else ""))
     return _REGISTRY[name][1]
 
 
-def create_detector(name: str, pretrained: bool | str = False, **overrides) -> nn.Module:
-    """Build detector ``name``; the module gets a ``spec`` attribute.
+def create_model(name: str, pretrained: bool | str = False, **overrides) -> nn.Module:
+    """Build model ``name``; the module gets a ``spec`` attribute.
 
     Args:
-        name: a registered name (:func:`list_detectors`).
+        name: a registered name (:func:`list_models`).
         pretrained: ``False`` (random init), ``True`` (timm weights from the local timm / Hugging Face
             cache only; never downloads — random init with a warning when absent), or a path to a
             checkpoint file for the backbone.
@@ -105,7 +108,7 @@ def create_detector(name: str, pretrained: bool | str = False, **overrides) -> n
     try:
         model = fn(pretrained=pretrained, **{**spec.defaults, **overrides})
     except TypeError as e:
-        raise ConfigError(f"detector '{name}': bad options {overrides}: {e}") from None
+        raise ConfigError(f"model '{name}': bad options {overrides}: {e}") from None
     model.spec = spec
     return model
 

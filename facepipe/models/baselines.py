@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from facepipe.models._registry import DetectorSpec, register_detector, timm_backbone
+from facepipe.models._registry import ModelSpec, register_model, timm_backbone
 
 
 class BackboneClassifier(nn.Module):
@@ -12,7 +12,7 @@ class BackboneClassifier(nn.Module):
 
     Args:
         timm_name: timm model name.
-        pretrained: see :func:`facepipe.models.create_detector`.
+        pretrained: see :func:`facepipe.models.create_model`.
         freeze_backbone: train only the head (transfer-learning baseline).
         drop: dropout before the head.
     """
@@ -29,21 +29,21 @@ class BackboneClassifier(nn.Module):
         return self.head(self.backbone(inputs["image"])).squeeze(1)
 
 
-@register_detector(DetectorSpec("xception", input_size=299, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+@register_model(ModelSpec("xception", input_size=299, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                                 paper="Chollet, CVPR 2017; FF++ baseline (Rössler et al., ICCV 2019)",
                                 timm_name="legacy_xception"))
 def xception(pretrained=False, **kw) -> nn.Module:
     return BackboneClassifier("legacy_xception", pretrained, **kw)
 
 
-@register_detector(DetectorSpec("efficientnet_b4", input_size=380,
+@register_model(ModelSpec("efficientnet_b4", input_size=380,
                                 paper="Tan & Le, ICML 2019; DFDC winning solutions (Seferbekov 2020)",
                                 timm_name="efficientnet_b4"))
 def efficientnet_b4(pretrained=False, **kw) -> nn.Module:
     return BackboneClassifier("efficientnet_b4", pretrained, **kw)
 
 
-@register_detector(DetectorSpec("resnet18", input_size=224, paper="He et al., CVPR 2016 (transfer baseline)",
+@register_model(ModelSpec("resnet18", input_size=224, paper="He et al., CVPR 2016 (transfer baseline)",
                                 timm_name="resnet18"))
 def resnet18(pretrained=False, **kw) -> nn.Module:
     return BackboneClassifier("resnet18", pretrained, **kw)

@@ -7,7 +7,7 @@ from torch import nn
 
 from facepipe.freq.functional import FAD_BANDS
 from facepipe.freq.torch import dct2, fad_masks, idct2
-from facepipe.models._registry import DetectorSpec, register_detector, timm_backbone
+from facepipe.models._registry import ModelSpec, register_model, timm_backbone
 
 
 class FAD(nn.Module):
@@ -73,13 +73,14 @@ class TwoStreamSRM(nn.Module):
         return self.head(torch.cat([self.rgb(inputs["image"]), self.srm(inputs["srm"])], dim=1)).squeeze(1)
 
 
-@register_detector(DetectorSpec("f3net", input_size=299, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-                                paper="Qian et al., ECCV 2020 (FAD branch)", timm_name="legacy_xception"))
+@register_model(ModelSpec("f3net", input_size=299, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                                paper="Qian et al., ECCV 2020 (FAD branch)", timm_name="legacy_xception",
+                             size_options=("input_size",)))
 def f3net(pretrained=False, **kw) -> nn.Module:
     return F3Net(pretrained, **kw)
 
 
-@register_detector(DetectorSpec("two_stream_srm", inputs=("image", "srm"), input_size=256,
+@register_model(ModelSpec("two_stream_srm", inputs=("image", "srm"), input_size=256,
                                 paper="Luo et al., CVPR 2021 (two-stream RGB + SRM)", timm_name="resnet18"))
 def two_stream_srm(pretrained=False, **kw) -> nn.Module:
     return TwoStreamSRM(pretrained, **kw)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facepipe.models._registry import DetectorSpec, register_detector
+from facepipe.models._registry import ModelSpec, register_model
 
 
 class LocalWindowAttention(nn.Module):
@@ -98,13 +98,13 @@ class MultipoleClassifier(nn.Module):
         return self.head(f.mean(dim=(2, 3))).squeeze(1)
 
 
-@register_detector(DetectorSpec("multipole", input_size=256, paper="multipole local-window attention (this project)",
+@register_model(ModelSpec("multipole", input_size=256, paper="multipole local-window attention (this project)",
                                 defaults={"levels": 3}))
 def multipole(pretrained=False, **kw) -> nn.Module:
     return MultipoleClassifier(pretrained, **kw)
 
 
-@register_detector(DetectorSpec("local", input_size=256, paper="multipole ablation: one level",
+@register_model(ModelSpec("local", input_size=256, paper="multipole ablation: one level",
                                 defaults={"levels": 1}))
 def local(pretrained=False, **kw) -> nn.Module:
     return MultipoleClassifier(pretrained, **kw)

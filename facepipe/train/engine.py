@@ -1,30 +1,25 @@
-"""Training and prediction: one tested ``train_step``, ``predict``, and the ``train`` stage loop.
+"""Training and prediction building blocks: one tested ``train_step``, ``predict``, checkpoints, ``torchrun`` setup.
 
 Follows torchvision's reference scripts: small named functions, checkpoints as plain dicts
-``{model, optimizer, scheduler, step, best, params, detector, schema_version, ...}``, ``resume`` reads
-them. Multi-GPU with ``torchrun`` (DDP; each rank streams its own share of the shards); unchanged on
-the CPU (gloo) for tests. Metrics and plots go to DVC through dvclive.
+``{model, optimizer, scheduler, step, best, params, model_name, schema_version, ...}`` holding only
+tensors and plain values, read back with ``torch.load(weights_only=True)``. The ``train`` and
+``evaluate`` stages (:mod:`facepipe.stages.train`, :mod:`facepipe.stages.evaluate`) are built from these.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from facepipe import __version__
 from facepipe._io import atomic_path
-from facepipe.config import TrainConfig
 from facepipe.data.schema import SCHEMA_VERSION
 from facepipe.errors import FacepipeError, InputError
 
@@ -49,7 +44,7 @@ def model_inputs(model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]
     spec = getattr(model, "spec", None) or model.module.spec
     missing = [k for k in spec.inputs if k not in batch]
     if missing:
-        raise InputError(f"detector '{spec.name}' needs {missing} but the batch has {sorted(batch)}")
+        raise InputError(f"model '{spec.name}' needs {missing} but the batch has {sorted(batch)}")
     return {k: batch[k] for k in spec.inputs}
 
 
@@ -59,7 +54,7 @@ def train_step(model: torch.nn.Module, batch: dict, optimizer: torch.optim.Optim
     gradient clipping, optimizer step.
 
     Args:
-        model: a zoo detector (or DDP-wrapped one) returning (B,) logits.
+        model: a zoo model (or DDP-wrapped one) returning (B,) logits.
         batch: from :func:`facepipe.data.make_loader`; ``label`` (B,) int64 0 real / 1 fake.
         optimizer: its optimizer.
         amp_dtype: ``torch.bfloat16`` for mixed precision, ``None`` for fp32.
@@ -86,34 +81,49 @@ def train_step(model: torch.nn.Module, batch: dict, optimizer: torch.optim.Optim
     return float(loss.item())
 
 
+PREDICTION_SCHEMA = {"key": pl.String, "dataset": pl.String, "video_id": pl.String, "method": pl.String,
+                     "split": pl.String, "frame_index": pl.Int64, "track_id": pl.Int64, "label": pl.Int64,
+                     "video_label": pl.Int64, "label_source": pl.String, "score": pl.Float64}
+"""One row per face: its key and metadata, ``label`` (the face's), ``video_label`` and the fake probability."""
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, loader, *, amp_dtype: torch.dtype | None = None, tta_hflip: bool = False,
             progress: bool = False, desc: str = "predict") -> pl.DataFrame:
-    """Fake probabilities for every sample of ``loader``.
+    """Fake probabilities for every sample of ``loader`` (a :class:`facepipe.data.loader.FaceLoader`).
 
-    With ``tta_hflip`` the probability is the mean over the batch and its horizontal flip (images and
-    views flipped alike).
+    With ``tta_hflip`` the probability is the mean over the batch and its horizontal flip. The flipped
+    batch's frequency views are recomputed from the flipped image (``loader.views_of``), exactly as the
+    loader computes them: flipping a spectrum (``dct``, ``fft``, ``block_dct``) is not the spectrum of the
+    flipped image.
 
     Returns:
-        One row per sample: key, dataset, video_id, method, split, frame_index, track_id, label, score.
+        One row per sample, :data:`PREDICTION_SCHEMA`.
     """
     model.eval()
-    rows: dict[str, list] = {k: [] for k in ("key", "dataset", "video_id", "method", "split", "frame_index",
-                                             "track_id", "label", "score")}
+    rows: dict[str, list] = {k: [] for k in PREDICTION_SCHEMA}
     for b in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
         x = model_inputs(model, b)
         device_type = b["label"].device.type
         with torch.autocast(device_type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-            p = torch.sigmoid(model(x).float())
+            p = torch.sigmoid(_logits(model(x)).float())
             if tta_hflip:
-                p = (p + torch.sigmoid(model({k: v.flip(-1) for k, v in x.items()}).float())) / 2
-        for k in ("key", "dataset", "video_id", "method", "split", "frame_index", "track_id"):
+                flipped = {"image": x["image"].flip(-1)}
+                if len(x) > 1:
+                    views = loader.views_of(flipped["image"])
+                    flipped.update({k: views[k] for k in x if k != "image"})
+                p = (p + torch.sigmoid(_logits(model(flipped)).float())) / 2
+        for k in ("key", "dataset", "video_id", "method", "split", "frame_index", "track_id", "label_source"):
             rows[k].extend(b[k])
         rows["label"].extend(b["label"].tolist())
+        rows["video_label"].extend(b["video_label"])
         rows["score"].extend(p.cpu().tolist())
-    return pl.DataFrame(rows, schema={"key": pl.String, "dataset": pl.String, "video_id": pl.String,
-                                      "method": pl.String, "split": pl.String, "frame_index": pl.Int64,
-                                      "track_id": pl.Int64, "label": pl.Int64, "score": pl.Float64})
+    return pl.DataFrame(rows, schema=PREDICTION_SCHEMA)
+
+
+def _logits(out) -> torch.Tensor:
+    """A model's (B,) logits, from a tensor or from the ``{"logit": ...}`` dict form."""
+    return out["logit"] if isinstance(out, dict) else out
 
 
 @dataclass
@@ -161,167 +171,26 @@ def save_checkpoint(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: str | Path, detector: str | None = None) -> dict:
-    """Read a facepipe checkpoint and check it fits.
+def load_checkpoint(path: str | Path, model_name: str | None = None) -> dict:
+    """Read a facepipe checkpoint (``torch.load(weights_only=True)``: no code runs) and check it fits.
 
     Raises:
-        InputError: missing/unreadable file, another schema version, or a different detector.
+        InputError: missing/unreadable file, another schema version, or a different model.
     """
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: checkpoint not found")
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as e:  # torch raises several error types for corrupt files
-        raise InputError(f"{p}: not a readable checkpoint: {e}") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "detector" not in ckpt:
-        raise InputError(f"{p}: not a facepipe checkpoint (no model/detector entries)")
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  torch raises several error types for corrupt or unsafe files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"{p}: not a readable checkpoint (torch.load with weights_only=True, no code is run: "
+                         f"{first[:160]})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_name" not in ckpt:
+        raise InputError(f"{p}: not a facepipe checkpoint (no model/model_name entries)")
     if ckpt.get("schema_version") != SCHEMA_VERSION:
         raise InputError(f"{p}: written for shard schema {ckpt.get('schema_version')}, this facepipe reads "
                          f"{SCHEMA_VERSION}")
-    if detector is not None and ckpt["detector"] != detector:
-        raise InputError(f"{p}: checkpoint of detector '{ckpt['detector']}', asked to resume '{detector}'")
+    if model_name is not None and ckpt["model_name"] != model_name:
+        raise InputError(f"{p}: checkpoint of model '{ckpt['model_name']}', asked to resume '{model_name}'")
     return ckpt
-
-
-def run_train(shards: str | Path, out_dir: str | Path, cfg: TrainConfig, resume: bool = False,
-              progress: bool = True) -> dict:
-    """Train ``cfg.detector`` on the train split of ``shards``; select on the val split.
-
-    Writes ``OUT/last.pt`` (every ``checkpoint_every`` steps and at the end), ``OUT/best.pt`` (best
-    validation score), ``OUT/train.json`` (summary) and ``OUT/dvclive/`` (metrics and plots for DVC).
-
-    Returns:
-        The summary dict (best score, its step, steps run, stop reason).
-
-    Raises:
-        InputError: no shards / an empty train or val split, a view the detector needs is unavailable,
-            a checkpoint from another schema or detector on ``resume``.
-        NonFiniteLoss: NaN/inf loss (the last good ``last.pt`` is kept).
-    """
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    from facepipe.data.loader import make_loader
-    from facepipe.models import create_detector, get_spec
-
-    dist, device = setup_distributed()
-    out = Path(out_dir)
-    index = _read_index(shards)
-    for split in ("train", "val"):
-        if not index["splits"].get(split, {}).get("samples"):
-            raise InputError(f"{shards}: split '{split}' has no samples; training needs train and val")
-    spec = get_spec(cfg.detector)
-    size = cfg.image_size or spec.input_size
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    model = create_detector(cfg.detector, pretrained=cfg.pretrained,
-                            **({"input_size": size} if cfg.detector == "f3net" else {}), **cfg.detector_options)
-    model.to(device)
-    core = model
-    if dist.world > 1:
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    amp = amp_dtype_for(device, cfg.amp)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.steps) if cfg.schedule == "cosine"
-                 else torch.optim.lr_scheduler.StepLR(optimizer, cfg.step_size, cfg.gamma))
-    step, best, best_step, stale = 0, -math.inf, 0, 0
-    out.mkdir(parents=True, exist_ok=True)
-    if resume:
-        ckpt = load_checkpoint(out / "last.pt", cfg.detector)
-        core.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        step, best, best_step, stale = ckpt["step"], ckpt["best"], ckpt["best_step"], ckpt["stale"]
-        log.info("resumed from %s at step %d (best %.4f at %d)", out / "last.pt", step, best, best_step)
-    loader_kw = dict(image_size=size, views=spec.views, mean=spec.mean, std=spec.std, device=device)
-    train_loader = make_loader(shards, "train", cfg.batch_size, cfg.num_workers, resampled=True,
-                               epoch_samples=index["splits"]["train"]["samples"], seed=cfg.seed + step,
-                               augment=cfg.augment, class_balance=cfg.class_balance,
-                               dataset_weights=cfg.dataset_weights, **loader_kw)
-    val_loader = make_loader(shards, "val", cfg.batch_size, cfg.num_workers, shuffle=False, rank=0, world_size=1,
-                             **loader_kw)
-    datasets = sorted({d for s in index["splits"]["train"]["shards"] for d in s["datasets"]})
-
-    def state() -> dict:
-        return {"model": core.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "step": step, "best": best, "best_step": best_step, "stale": stale, "params": cfg.model_dump(),
-                "detector": cfg.detector, "image_size": size, "datasets": datasets,
-                "schema_version": SCHEMA_VERSION, "facepipe_version": __version__}
-
-    live = None
-    if dist.main:
-        from dvclive import Live
-
-        live = Live(str(out / "dvclive"), resume=resume, save_dvc_exp=False, dvcyaml=None, report=None)
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.detector}", unit="step",
-               disable=not progress or not dist.main)
-    it = iter(train_loader)
-    reason = "steps"
-    wait_s = compute_s = 0.0
-    while step < cfg.steps:
-        t0 = time.perf_counter()
-        try:
-            batch = next(it)
-        except StopIteration:
-            it = iter(train_loader)
-            batch = next(it)
-        t1 = time.perf_counter()
-        try:
-            loss = train_step(model, batch, optimizer, amp_dtype=amp, clip_norm=cfg.clip_norm)
-        except NonFiniteLoss as e:
-            raise NonFiniteLoss(f"{e} at step {step + 1}: training stopped; the last good checkpoint is "
-                                f"{out / 'last.pt'}" + ("" if (out / "last.pt").exists() else " (none yet)")) from None
-        scheduler.step()
-        step += 1
-        wait_s += t1 - t0
-        compute_s += time.perf_counter() - t1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-        if live is not None:
-            live.step = step
-            live.log_metric("train/loss", loss)
-            live.log_metric("train/lr", scheduler.get_last_lr()[0])
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            from facepipe.train.metrics import binary_metrics, video_scores
-
-            preds = predict(model, val_loader, amp_dtype=amp)
-            frame = binary_metrics(preds["label"], preds["score"])
-            vid = video_scores(preds)
-            video = binary_metrics(vid["label"], vid["score"])
-            score = (video if cfg.select == "video_auc" else frame)["auc"]
-            if live is not None:
-                for k in ("auc", "eer", "ap", "acc"):
-                    live.log_metric(f"val/frame_{k}", frame[k])
-                    live.log_metric(f"val/video_{k}", video[k])
-            improved = not math.isnan(score) and score > best
-            if improved:
-                best, best_step, stale = score, step, 0
-                if dist.main:
-                    save_checkpoint(out / "best.pt", state())
-            else:
-                stale += 1
-            log.info("step %d: val %s %.4f (best %.4f at %d)", step, cfg.select, score, best, best_step)
-            if stale >= cfg.patience:
-                reason = f"early stop: {stale} validations without improvement"
-                break
-        if dist.main and step % cfg.checkpoint_every == 0:
-            save_checkpoint(out / "last.pt", state())
-        if live is not None:
-            live.next_step()
-    bar.close()
-    summary = {"detector": cfg.detector, "steps": step, "best": best if best > -math.inf else None,
-               "best_step": best_step, "select": cfg.select, "stop": reason,
-               "data_wait_fraction": wait_s / max(wait_s + compute_s, 1e-9), "datasets": datasets}
-    if dist.main:
-        save_checkpoint(out / "last.pt", state())
-        if not (out / "best.pt").exists():  # validation never gave a finite score: keep the last as best
-            save_checkpoint(out / "best.pt", state())
-        with atomic_path(out / "train.json") as tmp:
-            tmp.write_text(json.dumps(summary, indent=1))
-        if live is not None:
-            live.end()
-    if dist.world > 1:
-        torch.distributed.barrier()
-    return summary

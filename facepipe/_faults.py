@@ -1,0 +1,44 @@
+"""Fault injection for tests of the stages' failure handling (hung decoders, crashed workers, full disks).
+
+Inactive unless the environment variable ``FACEPIPE_TEST_FAULT`` is set, e.g.
+``FACEPIPE_TEST_FAULT="hang:videoA,crash:videoB,enospc:videoC"``: the extract worker then sleeps forever
+on ``videoA``, kills its own process on ``videoB`` and fails its first crop write of ``videoC`` with
+``ENOSPC`` (as a full disk does).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import time
+
+ENV = "FACEPIPE_TEST_FAULT"
+
+
+def _faults() -> dict[str, str]:
+    spec = os.environ.get(ENV, "")
+    out = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        mode, _, target = part.partition(":")
+        out[target] = mode
+    return out
+
+
+def at_start(video_id: str) -> None:
+    """Called when a worker starts a video: ``hang`` sleeps, ``crash`` kills the worker process."""
+    mode = _faults().get(video_id)
+    if mode == "hang":
+        time.sleep(3600)
+    elif mode == "crash":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def at_write(video_id: str) -> None:
+    """Called before a crop is written: ``enospc`` raises the error a full disk gives.
+
+    Raises:
+        OSError: ``ENOSPC`` when injected for ``video_id``.
+    """
+    if _faults().get(video_id) == "enospc":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

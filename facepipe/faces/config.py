@@ -1,0 +1,106 @@
+"""Parameters of face detection, alignment, tracking and per-face labelling (``extract`` sub-sections)."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field
+
+from facepipe.config import Section
+
+
+class DetectorConfig(Section):
+    """Face detector choice and its thresholds.
+
+    ``name``: ``auto`` (an insightface pack found under ``model_root`` if any, else ``mtcnn``),
+    ``mtcnn`` (embedded, offline), ``scrfd`` or ``retinaface`` (insightface model packs).
+    Detection runs on a copy of the frame whose longest side is at most ``max_side`` pixels; boxes and
+    landmarks are mapped back to source-frame pixels. ``min_face_px`` is the smallest face side searched
+    for, in detection-image pixels. Faces scoring below ``min_score`` are dropped. ``device`` picks the
+    onnxruntime provider (not part of the stage fingerprint: it does not change results).
+    """
+
+    name: Literal["auto", "mtcnn", "scrfd", "retinaface"] = "auto"
+    max_side: int = Field(640, ge=64)
+    min_face_px: int = Field(20, ge=12)
+    min_score: float = Field(0.95, ge=0.0, le=1.0)
+    model_root: str = "~/.insightface/models"
+    pack: Optional[str] = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class AlignConfig(Section):
+    """How a face becomes a crop.
+
+    ``arcface``: similarity transform (rotation, uniform scale, translation) from the five landmarks
+    onto the ArcFace 112x112 template (insightface ``arcface_dst``), scaled to ``size`` and shrunk about
+    the crop centre by ``margin`` (1.0 = the ArcFace crop; 1.3 = DeepfakeBench's context margin).
+    ``box``: no rotation; a square of side ``max(w, h) * margin`` centred on the detector box, as the
+    FF++ and DFDC reference pipelines crop.
+    """
+
+    mode: Literal["arcface", "box"] = "arcface"
+    size: int = Field(256, ge=32, le=2048)
+    margin: float = Field(1.3, ge=1.0, le=4.0)
+
+
+class TrackConfig(Section):
+    """Linking faces of one person across sampled frames, track quality, and which tracks are kept.
+
+    A face continues a track when its box centre moved at most ``max_shift`` face sizes per sampled
+    frame since the track's last face and its size changed by at most a factor ``max_scale``; ties are
+    resolved globally by Hungarian assignment on the shift. Sampled frames are often far apart (32
+    frames over 10 s), so box IoU alone breaks tracks of walking people. A track survives ``max_gap``
+    sampled frames without a face.
+
+    Track quality: a track present in fewer than ``min_share`` of the sampled frames, or whose mean
+    detector score is below ``min_mean_score``, is dropped (counted in ``videos.parquet``). The defaults
+    were chosen on the shared real clips: they remove the background false positives of
+    ``NeuralTextures_004_982`` (tracks in 5 and 1 of 32 frames, mean score 0.972 and 0.951) and the
+    cartoon rabbit of Big Buck Bunny (4 of 32 frames each), and keep every person of the crowd and stage
+    clips seen in at least a quarter of the frames.
+
+    ``select``: ``all`` keeps every remaining track; ``largest`` keeps the one with the largest summed
+    face area (the video's main subject).
+    """
+
+    select: Literal["all", "largest"] = "all"
+    max_shift: float = Field(1.5, gt=0.0)
+    max_scale: float = Field(2.0, ge=1.0)
+    max_gap: int = Field(2, ge=0)
+    min_share: float = Field(0.2, ge=0.0, le=1.0)
+    min_mean_score: float = Field(0.98, ge=0.0, le=1.0)
+
+
+class LabelConfig(Section):
+    """How each face of a fake video gets its own label (see :mod:`facepipe.faces.labels`).
+
+    With an original (the manifest's first ``source_ids`` entry, the *target* video the fake's frames
+    come from), the pair is checked to be frame-aligned (same displayed size, or the same aspect ratio
+    when ``resize_original``; the same number of decodable frames; median background difference at
+    most ``max_background_diff`` grey levels), then each fake face is scored by ``manipulation_score``:
+    the share of its box whose difference from the original exceeds the ``background_quantile`` of the
+    difference outside all faces of that frame. Faces scoring at least ``min_score`` are fake
+    (``label_source = original_diff``); faces below are ``unmanipulated``: kept as real or dropped.
+
+    Without a usable original the ``policy`` decides (``label_source = policy``): ``main`` labels the
+    track with the largest summed face area fake and drops the other tracks (whether they were swapped is
+    unknown), ``all`` labels every track fake, ``drop`` drops the video's faces.
+
+    ``diff_max_side``: the pair is compared on copies downscaled to this longest side (also the
+    resolution of the stored masks before warping), after a Gaussian blur of ``blur_sigma`` pixels.
+    The defaults were measured on the shared FF++ c23 pairs: FaceSwap faces score 0.51-0.70,
+    NeuralTextures (mouth only, against a very low-bitrate original) 0.019-0.15, faces of an original
+    re-encoded at CRF 28 (compression only) at most 0.003.
+    """
+
+    policy: Literal["main", "all", "drop"] = "main"
+    unmanipulated: Literal["real", "drop"] = "real"
+    min_score: float = Field(0.01, ge=0.0, le=1.0)
+    background_quantile: float = Field(0.999, gt=0.5, lt=1.0)
+    max_background_diff: float = Field(8.0, gt=0.0)
+    max_frame_diff: int = Field(0, ge=0)
+    resize_original: bool = True
+    diff_max_side: int = Field(640, ge=64)
+    blur_sigma: float = Field(2.0, ge=0.0)
+    masks: bool = True

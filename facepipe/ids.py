@@ -1,0 +1,103 @@
+"""Names at the bottom of the import graph: video ids, sample keys, qualified ids, splits, labels, extensions.
+
+Every other module (manifest, adapters, extract, shard, loader) derives ids and keys here, so they agree
+and no stage has to import another stage to name a video.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+
+from facepipe.errors import FacepipeError
+
+KEY_SEP = "__"
+"""Separator of the parts of a sample key (never inside a part)."""
+
+SPLITS = ("train", "val", "test")
+LABEL_NAMES = {0: "real", 1: "fake"}
+LABEL_SOURCES = ("original_diff", "policy", "video")
+"""How a face's label was decided: ``original_diff`` (compared with the original at the same frame),
+``policy`` (a fake without a usable original: the track policy decided), ``video`` (a real video: every
+face is real)."""
+
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+_PART = re.compile(r"^[A-Za-z0-9_-]+$")
+_ID_BAD = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+class IdError(FacepipeError):
+    """A dataset name, video id or key cannot be used (names the value)."""
+
+
+def check_name(kind: str, value: str) -> str:
+    """Return ``value`` if it can be a key part (``[A-Za-z0-9_-]``, never ``__``).
+
+    Raises:
+        IdError: naming ``kind`` and ``value``.
+    """
+    if not isinstance(value, str) or not _PART.match(value) or KEY_SEP in value:
+        raise IdError(f"{kind} '{value}' cannot be part of a sample key: use letters, digits, '-' and "
+                         f"single '_' only")
+    return value
+
+
+def video_id_for(rel_path: str) -> str:
+    """Stable, WebDataset-safe id for a video from its path relative to the video folder.
+
+    Folder separators become ``-``, the extension is dropped, any other character outside
+    ``[A-Za-z0-9_-]`` (dots included) becomes ``_`` and runs of ``_`` are collapsed so the id never
+    contains ``__`` (the sample-key separator). When that changed anything beyond separators and
+    extension, 8 hex characters of the path's sha1 are appended so distinct paths stay distinct.
+    Absolute paths (inputs outside the dataset root, e.g. DeeperForensics' FF++ targets) keep only their
+    last four components.
+
+    >>> video_id_for("ffpp/original_634.mp4")
+    'ffpp-original_634'
+    """
+    rel = rel_path.replace(os.sep, "/")
+    if rel.startswith("/"):
+        rel = "/".join(rel.strip("/").split("/")[-4:])
+    stem = rel.rsplit(".", 1)[0] if "." in rel.rsplit("/", 1)[-1] else rel
+    plain = stem.replace("/", "-")
+    clean = re.sub(r"_{2,}", "_", _ID_BAD.sub("_", plain)).strip("_-") or "video"
+    if clean != plain:
+        clean = f"{clean}-{hashlib.sha1(rel_path.encode()).hexdigest()[:8]}"
+    return clean
+
+
+def sample_key(dataset: str, video_id: str, frame_index: int, track_id: int) -> str:
+    """``<dataset>__<video_id>__<frame:06d>__<track>`` (no dots: webdataset splits member names at the first dot)."""
+    return KEY_SEP.join([check_name("dataset", dataset), check_name("video_id", video_id),
+                         f"{int(frame_index):06d}", str(int(track_id))])
+
+
+def parse_key(key: str) -> tuple[str, str, int, int]:
+    """Inverse of :func:`sample_key`.
+
+    Raises:
+        IdError: the key does not have four ``__``-separated parts.
+    """
+    parts = key.split(KEY_SEP)
+    if len(parts) != 4:
+        raise IdError(f"sample key '{key}' is not <dataset>__<video_id>__<frame>__<track>")
+    return parts[0], parts[1], int(parts[2]), int(parts[3])
+
+
+def qualify(dataset: str, ref: str) -> tuple[str, str]:
+    """Split a video reference into ``(dataset, video_id)``.
+
+    ``"ffpp:original_sequences-youtube-c23-videos-000"`` names a video of another dataset; a bare id
+    belongs to ``dataset``.
+    """
+    if ":" in ref:
+        d, v = ref.split(":", 1)
+        return d, v
+    return dataset, ref
+
+
+__all__ = ["IMAGE_EXTS", "KEY_SEP", "LABEL_NAMES", "LABEL_SOURCES", "IdError", "SPLITS", "VIDEO_EXTS",
+           "check_name", "parse_key", "qualify", "sample_key", "video_id_for"]

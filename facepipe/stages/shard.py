@@ -1,0 +1,358 @@
+"""The ``shard`` stage: extract (+ freq) outputs of one or more datasets -> WebDataset tar shards per split.
+
+Layout of ``OUT``::
+
+    index.json             THE pointer: the published set's version, and every shard with its samples, bytes
+                           and counts by dataset, label, method, label source and (dataset, label) cell
+    set-<version>/         the shard set: train-000000.tar ... val-... test-..., _meta.json (schema
+                           version, facepipe version, parameters, inputs, stage fingerprint)
+    stats.json, counts.csv samples, videos, fake share and bytes per sample per split (DVC metrics) and samples
+                           per split/dataset/label (DVC plot data)
+    .lock                  held while a run writes OUT
+
+Publishing is one atomic step: the new set is written to ``OUT/.staging-<pid>/``, renamed to
+``OUT/set-<version>/``, and only then ``index.json`` is replaced (temp name, then rename), so a reader
+always sees a complete set; older sets are removed afterwards. A failed run removes its staging folder
+and leaves the published set untouched. ``<version>`` is a hash of the stage fingerprint and the input
+tables, so the same inputs, parameters and code give the same name and byte-identical tars (samples sorted
+by key, then shuffled with the seed; tar members with mtime 0, fixed owner and mode): DVC's cache works.
+
+Labels are per face: each sample's ``label`` comes from ``faces.parquet`` (see
+:mod:`facepipe.faces.labels`); the manifest gives splits, methods and links, and must agree with the
+video labels extract used (else extract is stale). Leakage is checked within and across the combined
+datasets (``dataset:video_id`` links and shared identities).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import polars as pl
+from pydantic import Field
+from tqdm.auto import tqdm
+
+from facepipe import __version__
+from facepipe._io import atomic_path
+from facepipe.config import Section
+from facepipe.data.schema import LABEL_NAMES, SCHEMA_VERSION, SPLITS, encode_sample
+from facepipe.errors import InputError
+from facepipe.ids import sample_key
+from facepipe.manifest import check_leakage, read_manifest
+from facepipe.stages import contract
+
+log = logging.getLogger(__name__)
+
+STAGE = "shard"
+STAGE_VERSION = 2
+INDEX_NAME = "index.json"
+META_NAME = "_meta.json"
+STATS_NAME = "stats.json"
+COUNTS_NAME = "counts.csv"
+SET_PREFIX = "set-"
+
+
+class ShardInput(Section):
+    """One dataset going into a shard set: its extract output, its manifest, optionally its freq output."""
+
+    dataset: str
+    extract: str
+    manifest: str
+    freq: Optional[str] = None
+
+
+class ShardConfig(Section):
+    """Parameters of the ``shard`` stage (section ``shard``).
+
+    ``inputs``: the datasets (several go into one shard set, each sample keeping its dataset).
+    A shard closes after ``max_samples`` samples or ``max_bytes`` bytes. ``seed`` fixes the shuffle
+    across videos, datasets and labels. ``views``: stored views to include (``None`` = all the freq
+    stage stored; ``[]`` = none). ``masks``: include the difference masks. ``cross_dataset_leakage``:
+    ``error`` (default) or ``warn`` when links or identities join two datasets across splits.
+    """
+
+    inputs: tuple[ShardInput, ...] = ()
+    max_samples: int = Field(2000, ge=1)
+    max_bytes: int = Field(500_000_000, ge=1_000)
+    seed: int = 0
+    views: Optional[tuple[str, ...]] = None
+    masks: bool = True
+    cross_dataset_leakage: Literal["error", "warn"] = "error"
+
+
+def fingerprint(cfg: ShardConfig) -> str:
+    """Parameters (inputs by dataset name, not path), stage version and code."""
+    params = cfg.model_dump(exclude={"inputs"})
+    params["datasets"] = [i.dataset for i in cfg.inputs]
+    return contract.fingerprint(STAGE, STAGE_VERSION, params, __name__)
+
+
+def collect_samples(inp: ShardInput, views: tuple[str, ...] | None) -> tuple[pl.DataFrame, pl.DataFrame,
+                                                                              tuple[str, ...]]:
+    """Join one dataset's faces with its manifest (and stored views).
+
+    Returns:
+        (one row per face with its face label, split, method, source ids, crop/mask paths and npz member;
+        the dataset's manifest; the views that will be stored).
+
+    Raises:
+        InputError: missing tables, faces of videos the manifest does not list, faces extracted without
+            the manifest (no face labels), video labels that disagree with the manifest (stale extract),
+            or views asked for that the freq output lacks.
+    """
+    ex = Path(inp.extract)
+    fp = ex / "faces.parquet"
+    if not fp.is_file():
+        raise InputError(f"{fp}: not found (run 'facepipe extract' first)")
+    faces = pl.read_parquet(fp)
+    if "label_source" not in faces.columns:
+        raise InputError(f"{fp}: written by an older facepipe without per-face labels; rerun 'facepipe extract'")
+    man = read_manifest(inp.manifest, dataset=inp.dataset).filter(pl.col("dataset") == inp.dataset)
+    rows = faces.join(man.drop("path").rename({"label": "manifest_label"}), on="video_id", how="left")
+    unlabelled = rows.filter(pl.col("manifest_label").is_null())["video_id"].unique().sort().to_list()
+    if unlabelled:
+        raise InputError(f"{inp.manifest}: no manifest row for {len(unlabelled)} extracted video(s) of "
+                         f"'{inp.dataset}', e.g. {unlabelled[:3]}")
+    nolabel = rows.filter(pl.col("label_source").is_null())["video_id"].unique().sort().to_list()
+    if nolabel:
+        raise InputError(f"{fp}: {len(nolabel)} video(s) were extracted without the manifest, so their faces have no "
+                         f"labels (e.g. {nolabel[:3]}); rerun 'facepipe extract --manifest {inp.manifest}'")
+    stale = rows.filter(pl.col("video_label") != pl.col("manifest_label"))["video_id"].unique().sort().to_list()
+    if stale:
+        raise InputError(f"{fp}: video labels of {len(stale)} video(s) differ from {inp.manifest} (e.g. {stale[:3]}): "
+                         "the extract output is stale; rerun 'facepipe extract'")
+    rows = rows.drop("manifest_label").with_columns(pl.lit(str(ex.resolve())).alias("_root"))
+    stored: tuple[str, ...] = ()
+    if inp.freq:
+        vp = Path(inp.freq) / "views.parquet"
+        if not vp.is_file():
+            raise InputError(f"{vp}: not found (run 'facepipe freq' first)")
+        vt = pl.read_parquet(vp)
+        have = set(vt["views"][0]) if vt.height else set()
+        want = tuple(sorted(have)) if views is None else views
+        lacking = [v for v in want if v not in have]
+        if lacking:
+            raise InputError(f"{vp}: views {lacking} asked for but the freq stage stored {sorted(have)}")
+        stored = want
+        if stored:
+            rows = rows.join(vt.select("video_id", "frame_index", "track_id", "npz", "member"),
+                             on=["video_id", "frame_index", "track_id"], how="left")
+            missing = rows.filter(pl.col("npz").is_null())
+            if missing.height:
+                raise InputError(f"{vp}: no views for {missing.height} crop(s), e.g. {missing['crop_path'][0]}; "
+                                 "rerun 'facepipe freq'")
+            rows = rows.with_columns(pl.lit(str(Path(inp.freq).resolve())).alias("_freq"))
+    elif views:
+        raise InputError(f"dataset '{inp.dataset}': views {list(views)} asked for but no freq output given")
+    rows = rows.with_columns(pl.lit(inp.dataset).alias("dataset"))
+    return rows, man, stored
+
+
+@dataclass
+class ShardSummary:
+    samples: dict[str, int] = field(default_factory=dict)
+    shards: dict[str, int] = field(default_factory=dict)
+    label_sources: dict[str, int] = field(default_factory=dict)
+    bytes: int = 0
+    seconds: float = 0.0
+    version: str = ""
+
+
+def _inputs_hash(cfg: ShardConfig) -> str:
+    """sha256 over the input tables (faces, manifest, views), so the set's version follows its inputs."""
+    h = hashlib.sha256()
+    for inp in cfg.inputs:
+        files = [Path(inp.extract) / "faces.parquet", Path(inp.manifest)]
+        if inp.freq:
+            files.append(Path(inp.freq) / "views.parquet")
+        for f in files:
+            h.update(inp.dataset.encode() + b"\0" + (f.read_bytes() if f.is_file() else b"-") + b"\0")
+    return h.hexdigest()
+
+
+def run(out_dir: str | Path, cfg: ShardConfig, progress: bool = True) -> ShardSummary:
+    """Write the shard set for ``cfg.inputs`` and publish it in ``out_dir`` (replacing the set there).
+
+    Raises:
+        InputError: no inputs, bad inputs (see :func:`collect_samples`), duplicate datasets, leakage
+            within or across datasets, or no face at all.
+        StageBusy: another run holds ``out_dir``.
+    """
+    import webdataset as wds
+
+    t0 = time.perf_counter()
+    if not cfg.inputs:
+        raise InputError("shard: no inputs (give at least one dataset=NAME,extract=DIR,manifest=FILE)")
+    names = [i.dataset for i in cfg.inputs]
+    if len(set(names)) != len(names):
+        raise InputError(f"shard: dataset names must be unique, got {names}")
+    parts, manifests, stored_sets = [], [], []
+    for inp in cfg.inputs:
+        rows, man, stored = collect_samples(inp, cfg.views)
+        parts.append(rows)
+        manifests.append(man)
+        stored_sets.append(stored)
+    if len(set(stored_sets)) > 1:
+        raise InputError(f"shard: datasets store different views {dict(zip(names, stored_sets))}; "
+                         "pick common ones with shard.views")
+    stored = stored_sets[0]
+    view_params = None
+    if stored:
+        found = {i.dataset: pl.read_parquet_metadata(Path(i.freq) / "views.parquet").get("facepipe_freq_params")
+                 for i in cfg.inputs}
+        if len(set(found.values())) > 1 or None in found.values():
+            raise InputError(f"shard: the datasets' views were computed with different freq parameters {found}; "
+                             "rerun 'facepipe freq' with one freq section")
+        view_params = json.loads(next(iter(found.values())))
+    allrows = pl.concat(parts, how="diagonal_relaxed")
+    if allrows.height == 0:
+        raise InputError("shard: the inputs hold no faces")
+    allman = pl.concat(manifests, how="vertical_relaxed")
+    check_leakage(allman, "shard inputs", identities=False)
+    if len(cfg.inputs) > 1:
+        check_leakage(allman, "shard inputs (across datasets)", identities=True, mode=cfg.cross_dataset_leakage,
+                      across_datasets_only=True)
+    allrows = allrows.with_columns(
+        pl.struct("dataset", "video_id", "frame_index", "track_id")
+        .map_elements(lambda r: sample_key(r["dataset"], r["video_id"], r["frame_index"], r["track_id"]),
+                      return_dtype=pl.String).alias("key")).sort("key")
+
+    stage_fp = fingerprint(cfg)
+    version = SET_PREFIX + contract.item_key(stage_fp, _inputs_hash(cfg))
+    out = Path(out_dir)
+    summary = ShardSummary(version=version)
+    with contract.stage_lock(out, STAGE):
+        for stale in out.glob(".staging-*"):  # left by a killed run
+            shutil.rmtree(stale, ignore_errors=True)
+        stage = out / f".staging-{os.getpid()}"
+        stage.mkdir()
+        try:
+            index = _write_set(stage, version, allrows, stored, cfg, summary, progress, wds)
+            sizes = allrows["crop_size"].unique().to_list()
+            index.update(view_params=view_params, crop_size=sizes[0] if len(sizes) == 1 else None)
+            meta = {"schema_version": SCHEMA_VERSION, "facepipe_version": __version__, "params": cfg.model_dump(),
+                    "views": list(stored), "stage_fingerprint": stage_fp, "version": version}
+            (stage / META_NAME).write_text(json.dumps(meta, indent=1, sort_keys=True))
+            final = out / version
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(stage, final)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        with atomic_path(out / INDEX_NAME) as tmp:  # the publishing step
+            tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
+        _write_stats(out, index, allrows)
+        for old in out.iterdir():  # older sets, and tars of the pre-versioned layout
+            if old.name != version and (old.name.startswith(SET_PREFIX) and old.is_dir()
+                                        or old.suffix == ".tar" or old.name == META_NAME):
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _write_set(stage: Path, version: str, allrows: pl.DataFrame, stored: tuple[str, ...], cfg: ShardConfig,
+               summary: ShardSummary, progress: bool, wds) -> dict:
+    index = {"schema_version": SCHEMA_VERSION, "version": version, "total": 0, "views": list(stored),
+             "masks": cfg.masks, "splits": {}}
+    # Open npz files are cached for this run only: a later freq run may rewrite them under the same names.
+    npz = lru_cache(maxsize=64)(lambda path: np.load(path, allow_pickle=False))
+    bar = tqdm(total=allrows.height, unit="sample", desc="shard", disable=not progress)
+    for s_i, split in enumerate(SPLITS):
+        rows = allrows.filter(pl.col("split") == split)
+        shards: list[dict] = []
+        if rows.height:
+            order = np.random.default_rng([cfg.seed, s_i]).permutation(rows.height)
+            rows = rows[order.tolist()]
+            stats: dict[str, dict] = {}
+            with wds.ShardWriter(str(stage / f"{split}-%06d.tar"), maxcount=cfg.max_samples,
+                                 maxsize=cfg.max_bytes, verbose=0, mtime=0, user="facepipe",
+                                 group="facepipe", mode=0o444) as sink:
+                for r in rows.iter_rows(named=True):
+                    sink.write(_sample(r, stored, npz, cfg.masks))
+                    st = stats.setdefault(sink.fname, {"samples": 0, "datasets": Counter(), "labels": Counter(),
+                                                       "methods": Counter(), "cells": Counter(),
+                                                       "label_sources": Counter()})
+                    name = LABEL_NAMES[r["label"]]
+                    st["samples"] += 1
+                    st["datasets"][r["dataset"]] += 1
+                    st["labels"][name] += 1
+                    st["methods"][r["method"] or "unknown"] += 1
+                    st["cells"][f"{r['dataset']}:{name}"] += 1
+                    st["label_sources"][f"{r['label_source']}:{name}"] += 1
+                    bar.update(1)
+            for fname, st in stats.items():
+                shards.append({"url": f"{version}/{Path(fname).name}", "samples": st["samples"],
+                               "bytes": Path(fname).stat().st_size,
+                               **{k: dict(sorted(st[k].items()))
+                                  for k in ("datasets", "labels", "methods", "cells", "label_sources")}})
+                for k, n in st["label_sources"].items():
+                    summary.label_sources[k] = summary.label_sources.get(k, 0) + n
+        index["splits"][split] = {"samples": rows.height, "shards": shards}
+        index["total"] += rows.height
+        summary.samples[split] = rows.height
+        summary.shards[split] = len(shards)
+        summary.bytes += sum(s["bytes"] for s in shards)
+    bar.close()
+    npz.cache_clear()
+    return index
+
+
+def _write_stats(folder: Path, index: dict, rows: pl.DataFrame) -> None:
+    """``stats.json`` (DVC metrics: samples, videos, fake share, bytes per sample, per split) and
+    ``counts.csv`` (DVC plot data: samples per split, dataset and label), each written atomically."""
+    stats: dict = {"samples": index["total"], "splits": {}}
+    for split, info in index["splits"].items():
+        r = rows.filter(pl.col("split") == split)
+        n = info["samples"]
+        stats["splits"][split] = {
+            "samples": n,
+            "videos": r.select("dataset", "video_id").unique().height,
+            "fake_share": round(float((r["label"] == 1).mean()), 4) if n else 0.0,
+            "bytes_per_sample": round(sum(s["bytes"] for s in info["shards"]) / n) if n else 0,
+        }
+    with atomic_path(folder / STATS_NAME) as tmp:
+        tmp.write_text(json.dumps(stats, indent=1, sort_keys=True))
+    counts = (rows.with_columns(pl.col("label").replace_strict(LABEL_NAMES, return_dtype=pl.String).alias("label"))
+              .group_by("split", "dataset", "label").len().rename({"len": "samples"})
+              .with_columns(pl.concat_str("split", "dataset", "label", separator="/").alias("group"))
+              .sort("split", "dataset", "label"))
+    with atomic_path(folder / COUNTS_NAME) as tmp:
+        counts.select("group", "split", "dataset", "label", "samples").write_csv(tmp)
+
+
+def _sample(r: dict, views: tuple[str, ...], npz, masks: bool) -> dict:
+    root = Path(r["_root"])
+    crop = root / r["crop_path"]
+    try:
+        image = crop.read_bytes()
+        mask = (root / r["mask_path"]).read_bytes() if masks and r.get("mask_path") else None
+    except OSError as e:
+        raise InputError(f"{e.filename}: cannot read: {e.strerror}") from None
+    arrays = {}
+    if views:
+        z = npz(str(Path(r["_freq"]) / r["npz"]))
+        for v in views:
+            arrays[v] = z[f"{r['member']}/{v}"]
+    meta = {
+        "label": int(r["label"]), "video_label": int(r["video_label"]), "label_source": r["label_source"],
+        "manipulation_score": None if r["manipulation_score"] is None else round(float(r["manipulation_score"]), 6),
+        "dataset": r["dataset"], "method": r["method"], "split": r["split"], "video_id": r["video_id"],
+        "source_ids": list(r["source_ids"] or []), "frame_index": int(r["frame_index"]),
+        "timestamp_s": float(r["timestamp_s"]), "track_id": int(r["track_id"]), "box": list(r["box"]),
+        "landmarks": [list(p) for p in r["landmarks"]], "affine": [list(p) for p in r["affine"]],
+        "crop_size": int(r["crop_size"]), "crop_mode": r["crop_mode"], "detector": r["detector"],
+        "detector_version": r["detector_version"],
+    }
+    ext = crop.suffix.lstrip(".").lower()
+    return encode_sample(r["key"], image, "jpg" if ext == "jpeg" else ext, meta, arrays, mask)
