@@ -170,12 +170,13 @@ class Leaks:
     accepted: list[str] = field(default_factory=list)
 
 
-def find_leaks(df: pl.DataFrame, identities: bool = True, across_datasets_only: bool = False) -> Leaks:
+def find_leaks(df: pl.DataFrame, identities: bool = True, scope: str = "all") -> Leaks:
     """Every fake whose original sits in another split, and (``identities``) every identity seen in two splits.
 
     Links ``dataset:video_id`` reach other datasets of ``df``; links to datasets not in ``df`` are not
-    checkable here. With ``across_datasets_only``, only links and identities that join two datasets count
-    (each dataset's own were checked by its manifest stage under its own policy).
+    checkable here. ``scope``: ``all``; ``within`` (links inside one dataset only); ``across`` (only links
+    and identities that join two datasets: each dataset's own were checked by its manifest stage under
+    its own policy).
     """
     split_of = {(d, v): s for d, v, s in df.select("dataset", "video_id", "split").iter_rows()}
     has_note = "protocol_note" in df.columns
@@ -184,7 +185,7 @@ def find_leaks(df: pl.DataFrame, identities: bool = True, across_datasets_only: 
     for r in df.select(cols).iter_rows(named=True):
         for src in r["source_ids"] or []:
             od, ov = qualify(r["dataset"], src)
-            if across_datasets_only and od == r["dataset"]:
+            if (scope == "across") == (od == r["dataset"]) and scope != "all":
                 continue
             other = split_of.get((od, ov))
             if other is not None and other != r["split"]:
@@ -199,14 +200,14 @@ def find_leaks(df: pl.DataFrame, identities: bool = True, across_datasets_only: 
             splits = {s for _, s in places}
             if len(splits) < 2:
                 continue
-            if across_datasets_only and len({d for d, _ in places}) < 2:
+            if scope == "across" and len({d for d, _ in places}) < 2:
                 continue
             out.identities.append(f"identity {i} in {', '.join(sorted(f'{d}:{s}' for d, s in places))}")
     return out
 
 
 def check_leakage(df: pl.DataFrame, where: str, identities: bool = True, mode: str = "error",
-                  across_datasets_only: bool = False) -> Leaks:
+                  scope: str = "all") -> Leaks:
     """Fail (``mode="error"``) or warn when originals (or, with ``identities``, people) cross splits.
 
     Crossings an adapter marked with ``protocol_note`` are accepted and reported with their count.
@@ -217,7 +218,7 @@ def check_leakage(df: pl.DataFrame, where: str, identities: bool = True, mode: s
     Raises:
         InputError: ``mode="error"`` and leaks exist, naming up to 10 offenders.
     """
-    leaks = find_leaks(df, identities, across_datasets_only)
+    leaks = find_leaks(df, identities, scope)
     bad = leaks.originals + leaks.identities
     if leaks.accepted:
         log.warning("%s: %d fake(s) of the official protocol have their original in another split (accepted, "

@@ -399,3 +399,139 @@ def test_shard_reads_views_freshly_after_freq_rewrites_them(two_datasets, tmp_pa
     assert a["key"] == b["key"]
     # DC coefficient of a 64 px crop: signed ~ 64 x mean (> 10), its log ~ 3.5
     assert (a["dct"][:, :, 0, 0] < 6).all() and (b["dct"][:, :, 0, 0] > 10).all()
+
+
+def test_shard_checks_links_and_identities_across_datasets(two_datasets, tmp_path):
+    """solo's fake made from groupset's pan (train) while solo is test: a leak no single manifest can see."""
+    _, cfg, _ = two_datasets
+    linked = _manifest(tmp_path / "solo.csv", [
+        dict(path="tom.mp4", label="real", split="test", method="", source_ids=""),
+        dict(path="tom_swap.mp4", label="fake", split="test", method="Mirror", source_ids="tom;groupset:pan")])
+    inputs = (cfg.inputs[0], cfg.inputs[1].model_copy(update={"manifest": str(linked)}))
+    with pytest.raises(InputError, match=r"across datasets.*solo:tom_swap \(test\) from groupset:pan \(train\)"):
+        run_shard(tmp_path / "s", cfg.model_copy(update={"inputs": inputs}), progress=False)
+    run_shard(tmp_path / "s", cfg.model_copy(update={"inputs": inputs, "cross_dataset_leakage": "warn"}),
+              progress=False)
+    # the same person in both datasets, in different splits
+    with open(tmp_path / "g.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "label", "split", "method", "source_ids", "identity_ids"])
+        w.writeheader()
+        w.writerows([dict(path="pan.mp4", label="real", split="train", method="", source_ids="", identity_ids="tom"),
+                     dict(path="zoom.mp4", label="fake", split="train", method="Zoom", source_ids="pan",
+                          identity_ids="")])
+    with open(tmp_path / "t.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "label", "split", "method", "source_ids", "identity_ids"])
+        w.writeheader()
+        w.writerows([dict(path="tom.mp4", label="real", split="test", method="", source_ids="", identity_ids="tom"),
+                     dict(path="tom_swap.mp4", label="fake", split="test", method="Mirror", source_ids="tom",
+                          identity_ids="tom")])
+    inputs = (cfg.inputs[0].model_copy(update={"manifest": str(tmp_path / "g.csv")}),
+              cfg.inputs[1].model_copy(update={"manifest": str(tmp_path / "t.csv")}))
+    with pytest.raises(InputError, match=r"identity tom in groupset:train, solo:test"):
+        run_shard(tmp_path / "s2", cfg.model_copy(update={"inputs": inputs}), progress=False)
+
+
+def test_shard_refuses_stale_or_unlabelled_extracts(two_datasets, tmp_path):
+    root, cfg, _ = two_datasets
+    flipped = _manifest(tmp_path / "m.csv", [dict(path="pan.mp4", label="fake", split="train", method="X",
+                                                  source_ids=""),
+                                             dict(path="zoom.mp4", label="fake", split="train", method="Zoom",
+                                                  source_ids="")])
+    inp = cfg.inputs[0].model_copy(update={"manifest": str(flipped)})
+    with pytest.raises(InputError, match=r"video labels of 1 video\(s\) differ .* the extract output is stale"):
+        run_shard(tmp_path / "s", cfg.model_copy(update={"inputs": (inp,)}), progress=False)
+    ex = tmp_path / "nolabels"
+    cfg_x = ExtractConfig.model_validate({"sampling": {"num_frames": 2}, "detector": {"name": "mtcnn"},
+                                          "align": {"size": 64}, "workers": 0})
+    run_extract(root / "groupset" / "videos", ex, cfg_x, progress=False)  # no manifest: faces have no labels
+    inp = cfg.inputs[0].model_copy(update={"extract": str(ex), "freq": None})
+    with pytest.raises(InputError, match=r"extracted without the manifest.*rerun 'facepipe extract --manifest"):
+        run_shard(tmp_path / "s", cfg.model_copy(update={"inputs": (inp,), "views": None}), progress=False)
+
+
+def test_resampling_reaches_every_shard_over_passes(two_datasets):
+    _, _, out = two_datasets
+    shards = json.loads((out / "index.json").read_text())["splits"]["train"]["shards"]
+    loader = make_loader(out, "train", batch_size=1, num_workers=0, resampled=True, epoch_samples=2, shuffle=False)
+    seen, first = set(), None
+    for _ in range(12):
+        keys = {k for b in loader for k in b["key"]}
+        first = first or keys
+        seen |= keys
+    total = json.loads((out / "index.json").read_text())["splits"]["train"]["samples"]
+    # each pass draws its own shards: over 12 passes of 2 samples the stream leaves the first pass's shards
+    assert len(seen) > len(first) and len(shards) > 1 and len(seen) <= total
+
+
+def test_shuffling_workers_start_under_spawn_and_errors_are_exact(two_datasets, tmp_path):
+    import pickle
+
+    _, _, out = two_datasets
+    loader = make_loader(out, "train", batch_size=4, num_workers=2, seed=1, multiprocessing_context="spawn")
+    pickle.loads(pickle.dumps(loader._pipe))  # what spawned workers receive
+    keys = [k for b in loader for k in b["key"]]
+    assert len(keys) == len(set(keys)) == json.loads((out / "index.json").read_text())["splits"]["train"]["samples"]
+    # exactly 3 broken samples, one of them the last sample a worker reads: all counted
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    n_broken = 0
+    for t in sorted(shard_files(bad).glob("train-*.tar"))[:3]:
+        with tarfile.open(t) as tf:
+            members = [(m, tf.extractfile(m).read()) for m in tf.getmembers()]
+        victim = [m.name for m, _ in members if m.name.endswith(".cls")][-1]
+        import io
+
+        with tarfile.open(t, "w") as tf:
+            for m, payload in members:
+                if m.name != victim:
+                    tf.addfile(m, io.BytesIO(payload))
+        n_broken += 1
+    loader = make_loader(bad, "train", batch_size=4, num_workers=2, shuffle=False, multiprocessing_context="spawn")
+    got = [k for b in loader for k in b["key"]]
+    assert loader.errors == n_broken and len(got) == len(keys) - n_broken
+
+
+def test_stored_views_are_used_only_when_they_equal_the_computed_ones(two_datasets):
+    _, _, out = two_datasets
+    small = make_loader(out, "test", batch_size=4, num_workers=0, shuffle=False, views=("dct",), image_size=32)
+    assert small.compute_views  # the stored 64 px views would not match the 32 px images
+    assert next(iter(small))["dct"].shape[1:] == (3, 32, 32)
+    with pytest.raises(ConfigError, match="stored views are 64 px, the images will be 32 px"):
+        make_loader(out, "test", views=("dct",), image_size=32, view_source="stored")
+    assert make_loader(out, "test", views=("dct",)).compute_views is False
+    assert make_loader(out, "test", views=("dct",), freq=FreqConfig(dct_log=False)).compute_views
+    with pytest.raises(ConfigError, match="computed with freq parameters"):
+        make_loader(out, "test", views=("srm",), freq=FreqConfig(srm_truncate=2.0), view_source="stored")
+
+
+def test_tta_recomputes_spectral_views_of_the_flipped_image(two_datasets):
+    from torch import nn
+
+    from facepipe.models._registry import ModelSpec
+    from facepipe.train.engine import predict
+
+    _, _, out = two_datasets
+
+    class DctProbe(nn.Module):
+        """Its logit is the mean of the dct view's first column: changes if the spectrum itself is flipped."""
+
+        spec = ModelSpec("probe", inputs=("image", "dct"))
+
+        def forward(self, x):
+            return x["dct"][:, :, :, 0].mean(dim=(1, 2)) + 0 * x["image"].mean()
+
+    loader = make_loader(out, "test", batch_size=6, num_workers=0, shuffle=False, views=("dct",),
+                         view_source="compute")
+    plain = predict(DctProbe(), loader)["score"].to_numpy()
+    tta = predict(DctProbe(), loader, tta_hflip=True)["score"].to_numpy()
+    b = next(iter(loader))
+    flipped = loader.views_of(b["image"].flip(-1))["dct"]
+    expect = (torch.sigmoid(b["dct"][:, :, :, 0].mean(dim=(1, 2))) +
+              torch.sigmoid(flipped[:, :, :, 0].mean(dim=(1, 2)))) / 2
+    np.testing.assert_allclose(tta[:6], expect.numpy(), rtol=1e-5)
+    # the DCT of a flipped image is not the flipped DCT (|DCT| is even flip-invariant), so the old
+    # flip-the-view TTA gave other numbers
+    assert not torch.allclose(flipped, b["dct"].flip(-1), atol=1e-3)
+    old = (torch.sigmoid(b["dct"][:, :, :, 0].mean(dim=(1, 2))) +
+           torch.sigmoid(b["dct"].flip(-1)[:, :, :, 0].mean(dim=(1, 2)))) / 2
+    assert not np.allclose(old.numpy(), tta[:6], atol=1e-3) and np.allclose(plain, tta, atol=1e-5)

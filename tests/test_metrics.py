@@ -9,7 +9,17 @@ import polars as pl
 import pytest
 
 from facepipe.errors import InputError
-from facepipe.metrics import binary_metrics, eer, metric_table, roc_points, video_scores
+from facepipe.metrics import (
+    accuracy,
+    ap,
+    auc,
+    binary_metrics,
+    eer,
+    eer_nearest,
+    metric_table,
+    roc_points,
+    video_scores,
+)
 
 
 def test_hand_computed_case():
@@ -62,3 +72,45 @@ def test_metric_table_per_dataset_and_method():
     assert t["per_dataset"]["b"]["video"]["auc"] == 1.0  # f3 .4 > r2 .3
     roc = roc_points(_frames()["label"], _frames()["score"])
     assert roc["fpr"][0] == 0 and roc["tpr"][-1] == 1 and (roc["threshold"] <= 1).all()
+
+
+def test_eer_is_the_interpolated_crossing_on_many_random_cases():
+    """The standard EER: brentq(lambda x: 1 - x - interp1d(fpr, tpr)(x), 0, 1) (the old search looked only to the
+    right of the nearest ROC point and missed the crossing in about a third of these cases)."""
+    from scipy.interpolate import interp1d
+    from scipy.optimize import brentq
+    from sklearn.metrics import roc_curve
+
+    rng = np.random.default_rng(0)
+    off_nearest = 0
+    for _ in range(300):
+        n = int(rng.integers(6, 60))
+        y = rng.integers(0, 2, n)
+        if len(set(y)) < 2:
+            continue
+        s = rng.normal(size=n) + rng.uniform(0, 2) * y
+        fpr, tpr, _ = roc_curve(y, s)
+        roc = interp1d(fpr, tpr)
+        ref = brentq(lambda x, roc=roc: 1.0 - x - roc(x), 0.0, 1.0)
+        assert eer(y, s) == pytest.approx(ref, abs=1e-9)
+        nearest = fpr[np.nanargmin(np.abs((1 - tpr) - fpr))]  # DeepfakeBench training/metrics/utils.py
+        assert eer_nearest(y, s) == nearest
+        off_nearest += abs(nearest - ref) > 1e-9
+    assert off_nearest > 50  # the two definitions really differ: report them under their own names
+
+
+def test_public_metric_functions():
+    y, s = np.array([0, 0, 1, 1, 1]), np.array([0.2, 0.6, 0.4, 0.7, 0.9])
+    assert auc(y, s) == pytest.approx(5 / 6) and ap(y, s) == pytest.approx((1 + 1 + 0.75) / 3)
+    assert accuracy(y, s) == {"acc": 0.6, "real_acc": 0.5, "fake_acc": pytest.approx(2 / 3)}
+    m = binary_metrics(y, s)
+    assert m["eer_nearest"] == eer_nearest(y, s) and m["eer"] == eer(y, s)
+
+
+def test_video_level_uses_the_video_label_when_faces_carry_their_own():
+    f = _frames().with_columns(pl.col("label").alias("video_label"))
+    f = f.with_columns(pl.when(pl.col("score") == 0.2).then(0).otherwise(pl.col("label")).alias("label"))  # a real
+    v = video_scores(f)                                                            # bystander in fake video f1
+    assert dict(zip(v["video_id"], v["label"]))["f1"] == 1
+    t = metric_table(f)
+    assert t["frame"]["n_real"] == 4 and t["video"]["n_fake"] == 3

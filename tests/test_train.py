@@ -104,6 +104,33 @@ def test_bad_inputs(example_shards, tmp_path):
         train_step(model, batch, torch.optim.SGD(model.parameters(), lr=0.1))
 
 
+class _Payload:
+    def __reduce__(self):
+        return (print, ("code ran while loading a checkpoint",))
+
+
+def test_checkpoints_load_without_running_code(tmp_path):
+    torch.save({"model": {}, "model_name": "resnet18", "schema_version": 2, "x": _Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(InputError, match="not a readable checkpoint .*weights_only=True"):
+        load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_no_stale_best_checkpoint_survives_a_new_run(example_shards, tmp_path, monkeypatch):
+    """Validation that never gives a finite AUC (e.g. a val split of one class) must not leave an earlier run's
+    best.pt in place."""
+    import facepipe.stages.train as stage
+
+    out = tmp_path / "run"
+    out.mkdir()
+    torch.save({"stale": True}, out / "best.pt")
+    nan = {k: float("nan") for k in ("auc", "eer", "ap", "acc", "real_acc", "fake_acc")}
+    monkeypatch.setattr(stage, "validate", lambda *a, **k: (nan, nan))
+    s = run_train(example_shards, out, TrainConfig(**SMALL), progress=False)
+    assert s["best"] is None
+    best = load_checkpoint(out / "best.pt")  # the stale file would not even load
+    assert best["step"] == s["steps"] == SMALL["steps"]
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(example_shards, tmp_path):
     out = tmp_path / "run"
     cfg = TrainConfig(**{**SMALL, "steps": 9, "lr": 1e36, "clip_norm": None, "checkpoint_every": 1,

@@ -307,8 +307,9 @@ class FaceLoader:
 
     def __init__(self, pipe: _Pipeline, num_workers: int, device: torch.device, views: tuple[str, ...],
                  compute_views: bool, freq_cfg: FreqConfig, mean, std, epoch_batches: int | None,
-                 view_size: int | None) -> None:
+                 view_size: int | None, mp_context: str | None = None) -> None:
         self._pipe = pipe
+        self.mp_context = mp_context
         self.num_workers = num_workers
         self.device = device
         self.views = views
@@ -368,7 +369,8 @@ class FaceLoader:
         self._pipe.epoch = self.epoch
         self._pipe.counts = _Counts()
         loader = wds.WebLoader(self._pipe.build(), batch_size=None, num_workers=self.num_workers,
-                               pin_memory=self.device.type == "cuda", persistent_workers=False)
+                               pin_memory=self.device.type == "cuda", persistent_workers=False,
+                               multiprocessing_context=self.mp_context if self.num_workers else None)
         if self.epoch_batches is not None and self._pipe.resampled:
             loader = loader.with_epoch(self.epoch_batches)
         seen: dict[int, int] = {}
@@ -410,6 +412,7 @@ def make_loader(
     world_size: int | None = None,
     drop_last: bool = False,
     masks: bool = False,
+    multiprocessing_context: str | None = None,
 ) -> FaceLoader:
     """Stream facepipe shards as training batches.
 
@@ -446,6 +449,8 @@ def make_loader(
         drop_last: drop a last partial batch.
         masks: add ``mask`` (B, 1, H, W) float32 in [0, 1]: each fake face's difference from its
             original, augmented with the image (zeros for real faces and for fakes without an original).
+        multiprocessing_context: start method of the DataLoader workers (``spawn``, ``forkserver``,
+            ``fork``; default the platform's). Everything the workers receive is picklable.
 
     Returns:
         A :class:`FaceLoader`; each batch is a dict with ``image`` (B, 3, H, W) float32 normalised,
@@ -518,7 +523,7 @@ def make_loader(
     pipe = _Pipeline(shardset, batch_size, shuffle, shuffle_buffer, resampled, seed, augment, image_size,
                      () if compute else tuple(views), accept, handler, rank, world_size, explicit, drop_last, masks)
     return FaceLoader(pipe, num_workers, torch.device(device), tuple(views), compute, freq, mean, std, epoch_batches,
-                      None if compute else (image_size or shardset.crop_size))
+                      None if compute else (image_size or shardset.crop_size), multiprocessing_context)
 
 
 def _acceptance(cells: dict[tuple[str, int], float], weights: dict[str, float] | None,

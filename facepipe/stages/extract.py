@@ -490,7 +490,8 @@ def _finish(st: _VideoState, cfg: ExtractConfig, detector) -> list[dict]:
     for leftover in st.tmp_dir.glob("*_f*"):  # provisional crops and masks of dropped faces
         leftover.unlink()
     row.update(n_faces=len(faces_out), n_tracks=len({r["track_id"] for r in faces_out}),
-               n_tracks_dropped=len(dropped) + (len(area) - len(renum)), n_faces_dropped=len(flat) - len(faces_out),
+               n_tracks_dropped=len({t for _, _, t in flat}) - len({r["track_id"] for r in faces_out}),
+               n_faces_dropped=len(flat) - len(faces_out),
                n_faces_fake=sum(1 for r in faces_out if r["label"] == 1),
                n_faces_real=sum(1 for r in faces_out if r["label"] == 0),
                label_source=(None if st.job.label is None else "video" if st.job.label == 0 else

@@ -218,10 +218,9 @@ def run(out_dir: str | Path, cfg: ShardConfig, progress: bool = True) -> ShardSu
     if allrows.height == 0:
         raise InputError("shard: the inputs hold no faces")
     allman = pl.concat(manifests, how="vertical_relaxed")
-    check_leakage(allman, "shard inputs", identities=False)
-    if len(cfg.inputs) > 1:
-        check_leakage(allman, "shard inputs (across datasets)", identities=True, mode=cfg.cross_dataset_leakage,
-                      across_datasets_only=True)
+    check_leakage(allman, "shard inputs", identities=False, scope="within")
+    check_leakage(allman, "shard inputs (across datasets)", identities=True, mode=cfg.cross_dataset_leakage,
+                  scope="across")
     allrows = allrows.with_columns(
         pl.struct("dataset", "video_id", "frame_index", "track_id")
         .map_elements(lambda r: sample_key(r["dataset"], r["video_id"], r["frame_index"], r["track_id"]),
