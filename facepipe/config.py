@@ -22,7 +22,7 @@ from facepipe.errors import ConfigError
 class Section(BaseModel):
     """Base of every parameter section: unknown keys are errors, values are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
 
 M = TypeVar("M", bound=BaseModel)

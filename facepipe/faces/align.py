@@ -52,7 +52,12 @@ def similarity_matrix(landmarks: np.ndarray, size: int, margin: float = 1.0) -> 
 
     src = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
     dst = arcface_template(size, margin)
-    tform = SimilarityTransform.from_estimate(src, dst)
+    if hasattr(SimilarityTransform, "from_estimate"):  # scikit-image >= 0.26
+        tform = SimilarityTransform.from_estimate(src, dst)
+    else:  # the same Umeyama estimate in older releases
+        tform = SimilarityTransform()
+        if not tform.estimate(src, dst):
+            tform = None
     params = getattr(tform, "params", None)
     if params is None or not np.all(np.isfinite(params)):
         raise ValueError(f"degenerate landmarks, no similarity transform: {src.tolist()}")
