@@ -81,8 +81,9 @@ class LabelConfig(Section):
     most ``max_background_diff`` grey levels), then each fake face is scored by ``manipulation_score``:
     the share of its box whose difference from the original exceeds the ``background_quantile`` of the
     difference outside all faces of that frame (and outside compact areas whose local mean difference is
-    ``background_outlier_mad`` robust deviations above the background's: faces the detector missed). Faces scoring at least ``min_score`` are fake
-    (``label_source = original_diff``); faces below are ``unmanipulated``: kept as real or dropped.
+    ``background_outlier_mad`` robust deviations above the background's: faces the detector missed).
+    Faces scoring at least ``min_score`` are fake (``label_source = original_diff``); faces below are
+    ``unmanipulated``: kept as real or dropped.
 
     Without a usable original the ``policy`` decides (``label_source = policy``): ``main`` labels the
     track with the largest summed face area fake and drops the other tracks (whether they were swapped is
