@@ -279,7 +279,9 @@ def train(
     out: Path = typer.Option(..., "--out", help="Output folder: last.pt, best.pt, train.json, dvclive/."),
     params: Optional[Path] = typer.Option(
         None, "--params", help="params.yaml to read the 'train' (and 'freq', for views) sections from."),
-    model: Optional[str] = typer.Option(None, help="Zoo model (see 'facepipe models')."),
+    model: Optional[str] = typer.Option(None, help="Zoo model (see 'facepipe models'), timm:<name>, or module:factory."),
+    imports: Optional[list[str]] = typer.Option(None, "--import",
+                                                help="A Python file registering your own model (repeatable)."),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
     batch_size: Optional[int] = typer.Option(None, help="Samples per batch (per rank)."),
     lr: Optional[float] = typer.Option(None, help="Learning rate."),
@@ -291,7 +293,8 @@ def train(
     from facepipe.stages.train import TrainConfig, run
 
     cfg = _configure(TrainConfig, _params_data(params, "train", TrainConfig),
-                     {"model": model, "steps": steps, "batch_size": batch_size, "lr": lr}, "train")
+                     {"model": model, "steps": steps, "batch_size": batch_size, "lr": lr,
+                      "imports": list(imports) if imports else None}, "train")
     freq = load_params(params, "freq", FreqConfig) if params else FreqConfig()
     s = run(shards, out, cfg, freq, resume=resume, progress=progress)
     typer.echo(f"train: {s['steps']} steps of {s['model']}, best val {s['select']} "
@@ -367,7 +370,10 @@ def models() -> None:
 
     for name in list_models():
         spec = get_spec(name)
-        typer.echo(f"{name:16s} inputs={','.join(spec.inputs)} size={spec.input_size}  {spec.paper}")
+        typer.echo(f"{name:17s} {spec.family:14s} inputs={','.join(spec.inputs):16s} size={spec.input_size:<4d} "
+                   f"{spec.paper}")
+    typer.echo("\nalso: timm:<any timm model> (options pool, freeze_backbone, drop_rate, plugins, features_only, "
+               "out_indices), package.module:factory, and --import FILE for your own")
 
 
 def main() -> None:

@@ -97,8 +97,9 @@ def test_bad_inputs(example_shards, tmp_path):
     torch.save(ckpt, tmp_path / "old.pt")
     with pytest.raises(InputError, match="shard schema 0"):
         load_checkpoint(tmp_path / "old.pt")
-    # a detector needing a view the batch lacks is named
-    model = create_model("two_stream_srm")
+    # a model needing a view the batch lacks is named
+    model = create_model("vit_freq_adapter", view="srm", embed_dim=32, depth=2, num_heads=2, img_size=64,
+                         patch_size=16)
     batch = next(iter(make_loader(example_shards, "train", batch_size=2, num_workers=0)))
     with pytest.raises(InputError, match=r"needs \['srm'\]"):
         train_step(model, batch, torch.optim.SGD(model.parameters(), lr=0.1))

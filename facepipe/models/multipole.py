@@ -1,110 +1,128 @@
-"""Multipole attention classifier: local-window self-attention at several scales, merged coarse-to-fine.
+"""Attention classifiers on the reference modules (:mod:`facepipe.models.attention`): ``multipole``, ``local`` and
+``global`` — the same network with only the token mixer swapped, so the comparison is of attention, not capacity.
 
-Local windows (``window`` x ``window``, 50% overlap) are cut with ``unfold``, attend within themselves,
-and are put back with ``fold``; overlapping outputs are averaged by dividing by ``fold(unfold(ones))``
-(overlap normalisation). Level l works on the feature map average-pooled by 2**l, so a fixed window
-sees a 2**l times wider area; levels are merged from the coarsest up (upsample + add), like a multipole
-expansion: near field at full resolution, far field at coarse resolution. ``local`` is the one-level
-ablation. The stem is a small CNN (stride 8).
+A CNN stem (three stride-2 3x3 convs: H/8) gives a (dim, H/8, W/8) map; ``depth`` blocks each apply the mixer
+with a residual, then a token-wise LayerNorm + MLP (x4) with a residual, as in a ViT block; average pooling
+and a linear head give the logit. The mixers have equal attention parameters: ``global`` is one
+:class:`AttentionBlock` over all tokens, ``local`` a :class:`LocalAttention2D` (kernel 7), ``multipole`` a
+:class:`MultipoleAttention2D` whose ONE local attention is shared by every level (levels computed from the
+feature size; average-pool down, nearest up: no extra parameters).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from facepipe.models._registry import ModelSpec, register_model
+from facepipe.models._registry import FrozenAwareModule, ModelSpec, register_model
+from facepipe.models.attention import AttentionBlock, LocalAttention2D, MultipoleAttention2D
+
+MIXERS = ("global", "local", "multipole")
 
 
-class LocalWindowAttention(nn.Module):
-    """Multi-head self-attention inside overlapping square windows. (B, C, H, W) -> (B, C, H, W)."""
+class MixerBlock(nn.Module):
+    """Residual token mixer + residual token-wise MLP on a (B, C, H, W) map."""
 
-    def __init__(self, dim: int, window: int = 7, heads: int = 4) -> None:
+    def __init__(self, dim: int, mixer: str, feature_size: int, kernel_size: int, stride: int | None, heads: int,
+                 dim_head: int, dropout: float, downsampling: str, upsampling: str, sampling_rate: int) -> None:
         super().__init__()
-        if dim % heads:
-            raise ValueError(f"dim {dim} not divisible by heads {heads}")
-        self.window, self.stride, self.heads = window, max(1, window // 2), heads
+        self.kind = mixer
+        if mixer == "global":  # the same LayerNorm + AttentionBlock as LocalAttention2D: equal parameters
+            self.mixer: nn.Module = nn.Sequential(nn.LayerNorm(dim), AttentionBlock(dim, heads, dim_head, dropout))
+        elif mixer == "local":
+            self.mixer = LocalAttention2D(kernel_size, stride, dim, heads, dim_head, dropout)
+        elif mixer == "multipole":
+            self.mixer = MultipoleAttention2D(feature_size, dim, kernel_size, stride, downsampling, upsampling,
+                                              sampling_rate, heads, dim_head, dropout)
+        else:
+            raise ValueError(f"mixer must be one of {MIXERS}, got {mixer!r}")
         self.norm = nn.LayerNorm(dim)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * dim, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        k, s = self.window, self.stride
-        hp = max(h, k) + (s - (max(h, k) - k) % s) % s
-        wp = max(w, k) + (s - (max(w, k) - k) % s) % s
-        xp = F.pad(x, (0, wp - w, 0, hp - h))
-        cols = F.unfold(xp, k, stride=s)  # (B, C*k*k, L)
-        n = cols.shape[-1]
-        t = cols.view(b, c, k * k, n).permute(0, 3, 2, 1).reshape(b * n, k * k, c)
-        q, kk, v = self.qkv(self.norm(t)).view(b * n, k * k, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        o = F.scaled_dot_product_attention(q, kk, v).transpose(1, 2).reshape(b * n, k * k, c)
-        o = self.proj(o).view(b, n, k * k, c).permute(0, 3, 2, 1).reshape(b, c * k * k, n)
-        out = F.fold(o, (hp, wp), k, stride=s)
-        ones = torch.ones(1, 1, hp, wp, device=x.device, dtype=x.dtype)
-        count = F.fold(F.unfold(ones, k, stride=s), (hp, wp), k, stride=s)
-        return (out / count)[..., :h, :w]
+        if self.kind == "multipole":
+            x = x + self.mixer(x)
+            t = x.permute(0, 2, 3, 1)
+        elif self.kind == "local":
+            t = x.permute(0, 2, 3, 1)
+            t = t + self.mixer(t)
+        else:
+            t = x.flatten(2).transpose(1, 2)
+            t = (t + self.mixer(t)).view(b, h, w, c)
+        t = t + self.mlp(self.norm(t))
+        return t.permute(0, 3, 1, 2)
 
 
-class MultipoleAttention(nn.Module):
-    """Local-window attention at ``levels`` scales (pooled by 2**l), merged coarse-to-fine."""
+class AttentionClassifier(FrozenAwareModule):
+    """CNN stem (stride 8) -> ``depth`` mixer blocks -> average pool -> one logit.
 
-    def __init__(self, dim: int, levels: int = 3, window: int = 7, heads: int = 4) -> None:
-        super().__init__()
-        self.attn = nn.ModuleList([LocalWindowAttention(dim, window, heads) for _ in range(levels)])
+    Args:
+        mixer: ``global`` | ``local`` | ``multipole``.
+        input_size: image side (sets the multipole levels: :func:`~facepipe.models.attention.multipole_levels`
+            of ``input_size // 8``).
+        dim: channels of the token map. depth: blocks. kernel_size, stride, heads (8), dim_head (64), dropout:
+            of the attention (the reference's defaults). downsampling, upsampling, sampling_rate: multipole's.
+    """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outs = []
-        for lvl, attn in enumerate(self.attn):
-            xl = F.avg_pool2d(x, 2 ** lvl, ceil_mode=True) if lvl else x
-            outs.append(attn(xl))
-        y = outs[-1]
-        for finer in reversed(outs[:-1]):
-            y = finer + F.interpolate(y, size=finer.shape[-2:], mode="bilinear", align_corners=False)
-        return y
-
-
-class MultipoleBlock(nn.Module):
-    def __init__(self, dim: int, levels: int, window: int, heads: int) -> None:
-        super().__init__()
-        self.mix = MultipoleAttention(dim, levels, window, heads)
-        self.mlp = nn.Sequential(nn.GroupNorm(1, dim), nn.Conv2d(dim, 2 * dim, 1), nn.GELU(), nn.Conv2d(2 * dim, dim, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.mix(x)
-        return x + self.mlp(x)
-
-
-class MultipoleClassifier(nn.Module):
-    """CNN stem (stride 8) -> ``depth`` multipole blocks -> global average pool -> one logit."""
-
-    def __init__(self, pretrained=False, dim: int = 64, depth: int = 2, levels: int = 3, window: int = 7,
-                 heads: int = 4) -> None:
+    def __init__(self, mixer: str, pretrained=False, input_size: int = 256, dim: int = 64, depth: int = 2,
+                 kernel_size: int = 7, stride: int | None = None, heads: int = 8, dim_head: int = 64,
+                 dropout: float = 0.0, downsampling: str = "avg_pool", upsampling: str = "nearest",
+                 sampling_rate: int = 2) -> None:
         super().__init__()
         if pretrained:
             import logging
 
-            logging.getLogger(__name__).warning("multipole has no pretrained weights; random initialisation")
+            logging.getLogger(__name__).warning("%s has no pretrained weights; random initialisation", mixer)
         self.stem = nn.Sequential(
             nn.Conv2d(3, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.GELU(),
             nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.GELU(),
             nn.Conv2d(64, dim, 3, 2, 1), nn.BatchNorm2d(dim), nn.GELU())
-        self.blocks = nn.Sequential(*[MultipoleBlock(dim, levels, window, heads) for _ in range(depth)])
+        fsize = max(1, input_size // 8)
+        self.blocks = nn.Sequential(*[MixerBlock(dim, mixer, fsize, kernel_size, stride, heads, dim_head, dropout,
+                                                 downsampling, upsampling, sampling_rate) for _ in range(depth)])
         self.head = nn.Linear(dim, 1)
+        self.levels = self.blocks[0].mixer.levels if mixer == "multipole" else 1
+
+    def forward_features(self, inputs: dict) -> torch.Tensor:
+        """(B, dim, H/8, W/8) after the last block."""
+        return self.blocks(self.stem(inputs["image"]))
 
     def forward(self, inputs: dict) -> torch.Tensor:
-        f = self.blocks(self.stem(inputs["image"]))
-        return self.head(f.mean(dim=(2, 3))).squeeze(1)
+        return self.head(self.forward_features(inputs).mean(dim=(2, 3))).squeeze(1)
+
+    def attention_params(self) -> int:
+        """Parameters of the attention modules (equal across the three mixers)."""
+        return sum(p.numel() for b in self.blocks for p in b.mixer.parameters())
+
+    def branches(self) -> dict[str, nn.Module]:
+        return {"stem": self.stem, "blocks": self.blocks, "head": self.head}
 
 
-@register_model(ModelSpec("multipole", input_size=256, paper="multipole local-window attention (this project)",
-                                defaults={"levels": 3}))
+_FAITHFUL = ("the reference modules of shared/seeds/003 with its two defects fixed (full window coverage, all "
+             "levels run); the surrounding CNN stem + ViT-style blocks are this project's")
+
+
+@register_model(ModelSpec("multipole", input_size=256, family="attention", size_options=("input_size",),
+                          paper="multipole attention (shared/seeds/003): one local attention shared across a "
+                                "pooled pyramid, merged coarse-to-fine",
+                          faithful=_FAITHFUL, target_layer="blocks.-1", explain="gradcam"))
 def multipole(pretrained=False, **kw) -> nn.Module:
-    return MultipoleClassifier(pretrained, **kw)
+    return AttentionClassifier("multipole", pretrained, **kw)
 
 
-@register_model(ModelSpec("local", input_size=256, paper="multipole ablation: one level",
-                                defaults={"levels": 1}))
+@register_model(ModelSpec("local", input_size=256, family="attention", size_options=("input_size",),
+                          paper="local-window attention (shared/seeds/003): the one-level ablation of multipole",
+                          faithful=_FAITHFUL, target_layer="blocks.-1"))
 def local(pretrained=False, **kw) -> nn.Module:
-    return MultipoleClassifier(pretrained, **kw)
+    return AttentionClassifier("local", pretrained, **kw)
+
+
+@register_model(ModelSpec("global", input_size=256, family="attention", size_options=("input_size",),
+                          paper="global multi-head self-attention (shared/seeds/003 AttentionBlock)",
+                          faithful=_FAITHFUL, target_layer="blocks.-1"))
+def global_(pretrained=False, **kw) -> nn.Module:
+    return AttentionClassifier("global", pretrained, **kw)
+
+
+__all__ = ["MIXERS", "AttentionClassifier", "MixerBlock"]

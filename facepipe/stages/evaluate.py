@@ -75,18 +75,21 @@ def run(checkpoint: str | Path, shards: list[str | Path], out_dir: str | Path, c
     """
     from facepipe.data.loader import make_loader
     from facepipe.metrics import metric_table, roc_points, video_scores
-    from facepipe.models import create_model, get_spec
+    from facepipe.models import create_model, get_spec, import_model_file
     from facepipe.train.engine import amp_dtype_for, load_checkpoint, predict
 
     if not shards:
         raise InputError("evaluate: no shard set given")
     ckpt = load_checkpoint(checkpoint)
+    for f in ckpt.get("imports") or ():
+        import_model_file(f)
     name = ckpt["model_name"]
     spec = get_spec(name)
     size = ckpt.get("image_size") or spec.input_size
     opts = dict(ckpt["params"].get("model_options") or {})
-    opts.update({k: size for k in spec.size_options})
+    opts.update({k: size for k in spec.size_options if k not in opts})
     model = create_model(name, **opts)
+    spec = model.spec
     model.load_state_dict(ckpt["model"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()

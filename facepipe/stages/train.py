@@ -48,8 +48,11 @@ STAGE_VERSION = 2
 class TrainConfig(Section):
     """Parameters of the ``train`` stage (section ``train``).
 
-    ``model`` from the zoo (``facepipe models``) with ``model_options``; ``pretrained``: ``false``,
-    ``true`` (local caches only) or a weights file. ``image_size``: ``null`` = the model's input size.
+    ``model`` from the zoo (``facepipe models``), ``timm:<name>`` or ``package.module:factory``, with
+    ``model_options``; ``imports``: Python files whose ``@register_model`` factories to load first (a user's own
+    model, ``--import FILE``). ``pretrained``: ``false``, ``true`` (local caches only) or a weights file.
+    ``loss_weights``: weight of each auxiliary loss the model returns (default: the model spec's, else 1).
+    ``image_size``: ``null`` = the model's input size.
     ``steps`` optimizer steps in all; validation every ``eval_every`` steps selects the best checkpoint on
     ``select`` (``video_auc`` or ``frame_auc``) of the **val** split, never test; training stops after
     ``patience`` validations without improvement. ``amp``: ``auto`` = bf16 autocast on CUDA, fp32 on CPU;
@@ -58,6 +61,8 @@ class TrainConfig(Section):
 
     model: str = "resnet18"
     model_options: dict = {}
+    imports: tuple[str, ...] = ()
+    loss_weights: dict[str, float] = {}
     pretrained: Union[bool, str] = False
     image_size: Optional[int] = Field(None, ge=16)
     batch_size: int = Field(32, ge=1)
@@ -95,18 +100,25 @@ class _State:
     stale: int = 0
 
 
-def build_model(cfg: TrainConfig, size: int) -> torch.nn.Module:
-    """The zoo model ``cfg.model`` with its options (``input_size`` passed to models whose spec needs it)."""
-    from facepipe.models import create_model, get_spec
+def build_model(cfg: TrainConfig, size: int | None = None) -> torch.nn.Module:
+    """The model ``cfg.model`` with its options; the training size goes to the spec's ``size_options``."""
+    from facepipe.models import create_model, get_spec, import_model_file
 
+    for f in cfg.imports:
+        import_model_file(f)
     spec = get_spec(cfg.model)
-    extra = {"input_size": size} if "input_size" in spec.size_options else {}
+    size = size or cfg.image_size or spec.input_size
+    extra = {k: size for k in spec.size_options if k not in cfg.model_options}
     return create_model(cfg.model, pretrained=cfg.pretrained, **extra, **cfg.model_options)
 
 
 def build_optimizer(cfg: TrainConfig, model: torch.nn.Module):
-    """AdamW/Adam over the trainable parameters and a cosine or step schedule."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """AdamW/Adam over the trainable parameters (the model's ``param_groups(lr)`` when it defines one) and a
+    cosine or step schedule."""
+    if hasattr(model, "param_groups"):
+        params = model.param_groups(cfg.lr)
+    else:
+        params = [p for p in model.parameters() if p.requires_grad]
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.steps) if cfg.schedule == "cosine"
@@ -114,12 +126,10 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module):
     return optimizer, scheduler
 
 
-def build_loaders(shards, index: dict, cfg: TrainConfig, freq: FreqConfig, size: int, device, step: int):
+def build_loaders(shards, index: dict, cfg: TrainConfig, freq: FreqConfig, size: int, device, step: int, spec):
     """The resampled, augmented train stream and the in-order val loader (views computed on the device)."""
     from facepipe.data.loader import make_loader
-    from facepipe.models import get_spec
 
-    spec = get_spec(cfg.model)
     kw = dict(image_size=size, views=spec.views, view_source="compute", freq=freq, mean=spec.mean, std=spec.std,
               device=device)
     train = make_loader(shards, "train", cfg.batch_size, cfg.num_workers, resampled=True,
@@ -161,7 +171,7 @@ def run(shards: str | Path, out_dir: str | Path, cfg: TrainConfig, freq: FreqCon
     """
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from facepipe.models import get_spec
+    from facepipe.models import get_spec, import_model_file
 
     freq = freq or FreqConfig()
     dist, device = setup_distributed()
@@ -170,11 +180,13 @@ def run(shards: str | Path, out_dir: str | Path, cfg: TrainConfig, freq: FreqCon
     for split in ("train", "val"):
         if not index["splits"].get(split, {}).get("samples"):
             raise InputError(f"{shards}: split '{split}' has no samples; training needs train and val")
-    spec = get_spec(cfg.model)
-    size = cfg.image_size or spec.input_size
+    for f in cfg.imports:
+        import_model_file(f)
+    size = cfg.image_size or get_spec(cfg.model).input_size
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     model = build_model(cfg, size).to(device)
+    spec = model.spec
     core = model
     if dist.world > 1:
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -196,13 +208,14 @@ def run(shards: str | Path, out_dir: str | Path, cfg: TrainConfig, freq: FreqCon
         elif dist.main:
             for stale in ("best.pt", "last.pt"):  # never let an earlier run's checkpoint pass for this one's
                 (out / stale).unlink(missing_ok=True)
-        train_loader, val_loader = build_loaders(shards, index, cfg, freq, size, device, st.step)
+        train_loader, val_loader = build_loaders(shards, index, cfg, freq, size, device, st.step, spec)
 
         def state() -> dict:
             return {"model": core.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "step": st.step, "best": st.best, "best_step": st.best_step,
                     "stale": st.stale, "params": cfg.model_dump(), "freq": freq.model_dump(),
                     "model_name": cfg.model, "image_size": size, "datasets": datasets,
+                    "imports": [str(Path(f).resolve()) for f in cfg.imports],
                     "schema_version": SCHEMA_VERSION, "facepipe_version": __version__,
                     "fingerprint": fingerprint(cfg, freq)}
 
@@ -246,7 +259,9 @@ def _loop(model, core, cfg: TrainConfig, st: _State, train_loader, val_loader, o
             batch = next(it)
         t1 = time.perf_counter()
         try:
-            loss = train_step(model, batch, optimizer, amp_dtype=amp, clip_norm=cfg.clip_norm)
+            result = train_step(model, batch, optimizer, amp_dtype=amp, clip_norm=cfg.clip_norm,
+                                loss_weights=cfg.loss_weights)
+            loss = result.loss
         except NonFiniteLoss as e:
             raise NonFiniteLoss(f"{e} at step {st.step + 1}: training stopped; the last good checkpoint is "
                                 f"{out / 'last.pt'}" + ("" if (out / "last.pt").exists() else " (none yet)")) from None
@@ -259,6 +274,8 @@ def _loop(model, core, cfg: TrainConfig, st: _State, train_loader, val_loader, o
         if live is not None:
             live.step = st.step
             live.log_metric("train/loss", loss)
+            for name, value in result.losses.items():
+                live.log_metric(f"train/loss_{name}", value)
             live.log_metric("train/lr", scheduler.get_last_lr()[0])
         if st.step % cfg.eval_every == 0 or st.step == cfg.steps:
             frame, video = validate(model, val_loader, amp)

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from facepipe._io import atomic_path
 from facepipe.data.schema import SCHEMA_VERSION
 from facepipe.errors import FacepipeError, InputError
+from facepipe.models._registry import logits_of
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,9 @@ def amp_dtype_for(device: torch.device, amp: str) -> torch.dtype | None:
     return torch.bfloat16 if amp == "auto" and device.type == "cuda" else None
 
 
-def model_inputs(model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
-    """The batch entries the detector consumes (``spec.inputs``).
+def model_inputs(model: torch.nn.Module, batch: dict, training: bool = False) -> dict[str, torch.Tensor]:
+    """The batch entries the model consumes (``spec.inputs``, and ``label`` in training when its auxiliary losses
+    need it: ``spec.uses_labels``).
 
     Raises:
         InputError: a needed view is missing from the batch (names it).
@@ -45,23 +47,57 @@ def model_inputs(model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]
     missing = [k for k in spec.inputs if k not in batch]
     if missing:
         raise InputError(f"model '{spec.name}' needs {missing} but the batch has {sorted(batch)}")
-    return {k: batch[k] for k in spec.inputs}
+    out = {k: batch[k] for k in spec.inputs}
+    if training and spec.uses_labels:
+        out["label"] = batch["label"]
+    return out
+
+
+@dataclass
+class StepResult:
+    """What one :func:`train_step` did.
+
+    Attributes:
+        loss: the total loss (BCE + weighted auxiliary losses).
+        losses: each term unweighted (``bce`` and the model's auxiliary losses).
+        grad_norm: global gradient norm before clipping (what ``clip_grad_norm_`` returned).
+        logits: (B,) detached float32 logits. labels: (B,) the labels.
+    """
+
+    loss: float
+    losses: dict[str, float]
+    grad_norm: float
+    logits: torch.Tensor
+    labels: torch.Tensor
+
+    def __float__(self) -> float:
+        return self.loss
+
+    def __gt__(self, other) -> bool:
+        return self.loss > other
+
+
+def _spec_of(model: torch.nn.Module):
+    return getattr(model, "spec", None) or model.module.spec
 
 
 def train_step(model: torch.nn.Module, batch: dict, optimizer: torch.optim.Optimizer, *,
-               amp_dtype: torch.dtype | None = None, clip_norm: float | None = 1.0) -> float:
-    """One optimisation step: forward (autocast when ``amp_dtype``), BCE-with-logits loss, backward,
-    gradient clipping, optimizer step.
+               amp_dtype: torch.dtype | None = None, clip_norm: float | None = 1.0,
+               loss_weights: dict[str, float] | None = None) -> StepResult:
+    """One optimisation step: forward (autocast when ``amp_dtype``), BCE-with-logits on the logit plus the model's
+    auxiliary losses (``{"logit", "losses"}`` outputs) weighted by ``loss_weights`` (default: the model spec's
+    ``loss_weights``, else 1), backward, gradient clipping, optimizer step.
 
     Args:
-        model: a zoo model (or DDP-wrapped one) returning (B,) logits.
-        batch: from :func:`facepipe.data.make_loader`; ``label`` (B,) int64 0 real / 1 fake.
+        model: a zoo model (or DDP-wrapped one).
+        batch: from :func:`facepipe.data.make_loader`; ``label`` (B,) int64 0 real / 1 fake (each face's).
         optimizer: its optimizer.
         amp_dtype: ``torch.bfloat16`` for mixed precision, ``None`` for fp32.
-        clip_norm: max global gradient norm, ``None`` to skip.
+        clip_norm: max global gradient norm, ``None`` to skip (the norm is still measured).
+        loss_weights: weight per auxiliary loss name.
 
     Returns:
-        The loss (float).
+        A :class:`StepResult` (``float(result)`` is the total loss).
 
     Raises:
         NonFiniteLoss: the loss is NaN/inf; nothing was updated.
@@ -69,16 +105,27 @@ def train_step(model: torch.nn.Module, batch: dict, optimizer: torch.optim.Optim
     model.train()
     device_type = batch["label"].device.type
     with torch.autocast(device_type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-        logits = model(model_inputs(model, batch))
-    loss = F.binary_cross_entropy_with_logits(logits.float(), batch["label"].float())
-    if not torch.isfinite(loss):
-        raise NonFiniteLoss(f"loss is {loss.item()}")
+        out = model(model_inputs(model, batch, training=True))
+    logits = logits_of(out).float()
+    labels = batch["label"]
+    bce = F.binary_cross_entropy_with_logits(logits, labels.float())
+    terms = {"bce": bce}
+    total = bce
+    weights = {**_spec_of(model).loss_weights, **(loss_weights or {})}
+    if isinstance(out, dict):
+        for name, value in (out.get("losses") or {}).items():
+            terms[name] = value.float()
+            total = total + float(weights.get(name, 1.0)) * value.float()
+    if not torch.isfinite(total):
+        bad = {k: float(v) for k, v in terms.items() if not torch.isfinite(v)}
+        raise NonFiniteLoss(f"loss is {total.item()} ({bad or 'the weighted sum'})")
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if clip_norm:
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], clip_norm)
+    total.backward()
+    params = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_norm if clip_norm else float("inf"))
     optimizer.step()
-    return float(loss.item())
+    return StepResult(float(total.item()), {k: float(v.item()) for k, v in terms.items()}, float(grad_norm),
+                      logits.detach(), labels.detach())
 
 
 PREDICTION_SCHEMA = {"key": pl.String, "dataset": pl.String, "video_id": pl.String, "method": pl.String,
@@ -106,24 +153,19 @@ def predict(model: torch.nn.Module, loader, *, amp_dtype: torch.dtype | None = N
         x = model_inputs(model, b)
         device_type = b["label"].device.type
         with torch.autocast(device_type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-            p = torch.sigmoid(_logits(model(x)).float())
+            p = torch.sigmoid(logits_of(model(x)).float())
             if tta_hflip:
                 flipped = {"image": x["image"].flip(-1)}
                 if len(x) > 1:
                     views = loader.views_of(flipped["image"])
                     flipped.update({k: views[k] for k in x if k != "image"})
-                p = (p + torch.sigmoid(_logits(model(flipped)).float())) / 2
+                p = (p + torch.sigmoid(logits_of(model(flipped)).float())) / 2
         for k in ("key", "dataset", "video_id", "method", "split", "frame_index", "track_id", "label_source"):
             rows[k].extend(b[k])
         rows["label"].extend(b["label"].tolist())
         rows["video_label"].extend(b["video_label"])
         rows["score"].extend(p.cpu().tolist())
     return pl.DataFrame(rows, schema=PREDICTION_SCHEMA)
-
-
-def _logits(out) -> torch.Tensor:
-    """A model's (B,) logits, from a tensor or from the ``{"logit": ...}`` dict form."""
-    return out["logit"] if isinstance(out, dict) else out
 
 
 @dataclass
