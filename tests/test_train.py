@@ -19,7 +19,7 @@ from facepipe.stages.train import TrainConfig
 from facepipe.stages.train import run as run_train
 from facepipe.train.engine import NonFiniteLoss, load_checkpoint, train_step
 
-SMALL = dict(model="resnet18", image_size=64, batch_size=8, steps=6, eval_every=3, checkpoint_every=3,
+SMALL = dict(detector="resnet18", image_size=64, batch_size=8, steps=6, eval_every=3, checkpoint_every=3,
              num_workers=0, lr=1e-3)
 
 
@@ -64,7 +64,7 @@ def test_train_selects_on_val_resumes_and_evaluates(example_shards, tmp_path):
     s2 = run_train(example_shards, out, TrainConfig(**{**SMALL, "steps": 9}), resume=True, progress=False)
     assert s2["steps"] == 9 and load_checkpoint(out / "last.pt")["step"] == 9
     with pytest.raises(InputError, match="checkpoint of model 'resnet18', asked to resume 'local'"):
-        run_train(example_shards, out, TrainConfig(**{**SMALL, "model": "local"}), resume=True, progress=False)
+        run_train(example_shards, out, TrainConfig(**{**SMALL, "detector": "local"}), resume=True, progress=False)
     r = run_evaluate(out / "best.pt", [example_shards], tmp_path / "eval", EvaluateConfig(num_workers=0, tta_hflip=True),
                      progress=False)
     preds = pl.read_parquet(tmp_path / "eval" / "predictions.parquet")
@@ -125,7 +125,7 @@ def test_no_stale_best_checkpoint_survives_a_new_run(example_shards, tmp_path, m
     out.mkdir()
     torch.save({"stale": True}, out / "best.pt")
     nan = {k: float("nan") for k in ("auc", "eer", "ap", "acc", "real_acc", "fake_acc")}
-    monkeypatch.setattr(stage, "validate", lambda *a, **k: (nan, nan))
+    monkeypatch.setattr(stage, "validate", lambda *a, **k: (nan, nan, {"score_std": 0.1, "predicted_fake": 0.5}))
     s = run_train(example_shards, out, TrainConfig(**SMALL), progress=False)
     assert s["best"] is None
     best = load_checkpoint(out / "best.pt")  # the stale file would not even load

@@ -300,11 +300,18 @@ class FrozenAwareModule(nn.Module):
 
 
 def get_layer(model: nn.Module, name: str) -> nn.Module:
-    """The sub-module ``name`` of ``model``; numeric parts may be negative (``blocks.-1`` = the last block).
+    """The sub-module ``name`` of ``model``; numeric parts may be negative (``blocks.-1`` = the last block); a name
+    that is not a full path may be the unique ending of one (``layer4`` = ``backbone.layer4``).
 
     Raises:
-        ConfigError: no such module (lists the top-level ones).
+        ConfigError: no such module (lists the top-level ones), or an ending that several modules share.
     """
+    if name and "-" not in name and name not in dict(model.named_modules()):
+        ends = [n for n, _ in model.named_modules() if n.endswith("." + name)]
+        if len(ends) > 1:
+            raise ConfigError(f"layer '{name}' is ambiguous: {', '.join(ends[:6])}")
+        if ends:
+            name = ends[0]
     m = model
     for part in name.split("."):
         try:

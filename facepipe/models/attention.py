@@ -104,6 +104,8 @@ class LocalAttention2D(nn.Module):
     (B * L, heads, k*k, k*k) for the L windows.
     """
 
+    channels_last = True  # 4-D maps are (B, H, W, C) (facepipe features reads this)
+
     def __init__(self, kernel_size: int = 7, stride: int | None = None, dim: int = 64, heads: int = 8,
                  dim_head: int = 64, dropout: float = 0.0) -> None:
         super().__init__()
@@ -237,6 +239,8 @@ class ShiftedWindowAttention(nn.Module):
     Shapes: (B, H, W, C) -> (B, H, W, C).
     """
 
+    channels_last = True  # 4-D maps are (B, H, W, C) (facepipe features reads this)
+
     def __init__(self, dim: int, heads: int = 8, dim_head: int = 64, window: int = 7, shift: int = 3,
                  dropout: float = 0.0) -> None:
         super().__init__()
@@ -306,6 +310,8 @@ class GlobalTokenAttention(nn.Module):
 
     Shapes: (B, N, C) -> (B, N, C), or (B, H, W, C) -> (B, H, W, C).
     """
+
+    channels_last = True  # 4-D maps are (B, H, W, C) (facepipe features reads this)
 
     def __init__(self, dim: int, heads: int = 8, dim_head: int = 64, n_tokens: int = 4, dropout: float = 0.0) -> None:
         super().__init__()

@@ -16,13 +16,11 @@ from pathlib import Path
 from typing import Literal
 
 import polars as pl
-import torch
 from pydantic import Field
 
 from facepipe._io import atomic_path
 from facepipe.config import Section
 from facepipe.errors import InputError
-from facepipe.freq.config import FreqConfig
 from facepipe.stages import contract
 
 log = logging.getLogger(__name__)
@@ -75,26 +73,13 @@ def run(checkpoint: str | Path, shards: list[str | Path], out_dir: str | Path, c
     """
     from facepipe.data.loader import make_loader
     from facepipe.metrics import metric_table, roc_points, video_scores
-    from facepipe.models import create_model, get_spec, import_model_file
-    from facepipe.train.engine import amp_dtype_for, load_checkpoint, predict
+    from facepipe.train.engine import model_from_checkpoint, predict
 
     if not shards:
         raise InputError("evaluate: no shard set given")
-    ckpt = load_checkpoint(checkpoint)
-    for f in ckpt.get("imports") or ():
-        import_model_file(f)
+    lm = model_from_checkpoint(checkpoint)
+    model, spec, size, freq, amp, device, ckpt = lm.model, lm.spec, lm.size, lm.freq, lm.amp, lm.device, lm.checkpoint
     name = ckpt["model_name"]
-    spec = get_spec(name)
-    size = ckpt.get("image_size") or spec.input_size
-    opts = dict(ckpt["params"].get("model_options") or {})
-    opts.update({k: size for k in spec.size_options if k not in opts})
-    model = create_model(name, **opts)
-    spec = model.spec
-    model.load_state_dict(ckpt["model"])
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device).eval()
-    amp = amp_dtype_for(device, ckpt["params"].get("amp", "auto"))
-    freq = FreqConfig.model_validate(ckpt.get("freq") or {})
     frames = []
     for src in shards:
         loader = make_loader(src, cfg.split, cfg.batch_size, cfg.num_workers, shuffle=False, rank=0, world_size=1,

@@ -8,10 +8,11 @@ tensors and plain values, read back with ``torch.load(weights_only=True)``. The 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
@@ -32,8 +33,11 @@ class NonFiniteLoss(FacepipeError):
 
 
 def amp_dtype_for(device: torch.device, amp: str) -> torch.dtype | None:
-    """bf16 autocast on CUDA when ``amp == "auto"``; ``None`` (fp32) on the CPU or when off."""
-    return torch.bfloat16 if amp == "auto" and device.type == "cuda" else None
+    """The autocast dtype of an ``amp`` setting: ``auto`` = bf16 on CUDA and fp32 (``None``) on the CPU; ``bf16``;
+    ``fp16`` (use a ``GradScaler``); ``off`` = fp32."""
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
 
 
 def model_inputs(model: torch.nn.Module, batch: dict, training: bool = False) -> dict[str, torch.Tensor]:
@@ -58,10 +62,13 @@ class StepResult:
     """What one :func:`train_step` did.
 
     Attributes:
-        loss: the total loss (BCE + weighted auxiliary losses).
+        loss: the total loss (BCE + weighted auxiliary losses), averaged over micro-batches.
         losses: each term unweighted (``bce`` and the model's auxiliary losses).
-        grad_norm: global gradient norm before clipping (what ``clip_grad_norm_`` returned).
-        logits: (B,) detached float32 logits. labels: (B,) the labels.
+        grad_norm: global gradient norm before clipping (what ``clip_grad_norm_`` returned; unscaled under fp16).
+        branch_norms: the same per named branch (``model.branches()``); 0.0 for a branch that got no gradient.
+        logits: (B,) detached float32 logits of all micro-batches. labels: (B,) the labels.
+        scale: the fp16 loss scale after the step (``None`` without a scaler).
+        skipped: the fp16 scaler found inf/NaN gradients and skipped the optimizer step.
     """
 
     loss: float
@@ -69,6 +76,9 @@ class StepResult:
     grad_norm: float
     logits: torch.Tensor
     labels: torch.Tensor
+    branch_norms: dict[str, float] = field(default_factory=dict)
+    scale: float | None = None
+    skipped: bool = False
 
     def __float__(self) -> float:
         return self.loss
@@ -81,20 +91,42 @@ def _spec_of(model: torch.nn.Module):
     return getattr(model, "spec", None) or model.module.spec
 
 
-def train_step(model: torch.nn.Module, batch: dict, optimizer: torch.optim.Optimizer, *,
+def _core(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") and isinstance(model.module, torch.nn.Module) else model
+
+
+def branch_grad_norms(model: torch.nn.Module) -> dict[str, float]:
+    """L2 norm of the current gradients of each branch the model names (``branches()``); 0.0 without gradients."""
+    core = _core(model)
+    if not hasattr(core, "branches"):
+        return {}
+    out = {}
+    for name, mod in core.branches().items():
+        sq = [p.grad.detach().float().pow(2).sum() for p in mod.parameters() if p.requires_grad and p.grad is not None]
+        if any(p.requires_grad for p in mod.parameters()):
+            out[name] = float(torch.stack(sq).sum().sqrt()) if sq else 0.0
+    return out
+
+
+def train_step(model: torch.nn.Module, batch: dict | list[dict], optimizer: torch.optim.Optimizer, *,
                amp_dtype: torch.dtype | None = None, clip_norm: float | None = 1.0,
-               loss_weights: dict[str, float] | None = None) -> StepResult:
-    """One optimisation step: forward (autocast when ``amp_dtype``), BCE-with-logits on the logit plus the model's
-    auxiliary losses (``{"logit", "losses"}`` outputs) weighted by ``loss_weights`` (default: the model spec's
-    ``loss_weights``, else 1), backward, gradient clipping, optimizer step.
+               loss_weights: dict[str, float] | None = None, scaler: torch.amp.GradScaler | None = None,
+               branch_norms: bool = False) -> StepResult:
+    """One optimisation step: for each micro-batch, forward (autocast when ``amp_dtype``), BCE-with-logits on the
+    logit plus the model's auxiliary losses (``{"logit", "losses"}`` outputs) weighted by ``loss_weights`` (default:
+    the model spec's ``loss_weights``, else 1), backward of ``loss / n``; then (fp16: unscale) gradient norm and
+    clipping, optimizer step (fp16: through the scaler, which skips steps with inf/NaN gradients).
 
     Args:
         model: a zoo model (or DDP-wrapped one).
-        batch: from :func:`facepipe.data.make_loader`; ``label`` (B,) int64 0 real / 1 fake (each face's).
+        batch: from :func:`facepipe.data.make_loader` (``label`` (B,) int64 0 real / 1 fake, each face's), or a
+            list of such micro-batches accumulated into one step (gradient accumulation; DDP syncs on the last).
         optimizer: its optimizer.
-        amp_dtype: ``torch.bfloat16`` for mixed precision, ``None`` for fp32.
+        amp_dtype: ``torch.bfloat16`` / ``torch.float16`` for mixed precision, ``None`` for fp32.
         clip_norm: max global gradient norm, ``None`` to skip (the norm is still measured).
         loss_weights: weight per auxiliary loss name.
+        scaler: a ``torch.amp.GradScaler`` for fp16 (its scale is reported).
+        branch_norms: also measure each named branch's gradient norm.
 
     Returns:
         A :class:`StepResult` (``float(result)`` is the total loss).
@@ -103,29 +135,52 @@ def train_step(model: torch.nn.Module, batch: dict, optimizer: torch.optim.Optim
         NonFiniteLoss: the loss is NaN/inf; nothing was updated.
     """
     model.train()
-    device_type = batch["label"].device.type
-    with torch.autocast(device_type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-        out = model(model_inputs(model, batch, training=True))
-    logits = logits_of(out).float()
-    labels = batch["label"]
-    bce = F.binary_cross_entropy_with_logits(logits, labels.float())
-    terms = {"bce": bce}
-    total = bce
+    micro = batch if isinstance(batch, list) else [batch]
+    n = len(micro)
     weights = {**_spec_of(model).loss_weights, **(loss_weights or {})}
-    if isinstance(out, dict):
-        for name, value in (out.get("losses") or {}).items():
-            terms[name] = value.float()
-            total = total + float(weights.get(name, 1.0)) * value.float()
-    if not torch.isfinite(total):
-        bad = {k: float(v) for k, v in terms.items() if not torch.isfinite(v)}
-        raise NonFiniteLoss(f"loss is {total.item()} ({bad or 'the weighted sum'})")
     optimizer.zero_grad(set_to_none=True)
-    total.backward()
+    sums: dict[str, float] = {}
+    total_sum = 0.0
+    all_logits, all_labels = [], []
+    for k, b in enumerate(micro):
+        sync = contextlib.nullcontext() if k == n - 1 or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            device_type = b["label"].device.type
+            with torch.autocast(device_type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+                out = model(model_inputs(model, b, training=True))
+            logits = logits_of(out).float()
+            labels = b["label"]
+            terms = {"bce": F.binary_cross_entropy_with_logits(logits, labels.float())}
+            total = terms["bce"]
+            if isinstance(out, dict):
+                for name, value in (out.get("losses") or {}).items():
+                    terms[name] = value.float()
+                    total = total + float(weights.get(name, 1.0)) * value.float()
+            if not torch.isfinite(total):
+                bad = {k_: float(v) for k_, v in terms.items() if not torch.isfinite(v)}
+                optimizer.zero_grad(set_to_none=True)
+                raise NonFiniteLoss(f"loss is {total.item()} ({bad or 'the weighted sum'})")
+            (scaler.scale(total / n) if scaler is not None else total / n).backward()
+        total_sum += float(total.item()) / n
+        for name, v in terms.items():
+            sums[name] = sums.get(name, 0.0) + float(v.item()) / n
+        all_logits.append(logits.detach())
+        all_labels.append(labels.detach())
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    norms = branch_grad_norms(model) if branch_norms else {}  # before clipping, like the global norm
     params = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_norm if clip_norm else float("inf"))
-    optimizer.step()
-    return StepResult(float(total.item()), {k: float(v.item()) for k, v in terms.items()}, float(grad_norm),
-                      logits.detach(), labels.detach())
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip_norm if clip_norm else float("inf")))
+    skipped = False
+    if scaler is not None:
+        before = scaler.get_scale()
+        scaler.step(optimizer)
+        scaler.update()
+        skipped = scaler.get_scale() < before
+    else:
+        optimizer.step()
+    return StepResult(total_sum, sums, grad_norm, torch.cat(all_logits), torch.cat(all_labels), norms,
+                      scaler.get_scale() if scaler is not None else None, skipped)
 
 
 PREDICTION_SCHEMA = {"key": pl.String, "dataset": pl.String, "video_id": pl.String, "method": pl.String,
@@ -236,3 +291,43 @@ def load_checkpoint(path: str | Path, model_name: str | None = None) -> dict:
     if model_name is not None and ckpt["model_name"] != model_name:
         raise InputError(f"{p}: checkpoint of model '{ckpt['model_name']}', asked to resume '{model_name}'")
     return ckpt
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint's model ready for inference: the module (eval mode, on ``device``), its spec, the image size,
+    the ``freq`` parameters it was trained with, the autocast dtype, and the raw checkpoint."""
+
+    model: torch.nn.Module
+    spec: object
+    size: int
+    freq: object
+    amp: torch.dtype | None
+    device: torch.device
+    checkpoint: dict
+
+
+def model_from_checkpoint(path: str | Path, device: str | torch.device | None = None) -> LoadedModel:
+    """Rebuild the model a facepipe checkpoint was trained as (its imports, options and size) and load its weights.
+
+    Raises:
+        InputError: unreadable checkpoint (see :func:`load_checkpoint`).
+    """
+    from facepipe.freq.config import FreqConfig
+    from facepipe.models import create_model, get_spec, import_model_file
+
+    ckpt = load_checkpoint(path)
+    for f in ckpt.get("imports") or ():
+        import_model_file(f)
+    name = ckpt["model_name"]
+    spec = get_spec(name)
+    size = ckpt.get("image_size") or spec.input_size
+    params = ckpt["params"]
+    opts = dict(params.get("detector_options", params.get("model_options")) or {})
+    opts.update({k: size for k in spec.size_options if k not in opts})
+    model = create_model(name, **opts)
+    model.load_state_dict(ckpt["model"])
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(dev).eval()
+    amp = amp_dtype_for(dev, ckpt["params"].get("amp", "auto"))
+    return LoadedModel(model, model.spec, size, FreqConfig.model_validate(ckpt.get("freq") or {}), amp, dev, ckpt)
