@@ -38,7 +38,9 @@ def repo(tmp_path_factory) -> Path:
     params["train"].update(image_size=64, steps=4, eval_every=2, checkpoint_every=2, batch_size=8, num_workers=0)
     params["evaluate"]["num_workers"] = 0
     (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (d / ".gitignore").write_text("__pycache__/\n")
+    # the project's own .gitignore: data/ stays out of git, so every metric an experiment reports must come
+    # through the DVC cache (a `cache: false` metrics file under data/ would be missing from every experiment)
+    shutil.copy(ROOT / ".gitignore", d / ".gitignore")
     _run(["git", "init", "-q"], d)
     _run(["dvc", "init", "-q"], d)
     _run(["dvc", "repro"], d)

@@ -112,9 +112,10 @@ def test_a_constant_model_is_caught_within_patience(example_shards, tmp_path, us
 def test_a_branch_without_gradient_is_named(example_shards, tmp_path, user_models, caplog):
     cfg = TrainConfig(**{**SMALL, "detector": f"{user_models}:two_branch", "dead_branch_steps": 3})
     with caplog.at_level(logging.WARNING, logger="facepipe.stages.train"):
-        run_train(example_shards, tmp_path / "run", cfg, progress=False)
+        s = run_train(example_shards, tmp_path / "run", cfg, progress=False)
     warned = [r.getMessage() for r in caplog.records if "received no gradient" in r.getMessage()]
     assert len(warned) == 1 and "'freq'" in warned[0]
+    assert s["dead_branches"] == ["freq"]
     assert _curve(tmp_path / "run", "train/grad_norm_freq") == [0.0] * 4
     assert all(v > 0 for v in _curve(tmp_path / "run", "train/grad_norm_rgb"))
 

@@ -540,4 +540,4 @@ def _loop(model, core, cfg: TrainConfig, st: _State, train_loader, val_loader, o
             "best_step": st.best_step, "best_ema": st.best_ema if st.best_ema > -math.inf else None,
             "select": cfg.select, "stop": reason, "collapsed": bool(collapse.evidence and
                                                                     len(collapse.evidence) >= cfg.collapse.patience),
-            "data_wait_fraction": wait_s / max(wait_s + compute_s, 1e-9)}
+            "dead_branches": sorted(dead.warned), "data_wait_fraction": wait_s / max(wait_s + compute_s, 1e-9)}
