@@ -12,7 +12,7 @@ import typer
 
 from facepipe import __version__
 from facepipe.config import load_params, validate_section
-from facepipe.errors import ConfigError, FacepipeError
+from facepipe.errors import ConfigError, FacepipeError, InputError
 
 app = typer.Typer(
     name="facepipe",
@@ -327,6 +327,46 @@ def evaluate(
     for row in r["cross_dataset"]:
         typer.echo(f"  {row['trained_on']} -> {row['tested_on']}{' (cross)' if row['cross'] else ''}: "
                    f"video AUC {fmt(row['video_auc'])}, frame AUC {fmt(row['frame_auc'])}")
+
+
+@app.command()
+def explain(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint from 'facepipe train' (best.pt)."),
+    shards: Path = typer.Option(..., "--shards", help="Shard folder (index.json) to read faces from."),
+    out: Path = typer.Option(..., "--out", help="Output folder (replaced): images, maps.npz, summary, gallery.html."),
+    params: Optional[Path] = typer.Option(None, "--params", help="params.yaml to read the 'explain' section from."),
+    split: Optional[str] = typer.Option(None, help="Split to read (default test)."),
+    n: Optional[int] = typer.Option(None, "--n", min=1, help="Faces to explain, a seeded choice (default 16)."),
+    keys: Optional[Path] = typer.Option(None, "--keys", help="File with one sample key per line (instead of --n)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the choice of faces."),
+    method: Optional[str] = typer.Option(
+        None, help="auto | gradcam | gradcam++ | attn_grad | rollout (auto: the model's default)."),
+    layers: Optional[str] = typer.Option(None, help="last | last4 | all, or comma-separated module names."),
+    head_fusion: Optional[str] = typer.Option(None, "--head-fusion", help="mean | max | min over attention heads."),
+    metrics: Optional[Path] = typer.Option(None, "--metrics", help="Also write the summary means to this JSON."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Grad-CAM / Grad-CAM++ / gradient-weighted attention / rollout maps of a checkpoint on a sample of faces."""
+    from facepipe.stages.explain import ExplainConfig, run
+
+    lay = None
+    if layers is not None:
+        lay = layers if layers in ("last", "last4", "all") else _csv_list(layers)
+    cfg = _configure(ExplainConfig, _params_data(params, "explain", ExplainConfig),
+                     {"split": split, "n": n, "seed": seed, "method": method, "layers": lay,
+                      "head_fusion": head_fusion}, "explain")
+    key_list = None
+    if keys is not None:
+        try:
+            key_list = [k.strip() for k in keys.read_text().splitlines() if k.strip()]
+        except OSError as e:
+            raise InputError(f"{keys}: cannot read the key list ({e.strerror})") from None
+        if not key_list:
+            raise InputError(f"{keys}: no keys in the file")
+    m = run(checkpoint, shards, out, cfg, keys=key_list, metrics=metrics, progress=progress)
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    typer.echo(f"explain {m['model']} ({m['explain_method']}): {m['n']} faces, face mass {fmt(m['face_mass'])}, "
+               f"pointing game {fmt(m['pointing_game'])} on {m['n_masked']} masked faces -> {out / 'gallery.html'}")
 
 
 @app.command()

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 META_KEYS = ("key", "dataset", "video_id", "method", "split", "frame_index", "track_id", "video_label", "label_source",
-             "manipulation_score")
+             "manipulation_score", "landmarks", "affine", "crop_size")
 
 
 @dataclass(frozen=True)
@@ -456,7 +456,9 @@ def make_loader(
         A :class:`FaceLoader`; each batch is a dict with ``image`` (B, 3, H, W) float32 normalised,
         ``label`` (B,) int64 (the face's label: 0 real, 1 fake), every view in ``views`` (B, C', H', W')
         float32, and lists ``key``, ``dataset``, ``video_id``, ``method``, ``split``, ``frame_index``,
-        ``track_id``, ``video_label``, ``label_source``, ``manipulation_score``.
+        ``track_id``, ``video_label``, ``label_source``, ``manipulation_score``, ``landmarks`` (5 x,y points in
+        source-frame pixels), ``affine`` (the 2x3 source -> crop matrix) and ``crop_size`` (the stored crop's side;
+        the batch's images are resized from it to ``image_size``).
 
     Raises:
         InputError / SchemaError: see :func:`resolve_shards`.

@@ -208,7 +208,7 @@ class ViTHybrid(FrozenAwareModule):
                                 "(shared/seeds/000, 003, 004)",
                           faithful="timm ViT-B/16 blocks with the reference attention modules swapped in (Swin's "
                                    "alternating shift for 'shifted'); no class token, average-pooled",
-                          target_layer="vit.blocks.-1.norm1", explain="attn_grad"))
+                          target_layer="vit.blocks.-1.norm1"))
 def vit_hybrid(pretrained=False, **kw) -> nn.Module:
     return ViTHybrid(pretrained, **kw)
 

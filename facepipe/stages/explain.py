@@ -1,0 +1,87 @@
+"""The ``explain`` stage: where the trained detector looks, on a fixed seeded sample of the test split.
+
+Runs :func:`facepipe.explain.explain` (Grad-CAM family, gradient-weighted attention or rollout; per-face real /
+fake / comparison images, ``maps.npz``, ``summary.parquet``, ``gallery.html``) into a staging folder beside the
+output and swaps it in whole, so the output never mixes two runs' images; the summary means go to a metrics JSON
+for DVC.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+from pydantic import Field
+
+from facepipe.config import Section
+from facepipe.stages import contract
+
+STAGE = "explain"
+STAGE_VERSION = 1
+
+
+class ExplainConfig(Section):
+    """Parameters of the ``explain`` stage (section ``explain``).
+
+    ``method``: ``auto`` (the model's default: Grad-CAM for CNNs and hybrids, gradient-weighted attention for
+    ViT / CLIP models) | ``gradcam`` | ``gradcam++`` | ``attn_grad`` | ``rollout``. ``layers``: ``last`` |
+    ``last4`` | ``all`` or a list of module names. ``head_fusion``: ``mean`` | ``max`` | ``min`` (attention
+    methods). ``n`` faces of ``split`` chosen with ``seed``; ``top_percent``: the map's top share compared with
+    manipulation masks (IoU).
+    """
+
+    split: str = "test"
+    n: int = Field(16, ge=1)
+    seed: int = 0
+    method: Literal["auto", "gradcam", "gradcam++", "attn_grad", "rollout"] = "auto"
+    layers: Union[Literal["last", "last4", "all"], list[str]] = "last"
+    head_fusion: Literal["mean", "max", "min"] = "mean"
+    top_percent: float = Field(20.0, gt=0, le=100)
+    batch_size: int = Field(8, ge=1)
+
+
+def fingerprint(cfg: ExplainConfig) -> str:
+    """Parameters, stage version and code."""
+    return contract.fingerprint(STAGE, STAGE_VERSION, cfg.model_dump(exclude={"batch_size"}), __name__)
+
+
+def run(checkpoint: str | Path, shards: str | Path, out_dir: str | Path, cfg: ExplainConfig,
+        keys: Optional[list[str]] = None, metrics: str | Path | None = None, progress: bool = True) -> dict:
+    """Explain ``cfg.n`` seeded faces (or ``keys``) of ``cfg.split`` into ``out_dir`` (replaced whole).
+
+    Returns:
+        The summary means (also ``OUT/summary.json`` and, when given, ``metrics``).
+
+    Raises:
+        InputError / ConfigError: see :func:`facepipe.explain.explain`.
+    """
+    from facepipe.explain import explain
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with contract.stage_lock(out.parent, STAGE):
+        staging = out.parent / f".staging-{out.name}-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            means = explain(checkpoint, shards, staging, split=cfg.split, n=cfg.n, keys=keys, seed=cfg.seed,
+                            method=None if cfg.method == "auto" else cfg.method, layers=cfg.layers,
+                            head_fusion=cfg.head_fusion, top_percent=cfg.top_percent, batch_size=cfg.batch_size,
+                            progress=progress)
+            old = out.parent / f".old-{out.name}-{os.getpid()}"
+            if out.exists():
+                out.rename(old)
+            staging.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        if metrics is not None:
+            import json
+
+            from facepipe._io import atomic_path
+
+            Path(metrics).parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(Path(metrics)) as tmp:
+                tmp.write_text(json.dumps(means, indent=1))
+    return means

@@ -1,0 +1,265 @@
+"""facepipe explain: sanity of the maps (toy models whose answer is known), every zoo member with its default method,
+the outputs on the example's shards, the gallery in headless Chromium, and the error for a model without global
+attention."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import polars as pl
+import pytest
+import timm
+import torch
+from test_models import TINY
+from torch import nn
+
+from facepipe.errors import ConfigError, InputError
+from facepipe.explain import (
+    ImageModel,
+    attention_rollout,
+    attention_sites,
+    explain_batch,
+    face_mass,
+    face_region,
+    pointing_hit,
+    relevance_to_grid,
+    topk_iou,
+)
+from facepipe.models import ModelSpec, create_model, list_models
+
+HALF = (0.5, 0.5, 0.5)
+
+
+class QuadrantCNN(nn.Module):
+    """Output = positive sum of ReLU features of the top-right quadrant only (rows < H/2, columns >= W/2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spec = ModelSpec("toy_quadrant", input_size=32, target_layer="masked")
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 2, 1), nn.ReLU())
+        keep = torch.zeros(1, 1, 16, 16)
+        keep[..., :8, 8:] = 1
+        self.register_buffer("keep", keep)
+        self.masked = nn.Identity()
+        self.head = nn.Linear(8, 1)
+        nn.init.constant_(self.head.weight, 1.0)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, inputs):
+        f = self.masked(self.features(inputs["image"]) * self.keep)
+        return self.head(f.mean((2, 3))).squeeze(1)
+
+
+def test_gradcam_of_a_quadrant_model_lies_in_its_quadrant():
+    torch.manual_seed(0)
+    w = ImageModel(QuadrantCNN())
+    real, fake, logits = explain_batch(w, torch.rand(4, 3, 32, 32), "gradcam")
+    assert fake.shape == (4, 32, 32) and logits.shape == (4,)
+    share = fake[:, :16, 16:].sum((1, 2)) / fake.sum((1, 2))
+    assert (share > 0.9).all(), share  # measured: 0.97-0.98 (bilinear upsampling spills over the border)
+    # the map is not transposed or flipped: the top-left and bottom quadrants hold almost nothing
+    assert (fake[:, 16:, :].sum((1, 2)) / fake.sum((1, 2)) < 0.05).all()
+    # the real map (-logit) has only negative weights here: Grad-CAM's ReLU leaves nothing; the maps differ
+    assert real.max() == 0 and not np.allclose(real, fake)
+    _, fake_pp, _ = explain_batch(w, torch.rand(2, 3, 32, 32), "gradcam++")
+    assert (fake_pp[:, :16, 16:].sum((1, 2)) / fake_pp.sum((1, 2)) > 0.9).all()
+
+
+class OnePatchViT(nn.Module):
+    """A one-block ViT (class token, no position embedding, no qkv bias) that zeroes every patch token but ``p``:
+    its output depends on patch ``p`` only."""
+
+    def __init__(self, p: int) -> None:
+        super().__init__()
+        self.spec = ModelSpec("toy_vit", input_size=32, mean=HALF, std=HALF, target_layer="vit.blocks.-1.norm1",
+                              explain="attn_grad")
+        self.vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32,
+                                     patch_size=8, embed_dim=32, depth=1, num_heads=2, qkv_bias=False)
+        with torch.no_grad():
+            self.vit.pos_embed.zero_()
+        keep = torch.zeros(1, 16, 1)
+        keep[0, p] = 1
+        self.register_buffer("keep", keep)
+        self.head = nn.Linear(32, 1)
+
+    def forward(self, inputs):
+        x = self.vit.patch_embed(inputs["image"]) * self.keep
+        x = self.vit.norm_pre(self.vit._pos_embed(x))
+        x = self.vit.norm(self.vit.blocks(x))
+        return self.head(x[:, 0]).squeeze(1)
+
+
+@pytest.mark.parametrize("p", [5, 14])
+def test_gradient_weighted_attention_peaks_at_the_patch_that_decides(p):
+    torch.manual_seed(p)
+    w = ImageModel(OnePatchViT(p))
+    real, fake, _ = explain_batch(w, torch.randn(3, 3, 32, 32), "attn_grad", layers="all")
+    row, col = divmod(p, 4)
+    for both in real + fake:  # one of the two signs pushes through the patch; the other map is blank
+        iy, ix = np.unravel_index(np.argmax(both), both.shape)
+        assert (iy // 8, ix // 8) == (row, col)
+
+
+def test_rollout_rows_sum_to_one_and_form_the_token_grid():
+    torch.manual_seed(0)
+    model = OnePatchViT(3)
+    from facepipe.explain import AttentionTap
+
+    sites = attention_sites(model)
+    assert [s.name for s in sites] == ["vit.blocks.0.attn"]
+    with AttentionTap(sites) as tap:
+        model({"image": torch.randn(2, 3, 32, 32)})
+        attn = list(tap.maps)
+    assert attn[0].shape == (2, 2, 17, 17) and attn[0].requires_grad  # kept in the graph
+    for fusion in ("mean", "max", "min"):
+        r = attention_rollout(attn * 3, fusion)
+        assert r.shape == (2, 17, 17)
+        torch.testing.assert_close(r.sum(-1), torch.ones(2, 17))
+        assert relevance_to_grid(r, 1, True).shape == (2, 4, 4)
+    real, fake, _ = explain_batch(ImageModel(model), torch.randn(2, 3, 32, 32), "rollout")
+    assert fake.shape == (2, 32, 32) and np.array_equal(real, fake)  # gradient-free: class-agnostic
+
+
+def test_frozen_clip_backbone_maps_are_not_blank():
+    kw, size = TINY["clip_linear"]
+    torch.manual_seed(0)
+    model = create_model("clip_linear", **kw)
+    assert not any(p.requires_grad for p in model.clip.parameters())  # frozen: only the head trains
+    w = ImageModel(model)
+    x = torch.randn(2, 3, size, size)
+    for method in ("gradcam", "attn_grad"):
+        real, fake, _ = explain_batch(w, x, method)
+        both = np.stack([real, fake])
+        assert both.max() > 0.5 and both.std() > 0.01, method
+
+
+def test_the_real_and_fake_maps_of_a_one_logit_model_differ():
+    torch.manual_seed(0)
+    w = ImageModel(create_model("resnet18"))
+    real, fake, _ = explain_batch(w, torch.randn(2, 3, 64, 64))
+    assert real.shape == fake.shape == (2, 64, 64) and np.abs(real - fake).mean() > 0.05
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_member_explains_with_its_default_method(name):
+    kw, size = TINY.get(name, ({}, 64))
+    torch.manual_seed(0)
+    model = create_model(name, **kw)
+    w = ImageModel(model)
+    x = torch.randn(2, 3, size, size)
+    real, fake, logits = explain_batch(w, x)
+    assert real.shape == fake.shape == (2, size, size) and logits.shape == (2,)
+    both = np.stack([real, fake])
+    assert np.isfinite(both).all() and both.min() >= 0 and both.max() <= 1 and both.max() > 0
+    if model.spec.explain == "attn_grad":
+        assert attention_sites(model)
+        r2, f2, _ = explain_batch(w, x, "rollout", layers="last4", fusion="max")
+        assert f2.shape == (2, size, size)
+
+
+@pytest.mark.parametrize("name", ["swin_t", "local", "multipole", "vit_hybrid"])
+def test_attention_methods_name_what_works_for_windowed_attention(name):
+    kw, size = TINY[name]
+    w = ImageModel(create_model(name, **kw))
+    with pytest.raises(ConfigError, match=r"needs global self-attention.*use --method gradcam or gradcam\+\+"):
+        explain_batch(w, torch.randn(1, 3, size, size), "attn_grad")
+
+
+def test_statistics_against_face_and_mask():
+    cam = np.zeros((8, 8), np.float32)
+    cam[2, 3] = 1.0
+    cam[6, 6] = 0.5
+    mask = np.zeros((8, 8), bool)
+    mask[1:4, 2:5] = True
+    assert pointing_hit(cam, mask) == 1.0 and pointing_hit(cam, ~mask) == 0.0
+    assert topk_iou(cam, mask, 100 / 64) == pytest.approx(1 / 9)  # top pixel inside a 9-pixel mask
+    region = np.zeros((8, 8), bool)
+    region[:4] = True
+    assert face_mass(cam, region) == pytest.approx(1 / 1.5)
+    # landmarks through the affine and the resize: identity affine, crop 16 -> 8
+    lm = [[6, 6], [10, 6], [8, 8], [7, 10], [9, 10]]  # -> eyes (3, 3), (5, 3), mouth (3.5, 5), (4.5, 5); x2
+    reg = face_region(lm, [[1, 0, 0], [0, 1, 0]], 16, 8)
+    assert reg[4, 4] and reg[2, 3] and not reg[0, 0] and not reg[1, 4] and not reg[7, 4]
+    shifted = face_region(lm, [[1, 0, -4], [0, 1, 0]], 16, 8)  # the affine moves the face 2 px left in the crop
+    assert shifted[4, 2] and not shifted[4, 5]
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(example_shards, tmp_path_factory):
+    from facepipe.stages.train import TrainConfig
+    from facepipe.stages.train import run as run_train
+
+    out = tmp_path_factory.mktemp("explain_train")
+    run_train(example_shards, out, TrainConfig(detector="resnet18", image_size=64, steps=2, eval_every=2,
+                                               checkpoint_every=2, batch_size=8, num_workers=0), progress=False)
+    return out / "best.pt"
+
+
+def test_explain_writes_images_maps_summary_and_a_gallery_that_loads(checkpoint, example_shards, tmp_path):
+    from typer.testing import CliRunner
+
+    from facepipe.cli import app
+
+    out = tmp_path / "explain" / "gallery"
+    r = CliRunner().invoke(app, ["explain", "--checkpoint", str(checkpoint), "--shards", str(example_shards),
+                                 "--out", str(out), "--n", "4", "--metrics", str(tmp_path / "m.json"),
+                                 "--no-progress"])
+    assert r.exit_code == 0, r.output
+    summary = pl.read_parquet(out / "summary.parquet")
+    assert summary.height == 4
+    maps = np.load(out / "maps.npz")
+    assert maps["fake"].shape == maps["real"].shape == (4, 64, 64) and maps["fake"].dtype == np.float16
+    assert maps["keys"].tolist() == summary["key"].to_list()
+    for i, row in enumerate(summary.iter_rows(named=True)):
+        for col in ("real_png", "fake_png", "comparison_png"):
+            assert (out / row[col]).stat().st_size > 1000
+        if maps["fake"][i].max() > 0:  # the face region comes from the stored landmarks
+            assert 0 <= row["face_mass"] <= 1
+        else:  # a blank fake map (Grad-CAM's ReLU left nothing) has no mass to share out
+            assert np.isnan(row["face_mass"])
+        if maps["real"][i].max() > 0:
+            assert 0 <= row["face_mass_real"] <= 1
+        assert maps["fake"][i].max() > 0 or maps["real"][i].max() > 0
+        assert row["has_mask"] == (not np.isnan(row["pointing_hit"]))
+    means = json.loads((tmp_path / "m.json").read_text())
+    assert means == json.loads((out / "summary.json").read_text()) and means["n"] == 4
+    assert means["explain_method"] == "gradcam" and means["model"] == "resnet18"
+    # the same seed picks the same faces; another n replaces the folder whole (no earlier images left)
+    r = CliRunner().invoke(app, ["explain", "--checkpoint", str(checkpoint), "--shards", str(example_shards),
+                                 "--out", str(out), "--n", "2", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert len(list(out.glob("*_comparison.png"))) == 2
+    assert not list(out.parent.glob(".staging-*"))
+
+    browser = _chromium()
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+                          "--dump-dom", (out / "gallery.html").as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout
+    assert 'data-loaded="6"' in dom and 'data-failed="0"' in dom, dom[:500]
+    # a gallery whose images are gone says so
+    for p in out.glob("*_fake.png"):
+        p.unlink()
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+                          "--dump-dom", (out / "gallery.html").as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout
+    assert 'data-loaded="4"' in dom and 'data-failed="2"' in dom
+
+
+def test_explain_names_keys_that_are_not_in_the_split(checkpoint, example_shards, tmp_path):
+    from facepipe.stages.explain import ExplainConfig, run
+
+    with pytest.raises(InputError, match="no_such_key"):
+        run(checkpoint, example_shards, tmp_path / "g", ExplainConfig(), keys=["no_such_key"], progress=False)
+    assert not (tmp_path / "g").exists()
