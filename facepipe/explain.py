@@ -723,6 +723,10 @@ def explain(checkpoint: str | Path, shards: str | Path, out_dir: str | Path, *, 
     return means
 
 
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
 def write_gallery(out: Path, summary: pl.DataFrame, means: dict) -> Path:
     """``gallery.html``: one card per sample (comparison image, real and fake maps, caption), sortable by score,
     face label and face mass; a status line counts the images that loaded (``data-loaded`` / ``data-failed`` on
@@ -755,9 +759,8 @@ button {{ margin-right: 0.5em; }}
 </style></head>
 <body data-loaded="0" data-failed="0">
 <h1>{html.escape(title)}</h1>
-<p>{means['n']} faces · face mass (fake map inside the face) {means['face_mass'] if means['face_mass'] is not None
-                                                                else 'n/a'} · pointing game
-{means['pointing_game'] if means['pointing_game'] is not None else 'n/a'} on {means['n_masked']} faces with a mask</p>
+<p>{means['n']} faces · face mass (fake map inside the face) {_fmt(means['face_mass'])} · pointing game
+{_fmt(means['pointing_game'])} on {means['n_masked']} faces with a mask</p>
 <p>Sort: <button onclick="sortBy('score', -1)">score ↓</button><button onclick="sortBy('score', 1)">score ↑</button>
 <button onclick="sortBy('label', -1)">fake first</button><button onclick="sortBy('facemass', -1)">face mass ↓</button>
 <span id="status"></span></p>

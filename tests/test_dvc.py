@@ -43,6 +43,7 @@ def repo(tmp_path_factory) -> Path:
     params["extract"]["align"]["size"] = 64
     params["train"].update(image_size=64, steps=6, eval_every=3, checkpoint_every=3, batch_size=8, num_workers=0)
     params["evaluate"]["num_workers"] = 0
+    params["explain"]["n"] = 4
     (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["git", "init", "-q"], d)
     _run(["dvc", "init", "-q"], d)
@@ -55,7 +56,9 @@ def repo(tmp_path_factory) -> Path:
 def test_repro_builds_everything_then_does_nothing(repo):
     out = _run(["dvc", "repro"], repo)
     assert _ran(out) == {"example", "manifest@example", "extract@example", "freq@example", "shard", "train",
-                         "evaluate"}
+                         "evaluate", "explain"}
+    gallery = repo / "data" / "explain" / "gallery"
+    assert len(list(gallery.glob("*_comparison.png"))) == 4 and (gallery / "gallery.html").is_file()
     index = json.loads((repo / "data" / "shards" / "index.json").read_text())
     assert index["total"] > 50 and all(index["splits"][s]["samples"] > 0 for s in ("train", "val", "test"))
     labels = {k for s in index["splits"].values() for sh in s["shards"] for k in sh["labels"]}
@@ -73,10 +76,10 @@ def test_one_parameter_reruns_only_what_depends_on_it(repo):
     assert json.loads((repo / "data" / "evaluate" / "metrics.json").read_text())["tta_hflip"] is True
     params["shard"]["max_samples"] = 50
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert _ran(_run(["dvc", "repro"], repo)) == {"shard", "train", "evaluate"}
+    assert _ran(_run(["dvc", "repro"], repo)) == {"shard", "train", "evaluate", "explain"}
     params["freq"]["views"] = ["dct", "srm"]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert _ran(_run(["dvc", "repro"], repo)) == {"freq@example", "shard", "train", "evaluate"}
+    assert _ran(_run(["dvc", "repro"], repo)) == {"freq@example", "shard", "train", "evaluate", "explain"}
     index = json.loads((repo / "data" / "shards" / "index.json").read_text())
     assert index["views"] == ["dct", "srm"]
     assert all(sh["samples"] <= 50 for s in index["splits"].values() for sh in s["shards"])
@@ -92,6 +95,9 @@ def test_metrics_and_plots_are_declared(repo):
     assert 0 < stats["splits"]["train"]["fake_share"] < 1
     assert metrics_file(metrics, "data/evaluate/metrics.json")["video"]["n"] > 0
     assert "val" in metrics_file(metrics, "data/train/dvclive/metrics.json")
+    explained = metrics_file(metrics, "data/explain/metrics.json")
+    assert explained["n"] == 4 and explained["explain_method"] == "gradcam" and explained["layers"] == "last"
+    assert explained["face_mass"] is None or 0 <= explained["face_mass"] <= 1  # None: every fake map blank
     out = _run(["dvc", "plots", "show", "--json"], repo)
     assert "data/shards/counts.csv" in out and "roc_video.csv" in out and "val/video_auc" in out
 
@@ -132,5 +138,6 @@ def test_editing_a_module_regenerates_that_stages_outputs_and_nothing_upstream(r
 
 def test_dag_shows_the_graph(repo):
     dag = _run(["dvc", "dag", "--md"], repo)
-    for stage in ("example", "manifest@example", "extract@example", "freq@example", "shard", "train", "evaluate"):
+    for stage in ("example", "manifest@example", "extract@example", "freq@example", "shard", "train", "evaluate",
+                  "explain"):
         assert stage in dag

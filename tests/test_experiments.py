@@ -37,6 +37,7 @@ def repo(tmp_path_factory) -> Path:
     params["extract"]["align"]["size"] = 64
     params["train"].update(image_size=64, steps=4, eval_every=2, checkpoint_every=2, batch_size=8, num_workers=0)
     params["evaluate"]["num_workers"] = 0
+    params["explain"]["n"] = 2
     (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # the project's own .gitignore: data/ stays out of git, so every metric an experiment reports must come
     # through the DVC cache (a `cache: false` metrics file under data/ would be missing from every experiment)
@@ -73,6 +74,6 @@ def test_the_readme_ablation_grid_runs_and_compares(repo):
         assert got["video.auc mean"][0] == pytest.approx(sum(aucs) / 2)
     md = (repo / "compare" / "compare.md").read_text()
     assert md.count("\n") == 4 and "±" in md and "| local | 2 |" in md and "| local | 2 |" in out
-    # the data stages came from the cache: an experiment reran only train and evaluate
+    # the data stages came from the cache: an experiment reran only what follows training
     log = _run(["dvc", "queue", "logs", rows[0]["name"]], repo)
-    assert set(re.findall(r"Running stage '([^']+)'", log)) == {"train", "evaluate"}
+    assert set(re.findall(r"Running stage '([^']+)'", log)) == {"train", "evaluate", "explain"}
