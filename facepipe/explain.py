@@ -186,22 +186,16 @@ def target_layer_names(model: nn.Module, layers: str | Sequence[str] = "last") -
     return [_resolve_full_name(model, n) for n in names]
 
 
-def _reshape_for(model: nn.Module, mods: list[nn.Module], layouts: list[str]):
-    """grad-cam's ``reshape_transform`` turning every target layer's output into (B, C, H, W)."""
-    vit = _vit_of(model)
-    prefix = int(vit.num_prefix_tokens) if vit is not None else None
+def _reshape_for(layouts: list[str]):
+    """grad-cam's ``reshape_transform`` turning every target layer's output into (B, C, H, W) (``None`` for maps that
+    already are); the prefix (class, register) tokens are what is left over a square grid."""
     if len(set(layouts)) > 1:
         raise ConfigError(f"target layers mix output layouts {sorted(set(layouts))}: choose layers of one kind")
     layout = layouts[0]
 
     def transform(t):
         t = t[0] if isinstance(t, (tuple, list)) else t
-        if layout == "NLC":
-            return tokens_to_grid(t, prefix if prefix is not None and
-                                  math.isqrt(t.shape[1] - prefix) ** 2 == t.shape[1] - prefix else None)
-        if layout == "NHWC":
-            return t.permute(0, 3, 1, 2)
-        return t
+        return tokens_to_grid(t) if layout == "NLC" else t.permute(0, 3, 1, 2)
 
     return None if layout == "NCHW" else transform
 
@@ -246,7 +240,7 @@ def gradcam_maps(wrapper: ImageModel, x: torch.Tensor, layer_names: list[str], p
 
     model = wrapper.model
     mods = [get_layer(model, n) for n in layer_names]
-    transform = _reshape_for(model, mods, _layouts(wrapper, mods, x))
+    transform = _reshape_for(_layouts(wrapper, mods, x))
     cls = GradCAMPlusPlus if plus_plus else GradCAM
     b = x.shape[0]
     with cls(model=wrapper, target_layers=mods, reshape_transform=transform) as cam:
