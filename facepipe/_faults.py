@@ -42,3 +42,15 @@ def at_write(video_id: str) -> None:
     """
     if _faults().get(video_id) == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def at_upload(name: str) -> None:
+    """Called before an object is uploaded (``name`` relative to the remote prefix, e.g.
+    ``set-…/train-000001.tar`` is matched by ``upload:train-000001.tar``): ``upload`` fails it as a killed
+    upload would.
+
+    Raises:
+        RuntimeError: when injected for the object's file name.
+    """
+    if _faults().get(name.rsplit("/", 1)[-1]) == "upload":
+        raise RuntimeError(f"injected fault: upload of {name} interrupted")

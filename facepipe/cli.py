@@ -94,6 +94,7 @@ def extract(
     label_policy: Optional[str] = typer.Option(None, help="Fakes without a usable original: main | all | drop."),
     image_format: Optional[str] = typer.Option(None, "--format", help="png (lossless) | jpg."),
     jpeg_quality: Optional[int] = typer.Option(None, help="JPEG quality when --format jpg."),
+    jpeg_subsampling: Optional[str] = typer.Option(None, help="JPEG chroma subsampling: 444 (none) | 422 | 420."),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", min=0,
                                           help="Worker processes (0 = in this process; default 2)."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds per video before a worker is stopped."),
@@ -116,7 +117,8 @@ def extract(
         "detector.model_root": model_root, "detector.max_side": max_side, "detector.min_face_px": min_face,
         "detector.min_score": min_score, "detector.device": device, "align.mode": align,
         "align.size": size, "align.margin": margin, "track.select": select, "labels.policy": label_policy,
-        "output.format": image_format, "output.jpeg_quality": jpeg_quality, "workers": workers,
+        "output.format": image_format, "output.jpeg_quality": jpeg_quality,
+        "output.jpeg_subsampling": jpeg_subsampling, "workers": workers,
         "timeout_s": timeout, "file_fingerprint": fingerprint,
     }
     cfg = _configure(ExtractConfig, _params_data(params, "extract", ExtractConfig), overrides, "extract")
@@ -220,7 +222,7 @@ def _parse_input(text: str) -> dict:
 
 @app.command()
 def shard(
-    out: Path = typer.Option(..., "--out", help="Output folder for the tar shards, index.json and _meta.json."),
+    out: str = typer.Option(..., "--out", help="Output folder or s3://bucket/prefix for the shards and index.json."),
     inputs: Optional[list[str]] = typer.Option(
         None, "--input", help="dataset=NAME,extract=DIR,manifest=FILE[,freq=DIR]; repeat for several datasets."),
     params: Optional[Path] = typer.Option(None, "--params", help="params.yaml to read the 'shard' section from."),

@@ -535,3 +535,58 @@ def test_tta_recomputes_spectral_views_of_the_flipped_image(two_datasets):
     old = (torch.sigmoid(b["dct"][:, :, :, 0].mean(dim=(1, 2))) +
            torch.sigmoid(b["dct"].flip(-1)[:, :, :, 0].mean(dim=(1, 2)))) / 2
     assert not np.allclose(old.numpy(), tta[:6], atol=1e-3) and np.allclose(plain, tta, atol=1e-5)
+
+
+def test_jpeg_shards_decode_in_workers_and_on_the_device_alike(two_datasets, tmp_path):
+    """JPEG crops (extract.output.format: jpg): the index records the format; decoding the batch on the loader's
+    device (torchvision; nvJPEG on CUDA, here libjpeg-turbo on the CPU) gives the workers' images."""
+    root, _, _ = two_datasets
+    cfg = ExtractConfig.model_validate({"sampling": {"num_frames": 6}, "detector": {"name": "mtcnn"},
+                                        "align": {"size": 64}, "workers": 0, "output": {"format": "jpg"}})
+    run_extract(root / "groupset" / "videos", tmp_path / "ex", cfg, progress=False,
+                manifest=root / "groupset" / "manifest.csv")
+    run_shard(tmp_path / "sh", ShardConfig(inputs=(ShardInput(dataset="groupset", extract=str(tmp_path / "ex"),
+                                                              manifest=str(root / "groupset" / "manifest.csv")),),
+                                           max_samples=6), progress=False)
+    index = json.loads((tmp_path / "sh" / "index.json").read_text())
+    assert index["image_format"] == "jpg" and index["crop_size"] == 64
+    kw = dict(batch_size=5, num_workers=0, shuffle=False, masks=True)
+    cpu = make_loader(tmp_path / "sh", "train", decode="workers", **kw)
+    dev = make_loader(tmp_path / "sh", "train", decode="device", **kw)
+    assert dev._pipe.device_decode and not cpu._pipe.device_decode
+    n = 0
+    for a, b in zip(cpu, dev):
+        assert a["key"] == b["key"] and b["image"].shape == a["image"].shape == (len(a["key"]), 3, 64, 64)
+        # the same libjpeg-turbo IDCT: equal up to float rounding of the normalisation
+        torch.testing.assert_close(b["image"], a["image"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(b["mask"], a["mask"])
+        n += len(a["key"])
+    assert n == index["splits"]["train"]["samples"]
+    small = next(iter(make_loader(tmp_path / "sh", "train", decode="device", image_size=48, **kw)))
+    ref = next(iter(make_loader(tmp_path / "sh", "train", decode="workers", image_size=48, **kw)))
+    assert small["image"].shape[1:] == (3, 48, 48) and small["mask"].shape[1:] == (1, 48, 48)
+    assert (small["image"] - ref["image"]).abs().mean() < 0.05  # antialiased bilinear vs OpenCV's resize
+    with pytest.raises(ConfigError, match="augment"):
+        make_loader(tmp_path / "sh", "train", decode="device", augment=True)
+    with pytest.raises(ConfigError, match="JPEG"):  # the PNG shards of the fixture
+        make_loader(two_datasets[2], "train", decode="device")
+
+
+def test_crops_decode_with_the_fast_decoders_exactly_as_opencv(tmp_path):
+    """libspng / libjpeg-turbo give OpenCV's pixels; what they do not cover falls back to OpenCV."""
+    import cv2
+
+    from facepipe.data.schema import decode_image
+
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8), (5, 5), 0)
+    bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    png = cv2.imencode(".png", bgr)[1].tobytes()
+    assert np.array_equal(decode_image(png, "png"), img)
+    jpg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    assert np.array_equal(decode_image(jpg, "jpg"), cv2.cvtColor(cv2.imdecode(np.frombuffer(jpg, np.uint8), 1),
+                                                                 cv2.COLOR_BGR2RGB))
+    for odd in (img[..., 0], np.dstack([bgr, np.full(img.shape[:2], 255, np.uint8)]), bgr.astype(np.uint16) * 257):
+        out = decode_image(cv2.imencode(".png", odd)[1].tobytes(), "png")
+        assert out.shape == img.shape and out.dtype == np.uint8
+    assert decode_image(png[:60], "png") is None and decode_image(b"not an image", "jpg") is None

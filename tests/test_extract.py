@@ -144,6 +144,18 @@ def test_no_face_video(tmp_path, small_cfg, t1):
     assert pl.read_parquet(tmp_path / "out" / "faces.parquet").height == 0
 
 
+def _jpeg_sampling(data: bytes) -> list[tuple[int, int]]:
+    """(horizontal, vertical) sampling factors of each component, read from the JPEG's SOF marker."""
+    i = 2
+    while i < len(data):
+        marker, length = data[i + 1], int.from_bytes(data[i + 2:i + 4], "big")
+        if marker in (0xC0, 0xC1, 0xC2):
+            n = data[i + 9]
+            return [(data[i + 11 + 3 * c] >> 4, data[i + 11 + 3 * c] & 15) for c in range(n)]
+        i += 2 + length
+    raise AssertionError("no SOF marker")
+
+
 def test_largest_keeps_one_track_and_box_mode(videos, tmp_path, small_cfg):
     cfg = small_cfg.model_copy(update={
         "track": small_cfg.track.model_copy(update={"select": "largest"}),
@@ -154,6 +166,7 @@ def test_largest_keeps_one_track_and_box_mode(videos, tmp_path, small_cfg):
     f = pl.read_parquet(tmp_path / "out" / "faces.parquet")
     assert f.group_by("video_id").agg(pl.col("track_id").n_unique())["track_id"].to_list() == [1, 1]
     assert set(f["crop_mode"]) == {"box"} and all(p.endswith(".jpg") for p in f["crop_path"])
+    assert _jpeg_sampling((tmp_path / "out" / f["crop_path"][0]).read_bytes()) == [(1, 1)] * 3  # 4:4:4 by default
     a = np.array(f["affine"][0].to_list())
     assert a[0, 1] == 0 and a[1, 0] == 0 and a[0, 0] == pytest.approx(a[1, 1])  # no rotation, square
 

@@ -13,8 +13,8 @@ The pipeline is a list of webdataset stages::
     :mod:`facepipe.freq.torch` (after augmentation), normalisation.
 
 Handlers: ``warn`` (log the shard and key, skip the sample, count it in ``loader.errors``) or
-``raise``. Shards are opened with ``webdataset.gopen``: local paths, ``http(s)://``, ``gs://``,
-``hf://`` and ``pipe:COMMAND`` (e.g. ``pipe:aws s3 cp s3://bucket/train-000000.tar -``).
+``raise``. Shards are opened with ``webdataset.gopen``: local paths, ``http(s)://``, ``s3://`` (any
+S3-compatible store; :mod:`facepipe.data.storage`), ``gs://``, ``hf://`` and ``pipe:COMMAND``.
 """
 
 from __future__ import annotations
@@ -31,11 +31,13 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from facepipe.data import storage
 from facepipe.data.schema import SCHEMA_VERSION, SchemaError, decode_sample
 from facepipe.errors import ConfigError, InputError
 from facepipe.freq.config import FreqConfig
 
 log = logging.getLogger(__name__)
+storage.register_schemes()  # s3:// (and gs:// with gcsfs) in webdataset's gopen, in every worker that imports this
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -53,9 +55,12 @@ class ShardSet:
     views: tuple[str, ...]
     view_params: dict | None = None  # the freq parameters the stored views were computed with
     crop_size: int | None = None
+    image_format: str | None = None  # png | jpg | mixed (None: not recorded)
 
 
 def _read_text(url: str) -> str:
+    if storage.is_remote(url):
+        return storage.read_text(url)
     import webdataset as wds
 
     with wds.gopen(url, "rb") as f:
@@ -80,6 +85,8 @@ def resolve_shards(source: str | os.PathLike | Sequence[str], split: str | None 
     src = str(source)
     if os.path.isdir(src):
         src = os.path.join(src, "index.json")
+    elif storage.is_remote(src) and "{" not in src and not src.endswith((".json", ".tar")):
+        src = storage.join(src, "index.json")  # s3://bucket/prefix: the shard folder's index
     if src.endswith(".json"):
         try:
             index = json.loads(_read_text(src))
@@ -101,7 +108,7 @@ def resolve_shards(source: str | os.PathLike | Sequence[str], split: str | None 
                 d, lab = cell.rsplit(":", 1)
                 cells[(d, 1 if lab == "fake" else 0)] += n
         return ShardSet(urls, int(info["samples"]), dict(cells), tuple(index.get("views", ())),
-                        index.get("view_params"), index.get("crop_size"))
+                        index.get("view_params"), index.get("crop_size"), index.get("image_format"))
     remote = "://" in src or src.startswith("pipe:")
     if not remote and "{" not in src and not os.path.exists(src):
         raise InputError(f"{src}: no such shard, shard folder or index")
@@ -162,7 +169,7 @@ class _Pipeline:
     def __init__(self, shardset: ShardSet, batch_size: int, shuffle: bool, shuffle_buffer: int,
                  resampled: bool, seed: int, augment, image_size: int | None, stored_views: tuple[str, ...],
                  accept: dict[tuple[str, int], float] | None, handler: str, rank: int, world_size: int,
-                 explicit_node: bool, drop_last: bool, masks: bool) -> None:
+                 explicit_node: bool, drop_last: bool, masks: bool, device_decode: bool = False) -> None:
         self.__dict__.update(locals())
         del self.__dict__["self"]
         self.epoch = 0
@@ -237,7 +244,18 @@ class _Pipeline:
             resize = A.Resize(self.image_size, self.image_size)
         for s in src:
             try:
-                d = decode_sample(s, self.stored_views, mask=self.masks)
+                d = decode_sample(s, self.stored_views, mask=self.masks, image=not self.device_decode)
+                if self.device_decode:
+                    if d["image_ext"] != "jpg":
+                        raise SchemaError(f"{s.get('__url__', '?')}: sample {d['key']}: decoding on the device "
+                                          f"needs JPEG crops, this one is {d['image_ext']}")
+                    if self.masks and self.image_size and d["mask"].shape[0] != self.image_size:
+                        import cv2
+
+                        d["mask"] = cv2.resize(d["mask"], (self.image_size,) * 2, interpolation=cv2.INTER_LINEAR)
+                    d["_worker"] = (w, self.counts)
+                    yield d
+                    continue
                 t = aug or resize
                 if t is not None:
                     res = t(image=d["image"], mask=d["mask"]) if self.masks else t(image=d["image"])
@@ -251,10 +269,11 @@ class _Pipeline:
                     continue
 
     def _collate(self, samples: list[dict]) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "image_u8": torch.from_numpy(np.stack([s["image"] for s in samples])),  # (B, H, W, 3) uint8
-            "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
-        }
+        out: dict[str, Any] = {"label": torch.tensor([s["label"] for s in samples], dtype=torch.long)}
+        if self.device_decode:  # encoded JPEGs, decoded as one batch on the loader's device
+            out["image_jpeg"] = [torch.frombuffer(bytearray(s["image_bytes"]), dtype=torch.uint8) for s in samples]
+        else:
+            out["image_u8"] = torch.from_numpy(np.stack([s["image"] for s in samples]))  # (B, H, W, 3) uint8
         if self.masks:
             out["mask_u8"] = torch.from_numpy(np.stack([s["mask"] for s in samples]))  # (B, H, W) uint8
         for k in META_KEYS:
@@ -294,6 +313,12 @@ class _Pipeline:
         return wds.DataPipeline(*stages)
 
 
+def _as_is(batch: dict) -> dict:
+    """The DataLoader's collate function: batches are built in the pipeline (its default would walk every
+    nested metadata list of every batch)."""
+    return batch
+
+
 class FaceLoader:
     """Iterable of training batches (see :func:`make_loader`); one pass = one epoch.
 
@@ -317,6 +342,8 @@ class FaceLoader:
         self.freq_cfg = freq_cfg
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
+        self._scale = 1.0 / (255.0 * self.std)
+        self._shift = -self.mean / self.std
         self.epoch_batches = epoch_batches
         self.view_size = view_size
         self.shardset = pipe.shardset
@@ -344,10 +371,35 @@ class FaceLoader:
 
         return compute_views_torch(self.views, (image * self.std + self.mean).float(), self.freq_cfg)
 
+    def _images(self, b: dict) -> torch.Tensor:
+        """The batch's images as (B, 3, H, W) float32 in [0, 255] on the device (one copy out of uint8)."""
+        if "image_jpeg" in b:  # nvJPEG on CUDA (libjpeg-turbo on the CPU), the whole batch in one call
+            import warnings
+
+            with warnings.catch_warnings():  # torchvision >= 0.29 points to torchcodec, which its API still equals
+                warnings.simplefilter("ignore", DeprecationWarning)
+                from torchvision.io import ImageReadMode, decode_jpeg
+
+                imgs = decode_jpeg(b.pop("image_jpeg"), mode=ImageReadMode.RGB, device=self.device)
+            side = self._pipe.image_size
+            out = torch.empty((len(imgs), 3, side or imgs[0].shape[1], side or imgs[0].shape[2]), device=self.device)
+            for i, im in enumerate(imgs):
+                if im.shape[1:] != out.shape[2:]:
+                    im = torch.nn.functional.interpolate(im[None].float(), size=tuple(out.shape[2:]), mode="bilinear",
+                                                         antialias=True, align_corners=False)[0].clamp_(0, 255)
+                out[i].copy_(im)
+            return out
+        u8 = b.pop("image_u8").to(self.device, non_blocking=True)  # (B, H, W, 3) uint8
+        out = torch.empty((u8.shape[0], 3, u8.shape[1], u8.shape[2]), device=self.device)
+        return out.copy_(u8.permute(0, 3, 1, 2))
+
     def _to_device(self, b: dict) -> dict:
         from facepipe.freq import compute_views_torch
 
-        x = b.pop("image_u8").to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        x = self._images(b)
+        need01 = self.compute_views and bool(self.views)
+        if need01:
+            x.div_(255.0)
         if self.compute_views and self.views:
             b.update(compute_views_torch(self.views, x, self.freq_cfg))
         else:
@@ -358,7 +410,10 @@ class FaceLoader:
                 b[v] = t
         if "mask_u8" in b:
             b["mask"] = b.pop("mask_u8").to(self.device, non_blocking=True).unsqueeze(1).float().div_(255.0)
-        b["image"] = x.sub_(self.mean).div_(self.std)  # views above were computed from x before this
+        if need01:  # views above were computed from the [0, 1] image before this
+            b["image"] = x.sub_(self.mean).div_(self.std)
+        else:  # (x / 255 - mean) / std in two passes
+            b["image"] = x.mul_(self._scale).add_(self._shift)
         b["label"] = b["label"].to(self.device, non_blocking=True)
         return b
 
@@ -368,7 +423,7 @@ class FaceLoader:
         self.epoch += 1
         self._pipe.epoch = self.epoch
         self._pipe.counts = _Counts()
-        loader = wds.WebLoader(self._pipe.build(), batch_size=None, num_workers=self.num_workers,
+        loader = wds.WebLoader(self._pipe.build(), batch_size=None, collate_fn=_as_is, num_workers=self.num_workers,
                                pin_memory=self.device.type == "cuda", persistent_workers=False,
                                multiprocessing_context=self.mp_context if self.num_workers else None)
         if self.epoch_batches is not None and self._pipe.resampled:
@@ -413,6 +468,7 @@ def make_loader(
     drop_last: bool = False,
     masks: bool = False,
     multiprocessing_context: str | None = None,
+    decode: str = "auto",
 ) -> FaceLoader:
     """Stream facepipe shards as training batches.
 
@@ -451,6 +507,12 @@ def make_loader(
             original, augmented with the image (zeros for real faces and for fakes without an original).
         multiprocessing_context: start method of the DataLoader workers (``spawn``, ``forkserver``,
             ``fork``; default the platform's). Everything the workers receive is picklable.
+        decode: where crops are decoded. ``workers``: in the DataLoader workers (libspng for PNG,
+            libjpeg-turbo for JPEG); ``device``: the workers pass the JPEG bytes on and each batch is decoded in
+            one ``torchvision.io.decode_jpeg`` call on ``device`` (nvJPEG on CUDA), then resized there
+            (bilinear, antialiased) to ``image_size``; needs JPEG shards (``extract.output.format: jpg``) and no
+            augmentation (albumentations runs on the CPU). ``auto``: ``device`` when ``device`` is CUDA, the
+            index records JPEG crops and ``augment`` is off, else ``workers``.
 
     Returns:
         A :class:`FaceLoader`; each batch is a dict with ``image`` (B, 3, H, W) float32 normalised,
@@ -508,6 +570,19 @@ def make_loader(
         raise ConfigError(f"views {list(views)} asked for from the shards, but "
                           + (stored_problem or "augmentation changes the images after the views were stored"))
     compute = view_source == "compute" or (view_source == "auto" and (bool(augment) or stored_problem is not None))
+    if decode not in ("auto", "workers", "device"):
+        raise ConfigError(f"decode must be auto, workers or device, got {decode!r}")
+    if decode == "device":
+        if augment:
+            raise ConfigError("decode='device' cannot augment (albumentations runs on the CPU in the workers); "
+                              "use decode='workers' or augment=False")
+        if shardset.image_format not in (None, "jpg"):
+            raise ConfigError(f"decode='device' needs JPEG crops; the index records {shardset.image_format!r} "
+                              "(write them with extract.output.format: jpg)")
+        if views and not compute:
+            raise ConfigError("decode='device' with stored views: use view_source='compute'")
+    device_decode = decode == "device" or (decode == "auto" and torch.device(device).type == "cuda" and not augment
+                                           and shardset.image_format == "jpg" and compute)
     accept = None
     if dataset_weights or class_balance:
         if shardset.cells is None:
@@ -523,7 +598,8 @@ def make_loader(
     if resampled and epoch_batches is None:
         raise ConfigError("resampled=True needs epoch_samples (or an index to take the split size from)")
     pipe = _Pipeline(shardset, batch_size, shuffle, shuffle_buffer, resampled, seed, augment, image_size,
-                     () if compute else tuple(views), accept, handler, rank, world_size, explicit, drop_last, masks)
+                     () if compute else tuple(views), accept, handler, rank, world_size, explicit, drop_last, masks,
+                     device_decode)
     return FaceLoader(pipe, num_workers, torch.device(device), tuple(views), compute, freq, mean, std, epoch_batches,
                       None if compute else (image_size or shardset.crop_size), multiprocessing_context)
 

@@ -96,7 +96,42 @@ def encode_sample(key: str, image: bytes, image_ext: str, meta: dict[str, Any],
     return out
 
 
-def decode_sample(sample: dict[str, Any], views: tuple[str, ...] = (), mask: bool = False) -> dict[str, Any]:
+def decode_image(data: bytes, ext: str) -> np.ndarray | None:
+    """Decode a stored crop with the fastest correct decoder: libspng (``pyspng``) for PNG, libjpeg-turbo
+    (``simplejpeg``) for JPEG; OpenCV for what those do not cover (grey, alpha or 16-bit PNGs, CMYK JPEGs).
+
+    Measured on 256 px crops of the shared real clips (one core): PNG 0.96 ms with libspng vs 1.53 ms with
+    ``cv2.imdecode`` + BGR->RGB (bit-identical); JPEG q95 4:4:4 0.30 ms vs 0.35 ms.
+
+    Args:
+        data: the encoded bytes.
+        ext: ``png`` or ``jpg``.
+
+    Returns:
+        (H, W, 3) uint8 RGB, or ``None`` when the bytes do not decode.
+    """
+    img = None
+    try:
+        if ext == "png":
+            import pyspng
+
+            img = pyspng.load(data)
+        else:
+            import simplejpeg
+
+            img = simplejpeg.decode_jpeg(data, colorspace="RGB")
+    except (RuntimeError, ValueError):  # a broken or unusual stream: OpenCV decides below
+        img = None
+    if img is not None and img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8:
+        return img
+    import cv2
+
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return None if img is None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def decode_sample(sample: dict[str, Any], views: tuple[str, ...] = (), mask: bool = False,
+                  image: bool = True) -> dict[str, Any]:
     """Check and decode one raw webdataset sample (member name suffix -> bytes).
 
     Args:
@@ -104,6 +139,8 @@ def decode_sample(sample: dict[str, Any], views: tuple[str, ...] = (), mask: boo
         views: stored views to decode.
         mask: decode the difference mask (an all-zero mask when the sample has none: a real face, or a
             fake without an original to compare with — check ``meta["label_source"]``).
+        image: decode the crop; ``False`` returns its encoded bytes as ``image_bytes`` and its
+            extension as ``image_ext`` instead (the loader's batched decoding on the device).
 
     Returns:
         ``{"key", "image": (H, W, 3) uint8 RGB, "meta": dict, "label": int, <view>: float32 (C, H, W),
@@ -134,17 +171,23 @@ def decode_sample(sample: dict[str, Any], views: tuple[str, ...] = (), mask: boo
     label = int(sample["cls"])
     if label != meta.get("label"):
         raise SchemaError(f"{where}: cls {label} disagrees with json label {meta.get('label')}")
-    img = cv2.imdecode(np.frombuffer(sample[ext], np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise SchemaError(f"{where}: {ext} image does not decode")
-    out = {"key": key, "image": cv2.cvtColor(img, cv2.COLOR_BGR2RGB), "meta": meta, "label": label}
+    out: dict[str, Any] = {"key": key, "meta": meta, "label": label}
+    if image:
+        img = decode_image(sample[ext], ext)
+        if img is None:
+            raise SchemaError(f"{where}: {ext} image does not decode")
+        out["image"] = img
+        hw = img.shape[:2]
+    else:
+        out["image_bytes"], out["image_ext"] = sample[ext], ext
+        hw = (int(meta.get("crop_size") or 0),) * 2
     if mask:
         if MASK_EXT in sample:
             m = cv2.imdecode(np.frombuffer(sample[MASK_EXT], np.uint8), cv2.IMREAD_GRAYSCALE)
-            if m is None or m.shape != img.shape[:2]:
+            if m is None or m.shape != hw:
                 raise SchemaError(f"{where}: mask does not decode or does not match the crop's size")
         else:
-            m = np.zeros(img.shape[:2], np.uint8)
+            m = np.zeros(hw, np.uint8)
         out["mask"] = m
     for v in views:
         name = f"{v}.npy"
@@ -156,5 +199,5 @@ def decode_sample(sample: dict[str, Any], views: tuple[str, ...] = (), mask: boo
 
 
 __all__ = ["IMAGE_EXTS", "IdError", "KEY_SEP", "LABEL_NAMES", "MASK_EXT", "META_FIELDS", "SCHEMA_VERSION", "SPLITS",
-           "SchemaError", "check_name", "decode_sample", "encode_sample", "npy_bytes", "npy_load", "parse_key",
-           "sample_key"]
+           "SchemaError", "check_name", "decode_image", "decode_sample", "encode_sample", "npy_bytes", "npy_load",
+           "parse_key", "sample_key"]

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from facepipe import __version__
 from facepipe._io import atomic_path
 from facepipe.config import Section
+from facepipe.data import storage
 from facepipe.data.schema import LABEL_NAMES, SCHEMA_VERSION, SPLITS, encode_sample
 from facepipe.errors import InputError
 from facepipe.ids import sample_key
@@ -183,6 +184,9 @@ def _inputs_hash(cfg: ShardConfig) -> str:
 def run(out_dir: str | Path, cfg: ShardConfig, progress: bool = True) -> ShardSummary:
     """Write the shard set for ``cfg.inputs`` and publish it in ``out_dir`` (replacing the set there).
 
+    ``out_dir`` may be an object-storage URL (``s3://bucket/prefix``; see :mod:`facepipe.data.storage`): the
+    same layout is uploaded there, the index last.
+
     Raises:
         InputError: no inputs, bad inputs (see :func:`collect_samples`), duplicate datasets, leakage
             within or across datasets, or no face at all.
@@ -228,8 +232,12 @@ def run(out_dir: str | Path, cfg: ShardConfig, progress: bool = True) -> ShardSu
 
     stage_fp = fingerprint(cfg)
     version = SET_PREFIX + contract.item_key(stage_fp, _inputs_hash(cfg))
-    out = Path(out_dir)
     summary = ShardSummary(version=version)
+    if storage.is_remote(out_dir):
+        _publish_remote(str(out_dir), version, stage_fp, allrows, stored, view_params, cfg, summary, progress, wds)
+        summary.seconds = time.perf_counter() - t0
+        return summary
+    out = Path(out_dir)
     with contract.stage_lock(out, STAGE):
         for stale in out.glob(".staging-*"):  # left by a killed run
             shutil.rmtree(stale, ignore_errors=True)
@@ -237,11 +245,8 @@ def run(out_dir: str | Path, cfg: ShardConfig, progress: bool = True) -> ShardSu
         stage.mkdir()
         try:
             index = _write_set(stage, version, allrows, stored, cfg, summary, progress, wds)
-            sizes = allrows["crop_size"].unique().to_list()
-            index.update(view_params=view_params, crop_size=sizes[0] if len(sizes) == 1 else None)
-            meta = {"schema_version": SCHEMA_VERSION, "facepipe_version": __version__, "params": cfg.model_dump(),
-                    "views": list(stored), "stage_fingerprint": stage_fp, "version": version}
-            (stage / META_NAME).write_text(json.dumps(meta, indent=1, sort_keys=True))
+            _describe(index, allrows, view_params)
+            (stage / META_NAME).write_text(_meta_json(cfg, stored, stage_fp, version))
             final = out / version
             if final.exists():
                 shutil.rmtree(final)
@@ -260,8 +265,56 @@ def run(out_dir: str | Path, cfg: ShardConfig, progress: bool = True) -> ShardSu
     return summary
 
 
+def _describe(index: dict, allrows: pl.DataFrame, view_params: dict | None) -> None:
+    """Set-wide facts readers need before opening a shard: view parameters, crop size, image format."""
+    sizes = allrows["crop_size"].unique().to_list()
+    formats = sorted({Path(c).suffix.lstrip(".").lower().replace("jpeg", "jpg") for c in allrows["crop_path"]})
+    index.update(view_params=view_params, crop_size=sizes[0] if len(sizes) == 1 else None,
+                 image_format=formats[0] if len(formats) == 1 else "mixed")
+
+
+def _meta_json(cfg: ShardConfig, stored: tuple[str, ...], stage_fp: str, version: str) -> str:
+    meta = {"schema_version": SCHEMA_VERSION, "facepipe_version": __version__, "params": cfg.model_dump(),
+            "views": list(stored), "stage_fingerprint": stage_fp, "version": version}
+    return json.dumps(meta, indent=1, sort_keys=True)
+
+
+def _publish_remote(url: str, version: str, stage_fp: str, allrows: pl.DataFrame, stored: tuple[str, ...],
+                    view_params: dict | None, cfg: ShardConfig, summary: ShardSummary, progress: bool, wds) -> None:
+    """Write the set under an object-storage prefix: each tar uploaded (and deleted locally) as soon as it closes,
+    then ``_meta.json``, ``stats.json``, ``counts.csv``, and ``index.json`` last (see :mod:`facepipe.data.storage`).
+    Older ``set-*`` prefixes are removed after the new index is in place.
+
+    Raises:
+        OSError: an upload failed; the published index (if any) still names a complete older set.
+    """
+    import tempfile
+
+    remote = storage.RemoteSet(url)
+    with tempfile.TemporaryDirectory(prefix="facepipe-shard-") as tmp:
+        stage = Path(tmp)
+
+        def upload(fname: str) -> None:
+            remote.put(Path(fname), f"{version}/{Path(fname).name}")
+
+        index = _write_set(stage, version, allrows, stored, cfg, summary, progress, wds, post=upload)
+        _describe(index, allrows, view_params)
+        (stage / META_NAME).write_text(_meta_json(cfg, stored, stage_fp, version))
+        remote.put(stage / META_NAME, f"{version}/{META_NAME}")
+        _write_stats(stage, index, allrows)
+        for name in (STATS_NAME, COUNTS_NAME):
+            remote.put(stage / name, name)
+        (stage / INDEX_NAME).write_text(json.dumps(index, indent=1, sort_keys=True))
+        remote.put(stage / INDEX_NAME, INDEX_NAME)  # the publishing step
+    for old in remote.sets():
+        if old != version:
+            remote.remove_set(old)
+
+
 def _write_set(stage: Path, version: str, allrows: pl.DataFrame, stored: tuple[str, ...], cfg: ShardConfig,
-               summary: ShardSummary, progress: bool, wds) -> dict:
+               summary: ShardSummary, progress: bool, wds, post=None) -> dict:
+    """Write the split tars under ``stage`` and return the index. ``post(fname)``, when given, is called with each
+    tar as soon as it is closed (the remote writer uploads it); the tar is deleted locally afterwards."""
     index = {"schema_version": SCHEMA_VERSION, "version": version, "total": 0, "views": list(stored),
              "masks": cfg.masks, "splits": {}}
     # Open npz files are cached for this run only: a later freq run may rewrite them under the same names.
@@ -274,9 +327,17 @@ def _write_set(stage: Path, version: str, allrows: pl.DataFrame, stored: tuple[s
             order = np.random.default_rng([cfg.seed, s_i]).permutation(rows.height)
             rows = rows[order.tolist()]
             stats: dict[str, dict] = {}
+            sizes: dict[str, int] = {}
+
+            def closed(fname: str, sizes: dict[str, int] = sizes) -> None:
+                sizes[fname] = Path(fname).stat().st_size
+                if post is not None:
+                    post(fname)
+                    Path(fname).unlink()
+
             with wds.ShardWriter(str(stage / f"{split}-%06d.tar"), maxcount=cfg.max_samples,
                                  maxsize=cfg.max_bytes, verbose=0, mtime=0, user="facepipe",
-                                 group="facepipe", mode=0o444) as sink:
+                                 group="facepipe", mode=0o444, post=closed) as sink:
                 for r in rows.iter_rows(named=True):
                     sink.write(_sample(r, stored, npz, cfg.masks))
                     st = stats.setdefault(sink.fname, {"samples": 0, "datasets": Counter(), "labels": Counter(),
@@ -292,7 +353,7 @@ def _write_set(stage: Path, version: str, allrows: pl.DataFrame, stored: tuple[s
                     bar.update(1)
             for fname, st in stats.items():
                 shards.append({"url": f"{version}/{Path(fname).name}", "samples": st["samples"],
-                               "bytes": Path(fname).stat().st_size,
+                               "bytes": sizes[fname],
                                **{k: dict(sorted(st[k].items()))
                                   for k in ("datasets", "labels", "methods", "cells", "label_sources")}})
                 for k, n in st["label_sources"].items():

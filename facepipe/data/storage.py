@@ -1,0 +1,170 @@
+"""Shards in object storage: ``s3://`` (AWS or any S3-compatible store), ``gs://`` and other fsspec protocols.
+
+Reading: importing :mod:`facepipe.data.loader` registers an ``s3`` scheme (and ``gs``/``gcs`` when ``gcsfs`` is installed)
+in webdataset's ``gopen``, so :func:`~facepipe.data.make_loader` streams ``s3://bucket/prefix`` (its index) like a
+local folder, in every DataLoader worker. Objects are read through fsspec (``s3fs``) in large ranged GETs
+(:data:`BLOCK_SIZE`); opening an object is retried on transient errors (:data:`RETRIES` times, exponential
+backoff; s3fs and botocore retry each request as well); a missing object is an :class:`~facepipe.errors.InputError`
+naming it.
+
+Writing: :class:`RemoteSet` uploads a shard set as ``facepipe shard --out s3://bucket/prefix`` writes it: each tar
+as soon as it is closed (the local disk holds one shard at a time), then ``_meta.json``, the statistics, and
+**the index last**: a single PUT, which S3 makes visible atomically. A killed or failed upload therefore never
+leaves an index naming missing shards; readers keep seeing the previous set until the new index lands.
+
+Endpoint and credentials come from the standard AWS sources (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, ``~/.aws/config``, instance roles), so MinIO, Ceph, R2 or a test
+server work unchanged. ``s3fs`` is the optional extra ``facepipe[s3]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from facepipe import _faults
+from facepipe.errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
+
+REMOTE_PROTOCOLS = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
+BLOCK_SIZE = 16 * 2**20
+"""Bytes per ranged GET when streaming a shard (one request per 16 MiB: the store's first-byte latency is paid
+once per block, not per sample)."""
+RETRIES = 4
+_EXTRAS = {"s3": "s3fs (pip install 'facepipe[s3]')", "s3a": "s3fs (pip install 'facepipe[s3]')",
+           "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs", "abfss": "adlfs"}
+
+
+def protocol(url: str | os.PathLike) -> str | None:
+    """The URL's scheme when it names object storage (``s3``, ``gs``, ...), else ``None``."""
+    s = str(url)
+    if "://" not in s:
+        return None
+    p = s.split("://", 1)[0].lower()
+    return p if p in REMOTE_PROTOCOLS else None
+
+
+def is_remote(url: str | os.PathLike) -> bool:
+    """True for object-storage URLs (see :data:`REMOTE_PROTOCOLS`)."""
+    return protocol(url) is not None
+
+
+def filesystem(url: str):
+    """``(fsspec filesystem, path without the scheme)`` for an object-storage URL.
+
+    Raises:
+        ConfigError: the protocol's fsspec implementation is not installed.
+    """
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as e:
+        raise ConfigError(f"{url}: reading or writing {protocol(url)}:// needs {_EXTRAS.get(protocol(url), e)}") \
+            from None
+
+
+def _transient(e: BaseException) -> bool:
+    return isinstance(e, (OSError, ConnectionError, TimeoutError)) and not isinstance(
+        e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError))
+
+
+def open_read(url: str, mode: str = "rb", bufsize: int = 8192, **kw: Any) -> IO[bytes]:
+    """Open an object for streaming reads (webdataset ``gopen`` handler signature).
+
+    Raises:
+        InputError: the object does not exist or may not be read (names the URL), or it still fails after
+            :data:`RETRIES` attempts.
+    """
+    if mode != "rb":
+        raise ValueError(f"{url}: only 'rb' is supported, got {mode!r}")
+    fs, path = filesystem(url)
+    for attempt in range(RETRIES + 1):
+        try:
+            return fs.open(path, "rb", block_size=BLOCK_SIZE, cache_type="readahead")
+        except FileNotFoundError:
+            raise InputError(f"{url}: no such object") from None
+        except PermissionError as e:
+            raise InputError(f"{url}: access denied: {e}") from None
+        except Exception as e:  # noqa: BLE001  s3fs/botocore raise many transient types
+            if attempt == RETRIES or not _transient(e):
+                raise InputError(f"{url}: cannot open after {attempt + 1} attempt(s): {e}") from e
+            delay = 0.5 * 2**attempt
+            log.warning("%s: %s; retrying in %.1fs", url, e, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def read_text(url: str) -> str:
+    """The whole object as UTF-8 text (an index)."""
+    with open_read(url) as f:
+        return f.read().decode()
+
+
+def register_schemes() -> None:
+    """Make webdataset's ``gopen`` open ``s3://`` (and ``gs://``/``gcs://`` when gcsfs is installed) through
+    :func:`open_read`. Idempotent; runs on import of :mod:`facepipe.data`."""
+    import importlib
+    import importlib.util
+
+    schemes = importlib.import_module("webdataset.gopen").gopen_schemes
+    schemes["s3"] = schemes["s3a"] = open_read
+    if importlib.util.find_spec("gcsfs") is not None:
+        schemes["gs"] = schemes["gcs"] = open_read
+
+
+def join(base: str, *parts: str) -> str:
+    """``base/part/...`` for URLs and local paths alike."""
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+class RemoteSet:
+    """Publish a shard set under an object-storage prefix (see the module docstring for the order).
+
+    Args:
+        url: ``s3://bucket/prefix`` (the prefix plays the role of the local output folder).
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        self.fs, self.root = filesystem(self.url)
+
+    def put(self, local: Path, name: str) -> None:
+        """Upload ``local`` as ``<url>/<name>``, retried on transient errors.
+
+        Raises:
+            OSError: the upload still fails after :data:`RETRIES` attempts (names the object).
+        """
+        target = f"{self.root}/{name}"
+        for attempt in range(RETRIES + 1):
+            try:
+                _faults.at_upload(name)
+                self.fs.put_file(str(local), target)
+                return
+            except Exception as e:  # noqa: BLE001
+                if attempt == RETRIES or not _transient(e):
+                    raise OSError(f"{self.url}/{name}: upload failed: {e}") from e
+                delay = 0.5 * 2**attempt
+                log.warning("%s/%s: %s; retrying in %.1fs", self.url, name, e, delay)
+                time.sleep(delay)
+
+    def sets(self) -> list[str]:
+        """Names of the ``set-*`` prefixes under the URL."""
+        try:
+            entries = self.fs.ls(self.root, detail=False, refresh=True)
+        except FileNotFoundError:
+            return []
+        return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries
+                      if e.rstrip("/").rsplit("/", 1)[-1].startswith("set-"))
+
+    def remove_set(self, name: str) -> None:
+        """Delete every object under ``<url>/<name>/``."""
+        self.fs.rm(f"{self.root}/{name}", recursive=True)
+
+
+__all__ = ["BLOCK_SIZE", "REMOTE_PROTOCOLS", "RETRIES", "RemoteSet", "filesystem", "is_remote", "join", "open_read",
+           "protocol", "read_text", "register_schemes"]
