@@ -137,3 +137,27 @@ def test_a_missing_object_is_named(s3, example_shards):
 def test_storage_urls():
     assert storage.is_remote("s3://b/p") and storage.is_remote("gs://b/p") and not storage.is_remote("/data/shards")
     assert not storage.is_remote("https://host/x.tar") and storage.join("s3://b/p/", "index.json") == "s3://b/p/index.json"
+
+
+def test_opening_an_object_is_retried_on_transient_errors(s3, example_shards, monkeypatch):
+    """A dropped connection on open is retried (with backoff); a refusal that is not transient is not."""
+    prefix = f"{BUCKET}/retry"
+    s3.put_file(str(example_shards / "index.json"), f"{prefix}/index.json")
+    fs, _ = storage.filesystem(f"s3://{prefix}/index.json")
+    real_open, calls = fs.open, []
+
+    def flaky(path, *a, **kw):
+        calls.append(path)
+        if len(calls) <= 2:
+            raise ConnectionResetError("connection reset by peer")
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(fs, "open", flaky)
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
+    assert json.loads(storage.read_text(f"s3://{prefix}/index.json")) == json.loads(
+        (example_shards / "index.json").read_text())
+    assert len(calls) == 3
+    calls.clear()
+    monkeypatch.setattr(fs, "open", lambda *a, **kw: (_ for _ in ()).throw(ValueError("bad request")))
+    with pytest.raises(InputError, match="cannot open after 1 attempt"):
+        storage.read_text(f"s3://{prefix}/index.json")
