@@ -98,8 +98,8 @@ def _drop_caches(cold: bool) -> None:
         sys.exit(f"--cold needs root on Linux to drop the page cache: {e}")
 
 
-def dump_loose(shards: Path, split: str, out: Path, jpeg: bool) -> tuple[list[str], list[int]]:
-    """The split's crops as loose files (+ one JSON each); ``jpeg``: re-encoded q95 4:4:4."""
+def dump_loose(shards: Path, split: str, out: Path) -> tuple[list[str], list[int]]:
+    """The split's crops as loose files, encoded as in the shards (+ one JSON and the mask each)."""
     import webdataset as wds
 
     index = json.loads((shards / "index.json").read_text())
@@ -107,9 +107,9 @@ def dump_loose(shards: Path, split: str, out: Path, jpeg: bool) -> tuple[list[st
     out.mkdir(parents=True, exist_ok=True)
     for sh in index["splits"][split]["shards"]:
         for s in wds.WebDataset(str(shards / sh["url"]), shardshuffle=False, empty_check=False):
-            data = _to_jpeg(s["png"]) if jpeg else s["png"]
-            name = f"{s['__key__']}.{'jpg' if jpeg else 'png'}"
-            (out / name).write_bytes(data)
+            ext = "png" if "png" in s else "jpg"
+            name = f"{s['__key__']}.{ext}"
+            (out / name).write_bytes(s[ext])
             (out / f"{s['__key__']}.json").write_bytes(s["json"])
             if "mask.png" in s:  # the difference masks the shards hold, as DeepfakeBench keeps them: files
                 (out / f"{s['__key__']}_mask.png").write_bytes(s["mask.png"])
@@ -302,8 +302,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-loader-"))
     try:
         sets = {"PNG": args.shards, "JPEG q95 4:4:4": jpeg_copy(args.shards, tmp / "jpeg-shards")}
-        loose = {"PNG": (tmp / "loose-png", *dump_loose(args.shards, args.split, tmp / "loose-png", False)),
-                 "JPEG q95 4:4:4": (tmp / "loose-jpg", *dump_loose(args.shards, args.split, tmp / "loose-jpg", True))}
+        loose = {fmt: (tmp / f"loose-{i}", *dump_loose(shards, args.split, tmp / f"loose-{i}"))
+                 for i, (fmt, shards) in enumerate(sets.items())}
         cache = "cold page cache" if args.cold else "warm page cache"
         rows = []
         for fmt, shards in sets.items():

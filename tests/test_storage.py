@@ -161,3 +161,21 @@ def test_opening_an_object_is_retried_on_transient_errors(s3, example_shards, mo
     monkeypatch.setattr(fs, "open", lambda *a, **kw: (_ for _ in ()).throw(ValueError("bad request")))
     with pytest.raises(InputError, match="cannot open after 1 attempt"):
         storage.read_text(f"s3://{prefix}/index.json")
+
+
+def test_a_failing_run_uploads_no_partial_shard(s3, example_shards, monkeypatch):
+    """A sample that cannot be read mid-shard stops the run before anything half-written reaches the store."""
+    prefix = f"{BUCKET}/partial"
+    real_sample, seen = shard._sample, []
+
+    def failing(r, *a, **kw):
+        seen.append(r["key"])
+        if len(seen) == 5:
+            raise InputError(f"{r['crop_path']}: cannot read: injected")
+        return real_sample(r, *a, **kw)
+
+    monkeypatch.setattr(shard, "_sample", failing)
+    with pytest.raises(InputError, match="injected"):
+        shard.run(f"s3://{prefix}", _inputs(example_shards), progress=False)
+    s3.invalidate_cache()
+    assert not s3.exists(prefix) or s3.find(prefix) == []

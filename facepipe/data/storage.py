@@ -23,12 +23,13 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Callable, TypeVar
 
 from facepipe import _faults
 from facepipe.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 REMOTE_PROTOCOLS = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
 BLOCK_SIZE = 16 * 2**20
@@ -73,6 +74,32 @@ def _transient(e: BaseException) -> bool:
         e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError))
 
 
+class _GaveUp(Exception):
+    """A call that failed for good: ``error`` after ``attempts`` tries."""
+
+    def __init__(self, attempts: int, error: Exception) -> None:
+        super().__init__(f"{error} (after {attempts} attempt(s))")
+        self.attempts, self.error = attempts, error
+
+
+def _retrying(call: Callable[[], T], where: str) -> T:
+    """``call()``, retried with exponential backoff (0.5, 1, 2, 4 s) while it fails transiently.
+
+    Raises:
+        _GaveUp: it failed for a reason that is not transient, or still failed after :data:`RETRIES` retries.
+    """
+    for attempt in range(RETRIES + 1):
+        try:
+            return call()
+        except Exception as e:  # noqa: BLE001  s3fs/botocore raise many transient types
+            if attempt == RETRIES or not _transient(e):
+                raise _GaveUp(attempt + 1, e) from e
+            delay = 0.5 * 2**attempt
+            log.warning("%s: %s; retrying in %.1fs", where, e, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
 def open_read(url: str, mode: str = "rb", bufsize: int = 8192, **kw: Any) -> IO[bytes]:
     """Open an object for streaming reads (webdataset ``gopen`` handler signature).
 
@@ -83,20 +110,14 @@ def open_read(url: str, mode: str = "rb", bufsize: int = 8192, **kw: Any) -> IO[
     if mode != "rb":
         raise ValueError(f"{url}: only 'rb' is supported, got {mode!r}")
     fs, path = filesystem(url)
-    for attempt in range(RETRIES + 1):
-        try:
-            return fs.open(path, "rb", block_size=BLOCK_SIZE, cache_type="readahead")
-        except FileNotFoundError:
+    try:
+        return _retrying(lambda: fs.open(path, "rb", block_size=BLOCK_SIZE, cache_type="readahead"), url)
+    except _GaveUp as g:
+        if isinstance(g.error, FileNotFoundError):
             raise InputError(f"{url}: no such object") from None
-        except PermissionError as e:
-            raise InputError(f"{url}: access denied: {e}") from None
-        except Exception as e:  # noqa: BLE001  s3fs/botocore raise many transient types
-            if attempt == RETRIES or not _transient(e):
-                raise InputError(f"{url}: cannot open after {attempt + 1} attempt(s): {e}") from e
-            delay = 0.5 * 2**attempt
-            log.warning("%s: %s; retrying in %.1fs", url, e, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+        if isinstance(g.error, PermissionError):
+            raise InputError(f"{url}: access denied: {g.error}") from None
+        raise InputError(f"{url}: cannot open after {g.attempts} attempt(s): {g.error}") from g.error
 
 
 def read_text(url: str) -> str:
@@ -107,7 +128,7 @@ def read_text(url: str) -> str:
 
 def register_schemes() -> None:
     """Make webdataset's ``gopen`` open ``s3://`` (and ``gs://``/``gcs://`` when gcsfs is installed) through
-    :func:`open_read`. Idempotent; runs on import of :mod:`facepipe.data`."""
+    :func:`open_read`. Idempotent; runs on import of :mod:`facepipe.data.loader`."""
     import importlib
     import importlib.util
 
@@ -139,18 +160,14 @@ class RemoteSet:
         Raises:
             OSError: the upload still fails after :data:`RETRIES` attempts (names the object).
         """
-        target = f"{self.root}/{name}"
-        for attempt in range(RETRIES + 1):
-            try:
-                _faults.at_upload(name)
-                self.fs.put_file(str(local), target)
-                return
-            except Exception as e:  # noqa: BLE001
-                if attempt == RETRIES or not _transient(e):
-                    raise OSError(f"{self.url}/{name}: upload failed: {e}") from e
-                delay = 0.5 * 2**attempt
-                log.warning("%s/%s: %s; retrying in %.1fs", self.url, name, e, delay)
-                time.sleep(delay)
+        def upload() -> None:
+            _faults.at_upload(name)
+            self.fs.put_file(str(local), f"{self.root}/{name}")
+
+        try:
+            _retrying(upload, f"{self.url}/{name}")
+        except _GaveUp as g:
+            raise OSError(f"{self.url}/{name}: upload failed after {g.attempts} attempt(s): {g.error}") from g.error
 
     def sets(self) -> list[str]:
         """Names of the ``set-*`` prefixes under the URL."""

@@ -87,7 +87,22 @@ def window_grid(size: int, kernel: int, stride: int) -> int:
     return kernel + -(-(size - kernel) // stride) * stride
 
 
-class LocalAttention2D(nn.Module):
+class _WrapsAttention(nn.Module):
+    """A mixer whose ``self.attention`` does the attending: ``record_attention`` (keep the last attention
+    probabilities for explanations) passes through to it."""
+
+    attention: nn.Module
+
+    @property
+    def record_attention(self) -> bool:
+        return self.attention.record_attention
+
+    @record_attention.setter
+    def record_attention(self, value: bool) -> None:
+        self.attention.record_attention = value
+
+
+class LocalAttention2D(_WrapsAttention):
     """Self-attention inside square windows (the reference's ``LocalAttention2D``, with full coverage).
 
     Windows of ``kernel_size`` are cut with ``unfold`` at ``stride`` (default: the kernel, non-overlapping),
@@ -115,14 +130,6 @@ class LocalAttention2D(nn.Module):
             raise ValueError(f"stride must be in [1, kernel_size={kernel_size}], got {stride}")
         self.norm = nn.LayerNorm(dim)
         self.attention = AttentionBlock(dim=dim, heads=heads, dim_head=dim_head, dropout=dropout)
-
-    @property
-    def record_attention(self) -> bool:
-        return self.attention.record_attention
-
-    @record_attention.setter
-    def record_attention(self, value: bool) -> None:
-        self.attention.record_attention = value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape
@@ -155,7 +162,7 @@ def multipole_levels(image_size: int, kernel_size: int, sampling_rate: int) -> i
     return levels
 
 
-class MultipoleAttention2D(nn.Module):
+class MultipoleAttention2D(_WrapsAttention):
     """Local-window attention at several scales with ONE shared :class:`LocalAttention2D`, merged coarse-to-fine.
 
     Level 0 is the input; level l is level l-1 downsampled by ``sampling_rate`` (``avg_pool`` or a strided
@@ -192,14 +199,6 @@ class MultipoleAttention2D(nn.Module):
         self.upsampling = upsampling
         self.up = (nn.ConvTranspose2d(dim, dim, sampling_rate, sampling_rate, bias=False)
                    if upsampling == "conv_transpose" else None)
-
-    @property
-    def record_attention(self) -> bool:
-        return self.attention.record_attention
-
-    @record_attention.setter
-    def record_attention(self, value: bool) -> None:
-        self.attention.record_attention = value
 
     def _up(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         if self.up is not None:
@@ -301,7 +300,7 @@ class ShiftedWindowAttention(nn.Module):
         return out[:, :h, :w]
 
 
-class GlobalTokenAttention(nn.Module):
+class GlobalTokenAttention(_WrapsAttention):
     """Global attention with ``n_tokens`` learned global (memory) tokens prepended to the sequence.
 
     Every token attends to every token and to the global tokens, which are updated too and carry context
@@ -317,14 +316,6 @@ class GlobalTokenAttention(nn.Module):
         super().__init__()
         self.tokens = nn.Parameter(torch.randn(1, n_tokens, dim) * 0.02)
         self.attention = AttentionBlock(dim, heads, dim_head, dropout)
-
-    @property
-    def record_attention(self) -> bool:
-        return self.attention.record_attention
-
-    @record_attention.setter
-    def record_attention(self, value: bool) -> None:
-        self.attention.record_attention = value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape

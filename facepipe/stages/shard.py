@@ -335,9 +335,10 @@ def _write_set(stage: Path, version: str, allrows: pl.DataFrame, stored: tuple[s
                     post(fname)
                     Path(fname).unlink()
 
-            with wds.ShardWriter(str(stage / f"{split}-%06d.tar"), maxcount=cfg.max_samples,
-                                 maxsize=cfg.max_bytes, verbose=0, mtime=0, user="facepipe",
-                                 group="facepipe", mode=0o444, post=closed) as sink:
+            sink = wds.ShardWriter(str(stage / f"{split}-%06d.tar"), maxcount=cfg.max_samples,
+                                   maxsize=cfg.max_bytes, verbose=0, mtime=0, user="facepipe",
+                                   group="facepipe", mode=0o444, post=closed)
+            try:
                 for r in rows.iter_rows(named=True):
                     sink.write(_sample(r, stored, npz, cfg.masks))
                     st = stats.setdefault(sink.fname, {"samples": 0, "datasets": Counter(), "labels": Counter(),
@@ -351,6 +352,11 @@ def _write_set(stage: Path, version: str, allrows: pl.DataFrame, stored: tuple[s
                     st["cells"][f"{r['dataset']}:{name}"] += 1
                     st["label_sources"][f"{r['label_source']}:{name}"] += 1
                     bar.update(1)
+            except BaseException:
+                sink.post = None  # a failed run hands on no partial tar (nor retries a failed upload)
+                raise
+            finally:
+                sink.close()
             for fname, st in stats.items():
                 shards.append({"url": f"{version}/{Path(fname).name}", "samples": st["samples"],
                                "bytes": sizes[fname],
