@@ -42,6 +42,7 @@ class SamplingConfig(Section):
     stride: int = Field(10, ge=1)
     fps: float = Field(1.0, gt=0)
     max_frames: Optional[int] = Field(None, ge=1)
+    frame_count: Literal["decodable", "header"] = "decodable"
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,14 @@ def _probe_images(folder: Path) -> VideoInfo:
                      duration_s=len(files) / SEQUENCE_FPS, codec="images")
 
 
+def header_frame_count(info: VideoInfo) -> int:
+    """The frame count OpenCV's ``CAP_PROP_FRAME_COUNT`` reports: the stream's ``nb_frames``, else
+    ``floor(duration_s * fps + 0.5)`` (OpenCV's FFmpeg backend estimate)."""
+    if info.frames_header > 0:
+        return int(info.frames_header)
+    return int(np.floor(info.duration_s * info.fps + 0.5)) if info.duration_s > 0 and info.fps > 0 else 0
+
+
 def sample_indices(n_frames: int, fps: float, cfg: SamplingConfig) -> np.ndarray:
     """Frame indices to decode from a video of ``n_frames`` decodable frames.
 
@@ -248,7 +257,7 @@ class FrameSampler:
         try:
             vr = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=1)
             n = len(vr)
-            idx = sample_indices(n, self.info.fps, self.cfg)
+            idx = self._indices(n)
             if len(idx) == 0:
                 raise VideoError(f"{self.path}: decord found no frames")
             expected = (self.info.height, self.info.width, 3)
@@ -272,12 +281,21 @@ class FrameSampler:
                      self.path, msg)
         yield from self._pyav(after=last)
 
+    def _indices(self, decodable: int, fps: float | None = None) -> np.ndarray:
+        """The sample over ``decodable`` frames, or over the header's count (``frame_count: header``) cut to the
+        decodable ones."""
+        fps = self.info.fps if fps is None else fps
+        if self.cfg.frame_count == "header":
+            idx = sample_indices(header_frame_count(self.info) or decodable, fps, self.cfg)
+            return idx[idx < decodable]
+        return sample_indices(decodable, fps, self.cfg)
+
     def _images(self) -> Iterator[SampledFrames]:
         """An image-sequence folder: frame i is the i-th image; undecodable images end the sequence."""
         import cv2
 
         files = image_sequence(Path(self.path))
-        idx = sample_indices(len(files), SEQUENCE_FPS, self.cfg)
+        idx = self._indices(len(files), SEQUENCE_FPS)
         buf: list[tuple[int, float, np.ndarray]] = []
         self.frames_decodable = len(files)
         for i in idx.tolist():
@@ -311,7 +329,7 @@ class FrameSampler:
         self.frames_decodable = n
         if err is not None:
             self.decode_error = f"decoder error after {n} of {self.info.frames_header} header frames: {err}"
-        idx = sample_indices(n, self.info.fps, self.cfg)
+        idx = self._indices(n)
         keep = set(idx[idx > after].tolist())
         rot = int(round(self.info.rotation / 90)) % 4
         buf: list[tuple[int, float, np.ndarray]] = []

@@ -61,6 +61,13 @@ def _insight(kind: str) -> Callable[..., FaceDetector]:
     return make
 
 
+@register_face_detector("dlib_hog")
+def _dlib_hog(cfg: DetectorConfig, threads: int = 0) -> FaceDetector:
+    from facepipe.faces.dlib68 import DlibHOG
+
+    return DlibHOG(max_side=cfg.max_side, min_score=cfg.min_score)
+
+
 register_face_detector("scrfd")(_insight("scrfd"))
 register_face_detector("retinaface")(_insight("retinaface"))
 

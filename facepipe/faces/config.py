@@ -13,14 +13,15 @@ class DetectorConfig(Section):
     """Face detector choice and its thresholds.
 
     ``name``: ``auto`` (an insightface pack found under ``model_root`` if any, else ``mtcnn``),
-    ``mtcnn`` (embedded, offline), ``scrfd`` or ``retinaface`` (insightface model packs).
+    ``mtcnn`` (embedded, offline), ``scrfd`` or ``retinaface`` (insightface model packs), ``dlib_hog`` (dlib's HOG
+    detector and 68-point predictor as DeepfakeBench uses them; extra ``facepipe[deepfakebench]``).
     Detection runs on a copy of the frame whose longest side is at most ``max_side`` pixels; boxes and
     landmarks are mapped back to source-frame pixels. ``min_face_px`` is the smallest face side searched
     for, in detection-image pixels. Faces scoring below ``min_score`` are dropped. ``device`` picks the
     onnxruntime provider (not part of the stage fingerprint: it does not change results).
     """
 
-    name: Literal["auto", "mtcnn", "scrfd", "retinaface"] = "auto"
+    name: Literal["auto", "mtcnn", "scrfd", "retinaface", "dlib_hog"] = "auto"
     max_side: int = Field(640, ge=64)
     min_face_px: int = Field(20, ge=12)
     min_score: float = Field(0.95, ge=0.0, le=1.0)
@@ -37,8 +38,19 @@ class AlignConfig(Section):
     the crop centre by ``margin`` (1.0 = the ArcFace crop; 1.3 = DeepfakeBench's context margin).
     ``box``: no rotation; a square of side ``max(w, h) * margin`` centred on the detector box, as the
     FF++ and DFDC reference pipelines crop.
+
+    ``preset: deepfakebench`` reproduces DeepfakeBench's preprocessing (``preprocessing/preprocess.py``, SCLBD,
+    NeurIPS 2023) for comparisons with its published tables, and overrides the other sections where they
+    differ (see :data:`facepipe.stages.extract.DEEPFAKEBENCH_PRESET`): frame indices
+    ``np.linspace(0, N - 1, num_frames, dtype=int)`` over the header's frame count ``N``; dlib's HOG detector
+    (upsample 1) on the full-resolution RGB frame; the largest face of each frame (no tracking, no track
+    filter); five points = parts 37, 44, 30, 49, 55 of dlib's 68-point shape; ``arcface`` alignment at 256 px,
+    margin 1.3; the 68 landmarks re-detected on the BGR crop (stored as ``crop_landmarks``) and frames whose
+    crop has no re-detected face dropped; every face labelled with its video's label. Recorded as ``preset``
+    on every face row and shard sample.
     """
 
+    preset: Optional[Literal["deepfakebench"]] = None
     mode: Literal["arcface", "box"] = "arcface"
     size: int = Field(256, ge=32, le=2048)
     margin: float = Field(1.3, ge=1.0, le=4.0)

@@ -40,7 +40,7 @@ from typing import Literal, Optional
 import cv2
 import numpy as np
 import polars as pl
-from pydantic import Field
+from pydantic import BaseModel, Field, model_validator
 from tqdm.auto import tqdm
 
 from facepipe import __version__, _faults
@@ -55,7 +55,7 @@ from facepipe.video import SamplingConfig
 log = logging.getLogger(__name__)
 
 STAGE = "extract"
-STAGE_VERSION = 3
+STAGE_VERSION = 4
 """Bumped when the stage's output for the same input, parameters and code changes meaning."""
 
 STATUSES = contract.STATUSES
@@ -80,6 +80,8 @@ FACE_SCHEMA = {
     "label_source": pl.String,
     "manipulation_score": pl.Float32,
     "mask_path": pl.String,
+    "preset": pl.String,
+    "crop_landmarks": pl.List(pl.Array(pl.Float32, 2)),
 }
 """``faces.parquet``: ``box`` x1,y1,x2,y2 and ``landmarks`` (5, 2) x,y in upright source-frame pixels;
 ``affine`` the (2, 3) source->crop matrix (``cv2.warpAffine(frame, affine, (crop_size, crop_size))``
@@ -88,7 +90,9 @@ regenerates the crop); ``face_size_px`` the box's longer side; ``crop_path`` and
 ``video_label`` the manifest's label of its video, ``label_source`` how the face label was decided
 (``original_diff`` | ``policy`` | ``video``; null without a manifest), ``manipulation_score`` the share of
 the face box that differs from the original beyond the frame's background difference (null without an
-original), ``mask_path`` that difference warped like the crop (fakes compared with their original)."""
+original), ``mask_path`` that difference warped like the crop (fakes compared with their original). ``preset`` the
+alignment preset (``deepfakebench`` or null); ``crop_landmarks`` (preset ``deepfakebench``) dlib's 68 landmarks
+re-detected on the crop, crop pixels (integers, as DeepfakeBench saves them), else null."""
 
 VIDEO_SCHEMA = {
     "video_id": pl.String,
@@ -145,6 +149,22 @@ class OutputConfig(Section):
     jpeg_subsampling: Literal["444", "422", "420"] = "444"
 
 
+DEEPFAKEBENCH_PRESET = {
+    "sampling": {"strategy": "uniform", "frame_count": "header"},
+    "detector": {"name": "dlib_hog", "max_side": 100_000, "min_score": 0.0},
+    "align": {"mode": "arcface", "size": 256, "margin": 1.3},
+    "track": {"select": "largest", "min_share": 0.0, "min_mean_score": 0.0},
+}
+"""What ``align.preset: deepfakebench`` sets (``sampling.num_frames`` stays yours; DeepfakeBench's default is 32):
+DeepfakeBench's ``preprocess.py`` draws its indices from the header's frame count, detects with dlib on the full
+frame without a score threshold, aligns at 256 px with margin 1.3, and keeps the largest face of every frame
+without tracking (see :class:`~facepipe.faces.config.AlignConfig`)."""
+
+
+def _plain(v, set_only: bool = False):
+    return v.model_dump(exclude_unset=set_only) if isinstance(v, BaseModel) else dict(v or {})
+
+
 class ExtractConfig(Section):
     """Parameters of the ``extract`` stage (``params.yaml`` section ``extract``).
 
@@ -164,6 +184,33 @@ class ExtractConfig(Section):
     workers: int = Field(2, ge=0)
     timeout_s: Optional[float] = Field(900.0, gt=0)
     file_fingerprint: Literal["stat", "sha256"] = "stat"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data):
+        """``align.preset`` overrides the sections it defines (:data:`DEEPFAKEBENCH_PRESET`); a value set otherwise
+        is logged as overridden."""
+        if not isinstance(data, dict):
+            return data
+        align = _plain(data.get("align"))
+        if align.get("preset") != "deepfakebench":
+            return data
+        data = dict(data)
+        for section, values in DEEPFAKEBENCH_PRESET.items():
+            given = _plain(data.get(section))
+            explicit = _plain(data.get(section), set_only=True)
+            default = cls.model_fields[section].default.model_dump()
+            changed = {k: explicit[k] for k, v in values.items()
+                       if k in explicit and explicit[k] not in (v, default[k])}
+            if changed:
+                log.warning("extract.align.preset deepfakebench overrides extract.%s %s", section, changed)
+            data[section] = {**given, **values}
+        return data
+
+    @property
+    def preset(self) -> str | None:
+        """The alignment preset in force (``deepfakebench``) or ``None``."""
+        return self.align.preset
 
     def result_params(self) -> dict:
         """The parameters that change results (run settings left out)."""
@@ -356,6 +403,7 @@ class _Kept:
     name: str
     score: float | None = None
     mask: str | None = None
+    crop_landmarks: np.ndarray | None = None
 
 
 @dataclass
@@ -373,6 +421,7 @@ class _VideoState:
     pair_note: str | None = None
     backgrounds: list = field(default_factory=list)
     done: bool = False
+    redetect_dropped: int = 0  # preset deepfakebench: faces whose crop had no re-detected face
 
 
 def _new_row(job: VideoJob, key: str, sha: str | None, detector_id: str) -> dict:
@@ -413,21 +462,32 @@ def _detect_and_crop(st: _VideoState, chunk, detector, cfg: ExtractConfig, ref_c
         compare = st.compare = False
         st.pair_note = (f"frame count {chunk.frames_decodable} vs original {ref_chunk.frames_decodable}: "
                         "the sampled frames differ")
+    dfb = cfg.preset == "deepfakebench"
     for i, (frame, fidx, ts, faces) in enumerate(zip(chunk.frames, chunk.indices, chunk.timestamps_s,
                                                      detector.detect(chunk.frames))):
         kept: list[_Kept] = []
+        if dfb:
+            faces = faces[:1]  # DeepfakeBench: the largest face of the frame (dlib_hog orders by area)
         for k, face in enumerate(faces):
             try:
                 m = face_matrix(face.box, face.landmarks, cfg.align)
             except ValueError as e:
                 log.warning("%s frame %d: face skipped: %s", st.job.rel, fidx, e)
                 continue
+            crop = warp_crop(frame, m, cfg.align.size)
+            crop_lm = None
+            if dfb:  # landmarks re-detected on the BGR crop; a crop without a face drops the frame
+                bgr = np.ascontiguousarray(crop[..., ::-1])
+                rects = detector.rects(bgr, by_area=False)
+                if not rects:
+                    st.redetect_dropped += 1
+                    continue
+                crop_lm = detector.shape68(bgr, rects[0][0])
             name = f"{int(fidx):06d}_f{k}"
             _faults.at_write(st.job.video_id)
-            (st.tmp_dir / f"{name}.{ext}").write_bytes(_encode(warp_crop(frame, m, cfg.align.size), ext,
-                                                                cfg.output.jpeg_quality,
+            (st.tmp_dir / f"{name}.{ext}").write_bytes(_encode(crop, ext, cfg.output.jpeg_quality,
                                                                 cfg.output.jpeg_subsampling))
-            kept.append(_Kept(face, m, name))
+            kept.append(_Kept(face, m, name, crop_landmarks=crop_lm))
         if compare and kept:
             ev = frame_evidence(frame, ref_chunk.frames[i], [k_.face for k_ in kept], [k_.matrix for k_ in kept],
                                 cfg.align.size, cfg.labels)
@@ -449,7 +509,11 @@ def _finish(st: _VideoState, cfg: ExtractConfig, detector) -> list[dict]:
     ext = cfg.output.format
     row = st.row
     row.update(frames_decoded=st.sampler.frames_decodable, frames_sampled=st.sampler.n_sampled)
-    raw_tracks = link_tracks([[k.face for k in kept] for kept in st.per_frame], cfg.track)
+    dfb = cfg.preset == "deepfakebench"
+    if dfb:  # one face per frame, no tracking (DeepfakeBench)
+        raw_tracks = [[0] * len(kept) for kept in st.per_frame]
+    else:
+        raw_tracks = link_tracks([[k.face for k in kept] for kept in st.per_frame], cfg.track)
     flat = [(fm, k, t) for fm, kept, tids in zip(st.frame_meta, st.per_frame, raw_tracks) for k, t in zip(kept, tids)]
     keep, dropped = filter_tracks([t for _, _, t in flat], [k.face.score for _, k, _ in flat],
                                   st.sampler.n_sampled, cfg.track.min_share, cfg.track.min_mean_score)
@@ -480,8 +544,11 @@ def _finish(st: _VideoState, cfg: ExtractConfig, detector) -> list[dict]:
             st.pair_note = "no sampled frame of the fake had a face and background to compare"
     if row["pair_check"] is None and st.pair_note:
         row["pair_check"] = st.pair_note
-    labels = assign_labels(st.job.label, [t for _, _, t in kept_faces], [k.face.area_px for _, k, _ in kept_faces],
-                           scores, cfg.labels)
+    if dfb and st.job.label is not None:  # DeepfakeBench labels every face with its video's label
+        labels = [(int(st.job.label), "video")] * len(kept_faces)
+    else:
+        labels = assign_labels(st.job.label, [t for _, _, t in kept_faces],
+                               [k.face.area_px for _, k, _ in kept_faces], scores, cfg.labels)
     faces_out = []
     for ((fidx, ts), k, tid), (label, source) in zip(kept_faces, labels):
         if st.job.label is not None and label is None:
@@ -489,7 +556,7 @@ def _finish(st: _VideoState, cfg: ExtractConfig, detector) -> list[dict]:
         name = f"{fidx:06d}_{tid}"
         os.replace(st.tmp_dir / f"{k.name}.{ext}", st.tmp_dir / f"{name}.{ext}")
         mask_path = None
-        if k.mask and source == "original_diff":
+        if k.mask and (source == "original_diff" or dfb and scores is not None):
             os.replace(st.tmp_dir / k.mask, st.tmp_dir / f"{name}_mask.png")
             mask_path = f"faces/{st.job.video_id}/{name}_mask.png"
         faces_out.append({
@@ -500,15 +567,17 @@ def _finish(st: _VideoState, cfg: ExtractConfig, detector) -> list[dict]:
             "crop_size": cfg.align.size, "detector": detector.name, "detector_version": detector.version,
             "label": label, "video_label": st.job.label, "label_source": source,
             "manipulation_score": None if scores is None else k.score, "mask_path": mask_path,
+            "preset": cfg.preset,
+            "crop_landmarks": None if k.crop_landmarks is None else k.crop_landmarks.tolist(),
         })
     for leftover in st.tmp_dir.glob("*_f*"):  # provisional crops and masks of dropped faces
         leftover.unlink()
     row.update(n_faces=len(faces_out), n_tracks=len({r["track_id"] for r in faces_out}),
                n_tracks_dropped=len({t for _, _, t in flat}) - len({r["track_id"] for r in faces_out}),
-               n_faces_dropped=len(flat) - len(faces_out),
+               n_faces_dropped=len(flat) - len(faces_out) + st.redetect_dropped,
                n_faces_fake=sum(1 for r in faces_out if r["label"] == 1),
                n_faces_real=sum(1 for r in faces_out if r["label"] == 0),
-               label_source=(None if st.job.label is None else "video" if st.job.label == 0 else
+               label_source=(None if st.job.label is None else "video" if st.job.label == 0 or dfb else
                              "original_diff" if scores is not None else "policy"))
     if dropped:
         log.info("%s: dropped %d track(s): %s", st.job.rel, len(dropped),
@@ -524,6 +593,9 @@ def _finish(st: _VideoState, cfg: ExtractConfig, detector) -> list[dict]:
         row.update(status="ok", message=msg)
     elif flat:
         row.update(status="no_face", message=f"{len(flat)} face(s) found, none kept (track quality or label policy)")
+    elif st.redetect_dropped:
+        row.update(status="no_face", message=f"{st.redetect_dropped} face(s) found, none re-detected on its crop "
+                                             "(preset deepfakebench drops those frames)")
     else:
         row.update(status="no_face", message=f"no face scoring >= {detector.min_score} in {sampler.n_sampled} "
                                              "sampled frames")
