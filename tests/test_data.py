@@ -7,6 +7,7 @@ import hashlib
 import json
 import shutil
 import tarfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -95,8 +96,9 @@ def test_every_face_is_exactly_one_sample(two_datasets):
         member = tf.extractfile(next(n for n in names if n.endswith(".json"))).read()
     meta = json.loads(member)
     assert meta["schema_version"] == SCHEMA_VERSION and meta["dataset"] == "groupset"
-    exts = {n.split(".", 1)[1] for n in names}
-    assert exts == {"png", "json", "cls", "dct.npy", "srm.npy"}
+    exts = Counter(n.split(".", 1)[1] for n in names)
+    # every sample carries every member: the mask too (all zero here, has_mask false), so readers see one schema
+    assert set(exts) == {"png", "json", "cls", "mask.png", "dct.npy", "srm.npy"} and len(set(exts.values())) == 1
 
 
 def test_splits_are_disjoint_and_shards_mix_videos(two_datasets):

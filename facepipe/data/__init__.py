@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["make_loader"]
+from facepipe.data.schema import hf_features
+
+__all__ = ["hf_features", "make_loader"]
 
 
 def __getattr__(name: str) -> Any:

@@ -5,15 +5,19 @@ A sample is a group of tar members sharing a key::
     <dataset>__<video_id>__<frame:06d>__<track>.png        the crop (or .jpg), as extract wrote it
     <dataset>__<video_id>__<frame:06d>__<track>.json       metadata (META_FIELDS), sorted keys
     <dataset>__<video_id>__<frame:06d>__<track>.cls        the face's label as ASCII: 0 real, 1 fake
-    <dataset>__<video_id>__<frame:06d>__<track>.mask.png   (fakes compared with their original) the
-                                                           difference mask, warped like the crop: 255 = manipulated
+    <dataset>__<video_id>__<frame:06d>__<track>.mask.png   (shards with masks: every sample) the difference
+                                                           mask warped like the crop, 255 = manipulated; all
+                                                           zero where there is none (``has_mask`` false)
     <dataset>__<video_id>__<frame:06d>__<track>.<view>.npy each stored frequency view, float16 (C, H, W)
 
 Keys contain no dots (webdataset splits the member name at the first dot) and the parts never contain
 ``__``. Writer, loader, inspect and tests all go through this module.
 
+Every sample of a set carries the same members (Hugging Face ``datasets``' webdataset builder requires it).
+
 Version history: 1 — video labels only; 2 — per-face ``label`` with ``video_label``, ``label_source``,
-``manipulation_score`` and the ``mask.png`` member.
+``manipulation_score`` and the ``mask.png`` member; 3 — ``mask.png`` on every sample (zeros where none) with
+``has_mask``, ``preset`` and ``crop_landmarks``.
 """
 
 from __future__ import annotations
@@ -27,19 +31,24 @@ import numpy as np
 from facepipe.errors import FacepipeError
 from facepipe.ids import KEY_SEP, LABEL_NAMES, LABEL_SOURCES, SPLITS, IdError, check_name, parse_key, sample_key
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 IMAGE_EXTS = ("png", "jpg")
 MASK_EXT = "mask.png"
 META_FIELDS = (
     "key", "label", "label_name", "video_label", "label_source", "manipulation_score", "dataset", "method", "split",
     "video_id", "source_ids", "frame_index", "timestamp_s", "track_id", "box", "landmarks", "affine", "crop_size",
-    "crop_mode", "detector", "detector_version", "schema_version",
+    "crop_mode", "detector", "detector_version", "schema_version", "preset", "crop_landmarks", "has_mask",
 )
 """Fields of the ``json`` member. ``label`` is the face's own label (what training and evaluation use),
 ``video_label`` its video's, ``label_source`` how the face label was decided (``original_diff`` | ``policy``
 | ``video``), ``manipulation_score`` the share of the face box differing from the original beyond the
 background (``null`` without an original). ``box``/``landmarks``/``affine`` are in source-frame pixels as in
-``faces.parquet``; ``source_ids`` lists the original video ids a fake was made from (empty for reals)."""
+``faces.parquet`` (samples imported from DeepfakeBench crops, whose frames are not known, use the crop as source
+frame: identity ``affine``, ``landmarks`` from its landmark file or ``null``); ``source_ids`` lists the original
+video ids a fake was made from (empty for reals). ``preset``: the alignment preset (``deepfakebench`` or
+``null``); ``crop_landmarks``: dlib's 68 (or DeepfakeBench's 81) landmarks in crop pixels, or ``null``;
+``has_mask``: the ``mask.png`` member is a real difference mask (else all zeros: a real face, or a fake without
+an original to compare with)."""
 
 
 class SchemaError(FacepipeError):
@@ -58,8 +67,23 @@ def npy_load(b: bytes) -> np.ndarray:
     return np.load(io.BytesIO(b), allow_pickle=False)
 
 
+def empty_mask_png(size: int) -> bytes:
+    """PNG bytes of an all-zero (size, size) uint8 mask (about 100 bytes)."""
+    return _EMPTY_MASKS.setdefault(int(size), _png_zeros(int(size)))
+
+
+_EMPTY_MASKS: dict[int, bytes] = {}
+
+
+def _png_zeros(size: int) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".png", np.zeros((size, size), np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    return buf.tobytes()
+
+
 def encode_sample(key: str, image: bytes, image_ext: str, meta: dict[str, Any],
-                  views: dict[str, np.ndarray], mask: bytes | None = None) -> dict[str, Any]:
+                  views: dict[str, np.ndarray], mask: bytes | None = None, masks: bool = False) -> dict[str, Any]:
     """Build the member dict for ``webdataset.TarWriter`` (all values bytes).
 
     Args:
@@ -69,13 +93,16 @@ def encode_sample(key: str, image: bytes, image_ext: str, meta: dict[str, Any],
         meta: the :data:`META_FIELDS` (``key``, ``label_name`` and ``schema_version`` are filled in).
         views: view name -> (C, H, W) array, stored as float16 ``.npy``.
         mask: PNG bytes of the (H, W) uint8 difference mask, or ``None``.
+        masks: the set carries masks: a sample without one gets an all-zero mask of ``crop_size`` (``has_mask``
+            false), so every sample has the same members.
 
     Raises:
         SchemaError: unknown image extension, missing metadata fields, a bad label or label source.
     """
     if image_ext not in IMAGE_EXTS:
         raise SchemaError(f"{key}: image extension must be one of {IMAGE_EXTS}, got {image_ext}")
-    meta = {**meta, "key": key, "schema_version": SCHEMA_VERSION}
+    meta = {"preset": None, "crop_landmarks": None, **meta, "key": key, "schema_version": SCHEMA_VERSION,
+            "has_mask": mask is not None}
     if meta.get("label") in LABEL_NAMES:
         meta["label_name"] = LABEL_NAMES[meta["label"]]
     missing = [f for f in META_FIELDS if f not in meta]
@@ -91,6 +118,8 @@ def encode_sample(key: str, image: bytes, image_ext: str, meta: dict[str, Any],
                            "cls": str(int(meta["label"])).encode()}
     if mask is not None:
         out[MASK_EXT] = mask
+    elif masks:
+        out[MASK_EXT] = empty_mask_png(meta["crop_size"])
     for name, arr in views.items():
         out[f"{name}.npy"] = npy_bytes(np.asarray(arr, dtype=np.float16))
     return out
@@ -198,6 +227,68 @@ def decode_sample(sample: dict[str, Any], views: tuple[str, ...] = (), mask: boo
     return out
 
 
+_JSON_TYPES = {
+    "key": "string", "label": "int64", "label_name": "string", "video_label": "int64", "label_source": "string",
+    "manipulation_score": "float64", "dataset": "string", "method": "string", "split": "string", "video_id": "string",
+    "source_ids": ["string"], "frame_index": "int64", "timestamp_s": "float64", "track_id": "int64",
+    "box": ["float64"], "landmarks": [["float64"]], "affine": [["float64"]], "crop_size": "int64",
+    "crop_mode": "string", "detector": "string", "detector_version": "string", "schema_version": "int64",
+    "preset": "string", "crop_landmarks": [["float64"]], "has_mask": "bool",
+}
+
+
+def hf_features(index: str | dict):
+    """``datasets.Features`` of a shard set, for ``datasets.load_dataset("webdataset", data_files=...,
+    features=hf_features(index))``.
+
+    Hugging Face's webdataset builder otherwise infers types from the first five samples, and fails on a later
+    sample whose nullable field (``manipulation_score``, ``crop_landmarks``, ``timestamp_s``) has a value when those
+    five had none ("Couldn't cast array of type double to null").
+
+    Args:
+        index: the set's ``index.json`` (path, folder holding it, or the loaded dict).
+
+    Returns:
+        Features: the crop (``png`` or ``jpg``) and ``mask.png`` as ``Image``, ``json`` as a struct of
+        :data:`META_FIELDS`, ``cls`` int64, each stored view as ``Array3D`` float16 (C, H, W).
+
+    Raises:
+        SchemaError: the index is unreadable, of another schema version, or mixes image formats.
+    """
+    import os
+
+    import datasets
+
+    if not isinstance(index, dict):
+        path = os.path.join(str(index), "index.json") if os.path.isdir(str(index)) else str(index)
+        try:
+            with open(path) as fh:
+                index = json.load(fh)
+        except (OSError, ValueError) as e:
+            raise SchemaError(f"{path}: cannot read shard index: {e}") from None
+    if index.get("schema_version") != SCHEMA_VERSION:
+        raise SchemaError(f"shard index has schema version {index.get('schema_version')}, this facepipe writes "
+                          f"{SCHEMA_VERSION}")
+    fmt = index.get("image_format") or "png"
+    if fmt not in IMAGE_EXTS:
+        raise SchemaError(f"shard set has image format {fmt!r}: Hugging Face needs one image field")
+
+    def typ(t):
+        return [typ(t[0])] if isinstance(t, list) else datasets.Value(t)
+
+    feats = {fmt: datasets.Image(), "json": {k: typ(t) for k, t in _JSON_TYPES.items()},
+             "cls": datasets.Value("int64")}
+    if index.get("masks"):
+        feats[MASK_EXT] = datasets.Image()
+    for v in index.get("views", []):
+        shape = tuple((index.get("view_shapes") or {}).get(v, ()))
+        if len(shape) != 3:
+            raise SchemaError(f"shard index records no (C, H, W) shape for view '{v}'; rebuild with 'facepipe shard'")
+        feats[f"{v}.npy"] = datasets.Array3D(shape=shape, dtype="float16")
+    return datasets.Features(feats)
+
+
 __all__ = ["IMAGE_EXTS", "IdError", "KEY_SEP", "LABEL_NAMES", "MASK_EXT", "META_FIELDS", "SCHEMA_VERSION", "SPLITS",
-           "SchemaError", "check_name", "decode_image", "decode_sample", "encode_sample", "npy_bytes", "npy_load",
+           "SchemaError", "check_name", "decode_image", "empty_mask_png", "hf_features", "decode_sample", "encode_sample",
+           "npy_bytes", "npy_load",
            "parse_key", "sample_key"]

@@ -55,7 +55,7 @@ from facepipe.stages import contract
 log = logging.getLogger(__name__)
 
 STAGE = "shard"
-STAGE_VERSION = 2
+STAGE_VERSION = 3
 INDEX_NAME = "index.json"
 META_NAME = "_meta.json"
 STATS_NAME = "stats.json"
@@ -340,7 +340,10 @@ def _write_set(stage: Path, version: str, allrows: pl.DataFrame, stored: tuple[s
                                    group="facepipe", mode=0o444, post=closed)
             try:
                 for r in rows.iter_rows(named=True):
-                    sink.write(_sample(r, stored, npz, cfg.masks))
+                    sample = _sample(r, stored, npz, cfg.masks)
+                    if stored and "view_shapes" not in index:
+                        index["view_shapes"] = {v: list(npz_shape(sample[f"{v}.npy"])) for v in stored}
+                    sink.write(sample)
                     st = stats.setdefault(sink.fname, {"samples": 0, "datasets": Counter(), "labels": Counter(),
                                                        "methods": Counter(), "cells": Counter(),
                                                        "label_sources": Counter()})
@@ -372,6 +375,13 @@ def _write_set(stage: Path, version: str, allrows: pl.DataFrame, stored: tuple[s
     bar.close()
     npz.cache_clear()
     return index
+
+
+def npz_shape(npy: bytes) -> tuple[int, ...]:
+    """Shape of a stored ``.npy`` member."""
+    from facepipe.data.schema import npy_load
+
+    return tuple(npy_load(npy).shape)
 
 
 def _write_stats(folder: Path, index: dict, rows: pl.DataFrame) -> None:
@@ -415,10 +425,12 @@ def _sample(r: dict, views: tuple[str, ...], npz, masks: bool) -> dict:
         "manipulation_score": None if r["manipulation_score"] is None else round(float(r["manipulation_score"]), 6),
         "dataset": r["dataset"], "method": r["method"], "split": r["split"], "video_id": r["video_id"],
         "source_ids": list(r["source_ids"] or []), "frame_index": int(r["frame_index"]),
-        "timestamp_s": float(r["timestamp_s"]), "track_id": int(r["track_id"]), "box": list(r["box"]),
-        "landmarks": [list(p) for p in r["landmarks"]], "affine": [list(p) for p in r["affine"]],
-        "crop_size": int(r["crop_size"]), "crop_mode": r["crop_mode"], "detector": r["detector"],
-        "detector_version": r["detector_version"],
+        "timestamp_s": None if r["timestamp_s"] is None else float(r["timestamp_s"]),
+        "track_id": int(r["track_id"]), "box": list(r["box"]),
+        "landmarks": None if r["landmarks"] is None else [list(p) for p in r["landmarks"]],
+        "affine": [list(p) for p in r["affine"]], "crop_size": int(r["crop_size"]), "crop_mode": r["crop_mode"],
+        "detector": r["detector"], "detector_version": r["detector_version"], "preset": r.get("preset"),
+        "crop_landmarks": None if r.get("crop_landmarks") is None else [list(p) for p in r["crop_landmarks"]],
     }
     ext = crop.suffix.lstrip(".").lower()
-    return encode_sample(r["key"], image, "jpg" if ext == "jpeg" else ext, meta, arrays, mask)
+    return encode_sample(r["key"], image, "jpg" if ext == "jpeg" else ext, meta, arrays, mask, masks=masks)
