@@ -81,7 +81,9 @@ def extract(
     stride: Optional[int] = typer.Option(None, help="stride: keep every k-th frame."),
     fps: Optional[float] = typer.Option(None, help="fps: frames per second of video."),
     max_frames: Optional[int] = typer.Option(None, help="stride/fps: at most this many frames per video."),
-    detector: Optional[str] = typer.Option(None, help="Face detector: auto | mtcnn | scrfd | retinaface."),
+    detector: Optional[str] = typer.Option(None, help="Face detector: auto | mtcnn | scrfd | retinaface | dlib_hog."),
+    preset: Optional[str] = typer.Option(None, help="deepfakebench: DeepfakeBench's preprocessing exactly (dlib HOG "
+                                                    "+ 68 points, header frame count, largest face, 256 px, 1.3)."),
     model_root: Optional[str] = typer.Option(None, help="insightface model root (default ~/.insightface/models)."),
     max_side: Optional[int] = typer.Option(None, help="Detect on a copy with this longest side (px)."),
     min_face: Optional[int] = typer.Option(None, help="Smallest face searched for, detection-image px."),
@@ -115,7 +117,7 @@ def extract(
         "sampling.strategy": sampling, "sampling.num_frames": num_frames, "sampling.stride": stride,
         "sampling.fps": fps, "sampling.max_frames": max_frames, "detector.name": detector,
         "detector.model_root": model_root, "detector.max_side": max_side, "detector.min_face_px": min_face,
-        "detector.min_score": min_score, "detector.device": device, "align.mode": align,
+        "detector.min_score": min_score, "detector.device": device, "align.mode": align, "align.preset": preset,
         "align.size": size, "align.margin": margin, "track.select": select, "labels.policy": label_policy,
         "output.format": image_format, "output.jpeg_quality": jpeg_quality,
         "output.jpeg_subsampling": jpeg_subsampling, "workers": workers,
@@ -461,6 +463,13 @@ def face_detectors(
                 where = str(mtcnn_weights()["pnet"].parent)
             except FacepipeError as e:
                 where = f"unavailable: {e}"
+        elif name == "dlib_hog":
+            from facepipe.faces.dlib68 import predictor_path
+
+            try:
+                where = f"{predictor_path()} (preset deepfakebench)"
+            except FacepipeError as e:
+                where = f"unavailable: {e}"
         else:
             p = find_detector_model(name, model_root)
             where = str(p) if p else f"no pack under {model_root}"
@@ -479,6 +488,88 @@ def models() -> None:
                    f"{spec.paper}")
     typer.echo("\nalso: timm:<any timm model> (options pool, freeze_backbone, drop_rate, plugins, features_only, "
                "out_indices), package.module:factory, and --import FILE for your own")
+
+
+export_app = typer.Typer(help="Write facepipe data in another tool's layout.", no_args_is_help=True,
+                         rich_markup_mode=None)
+import_app = typer.Typer(help="Turn another tool's preprocessed data into facepipe shards.", no_args_is_help=True,
+                         rich_markup_mode=None)
+app.add_typer(export_app, name="export")
+app.add_typer(import_app, name="import")
+
+
+def _pairs(items: Optional[list[str]], what: str) -> dict[str, str]:
+    out = {}
+    for t in items or []:
+        k, sep, v = t.partition("=")
+        if not sep or not k or not v:
+            raise InputError(f"{what} must be NAME=VALUE, got {t!r}")
+        out[k.strip()] = v.strip()
+    return out
+
+
+@export_app.command("deepfakebench")
+def export_deepfakebench(
+    out: Path = typer.Option(..., "--out", help="Output folder: rgb/, dataset_json/, label_dict.yaml."),
+    shards: Optional[str] = typer.Option(None, "--shards", help="Shard folder, index.json or s3:// URL."),
+    extract: Optional[Path] = typer.Option(None, "--extract", help="An extract output folder (with --manifest)."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="The manifest the extract output was made with."),
+    dataset: Optional[str] = typer.Option(None, help="--extract: the manifest's dataset to export (default all)."),
+    adapter: Optional[list[str]] = typer.Option(
+        None, "--adapter", help="NAME=ADAPTER: a dataset not named after its adapter (e.g. myff=ffpp); repeat."),
+    path_prefix: str = typer.Option("./datasets/rgb", help="What the JSON's paths start with instead of OUT/rgb "
+                                                           "(DeepfakeBench's rgb_dir, relative, starting with '.')."),
+    compression: str = typer.Option("c23", help="Compression level key for FaceForensics++-family datasets."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Write crops in DeepfakeBench's layout (frames, masks, landmarks) with its dataset JSON, from shards or extract."""
+    from facepipe import deepfakebench as dfb
+
+    if (shards is None) == (extract is None):
+        raise InputError("export deepfakebench: give either --shards or --extract (with --manifest)")
+    if extract is not None and manifest is None:
+        raise InputError("export deepfakebench: --extract needs --manifest (splits and methods come from it)")
+    faces = (dfb.faces_from_shards(shards) if shards is not None else
+             dfb.faces_from_extract(extract, manifest, dataset))
+    s = dfb.export(faces, out, path_prefix=path_prefix, compression=compression,
+                   adapters=_pairs(adapter, "--adapter"), progress=progress)
+    typer.echo(f"export: {s.frames} frames, {s.masks} masks, {s.landmarks} landmark files -> {out}/rgb")
+    for (name, label, split), n in sorted(s.videos.items()):
+        typer.echo(f"  {name} {label} {split}: {n} videos")
+    for why, n in sorted(s.skipped.items()):
+        typer.echo(f"  left out {n} face(s): {why}")
+    typer.echo("json: " + ", ".join(s.json_files) + f"; label names: {out}/label_dict.yaml")
+
+
+@import_app.command("deepfakebench")
+def import_deepfakebench(
+    json_files: list[Path] = typer.Option(..., "--json", help="A DeepfakeBench dataset JSON; repeat for several."),
+    root: Path = typer.Option(..., "--root", help="The folder the JSON's paths stand for (with --path-prefix)."),
+    out: str = typer.Option(..., "--out", help="Shard output folder or s3://bucket/prefix."),
+    path_prefix: str = typer.Option("./datasets/rgb", help="The leading part of the JSON's paths that --root "
+                                                           "replaces (DeepfakeBench's rgb_dir)."),
+    label_dict: Optional[Path] = typer.Option(None, help="YAML/JSON of extra label names -> 0/1 (e.g. DF40's)."),
+    labels: Optional[str] = typer.Option(None, help="Comma-separated label names to import (default all)."),
+    compression: str = typer.Option("c23", help="Compression level to read from FaceForensics++-family JSONs."),
+    dataset_name: Optional[list[str]] = typer.Option(
+        None, "--dataset-name", help="DFB_NAME=NAME: facepipe dataset name for a DeepfakeBench dataset; repeat."),
+    max_samples: int = typer.Option(2000, help="Samples per shard at most."),
+    seed: int = typer.Option(0, help="Shuffle seed."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Turn DeepfakeBench-preprocessed frames and their dataset JSON into facepipe shards (labels, splits, methods,
+    frame indices, masks and landmarks kept; leakage checked)."""
+    from facepipe import deepfakebench as dfb
+
+    s = dfb.import_json([str(j) for j in json_files], root, out,
+                        label_dict=dfb.load_label_dict(label_dict) if label_dict else None,
+                        compression=compression, only=_csv_list(labels),
+                        dataset_names=_pairs(dataset_name, "--dataset-name"), path_prefix=path_prefix,
+                        max_samples=max_samples, seed=seed, progress=progress)
+    typer.echo(f"import: {s.frames} frames ({s.masks} masks, {s.landmarks} landmark files) of "
+               f"{sum(s.videos.values())} videos -> {out}/{s.shards.version}")
+    for (ds, split), n in sorted(s.videos.items()):
+        typer.echo(f"  {ds} {split}: {n} videos, {s.shards.samples.get(split, 0)} samples in the split")
 
 
 def main() -> None:

@@ -1,0 +1,369 @@
+"""DeepfakeBench compatibility: the preset against a straight implementation of DeepfakeBench's recipe on real clips,
+export to its layout and JSON (checked the way its loader reads them), import back to shards, Hugging Face datasets."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import glob
+import importlib.util
+import json
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import polars as pl
+import pytest
+from conftest import REAL, needs_real, shard_files
+
+from facepipe.errors import InputError
+
+pytest.importorskip("dlib")
+
+CLIPS = {"ffpp/original_634.mp4": (0, "original", []), "ffpp/FaceSwap_634_660.mp4": (1, "FaceSwap", ["original_634"])}
+N_FRAMES = 4
+
+
+# --- an independent, straight implementation of DeepfakeBench's preprocess.py (commit 8a4a7bf) -------------------
+
+def _dfb_models():
+    import dlib
+
+    spec = importlib.util.find_spec("face_recognition_models")
+    model = Path(list(spec.submodule_search_locations)[0]) / "models" / "shape_predictor_68_face_landmarks.dat"
+    return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(model))
+
+
+def _dfb_crop(bgr_frame, det, pred):
+    """extract_aligned_face_dlib: (BGR crop, re-detected 68 landmarks, 5 source points) or None."""
+    from skimage import transform as trans
+
+    rgb = cv2.cvtColor(bgr_frame, cv2.COLOR_BGR2RGB)
+    faces = det(rgb, 1)
+    if not len(faces):
+        return None
+    face = max(faces, key=lambda r: r.width() * r.height())
+    shape = pred(rgb, face)
+    src = np.array([[shape.part(i).x, shape.part(i).y] for i in (37, 44, 30, 49, 55)], dtype=np.float32)
+    dst = np.array([[30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366], [33.5493, 92.3655],
+                    [62.7299, 92.2041]], dtype=np.float32)
+    dst[:, 0] += 8.0
+    dst *= 256 / 112
+    margin = 256 * 0.3 / 2
+    dst = (dst + margin) * (256 / (256 + 2 * margin))
+    tform = trans.SimilarityTransform()
+    with warnings.catch_warnings():  # DeepfakeBench's call, deprecated in scikit-image 0.26
+        warnings.simplefilter("ignore", FutureWarning)
+        tform.estimate(src, dst)
+    crop = cv2.cvtColor(cv2.warpAffine(rgb, tform.params[0:2, :], (256, 256)), cv2.COLOR_RGB2BGR)
+    again = det(crop, 1)
+    if len(again) == 0:
+        return None
+    lm = pred(crop, again[0])
+    return crop, np.array([[p.x, p.y] for p in lm.parts()]), src
+
+
+def _dfb_video(path: Path, n: int):
+    """Every frame read with OpenCV; crops of the frames at linspace(0, CAP_PROP_FRAME_COUNT - 1, n)."""
+    det, pred = _dfb_models()
+    cap = cv2.VideoCapture(str(path))
+    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    idxs = np.linspace(0, count - 1, n, endpoint=True, dtype=int)
+    out = {}
+    for i in range(count):
+        ok, frame = cap.read()
+        if not ok:
+            break
+        if i in idxs:
+            out[i] = _dfb_crop(frame, det, pred)
+    return idxs, out
+
+
+# --- fixtures ------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def preset_run(tmp_path_factory):
+    """The preset over two real FF++ c23 clips (a FaceSwap fake and its target), with FF++ labels and split."""
+    if not REAL.is_dir():
+        pytest.skip(f"real test media not present at {REAL}")
+    from facepipe.stages import extract, shard
+    from facepipe.stages.extract import ExtractConfig
+
+    root = tmp_path_factory.mktemp("dfb")
+    videos = root / "videos"
+    videos.mkdir()
+    rows = []
+    for rel, (label, method, sources) in CLIPS.items():
+        (videos / Path(rel).name).symlink_to(REAL / "videos" / rel)
+        rows.append({"path": Path(rel).name, "label": label, "split": "test", "method": method,
+                     "source_ids": ";".join(sources), "dataset": "ffpp", "video_id": Path(rel).stem})
+    with open(root / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    cfg = ExtractConfig.model_validate({"align": {"preset": "deepfakebench"}, "sampling": {"num_frames": N_FRAMES},
+                                        "workers": 0})
+    extract.run(videos, root / "extract", cfg, progress=False, manifest=root / "manifest.csv")
+    shard.run(root / "shards", shard.ShardConfig(inputs=(shard.ShardInput(
+        dataset="ffpp", extract=str(root / "extract"), manifest=str(root / "manifest.csv")),)), progress=False)
+    return root
+
+
+def _samples(shards: Path) -> dict[str, dict]:
+    import webdataset as wds
+
+    tars = sorted(glob.glob(str(shard_files(shards) / "*.tar")))
+    return {s["__key__"]: s for s in wds.WebDataset(tars, shardshuffle=False, empty_check=False)}
+
+
+# --- 1. the preset --------------------------------------------------------------------------------------------------
+
+@needs_real
+def test_preset_equals_a_straight_deepfakebench_implementation(preset_run):
+    """Frame indices are DeepfakeBench's formula over OpenCV's header count; crops equal a straight implementation of
+    its recipe within 1 grey level (float32 vs float64 similarity matrices); five points and the 68 landmarks
+    re-detected on the crop are identical."""
+    faces = pl.read_parquet(preset_run / "extract" / "faces.parquet")
+    assert set(faces["preset"]) == {"deepfakebench"} and set(faces["track_id"]) == {0}
+    assert faces["detector"].unique().to_list() == ["dlib_hog"]
+    for rel, (label, _, _) in CLIPS.items():
+        vid = Path(rel).stem
+        mine = faces.filter(pl.col("video_id") == vid).sort("frame_index")
+        idxs, ref = _dfb_video(REAL / "videos" / rel, N_FRAMES)
+        assert mine["frame_index"].to_list() == [int(i) for i in idxs if ref[int(i)] is not None]
+        assert set(mine["label"]) == {label} and set(mine["label_source"]) == {"video"}
+        for r in mine.iter_rows(named=True):
+            crop, lm68, src5 = ref[r["frame_index"]]
+            got = cv2.imread(str(preset_run / "extract" / r["crop_path"]))
+            diff = np.abs(got.astype(int) - crop.astype(int))
+            assert diff.max() <= 1 and diff.mean() < 0.01, (vid, r["frame_index"], diff.max(), diff.mean())
+            np.testing.assert_array_equal(np.asarray(r["landmarks"]), src5)
+            np.testing.assert_array_equal(np.asarray(r["crop_landmarks"]), lm68)
+
+
+@needs_real
+def test_preset_frame_count_from_the_header(real_manifest):
+    """frame_count header: indices over OpenCV's CAP_PROP_FRAME_COUNT for every shared clip that decodes."""
+    from facepipe.video import FrameSampler, SamplingConfig, probe
+
+    cfg = SamplingConfig(num_frames=32, frame_count="header")
+    for rel in ("videos/ffpp/NeuralTextures_004_982.mp4", "videos/dfdc/brtujopkby.mp4",
+                "videos/misc/short_hamilton_clip.mp4"):
+        path = REAL / rel
+        n = int(cv2.VideoCapture(str(path)).get(cv2.CAP_PROP_FRAME_COUNT))
+        sampler = FrameSampler(path, probe(path), cfg)
+        got = np.concatenate([c.indices for c in sampler])
+        want = np.unique(np.linspace(0, n - 1, 32, endpoint=True, dtype=int))
+        np.testing.assert_array_equal(got, want[want < sampler.frames_decodable])
+
+
+def test_preset_overrides_its_sections():
+    from facepipe.stages.extract import ExtractConfig
+
+    cfg = ExtractConfig.model_validate({"align": {"preset": "deepfakebench"}, "detector": {"name": "mtcnn"},
+                                        "sampling": {"num_frames": 8}, "track": {"select": "all"}})
+    assert (cfg.detector.name, cfg.detector.min_score, cfg.sampling.frame_count, cfg.sampling.num_frames,
+            cfg.track.select, cfg.align.size, cfg.align.margin) == ("dlib_hog", 0.0, "header", 8, "largest", 256, 1.3)
+
+
+# --- 2. export ------------------------------------------------------------------------------------------------------
+
+DFB_LABEL_DICT = {"FF-real": 0, "FF-DF": 1, "FF-F2F": 1, "FF-FS": 1, "FF-NT": 1, "FF-FH": 1}  # train_config.yaml
+FF_FAMILY = {"FaceForensics++", "DeepFakeDetection", "FaceShifter", "FF-DF", "FF-F2F", "FF-FS", "FF-NT"}
+
+
+def _dfb_loader(json_path: Path, rgb_dir: Path, compression: str = "c23"):
+    """What DeepfakeBench's abstract_dataset does with a dataset JSON, for every split: labels through label_dict,
+    frames sorted by int(stem), paths starting with '.' used as they are (rgb_dir here stands for ./datasets/rgb),
+    masks at frames->masks, landmarks at frames->landmarks + .npy."""
+    name = json_path.stem
+    info = json.loads(json_path.read_text())
+    frames = []
+    for label in info[name]:
+        for mode in ("train", "val", "test"):
+            sub = info[name][label][mode]
+            if name in FF_FAMILY:
+                sub = sub[compression]
+            for video, vinfo in sub.items():
+                lab = DFB_LABEL_DICT[vinfo["label"]]
+                paths = sorted(vinfo["frames"], key=lambda x: int(x.split("/")[-1].split(".")[0]))
+                for p in paths:
+                    assert p.startswith("./datasets/rgb/")
+                    local = rgb_dir / p[len("./datasets/rgb/"):]
+                    frames.append((mode, label, video, lab, local, Path(str(local).replace("frames", "masks")),
+                                   Path(str(local).replace("frames", "landmarks").replace(".png", ".npy"))))
+    return frames
+
+
+@needs_real
+def test_export_follows_deepfakebench_layout(preset_run, tmp_path):
+    from facepipe import deepfakebench as dfb
+    from facepipe.data.schema import decode_image
+
+    out = tmp_path / "dfb"
+    s = dfb.export(dfb.faces_from_shards(str(preset_run / "shards")), out, progress=False)
+    assert s.frames == pl.read_parquet(preset_run / "extract" / "faces.parquet").height
+    frames = _dfb_loader(out / "dataset_json" / "FaceForensics++.json", out / "rgb")
+    assert len(frames) == s.frames
+    samples = {(json.loads(x["json"])["video_id"], json.loads(x["json"])["frame_index"]): x
+               for x in _samples(preset_run / "shards").values()}
+    for mode, label, video, lab, img, mask, lm in frames:
+        assert mode == "test" and label == ("FF-FS" if lab else "FF-real")
+        sample = samples[(video, int(img.stem))]
+        np.testing.assert_array_equal(cv2.cvtColor(cv2.imread(str(img)), cv2.COLOR_BGR2RGB),
+                                      decode_image(sample["png"], "png"))
+        meta = json.loads(sample["json"])
+        assert meta["label"] == lab
+        points = np.load(lm)
+        assert points.shape == (68, 2) and points.dtype == np.int64
+        np.testing.assert_array_equal(points, np.asarray(meta["crop_landmarks"]))
+        assert mask.is_file() == (lab == 1)  # masks: the fake compared with its original
+        if lab:
+            assert cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE).max() == 255
+    labels = (out / "label_dict.yaml").read_text()
+    assert "FF-FS: 1" in labels and "FF-real: 0" in labels
+
+
+def test_export_refuses_names_deepfakebench_would_mangle(tmp_path):
+    from facepipe import deepfakebench as dfb
+
+    face = dfb.Face("example", "my_frames_video", "train", "original", 0, 0, 0, 0, b"x", "png", None, None, [])
+    with pytest.raises(InputError, match="frames"):
+        dfb.export(iter([face]), tmp_path, progress=False)
+
+
+# --- 3. import ------------------------------------------------------------------------------------------------------
+
+@needs_real
+def test_round_trip_preset_export_import(preset_run, tmp_path):
+    """preset extraction -> shards -> export -> import: the same samples, labels, splits, ids, crops, masks."""
+    from facepipe import deepfakebench as dfb
+
+    out = tmp_path / "dfb"
+    dfb.export(dfb.faces_from_shards(str(preset_run / "shards")), out, progress=False)
+    s = dfb.import_json([out / "dataset_json" / "FaceForensics++.json"], out / "rgb", tmp_path / "shards",
+                        progress=False)
+    assert s.masks == N_FRAMES and s.landmarks == 2 * N_FRAMES
+    before, after = _samples(preset_run / "shards"), _samples(tmp_path / "shards")
+    assert sorted(before) == sorted(after)
+    for key, a in before.items():
+        b = after[key]
+        ma, mb = json.loads(a["json"]), json.loads(b["json"])
+        for f in ("label", "video_label", "split", "method", "video_id", "frame_index", "track_id", "dataset",
+                  "source_ids", "crop_landmarks", "preset", "has_mask"):
+            assert ma[f] == mb[f], (key, f)
+        assert a["png"] == b["png"] and a["cls"] == b["cls"]
+        np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(a["mask.png"], np.uint8), 0),
+                                      cv2.imdecode(np.frombuffer(b["mask.png"], np.uint8), 0))
+
+
+def _plain_json(out: Path) -> dict:
+    """The export's JSON as DeepfakeBench writes it: no facepipe entries, FF++ video names."""
+    data = json.loads((out / "dataset_json" / "FaceForensics++.json").read_text())
+    ff = data["FaceForensics++"]
+    for label, new in (("FF-real", "634"), ("FF-FS", "634_660")):
+        videos = ff[label]["test"]["c23"]
+        (_, entry), = videos.items()
+        entry.pop("facepipe")
+        videos.clear()
+        videos[new] = entry
+    return data
+
+
+@needs_real
+def test_import_plain_deepfakebench_json(preset_run, tmp_path):
+    """Without facepipe's entries: ids from label name and video, methods from label names, FF++ pairs linked to
+    their originals, the dataset named after facepipe's adapter."""
+    from facepipe import deepfakebench as dfb
+
+    out = tmp_path / "dfb"
+    dfb.export(dfb.faces_from_shards(str(preset_run / "shards")), out, progress=False)
+    plain = tmp_path / "FaceForensics++.json"
+    plain.write_text(json.dumps(_plain_json(out)))
+    dfb.import_json([plain], out / "rgb", tmp_path / "shards", progress=False)
+    metas = [json.loads(s["json"]) for s in _samples(tmp_path / "shards").values()]
+    fakes = [m for m in metas if m["label"] == 1]
+    assert {m["video_id"] for m in metas} == {"FF-real-634", "FF-FS-634_660"}
+    assert {m["method"] for m in fakes} == {"FaceSwap"} and {m["dataset"] for m in metas} == {"ffpp"}
+    assert all(m["source_ids"] == ["FF-real-634"] for m in fakes)
+    assert len(metas) == 2 * N_FRAMES and all(m["split"] == "test" for m in metas)
+
+
+@needs_real
+def test_import_bad_input_names_the_entries(preset_run, tmp_path):
+    from facepipe import deepfakebench as dfb
+
+    out = tmp_path / "dfb"
+    dfb.export(dfb.faces_from_shards(str(preset_run / "shards")), out, progress=False)
+    base = _plain_json(out)
+
+    def attempt(data: dict, match: str, **kw):
+        p = tmp_path / "bad.json"
+        p.write_text(json.dumps(data))
+        with pytest.raises(InputError, match=match):
+            dfb.import_json([p], out / "rgb", tmp_path / "never", progress=False, **kw)
+        assert not (tmp_path / "never" / "index.json").exists()
+
+    unknown = copy.deepcopy(base)
+    unknown["FaceForensics++"]["FF-FS"]["test"]["c23"]["634_660"]["label"] = "FF-XX"
+    attempt(unknown, r"unknown DeepfakeBench label name.*'FF-XX'.*FaceForensics\+\+/FF-FS/test/634_660")
+    two = copy.deepcopy(base)  # DeepfakeBench's DFD quirk: the same video listed in train and test
+    two["FaceForensics++"]["FF-real"]["train"]["c23"]["634"] = two["FaceForensics++"]["FF-real"]["test"]["c23"]["634"]
+    attempt(two, r"two splits.*ffpp:FF-real-634 in FaceForensics\+\+/FF-real/test, FaceForensics\+\+/FF-real/train")
+    missing = copy.deepcopy(base)
+    frames = missing["FaceForensics++"]["FF-real"]["test"]["c23"]["634"]["frames"]
+    frames[0] = frames[0].replace("000.png", "999.png")
+    attempt(missing, r"1 frame file\(s\) missing.*FF-real/test/634: .*999.png")
+    frames[0] = frames[0].replace("999.png", "first.png")
+    attempt(missing, r"unusable frame file.*FF-real/test/634: .*first.png \(stem is not a frame index\)")
+    attempt(base, r"no compression level 'c40'", compression="c40")
+    # the label names to import can be chosen (and the rest skipped)
+    p = tmp_path / "ok.json"
+    p.write_text(json.dumps(two))
+    s = dfb.import_json([p], out / "rgb", tmp_path / "only_fakes", only=["FF-FS"], progress=False)
+    assert s.frames == N_FRAMES
+
+
+# --- 4. Hugging Face datasets -------------------------------------------------------------------------------------
+
+def test_hugging_face_datasets_loads_shards(example_shards, tmp_path, monkeypatch):
+    """Every sample carries the same members (mask.png included), so datasets' webdataset builder reads the set;
+    hf_features makes it independent of which samples come first (nullable fields)."""
+    datasets = pytest.importorskip("datasets")
+    import webdataset as wds
+
+    from facepipe.data import hf_features
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    index = json.loads((example_shards / "index.json").read_text())
+    files = {split: [str(example_shards / s["url"]) for s in info["shards"]]
+             for split, info in index["splits"].items() if info["shards"]}
+    ds = datasets.load_dataset("webdataset", data_files=files, cache_dir=str(tmp_path / "hf"))
+    for split, info in index["splits"].items():
+        if not info["shards"]:
+            continue
+        assert ds[split].num_rows == info["samples"]
+        row = ds[split][0]
+        assert row["png"].size == (64, 64) and row["mask.png"].size == (64, 64)
+        assert row["cls"] == row["json"]["label"]
+        for r in ds[split]:
+            if r["json"]["has_mask"]:
+                assert r["json"]["label_source"] == "original_diff" and np.asarray(r["mask.png"]).max() == 255
+            else:
+                assert np.asarray(r["mask.png"]).max() == 0
+    # reals first: inference from the first five samples alone types manipulation_score as null
+    samples = [s for u in files["train"] for s in wds.WebDataset(u, shardshuffle=False, empty_check=False)]
+    samples.sort(key=lambda s: (s["json"].find(b'"manipulation_score":null') < 0, s["__key__"]))
+    assert json.loads(samples[0]["json"])["manipulation_score"] is None
+    assert any(json.loads(s["json"])["manipulation_score"] is not None for s in samples)
+    tar = tmp_path / "reordered.tar"
+    with wds.TarWriter(str(tar)) as w:
+        for s in samples:
+            w.write({k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"})
+    with pytest.raises(Exception, match="(?i)generat|cast"):
+        datasets.load_dataset("webdataset", data_files={"train": [str(tar)]}, cache_dir=str(tmp_path / "hf2"))
+    ds2 = datasets.load_dataset("webdataset", data_files={"train": [str(tar)]}, cache_dir=str(tmp_path / "hf3"),
+                                features=hf_features(example_shards))
+    assert ds2["train"].num_rows == len(samples)
+    assert [r["json"]["manipulation_score"] for r in ds2["train"]][-1] is not None
