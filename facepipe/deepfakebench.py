@@ -306,10 +306,11 @@ def export(faces: Iterator[Face], out: str | Path, path_prefix: str = DEFAULT_PR
         raise InputError("export deepfakebench: no face to export" +
                          (f" (left out: {dict(summary.skipped)})" if summary.skipped else ""))
     for name, labels in tree.items():
+        used = sorted({c for sp in labels.values() for v in sp.values() for c in v}) if name in NESTED else []
         for label_name, splits in labels.items():
             for split, videos in splits.items():
-                if name in NESTED and not videos:
-                    splits[split] = {compression: {}}
+                for c in used:  # DeepfakeBench indexes every split by the compression level it trains on
+                    videos.setdefault(c, {})
                 flat = videos.values() if name not in NESTED else [v for c in videos.values() for v in c.values()]
                 for v in flat:
                     v["frames"].sort(key=lambda p: int(p.rsplit("/", 1)[-1].split(".")[0]))
