@@ -16,4 +16,5 @@ print(f"floors installed: {len(pins)} packages")
 PY
 .venv-min/bin/python -m pytest -q -p no:cacheprovider tests/test_video.py tests/test_extract.py tests/test_labels.py \
     tests/test_datasets.py tests/test_protocols.py tests/test_data.py tests/test_train.py tests/test_metrics.py \
-    tests/test_freq.py tests/test_cli.py tests/test_contract.py tests/test_explain.py tests/test_storage.py
+    tests/test_freq.py tests/test_cli.py tests/test_contract.py tests/test_explain.py tests/test_storage.py \
+    tests/test_stills.py

@@ -71,7 +71,7 @@ def _csv_list(text: Optional[str]) -> Optional[list[str]]:
 
 @app.command()
 def extract(
-    video_dir: Path = typer.Option(..., "--video-dir", help="Folder searched recursively for videos."),
+    video_dir: Path = typer.Option(..., "--video-dir", help="Folder searched recursively for videos and still images."),
     out: Path = typer.Option(..., "--out", help="Output folder (faces/, faces.parquet, videos.parquet)."),
     params: Optional[Path] = typer.Option(None, "--params", help="params.yaml to read the 'extract' section from."),
     manifest: Optional[Path] = typer.Option(

@@ -8,6 +8,10 @@ for files that are not video at all.
 Header frame counts can lie (truncated uploads, broken muxers): when decord cannot deliver the
 sampled frames, the file is decoded sequentially with PyAV to count the frames that really decode,
 and the sample is drawn again from those.
+
+Still images (``.jpg``, ``.png``, ``.webp``, ``.bmp``) are one-frame items, decoded with Pillow (:func:`read_image`:
+EXIF orientation applied; palette, grey, CMYK, alpha and 16-bit images made 8-bit RGB); folders of images are
+image sequences (one frame per file).
 """
 
 from __future__ import annotations
@@ -89,7 +93,9 @@ class SampledFrames:
 
 
 def probe(path: str | Path) -> VideoInfo:
-    """Read stream parameters and rotation of ``path`` (decodes at most one frame).
+    """Read stream parameters and rotation of ``path`` (decodes at most one frame). A still image (:func:`is_still`)
+    is decoded whole (:func:`read_image`): ``frames_header`` 1, ``fps`` 0, ``codec`` ``image/<format>``, ``rotation``
+    the EXIF orientation's, already applied to ``width``/``height``.
 
     Raises:
         VideoError: status ``decode_error`` for an empty or unreadable file or a first frame that
@@ -101,6 +107,8 @@ def probe(path: str | Path) -> VideoInfo:
     p = Path(path)
     if p.is_dir():
         return _probe_images(p)
+    if is_still(p):
+        return _probe_still(p)
     try:
         size = p.stat().st_size
     except OSError as e:
@@ -162,6 +170,75 @@ def image_sequence(folder: Path) -> list[Path]:
         return (int(nums[-1]) if nums else -1, f.name)
 
     return sorted(files, key=order)
+
+
+_EXIF_ROTATION = {3: 180, 6: -90, 8: 90, 5: -90, 7: 90}
+"""EXIF orientation tag -> the display rotation it implies, in FFmpeg's sign convention (counter-clockwise)."""
+
+
+def is_still(path: str | Path) -> bool:
+    """``path`` is a single image file (one-frame item), judged by its extension."""
+    p = Path(path)
+    return p.suffix.lower() in IMAGE_EXTS and not p.is_dir()
+
+
+def read_image(path: str | Path) -> tuple[np.ndarray, int, str]:
+    """Decode a still image the way a viewer shows it.
+
+    EXIF orientation is applied (pixels come out upright); palette, 1-bit, grey, CMYK and YCbCr images are
+    converted to RGB; transparency is composited over white; 16-bit images are scaled to 8 bits (``/ 257``).
+
+    Returns:
+        ((H, W, 3) uint8 RGB upright, rotation in degrees the EXIF tag implied (FFmpeg's counter-clockwise
+        sign; 0 without one), Pillow's format name, e.g. ``JPEG``).
+
+    Raises:
+        VideoError: status ``decode_error`` for an empty, unreadable, truncated or corrupt image; ``unsupported``
+            for a file that is no image format Pillow reads.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+    except OSError as e:
+        raise VideoError(f"{p}: cannot read: {e.strerror}") from None
+    if size == 0:
+        raise VideoError(f"{p}: empty file (0 bytes)")
+    try:
+        with Image.open(p) as im:
+            fmt = im.format or "image"
+            orientation = int(im.getexif().get(0x0112, 1) or 1)
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            return _rgb8(im), _EXIF_ROTATION.get(orientation, 0), fmt
+    except UnidentifiedImageError:
+        raise VideoError(f"{p}: not an image format Pillow can read", status="unsupported") from None
+    except Image.DecompressionBombError as e:
+        raise VideoError(f"{p}: {e}", status="unsupported") from None
+    except (OSError, SyntaxError, ValueError) as e:  # Pillow's truncated / corrupt stream errors
+        raise VideoError(f"{p}: image is truncated or corrupt: {e}") from None
+
+
+def _rgb8(im) -> np.ndarray:
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        if im.mode.startswith("I;16") or a.max(initial=0) > 255:
+            a = a / 257.0
+        g = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(g[..., None], 3, axis=2))
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode in ("P", "L", "RGB") and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
+
+
+def _probe_still(path: Path) -> VideoInfo:
+    img, rotation, fmt = read_image(path)
+    return VideoInfo(fps=0.0, frames_header=1, width=img.shape[1], height=img.shape[0], rotation=rotation,
+                     duration_s=0.0, codec=f"image/{fmt.lower()}")
 
 
 def _probe_images(folder: Path) -> VideoInfo:
@@ -250,6 +327,11 @@ class FrameSampler:
     def __iter__(self) -> Iterator[SampledFrames]:
         if Path(self.path).is_dir():
             yield from self._images()
+            return
+        if is_still(self.path):  # one frame, whatever the sampling
+            img, _, _ = read_image(self.path)
+            self.frames_decodable = 1
+            yield self._chunk([(0, 0.0, img)], 1)
             return
         import decord
 

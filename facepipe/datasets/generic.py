@@ -8,10 +8,10 @@ import polars as pl
 
 from facepipe.datasets.base import ManifestConfig, Row, layout_error, register_adapter
 from facepipe.errors import InputError
-from facepipe.ids import VIDEO_EXTS, video_id_for
+from facepipe.ids import IMAGE_EXTS, VIDEO_EXTS, video_id_for
 
 FOLDER_LAYOUT = """
-ROOT/real/**/<video>                real
+ROOT/real/**/<video>                real (videos, or still images: .jpg .png .webp .bmp, one frame each)
 ROOT/fake/[<method>/]**/<video>     fake; the first sub-folder names the method (else 'fake')
 or the same under ROOT/{train,val,test}/ for an official split. Videos of other splits are grouped by
 file (no sources or identities are known): put originals and their fakes under one split yourself."""
@@ -27,7 +27,7 @@ ROOT/<options.file, default manifest.csv>   (or a path relative to the working f
 
 
 def _videos(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTS)
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTS + IMAGE_EXTS)
 
 
 @register_adapter("folder", FOLDER_LAYOUT)
