@@ -99,6 +99,7 @@ def create_face_detector(cfg: DetectorConfig | str, threads: int = 0) -> FaceDet
         cfg = DetectorConfig(name=cfg)
     name = resolve_detector_name(cfg)
     det = _REGISTRY[name](cfg, threads)
+    det.rotations = bool(cfg.rotations)
     log.info("face detector: %s", det.id)
     return det
 

@@ -10,6 +10,9 @@ import numpy as np
 
 from facepipe.faces.types import Face
 
+MAX_ROLL_DEG = 45.0
+"""A face whose eye line is rolled more than this (degrees) is re-detected on rotated copies of its frame."""
+
 RawDetections = tuple[np.ndarray, np.ndarray, np.ndarray]
 """``(boxes (K, 4) float32 xyxy, landmarks (K, 5, 2) float32, scores (K,) float32)`` in the pixels
 of the image the detector was given."""
@@ -45,6 +48,10 @@ class FaceDetector(ABC):
     name: str = "base"
     version: str = "0"
 
+    rotations: bool = False
+    """Retry frames without a face, or with a face rolled past :data:`MAX_ROLL_DEG`, rotated by 90/180/270 degrees
+    (see :meth:`detect`). Set from ``DetectorConfig.rotations`` by the factory."""
+
     def __init__(self, max_side: int = 640, min_score: float = 0.9) -> None:
         self.max_side = int(max_side)
         self.min_score = float(min_score)
@@ -59,7 +66,63 @@ class FaceDetector(ABC):
         """Detect on (N, h, w, 3) uint8 RGB images of one size; one result per image."""
 
     def detect(self, frames: np.ndarray | Sequence[np.ndarray]) -> list[list[Face]]:
-        """Detect faces in a batch of frames.
+        """Detect faces in a batch of frames (by default the sampled frames of one video).
+
+        With :attr:`rotations`, face detectors' blindness to rotated faces is worked around: a frame with no face,
+        or with a face whose eye line is rolled more than :data:`MAX_ROLL_DEG`, is detected again rotated by 90,
+        180 and 270 degrees, and the rotation whose best face scores highest wins (faces mapped back to the frame's
+        pixels, so alignment turns them upright). When most frames with a face prefer one rotation, that rotation
+        is applied to every frame of the batch (a sideways video: some rotated faces are still found upright, with
+        wrong landmarks).
+
+        Args:
+            frames: (N, H, W, 3) uint8 RGB, or a sequence of (H_i, W_i, 3) uint8 RGB images
+                (grouped by size internally).
+
+        Returns:
+            One list per frame of :class:`Face`, by decreasing score; coordinates in that frame's
+            pixels.
+
+        Raises:
+            ValueError: a frame is not (H, W, 3) uint8.
+        """
+        items = list(frames) if not (isinstance(frames, np.ndarray) and frames.ndim == 4) else frames
+        out = self._detect_upright(items)
+        if not self.rotations:
+            return out
+        retry = [i for i, fs in enumerate(out) if not fs or any(abs(_roll(f)) > MAX_ROLL_DEG for f in fs)]
+        if not retry:
+            return out
+        chosen = {i: 0 for i in range(len(out))}
+        tried: dict[int, list[list[Face]]] = {}
+        for k in (1, 2, 3):
+            tried[k] = self._detect_rotated([items[i] for i in retry], k)
+        for j, i in enumerate(retry):
+            best = max((f.score for f in out[i]), default=-1.0)
+            for k in (1, 2, 3):
+                sc = max((f.score for f in tried[k][j]), default=-1.0)
+                if sc > best:
+                    best, chosen[i], out[i] = sc, k, tried[k][j]
+        votes = [chosen[i] for i, fs in enumerate(out) if fs]
+        if votes:
+            k_major = max(set(votes), key=votes.count)
+            if k_major and votes.count(k_major) * 2 > len(votes):
+                others = [i for i in range(len(out)) if chosen[i] != k_major]
+                for i, fs in zip(others, self._detect_rotated([items[i] for i in others], k_major)):
+                    if fs:
+                        out[i] = fs
+        return out
+
+    def _detect_rotated(self, frames: list[np.ndarray], k: int) -> list[list[Face]]:
+        """Detect on the frames rotated by ``k`` quarter turns counter-clockwise; faces in the frames' own pixels."""
+        if not frames:
+            return []
+        rotated = [np.ascontiguousarray(np.rot90(f, k)) for f in frames]
+        return [[_unrotate(face, k, f.shape[1], f.shape[0]) for face in fs]
+                for f, fs in zip(frames, self._detect_upright(rotated))]
+
+    def _detect_upright(self, frames: np.ndarray | Sequence[np.ndarray]) -> list[list[Face]]:
+        """Detect faces in a batch of frames as they are.
 
         Args:
             frames: (N, H, W, 3) uint8 RGB, or a sequence of (H_i, W_i, 3) uint8 RGB images
@@ -103,3 +166,31 @@ class FaceDetector(ABC):
                     faces.append(Face(box=b, landmarks=lm, score=float(scores[k])))
                 out[i] = faces
         return out
+
+
+def _roll(face: Face) -> float:
+    """Angle of the eye line (left eye -> right eye) in degrees, 0 for an upright face."""
+    (lx, ly), (rx, ry) = face.landmarks[0], face.landmarks[1]
+    return float(np.degrees(np.arctan2(ry - ly, rx - lx)))
+
+
+def _unrotate(face: Face, k: int, w: int, h: int) -> Face:
+    """Map a face found in ``np.rot90(frame, k)`` back to the pixels of ``frame`` ((h, w)).
+
+    Points use pixel centres (``np.rot90`` moves pixel (x, y) of an (h, w) frame to (y, w-1-x) for k=1); boxes are
+    pixel ranges (exclusive ``x2, y2``), mapped edge to edge.
+    """
+    p = face.landmarks.astype(np.float64)
+    x1, y1, x2, y2 = (float(v) for v in face.box)
+    if k == 1:
+        pts = np.stack([w - 1 - p[:, 1], p[:, 0]], 1)
+        box = (w - y2, x1, w - y1, x2)
+    elif k == 2:
+        pts = np.stack([w - 1 - p[:, 0], h - 1 - p[:, 1]], 1)
+        box = (w - x2, h - y2, w - x1, h - y1)
+    elif k == 3:
+        pts = np.stack([p[:, 1], h - 1 - p[:, 0]], 1)
+        box = (y1, h - x2, y2, h - x1)
+    else:
+        return face
+    return Face(box=np.asarray(box), landmarks=pts, score=face.score)

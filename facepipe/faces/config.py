@@ -19,6 +19,12 @@ class DetectorConfig(Section):
     landmarks are mapped back to source-frame pixels. ``min_face_px`` is the smallest face side searched
     for, in detection-image pixels. Faces scoring below ``min_score`` are dropped. ``device`` picks the
     onnxruntime provider (not part of the stage fingerprint: it does not change results).
+
+    ``rotations``: frames without a face, or with a face rolled past 45 degrees, are detected again rotated by
+    90/180/270 degrees and the best-scoring rotation wins; when most frames of a video prefer one rotation it is
+    used for all of them (:meth:`facepipe.faces.base.FaceDetector.detect`). Face detectors are trained on upright
+    faces: on a real FF++ clip turned sideways MTCNN finds faces in some frames with landmarks rolled 55-85
+    degrees, or garbage landmarks, and so tilted crops. Costs up to three more detections of face-less frames.
     """
 
     name: Literal["auto", "mtcnn", "scrfd", "retinaface", "dlib_hog"] = "auto"
@@ -28,6 +34,7 @@ class DetectorConfig(Section):
     model_root: str = "~/.insightface/models"
     pack: Optional[str] = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    rotations: bool = True
 
 
 class AlignConfig(Section):
@@ -71,6 +78,10 @@ class TrackConfig(Section):
     ``NeuralTextures_004_982`` (tracks in 5 and 1 of 32 frames, mean score 0.972 and 0.951) and the
     cartoon rabbit of Big Buck Bunny (4 of 32 frames each), and keep every person of the crowd and stage
     clips seen in at least a quarter of the frames.
+
+    Items with a single sampled frame (still images) skip the track-quality filter: there is no persistence to
+    judge, and a lone face scoring 0.956 (a real person in the shared ``multiple_faces_bw.jpg``) would fall to the
+    mean-score rule; the detector's ``min_score`` decides there.
 
     ``select``: ``all`` keeps every remaining track; ``largest`` keeps the one with the largest summed
     face area (the video's main subject).

@@ -48,7 +48,7 @@ from facepipe._io import atomic_path, atomic_write_bytes
 from facepipe.config import Section
 from facepipe.errors import InputError, VideoError
 from facepipe.faces.config import AlignConfig, DetectorConfig, LabelConfig, TrackConfig
-from facepipe.ids import VIDEO_EXTS, qualify, video_id_for
+from facepipe.ids import IMAGE_EXTS, VIDEO_EXTS, qualify, video_id_for
 from facepipe.stages import contract
 from facepipe.video import SamplingConfig
 
@@ -151,7 +151,7 @@ class OutputConfig(Section):
 
 DEEPFAKEBENCH_PRESET = {
     "sampling": {"strategy": "uniform", "frame_count": "header"},
-    "detector": {"name": "dlib_hog", "max_side": 100_000, "min_score": 0.0},
+    "detector": {"name": "dlib_hog", "max_side": 100_000, "min_score": 0.0, "rotations": False},
     "align": {"mode": "arcface", "size": 256, "margin": 1.3},
     "track": {"select": "largest", "min_share": 0.0, "min_mean_score": 0.0},
 }
@@ -180,7 +180,7 @@ class ExtractConfig(Section):
     track: TrackConfig = TrackConfig()
     labels: LabelConfig = LabelConfig()
     output: OutputConfig = OutputConfig()
-    extensions: tuple[str, ...] = VIDEO_EXTS
+    extensions: tuple[str, ...] = VIDEO_EXTS + IMAGE_EXTS
     workers: int = Field(2, ge=0)
     timeout_s: Optional[float] = Field(900.0, gt=0)
     file_fingerprint: Literal["stat", "sha256"] = "stat"
@@ -515,8 +515,10 @@ def _finish(st: _VideoState, cfg: ExtractConfig, detector) -> list[dict]:
     else:
         raw_tracks = link_tracks([[k.face for k in kept] for kept in st.per_frame], cfg.track)
     flat = [(fm, k, t) for fm, kept, tids in zip(st.frame_meta, st.per_frame, raw_tracks) for k, t in zip(kept, tids)]
+    single = st.sampler.n_sampled <= 1  # a still image: no persistence to judge, the detector's min_score decides
     keep, dropped = filter_tracks([t for _, _, t in flat], [k.face.score for _, k, _ in flat],
-                                  st.sampler.n_sampled, cfg.track.min_share, cfg.track.min_mean_score)
+                                  st.sampler.n_sampled, 0.0 if single else cfg.track.min_share,
+                                  0.0 if single else cfg.track.min_mean_score)
     # renumber the kept tracks by summed face area (track 0 = the main subject)
     area: dict[int, float] = {}
     for _, k, t in flat:
