@@ -127,3 +127,38 @@ def test_tracks_split_on_jumps_and_size_changes():
     cfg = TrackConfig(max_shift=1.0, max_scale=1.5, max_gap=0)
     ids = link_tracks([[_face(100, 100)], [_face(300, 100)], [_face(300, 100, 120)]], cfg)
     assert len({i[0] for i in ids}) == 3
+
+
+def _greedy_nms(b, s, th, groups):
+    """The reference: MTCNN's greedy IoU loop (inclusive corners), groups shifted apart."""
+    b = b.astype(np.float64)
+    if groups is not None:
+        b = b + (groups * (float(b.max() - b.min()) + 2))[:, None]
+    x1, y1, x2, y2 = b.T
+    area = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order, keep = np.argsort(-s, kind="stable"), []
+    while order.size:
+        i, rest = order[0], order[1:]
+        keep.append(int(i))
+        w = np.maximum(0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
+        h = np.maximum(0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
+        inter = w * h
+        order = rest[inter / (area[i] + area[rest] - inter) <= th]
+    return keep
+
+
+def test_opencv_nms_keeps_what_the_greedy_loop_keeps():
+    """IoU NMS moved to OpenCV: the same boxes in the same order (ties included) as MTCNN's loop."""
+    from facepipe.faces.nms import nms
+
+    rng = np.random.default_rng(1)
+    for _ in range(12):
+        k = int(rng.integers(1, 3000))
+        xy = np.fix(rng.uniform(0, 600, (k, 2)))
+        b = np.concatenate([xy, xy + np.fix(rng.uniform(1, 150, (k, 2)))], 1)
+        s = rng.uniform(0.6, 1, k).astype(np.float32)
+        s[: k // 10] = 0.9  # ties
+        g = rng.integers(0, 8, k)
+        for th in (0.5, 0.7):
+            for groups in (g, None):
+                assert nms(b, s, th, "union", groups=groups).tolist() == _greedy_nms(b, s, th, groups)
