@@ -328,14 +328,9 @@ def export(faces: Iterator[Face], out: str | Path, path_prefix: str = DEFAULT_PR
     return summary
 
 
-_MADE: set = set()
-
-
 def _write(path: Path, data: bytes) -> None:
     """Temp name, then rename (parents created)."""
-    if path.parent not in _MADE:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _MADE.add(path.parent)
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, data)
 
 
@@ -370,23 +365,15 @@ def _resolve(path: str, root: Path, prefix: str) -> Path:
     return root / p.removeprefix("./")
 
 
-def _png_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) from a PNG header, ``None`` if not a PNG."""
-    with open(path, "rb") as fh:
-        head = fh.read(24)
-    if head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
-        return None
-    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
-
-
 def _image_size(path: Path) -> tuple[int, int] | None:
-    size = _png_size(path)
-    if size is None:
-        import cv2
+    """(width, height) from the image header (Pillow reads no pixels), ``None`` if it is no image."""
+    from PIL import Image, UnidentifiedImageError
 
-        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        size = None if img is None else (img.shape[1], img.shape[0])
-    return size
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None
 
 
 def _walk(data: dict, json_path: str, compression: str | None, only: set[str] | None):
@@ -485,7 +472,7 @@ def import_json(json_files: list[str | Path], root: str | Path, out: str | Path,
     where: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in records:
         where[(r["dataset"], r["video_id"])].append(r)
-    clashes = [(k, v) for k, v in where.items() if len({x["split"] for x in v}) > 1 or len(v) > 1]
+    clashes = [(k, v) for k, v in where.items() if len(v) > 1]
     if clashes:
         raise InputError(f"{len(clashes)} video(s) listed more than once (a video in two splits leaks): " + "; ".join(
             f"{k[0]}:{k[1]} in " + ", ".join(f"{x['ds']}/{x['label_name']}/{x['split']}" for x in v)

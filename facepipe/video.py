@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal, Optional
@@ -94,8 +95,9 @@ class SampledFrames:
 
 def probe(path: str | Path) -> VideoInfo:
     """Read stream parameters and rotation of ``path`` (decodes at most one frame). A still image (:func:`is_still`)
-    is decoded whole (:func:`read_image`): ``frames_header`` 1, ``fps`` 0, ``codec`` ``image/<format>``, ``rotation``
-    the EXIF orientation's, already applied to ``width``/``height``.
+    is read from its header only (a truncated one fails when :class:`FrameSampler` decodes it): ``frames_header``
+    1, ``fps`` 0, ``codec`` ``image/<format>``, ``rotation`` the EXIF orientation's, already applied to
+    ``width``/``height``.
 
     Raises:
         VideoError: status ``decode_error`` for an empty or unreadable file or a first frame that
@@ -109,14 +111,7 @@ def probe(path: str | Path) -> VideoInfo:
         return _probe_images(p)
     if is_still(p):
         return _probe_still(p)
-    try:
-        size = p.stat().st_size
-    except OSError as e:
-        raise VideoError(f"{p}: cannot read: {e.strerror}") from None
-    if size == 0:
-        raise VideoError(f"{p}: empty file (0 bytes)")
-    if not os.access(p, os.R_OK):
-        raise VideoError(f"{p}: cannot read: permission denied")
+    _check_file(p)
     try:
         container = av.open(str(p))
     except av.error.InvalidDataError:
@@ -182,6 +177,38 @@ def is_still(path: str | Path) -> bool:
     return p.suffix.lower() in IMAGE_EXTS and not p.is_dir()
 
 
+def _check_file(p: Path) -> None:
+    """Raise :class:`VideoError` (``decode_error``) for a missing, unreadable or empty file."""
+    try:
+        size = p.stat().st_size
+    except OSError as e:
+        raise VideoError(f"{p}: cannot read: {e.strerror}") from None
+    if size == 0:
+        raise VideoError(f"{p}: empty file (0 bytes)")
+    if not os.access(p, os.R_OK):
+        raise VideoError(f"{p}: cannot read: permission denied")
+
+
+@contextmanager
+def _pillow(p: Path):
+    """Pillow's errors as :class:`VideoError`: no image format -> ``unsupported``, truncated/corrupt ->
+    ``decode_error``."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        yield
+    except UnidentifiedImageError:
+        raise VideoError(f"{p}: not an image format Pillow can read", status="unsupported") from None
+    except Image.DecompressionBombError as e:
+        raise VideoError(f"{p}: {e}", status="unsupported") from None
+    except (OSError, SyntaxError, ValueError) as e:  # Pillow's truncated / corrupt stream errors
+        raise VideoError(f"{p}: image is truncated or corrupt: {e}") from None
+
+
+def _orientation(im) -> int:
+    return int(im.getexif().get(0x0112, 1) or 1)
+
+
 def read_image(path: str | Path) -> tuple[np.ndarray, int, str]:
     """Decode a still image the way a viewer shows it.
 
@@ -196,28 +223,14 @@ def read_image(path: str | Path) -> tuple[np.ndarray, int, str]:
         VideoError: status ``decode_error`` for an empty, unreadable, truncated or corrupt image; ``unsupported``
             for a file that is no image format Pillow reads.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
 
     p = Path(path)
-    try:
-        size = p.stat().st_size
-    except OSError as e:
-        raise VideoError(f"{p}: cannot read: {e.strerror}") from None
-    if size == 0:
-        raise VideoError(f"{p}: empty file (0 bytes)")
-    try:
-        with Image.open(p) as im:
-            fmt = im.format or "image"
-            orientation = int(im.getexif().get(0x0112, 1) or 1)
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            return _rgb8(im), _EXIF_ROTATION.get(orientation, 0), fmt
-    except UnidentifiedImageError:
-        raise VideoError(f"{p}: not an image format Pillow can read", status="unsupported") from None
-    except Image.DecompressionBombError as e:
-        raise VideoError(f"{p}: {e}", status="unsupported") from None
-    except (OSError, SyntaxError, ValueError) as e:  # Pillow's truncated / corrupt stream errors
-        raise VideoError(f"{p}: image is truncated or corrupt: {e}") from None
+    _check_file(p)
+    with _pillow(p), Image.open(p) as im:
+        fmt, orientation = im.format or "image", _orientation(im)
+        im.load()
+        return _rgb8(ImageOps.exif_transpose(im)), _EXIF_ROTATION.get(orientation, 0), fmt
 
 
 def _rgb8(im) -> np.ndarray:
@@ -235,9 +248,16 @@ def _rgb8(im) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
 
 
-def _probe_still(path: Path) -> VideoInfo:
-    img, rotation, fmt = read_image(path)
-    return VideoInfo(fps=0.0, frames_header=1, width=img.shape[1], height=img.shape[0], rotation=rotation,
+def _probe_still(p: Path) -> VideoInfo:
+    """From the image header only (the pixels are decoded once, by :class:`FrameSampler`)."""
+    from PIL import Image
+
+    _check_file(p)
+    with _pillow(p), Image.open(p) as im:
+        (w, h), fmt, orientation = im.size, im.format or "image", _orientation(im)
+    if orientation in (5, 6, 7, 8):  # a quarter turn: displayed sideways
+        w, h = h, w
+    return VideoInfo(fps=0.0, frames_header=1, width=w, height=h, rotation=_EXIF_ROTATION.get(orientation, 0),
                      duration_s=0.0, codec=f"image/{fmt.lower()}")
 
 

@@ -122,19 +122,7 @@ class FaceDetector(ABC):
                 for f, fs in zip(frames, self._detect_upright(rotated))]
 
     def _detect_upright(self, frames: np.ndarray | Sequence[np.ndarray]) -> list[list[Face]]:
-        """Detect faces in a batch of frames as they are.
-
-        Args:
-            frames: (N, H, W, 3) uint8 RGB, or a sequence of (H_i, W_i, 3) uint8 RGB images
-                (grouped by size internally).
-
-        Returns:
-            One list per frame of :class:`Face`, by decreasing score; coordinates in that frame's
-            pixels.
-
-        Raises:
-            ValueError: a frame is not (H, W, 3) uint8.
-        """
+        """:meth:`detect` on the frames as they are (no rotation retries); same arguments, result and errors."""
         if isinstance(frames, np.ndarray) and frames.ndim == 4:
             groups = {frames.shape[1:3]: list(range(len(frames)))}
             items = frames

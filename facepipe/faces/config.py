@@ -79,9 +79,8 @@ class TrackConfig(Section):
     cartoon rabbit of Big Buck Bunny (4 of 32 frames each), and keep every person of the crowd and stage
     clips seen in at least a quarter of the frames.
 
-    Items with a single sampled frame (still images) skip the track-quality filter: there is no persistence to
-    judge, and a lone face scoring 0.956 (a real person in the shared ``multiple_faces_bw.jpg``) would fall to the
-    mean-score rule; the detector's ``min_score`` decides there.
+    Items with a single sampled frame (still images) skip the track-quality filter (see
+    :func:`facepipe.faces.labels.filter_tracks`): the detector's ``min_score`` decides there.
 
     ``select``: ``all`` keeps every remaining track; ``largest`` keeps the one with the largest summed
     face area (the video's main subject).

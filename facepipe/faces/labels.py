@@ -262,9 +262,15 @@ def filter_tracks(tracks: Sequence[int], scores: Sequence[float], n_sampled: int
         min_share: a kept track appears in at least this share of the sampled frames.
         min_mean_score: and its mean detector score is at least this.
 
+    With a single sampled frame (a still image) there is no persistence to judge: every track is kept (the
+    detector's ``min_score`` decided; the mean-score rule dropped a real face scoring 0.956 in the shared
+    ``multiple_faces_bw.jpg``).
+
     Returns:
         (kept track ids, dropped track id -> reason).
     """
+    if n_sampled <= 1:
+        return set(tracks), {}
     count: dict[int, int] = {}
     total: dict[int, float] = {}
     for t, sc in zip(tracks, scores):

@@ -515,10 +515,8 @@ def _finish(st: _VideoState, cfg: ExtractConfig, detector) -> list[dict]:
     else:
         raw_tracks = link_tracks([[k.face for k in kept] for kept in st.per_frame], cfg.track)
     flat = [(fm, k, t) for fm, kept, tids in zip(st.frame_meta, st.per_frame, raw_tracks) for k, t in zip(kept, tids)]
-    single = st.sampler.n_sampled <= 1  # a still image: no persistence to judge, the detector's min_score decides
     keep, dropped = filter_tracks([t for _, _, t in flat], [k.face.score for _, k, _ in flat],
-                                  st.sampler.n_sampled, 0.0 if single else cfg.track.min_share,
-                                  0.0 if single else cfg.track.min_mean_score)
+                                  st.sampler.n_sampled, cfg.track.min_share, cfg.track.min_mean_score)
     # renumber the kept tracks by summed face area (track 0 = the main subject)
     area: dict[int, float] = {}
     for _, k, t in flat:
