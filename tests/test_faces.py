@@ -81,6 +81,32 @@ def test_similarity_recovers_a_known_transform():
     np.testing.assert_allclose(transform_points(src, m), tmpl, atol=1e-6)
 
 
+def test_similarity_equals_scikit_image_umeyama():
+    """The in-house Umeyama estimate equals scikit-image's (the reference it replaced) on random, face-like,
+    collinear and mirrored point sets, and refuses degenerate ones."""
+    from skimage.transform import SimilarityTransform
+
+    rng = np.random.default_rng(0)
+    tmpl = arcface_template(256, 1.3)
+    for i in range(300):
+        src = rng.uniform(0, 1000, (5, 2))
+        if i % 3 == 0:
+            src = arcface_template(112, 1.0) * rng.uniform(0.5, 5) + rng.uniform(0, 500, 2) + rng.normal(0, 3, (5, 2))
+        if i % 7 == 0:
+            src[:, 1] = src[:, 0] * 0.5 + 3
+        if i % 11 == 0:
+            src[:, 0] *= -1
+        if hasattr(SimilarityTransform, "from_estimate"):  # scikit-image >= 0.26
+            est = SimilarityTransform.from_estimate(src, tmpl)
+        else:
+            est = SimilarityTransform()
+            est.estimate(src, tmpl)
+        np.testing.assert_allclose(similarity_matrix(src, 256, 1.3), est.params[:2], rtol=1e-9, atol=1e-9)
+    for bad in (np.full((5, 2), 7.0), np.full((5, 2), np.nan)):
+        with pytest.raises(ValueError, match="degenerate"):
+            similarity_matrix(bad, 256)
+
+
 def test_box_matrix_square_and_centred():
     m = box_matrix(np.array([100, 50, 180, 170]), 200, margin=1.0)  # 80x120 box -> 120 square
     c = transform_points(np.array([[139.5, 109.5]]), m)  # centre pixel of the box
