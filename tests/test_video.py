@@ -114,3 +114,40 @@ def test_chunked_sampling_equals_one_batch(tmp_path, t1):
     assert np.array_equal(np.concatenate([c.indices for c in chunks]), whole.indices)
     assert np.array_equal(np.concatenate([c.frames for c in chunks]), whole.frames)
     assert sampler.n_sampled == 10 and sampler.frames_decodable == 40 and sampler.decode_error is None
+
+
+def _decord_only(path, info, cfg, chunk_size=16):
+    s = FrameSampler(path, info, cfg, chunk_size=chunk_size)
+    s._pyav_plan = lambda: None  # the decord path, as before the one-pass PyAV decoder
+    return list(s), s
+
+
+@needs_real
+@pytest.mark.parametrize("rel", ["ffpp/FaceSwap_634_660.mp4", "ffpp/original_004.mp4", "dfdc/brtujopkby.mp4",
+                                 "misc/short_hamilton_clip.mp4", "noface/video_90.mov"])
+def test_one_pass_pyav_equals_decord_on_real_clips(rel):
+    """The one-pass PyAV decode that skips unneeded non-reference frames gives decord's frame numbering, pixels
+    (bit-identical) and timestamps, in chunks, for uniform and stride samples: B-frame clips (FF++ c23, DFDC), a
+    stream with a start offset (hamilton) and a rotation-tagged MOV."""
+    p = REAL / "videos" / rel
+    info = probe(p)
+    for cfg in (SamplingConfig(num_frames=32), SamplingConfig(strategy="stride", stride=7)):
+        sampler = FrameSampler(p, info, cfg, chunk_size=16)
+        assert sampler._pyav_plan() is not None
+        fast = list(sampler)
+        ref, ref_sampler = _decord_only(p, info, cfg)
+        assert sampler._fast_done
+        assert [len(c.indices) for c in fast] == [len(c.indices) for c in ref]
+        for a, b in zip(fast, ref):
+            np.testing.assert_array_equal(a.indices, b.indices)
+            np.testing.assert_array_equal(a.frames, b.frames)
+            np.testing.assert_allclose(a.timestamps_s, b.timestamps_s, atol=1e-5)
+        assert sampler.frames_decodable == ref_sampler.frames_decodable
+
+
+@needs_real
+def test_avi_with_b_frames_is_left_to_decord():
+    """AVI packets carry decode-order timestamps (pts 1, 2, 3 ... while frames come out 1, 2, 4, 3 ...), so frame
+    numbering by packet timestamp would be wrong there: such files go to decord."""
+    p = REAL / "videos/misc/S001C001P001R001A001_rgb.avi"
+    assert FrameSampler(p, probe(p), SamplingConfig())._pyav_plan() is None

@@ -133,7 +133,10 @@ class FaceDetector(ABC):
                 groups.setdefault(f.shape[:2], []).append(i)
         out: list[list[Face]] = [[] for _ in range(len(items))]
         for (h, w), idx in groups.items():
-            batch = items[idx] if isinstance(items, np.ndarray) else np.stack([items[i] for i in idx])
+            if isinstance(items, np.ndarray):
+                batch = items if len(idx) == len(items) else items[idx]  # the whole batch: no copy
+            else:
+                batch = np.stack([items[i] for i in idx])
             if batch.ndim != 4 or batch.shape[-1] != 3 or batch.dtype != np.uint8:
                 raise ValueError(f"frames must be (H, W, 3) uint8 RGB, got {batch.shape} {batch.dtype}")
             scale = min(1.0, self.max_side / max(h, w))

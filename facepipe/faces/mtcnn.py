@@ -56,7 +56,11 @@ def mtcnn_weights() -> dict[str, Path]:
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
-    return (x.astype(np.float32) - 127.5) * 0.0078125
+    """uint8 -> float32 ``(x - 127.5) / 128``, in place on the float copy."""
+    y = x.astype(np.float32)
+    y -= 127.5
+    y *= 0.0078125
+    return y
 
 
 def _rerec(b: np.ndarray) -> np.ndarray:
@@ -147,15 +151,20 @@ class MTCNN(FaceDetector):
         """Zero-padded crops of 1-based inclusive integer boxes, resized to ``size``; (K, W, H, 3)."""
         n_img, H, W = images.shape[:3]
         out = np.empty((len(boxes), size, size, 3), dtype=np.float32)
-        for k, (g, b) in enumerate(zip(groups, boxes.astype(np.int64))):
+        for k, (g, b) in enumerate(zip(groups.tolist(), boxes.astype(np.int64).tolist())):
             x1, y1, x2, y2 = b[0] - 1, b[1] - 1, b[2], b[3]  # 0-based, exclusive end
+            if x1 >= 0 and y1 >= 0 and x2 <= W and y2 <= H and x2 > x1 and y2 > y1:  # inside: resize a view
+                out[k] = cv2.resize(images[g, y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_AREA)
+                continue
             bw, bh = max(x2 - x1, 1), max(y2 - y1, 1)
             tmp = np.zeros((bh, bw, 3), dtype=np.uint8)
             sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x2, W), min(y2, H)
             if sx2 > sx1 and sy2 > sy1:
                 tmp[sy1 - y1:sy2 - y1, sx1 - x1:sx2 - x1] = images[g, sy1:sy2, sx1:sx2]
             out[k] = cv2.resize(tmp, (size, size), interpolation=cv2.INTER_AREA)
-        return _normalise(out).transpose(0, 2, 1, 3)
+        out -= 127.5
+        out *= 0.0078125
+        return out.transpose(0, 2, 1, 3)
 
     def _detect_resized(self, images: np.ndarray) -> list[RawDetections]:
         n, H, W = images.shape[:3]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from facepipe.faces.config import TrackConfig
 from facepipe.faces.types import Face
@@ -51,7 +50,12 @@ def link_tracks(faces_per_frame: list[list[Face]], cfg: TrackConfig) -> list[lis
         frame_ids = [-1] * len(faces)
         if faces and live:
             cost = _shift_cost(faces, [active[k] for k in live], t, cfg)
-            rows, cols = linear_sum_assignment(cost)
+            if cost.shape == (1, 1):  # one face, one track: nothing to assign (and no SciPy import, ~0.7 s a worker)
+                rows, cols = [0], [0]
+            else:
+                from scipy.optimize import linear_sum_assignment
+
+                rows, cols = linear_sum_assignment(cost)
             for r, c in zip(rows, cols):
                 if cost[r, c] < _NO:
                     frame_ids[r] = live[c]
