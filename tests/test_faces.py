@@ -188,3 +188,29 @@ def test_opencv_nms_keeps_what_the_greedy_loop_keeps():
         for th in (0.5, 0.7):
             for groups in (g, None):
                 assert nms(b, s, th, "union", groups=groups).tolist() == _greedy_nms(b, s, th, groups)
+
+
+@needs_real
+def test_mtcnn_outputs_do_not_depend_on_call_size(mtcnn, monkeypatch):
+    """The cascade runs in onnxruntime calls of CALL_BYTES input; one call per network and stage (the previous
+    layout) gives the same faces, boxes and landmarks on real FF++ and DFDC frames."""
+    from facepipe.faces import mtcnn as mod
+    from facepipe.video import SamplingConfig, probe, read_frames
+
+    for rel in ("ffpp/NeuralTextures_004_982.mp4", "dfdc/lynaeydofd.mp4"):
+        p = REAL / "videos" / rel
+        frames = read_frames(p, probe(p), SamplingConfig(num_frames=6)).frames
+        chunked = mtcnn.detect(frames)
+        monkeypatch.setattr(mod, "CALL_BYTES", 1 << 40)
+        whole = mtcnn.detect(frames)
+        monkeypatch.setattr(mod, "CALL_BYTES", 1)  # one image per call
+        single = mtcnn.detect(frames)
+        monkeypatch.undo()
+        assert sum(map(len, chunked)) >= len(frames)
+        for a, b, c in zip(chunked, whole, single):
+            assert len(a) == len(b) == len(c)
+            for fa, fb, fc in zip(a, b, c):
+                np.testing.assert_allclose(fa.box, fb.box, atol=1e-3)
+                np.testing.assert_allclose(fa.landmarks, fb.landmarks, atol=1e-3)
+                np.testing.assert_allclose(fa.box, fc.box, atol=1e-3)
+                assert abs(fa.score - fb.score) < 1e-5

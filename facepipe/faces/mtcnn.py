@@ -9,8 +9,9 @@ The networks take RGB images normalised as ``(x - 127.5) / 128`` in (N, W, H, 3)
 height swapped, from the MATLAB original). Boxes inside the cascade use MATLAB's 1-based inclusive
 corners; :meth:`MTCNN._detect_resized` returns 0-based pixels with exclusive ``x2, y2``.
 
-Batching: P-Net runs once per pyramid scale on all frames of a video together; R-Net and O-Net run
-on the candidates of all frames together.
+Batching: P-Net runs per pyramid scale on all frames of a video, R-Net and O-Net on the candidates of all frames,
+each in onnxruntime calls of about :data:`CALL_BYTES` of input built just before the call (bounded memory; faster
+than one large call, see there). Outputs do not depend on the call size (test).
 """
 
 from __future__ import annotations
@@ -128,11 +129,13 @@ class MTCNN(FaceDetector):
                       for k, v in paths.items()}
         self._inputs = {k: s.get_inputs()[0].name for k, s in self._nets.items()}
 
-    def _run(self, net: str, x: np.ndarray) -> list[np.ndarray]:
-        """Run ``net`` on ``x`` in calls of at most :data:`CALL_BYTES` of input (at least one image per call)."""
-        chunk = max(1, CALL_BYTES // max(1, x[0].nbytes)) if len(x) else 1
-        outs = [self._nets[net].run(None, {self._inputs[net]: x[i:i + chunk]})
-                for i in range(0, len(x), chunk)]
+    def _run(self, net: str, n: int, item_bytes: int, build) -> list[np.ndarray]:
+        """Run ``net`` on ``n`` inputs of ``item_bytes`` each, built by ``build(i0, i1)`` (an (i1 - i0, W, H, 3)
+        float32 array) just before each call of at most :data:`CALL_BYTES` (at least one input per call), so only
+        one call's input is ever in memory; the outputs concatenated."""
+        chunk = max(1, CALL_BYTES // max(1, item_bytes))
+        outs = [self._nets[net].run(None, {self._inputs[net]: np.ascontiguousarray(build(i, min(i + chunk, n)))})
+                for i in range(0, n, chunk)]
         return [np.concatenate([o[j] for o in outs]) for j in range(len(outs[0]))]
 
     def _scales(self, h: int, w: int) -> list[float]:
@@ -171,12 +174,16 @@ class MTCNN(FaceDetector):
         empty = (np.zeros((0, 4), np.float32), np.zeros((0, 5, 2), np.float32), np.zeros(0, np.float32))
         t1, t2, t3 = self.thresholds
 
-        # Stage 1: P-Net over the pyramid, all frames at once per scale.
+        # Stage 1: P-Net over the pyramid, per scale on all frames (in calls of CALL_BYTES).
         cand, cand_g = [], []
         for s in self._scales(H, W):
             hs, ws = int(math.ceil(H * s)), int(math.ceil(W * s))
-            x = np.stack([cv2.resize(im, (ws, hs), interpolation=cv2.INTER_AREA) for im in images])
-            reg, prob = self._run("pnet", _normalise(x).transpose(0, 2, 1, 3))
+
+            def level(i0, i1, ws=ws, hs=hs):
+                x = np.stack([cv2.resize(im, (ws, hs), interpolation=cv2.INTER_AREA) for im in images[i0:i1]])
+                return _normalise(x).transpose(0, 2, 1, 3)
+
+            reg, prob = self._run("pnet", n, ws * hs * 12, level)
             reg, prob = reg.transpose(0, 2, 1, 3), prob.transpose(0, 2, 1, 3)  # (n, h', w', C)
             g, r, c = np.nonzero(prob[..., 1] >= t1)
             if len(g) == 0:
@@ -199,7 +206,8 @@ class MTCNN(FaceDetector):
         boxes = np.fix(_rerec(boxes))
 
         # Stage 2: R-Net refines all candidates of all frames together.
-        reg, prob = self._run("rnet", self._crops(images, g, boxes, 24))
+        reg, prob = self._run("rnet", len(boxes), 24 * 24 * 12,
+                              lambda i0, i1: self._crops(images, g[i0:i1], boxes[i0:i1], 24))
         ok = prob[:, 1] > t2
         boxes, g, score, reg = boxes[ok], g[ok], prob[ok, 1], reg[ok]
         if len(boxes) == 0:
@@ -209,7 +217,8 @@ class MTCNN(FaceDetector):
         g = g[keep]
 
         # Stage 3: O-Net gives final boxes, scores and five landmarks.
-        reg, pts, prob = self._run("onet", self._crops(images, g, boxes, 48))
+        reg, pts, prob = self._run("onet", len(boxes), 48 * 48 * 12,
+                                   lambda i0, i1: self._crops(images, g[i0:i1], boxes[i0:i1], 48))
         ok = prob[:, 1] > t3
         boxes, g, score, reg, pts = boxes[ok], g[ok], prob[ok, 1], reg[ok], pts[ok]
         if len(boxes) == 0:
