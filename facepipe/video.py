@@ -4,9 +4,10 @@ The container is probed first with PyAV, which reads the stream parameters and t
 decoding the whole file and gives precise errors for files that are not video at all.
 
 Sampled frames of MP4/MOV/Matroska files are decoded with PyAV in one pass that skips the non-reference frames the
-sample does not need (:meth:`FrameSampler._pyav_sampled`): bit-identical frames to decord's; on the FF++/DFDC bench clips
-about 45 % of the frames are skipped and decoding takes about 15 % less CPU than decoding every frame (``scripts/bench_extract.py``). Other containers (AVI, whose packets carry
-decode-order timestamps) go to decord (which applies the container's rotation metadata, so a phone clip tagged -90
+sample does not need (:meth:`FrameSampler._pyav_sampled`): bit-identical frames to decord's; on the FF++/DFDC bench
+clips about 45 % of the frames are skipped and decoding takes about 15 % less CPU than decoding every frame
+(``scripts/bench_extract.py``). Other containers (AVI, whose packets carry decode-order timestamps) go to decord
+(which applies the container's rotation metadata, so a phone clip tagged -90
 degrees comes out upright).
 
 Header frame counts can lie (truncated uploads, broken muxers): when neither can deliver the sampled frames, the
