@@ -101,6 +101,10 @@ def extract(
                                           help="Worker processes (0 = in this process; default 2)."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds per video before a worker is stopped."),
     fingerprint: Optional[str] = typer.Option(None, help="Change detection for resume: stat (size+mtime) | sha256."),
+    engine: Optional[str] = typer.Option(None, help="local (worker processes here) | ray (actors on a Ray cluster; "
+                                                    "pip install 'facepipe[ray]')."),
+    address: Optional[str] = typer.Option(None, help="--engine ray: the cluster (e.g. 10.0.0.1:6379; default "
+                                                     "RAY_ADDRESS or a local Ray started for the run)."),
     strict: bool = typer.Option(False, help="Exit 1 if any video is error, decode_error or unsupported."),
     contact_sheet: bool = typer.Option(True, help="Write OUT/contact_sheet.png of one crop per track."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -121,7 +125,7 @@ def extract(
         "align.size": size, "align.margin": margin, "track.select": select, "labels.policy": label_policy,
         "output.format": image_format, "output.jpeg_quality": jpeg_quality,
         "output.jpeg_subsampling": jpeg_subsampling, "workers": workers,
-        "timeout_s": timeout, "file_fingerprint": fingerprint,
+        "timeout_s": timeout, "file_fingerprint": fingerprint, "engine": engine, "ray_address": address,
     }
     cfg = _configure(ExtractConfig, _params_data(params, "extract", ExtractConfig), overrides, "extract")
     s = run(video_dir, out, cfg, progress=progress, manifest=manifest)

@@ -170,8 +170,13 @@ class ExtractConfig(Section):
 
     ``workers`` (processes; 0 = in this process), ``timeout_s`` (per video; a task holding an original
     and its fakes gets it once per video), ``file_fingerprint`` (``stat`` = size + mtime, ``sha256`` =
-    content) and ``extensions`` (what ``--video-dir`` discovery picks up) are run settings: they are not
-    part of the stage fingerprint, and neither is ``detector.device``.
+    content), ``extensions`` (what ``--video-dir`` discovery picks up), ``engine`` and ``ray_address`` are run
+    settings: they are not part of the stage fingerprint, and neither is ``detector.device``.
+
+    ``engine``: ``local`` runs the per-video work in ``workers`` processes of this machine; ``ray`` runs it as Ray
+    actors on the cluster at ``ray_address`` (``None``: ``RAY_ADDRESS`` or a Ray instance started for the run), one
+    actor per ``workers`` (0: one per CPU of the cluster), with the same outputs, statuses and resume (see
+    :func:`_run_ray`).
     """
 
     sampling: SamplingConfig = SamplingConfig()
@@ -184,6 +189,8 @@ class ExtractConfig(Section):
     workers: int = Field(2, ge=0)
     timeout_s: Optional[float] = Field(900.0, gt=0)
     file_fingerprint: Literal["stat", "sha256"] = "stat"
+    engine: Literal["local", "ray"] = "local"
+    ray_address: Optional[str] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -215,7 +222,8 @@ class ExtractConfig(Section):
     def result_params(self) -> dict:
         """The parameters that change results (run settings left out)."""
         return self.model_dump(exclude={"extensions": True, "workers": True, "timeout_s": True,
-                                        "file_fingerprint": True, "detector": {"device"}})
+                                        "file_fingerprint": True, "engine": True, "ray_address": True,
+                                        "detector": {"device"}})
 
 
 def fingerprint(cfg: ExtractConfig, detector_id: str) -> str:
@@ -813,7 +821,7 @@ def run(video_dir: str | Path, out_dir: str | Path, cfg: ExtractConfig, *, progr
     cpu = os.cpu_count() or 1
     workers = cfg.workers
     threads = max(1, cpu // max(1, workers)) if workers else 0
-    detector = create_face_detector(cfg.detector, threads=threads)
+    detector = create_face_detector(cfg.detector, threads=threads)  # also checks the detector before any work
     stage_fp = fingerprint(cfg, detector.id)
     log.info("detector %s, stage fingerprint %s, %d videos, %d workers", detector.id, stage_fp, len(jobs), workers)
     out = Path(out_dir)
@@ -858,7 +866,10 @@ def run(video_dir: str | Path, out_dir: str | Path, cfg: ExtractConfig, *, progr
             if row["status"] in ("decode_error", "unsupported", "error"):
                 tqdm.write(f"{row['path']}: {row['status']}: {row['message']}")
 
-        if tasks and workers == 0:
+        if tasks and cfg.engine == "ray":
+            del detector
+            _run_ray(tasks, out, cfg, done)
+        elif tasks and workers == 0:
             for t in tasks:
                 for r in process_task(t, str(out), cfg, detector):
                     done(*r)
@@ -934,25 +945,151 @@ def _run_pool(tasks: list[Task], out: Path, cfg: ExtractConfig, workers: int, th
                 why = f"the worker process died ({e}): a decoder crash or out of memory"
             except Exception as e:  # noqa: BLE001  an exception the task itself could not record
                 why = f"unexpected error: {type(e).__name__}: {e}"
-            unfinished = [v for v in t.processed() if not _part_has_key(out, v, t.keys[v.video_id])]
-            if not unfinished:
-                continue
-            if t.size() > 1 and not retried and len(t.processed()) > 1:
-                log.warning("a task of %d videos failed (%s); retrying them one by one", len(t.processed()), why)
-                queue.extend((s, True) for s in _split(t) if any(v in unfinished for v in s.processed()))
-                continue
-            for v in unfinished:
-                row = _error_row(v, t.keys[v.video_id], t.shas.get(v.video_id), "", why)
-                try:
-                    atomic_write_bytes(out / "_parts" / f"{v.video_id}.json", json.dumps(row).encode())
-                    with atomic_path(out / "_parts" / f"{v.video_id}.parquet") as tmp:
-                        pl.DataFrame([], schema=FACE_SCHEMA).write_parquet(tmp)
-                except OSError as e:
-                    log.error("%s: cannot record the error row: %s", v.rel, e)
-                done(row, 0)
+            _failed(t, retried, why, out, queue, done)
     finally:
         pool.stop()
         pool.join()
+
+
+def _failed(t: Task, retried: bool, why: str, out: Path, queue: list, done) -> None:
+    """A task that did not return: split into one task per video and queued again once; a single video that
+    fails again gets an ``error`` row (never cached: its key does not count as done)."""
+    unfinished = [v for v in t.processed() if not _part_has_key(out, v, t.keys[v.video_id])]
+    if not unfinished:
+        return
+    if t.size() > 1 and not retried and len(t.processed()) > 1:
+        log.warning("a task of %d videos failed (%s); retrying them one by one", len(t.processed()), why)
+        queue.extend((s, True) for s in _split(t) if any(v in unfinished for v in s.processed()))
+        return
+    for v in unfinished:
+        row = _error_row(v, t.keys[v.video_id], t.shas.get(v.video_id), "", why)
+        try:
+            atomic_write_bytes(out / "_parts" / f"{v.video_id}.json", json.dumps(row).encode())
+            with atomic_path(out / "_parts" / f"{v.video_id}.parquet") as tmp:
+                pl.DataFrame([], schema=FACE_SCHEMA).write_parquet(tmp)
+        except OSError as e:
+            log.error("%s: cannot record the error row: %s", v.rel, e)
+        done(row, 0)
+
+
+class _RayExtractor:
+    """A Ray actor holding one face detector (the pool worker of the ``ray`` engine)."""
+
+    def __init__(self, cfg: ExtractConfig, threads: int, log_level: int) -> None:
+        _init_worker(cfg, threads, log_level)
+
+    def run(self, task: Task, out_dir: str) -> list[tuple[dict, int]]:
+        return process_task(task, out_dir)
+
+    def node(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+
+def _run_ray(tasks: list[Task], out: Path, cfg: ExtractConfig, done) -> None:
+    """Run tasks on a Ray cluster: actors (one detector each) take tasks from a queue the driver keeps.
+
+    Each actor reserves ``num_cpus`` = the cluster's CPUs / actors (at least 1; onnxruntime uses as many threads),
+    and a share of a GPU when the cluster has GPUs and ``detector.device`` is not ``cpu`` (the detector then runs
+    on onnxruntime's CUDA provider). An actor decodes its videos itself: 32 decoded 1080p frames are ~200 MB, more
+    than the video file, so decoding where the detector runs moves the least data. Videos and ``out`` must be at
+    the same paths on every node (a shared file system); actors write part files there exactly as local workers
+    do, and the driver consolidates the tables, so outputs, statuses and resume are the local engine's.
+
+    Timeouts and failures as in :func:`_run_pool`: an actor past ``timeout_s`` per video is killed and replaced,
+    an actor that dies is replaced, and the task is split and retried once, then recorded as ``error``.
+
+    Raises:
+        InputError: Ray is not installed, or the cluster cannot be reached.
+    """
+    try:
+        import ray
+        from ray.exceptions import RayActorError
+    except ImportError:
+        raise InputError("engine 'ray' needs Ray: pip install 'facepipe[ray]'") from None
+    started = not ray.is_initialized()
+    if started and cfg.ray_address and cfg.ray_address not in ("auto", "local") and "://" not in cfg.ray_address:
+        _check_reachable(cfg.ray_address)  # ray.init retries an unreachable GCS for minutes
+    if started:
+        try:
+            ray.init(address=cfg.ray_address, ignore_reinit_error=True, log_to_driver=False,
+                     include_dashboard=False, logging_level=logging.WARNING)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise InputError(f"cannot reach the Ray cluster at {cfg.ray_address or 'RAY_ADDRESS/local'}: {e}") from e
+    try:
+        res = ray.cluster_resources()
+        cpus = max(1, int(res.get("CPU", 1)))
+        actors_n = cfg.workers or cpus
+        gpus = res.get("GPU", 0) if cfg.detector.device != "cpu" else 0
+        threads = max(1, cpus // actors_n)
+        opts = {"num_cpus": threads, "max_restarts": 0}
+        if gpus:
+            opts["num_gpus"] = min(1.0, gpus / actors_n)
+        actor_cls = ray.remote(_RayExtractor)
+        level = logging.getLogger().level
+
+        def new_actor():
+            return actor_cls.options(**opts).remote(cfg, threads, level)
+
+        idle = [new_actor() for _ in range(actors_n)]
+        log.info("ray engine: %d actors (%s each) on %d nodes", actors_n, opts,
+                 sum(1 for n in ray.nodes() if n.get("Alive")))
+        queue = [(t, False) for t in tasks]
+        inflight: dict = {}  # ObjectRef -> (task, retried, actor, started)
+        while queue or inflight:
+            while queue and idle:
+                t, retried = queue.pop(0)
+                a = idle.pop()
+                inflight[a.run.remote(t, str(out))] = (t, retried, a, time.monotonic())
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+            now = time.monotonic()
+            for ref in ready:
+                t, retried, a, _ = inflight.pop(ref)
+                try:
+                    for r in ray.get(ref):
+                        done(*r)
+                    idle.append(a)
+                    continue
+                except RayActorError as e:
+                    why = f"the Ray actor died ({type(e).__name__}): a decoder crash, out of memory or a lost node"
+                    idle.append(new_actor())
+                except Exception as e:  # noqa: BLE001  an exception the task itself could not record
+                    cause = getattr(e, "cause", None) or e
+                    why = f"unexpected error: {type(cause).__name__}: {cause}"
+                    idle.append(a)
+                _failed(t, retried, why, out, queue, done)
+            if cfg.timeout_s:
+                for ref, (t, retried, a, t0) in list(inflight.items()):
+                    if now - t0 > cfg.timeout_s * t.size():
+                        inflight.pop(ref)
+                        ray.kill(a)
+                        idle.append(new_actor())
+                        _failed(t, retried, f"timed out after {cfg.timeout_s:.0f} s per video (hung decoder?); "
+                                "the Ray actor was stopped", out, queue, done)
+        for a in idle:
+            ray.kill(a)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail fast when nothing listens at a Ray ``host:port`` address.
+
+    Raises:
+        InputError: the address is malformed or refuses / does not answer a TCP connection within ``timeout_s``.
+    """
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"Ray address {address!r}: expected host:port (e.g. 10.0.0.1:6379)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise InputError(f"cannot reach the Ray cluster at {address}: {e}") from None
 
 
 def _wait_any(futures):
