@@ -87,6 +87,8 @@ def extract(
     model_root: Optional[str] = typer.Option(None, help="insightface model root (default ~/.insightface/models)."),
     max_side: Optional[int] = typer.Option(None, help="Detect on a copy with this longest side (px)."),
     min_face: Optional[int] = typer.Option(None, help="Smallest face searched for, detection-image px."),
+    min_face_frac: Optional[float] = typer.Option(None, help="Smallest face as a fraction of the frame's shorter "
+                                                             "side (0 = off; 0.1 suits FF++/DFDC)."),
     min_score: Optional[float] = typer.Option(None, help="Drop faces scoring below this."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda (onnxruntime provider)."),
     align: Optional[str] = typer.Option(None, help="arcface (5-point similarity) | box (square box crop)."),
@@ -121,6 +123,7 @@ def extract(
         "sampling.strategy": sampling, "sampling.num_frames": num_frames, "sampling.stride": stride,
         "sampling.fps": fps, "sampling.max_frames": max_frames, "detector.name": detector,
         "detector.model_root": model_root, "detector.max_side": max_side, "detector.min_face_px": min_face,
+        "detector.min_face_frac": min_face_frac,
         "detector.min_score": min_score, "detector.device": device, "align.mode": align, "align.preset": preset,
         "align.size": size, "align.margin": margin, "track.select": select, "labels.policy": label_policy,
         "output.format": image_format, "output.jpeg_quality": jpeg_quality,

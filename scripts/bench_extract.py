@@ -2,7 +2,8 @@
 """Benchmark the extract stage against DeepfakeBench's preprocessing, the same detector on OpenCV-decoded frames, and
 its own floor, on the same files in one run.
 
-Usage: python scripts/bench_extract.py DIR [--num-frames 32] [--workers 2] [--skip-baseline] [--device cpu|cuda]
+Usage: python scripts/bench_extract.py DIR [--num-frames 32] [--workers 2] [--min-face-frac 0.1] [--skip-baseline]
+                                           [--device cpu|cuda]
 
 Rows (each starts fresh; "procs" is the parallelism it runs with):
   facepipe extract          the whole stage with default parameters: decode, MTCNN, rotation checks, tracking,
@@ -143,13 +144,13 @@ def job_cv2_mtcnn(path: str, n: int) -> tuple[int, int]:
 
 # --- rows -----------------------------------------------------------------------------------------------------------
 
-def row_stage(d: Path, n: int, workers: int, device: str):
+def row_stage(d: Path, n: int, workers: int, device: str, min_face_frac: float = 0.0):
     import polars as pl
 
     from facepipe.stages.extract import ExtractConfig, run
 
     cfg = ExtractConfig.model_validate({"sampling": {"num_frames": n}, "workers": workers,
-                                        "detector": {"device": device}})
+                                        "detector": {"device": device, "min_face_frac": min_face_frac}})
     with tempfile.TemporaryDirectory() as out, Meter() as m:
         s = run(d, out, cfg, progress=False)
         sampled = int(pl.read_parquet(Path(out) / "videos.parquet")["frames_sampled"].fill_null(0).sum())
@@ -248,6 +249,8 @@ def main() -> None:
     ap.add_argument("--num-frames", type=int, default=N_FRAMES)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--min-face-frac", type=float, default=None,
+                    help="also run the stage with detector.min_face_frac at this value (e.g. 0.1)")
     ap.add_argument("--skip-baseline", action="store_true", help="leave out the DeepfakeBench row (slow)")
     args = ap.parse_args()
     from facepipe.stages.extract import ExtractConfig, discover_videos
@@ -257,6 +260,9 @@ def main() -> None:
     print(f"# {len(files)} files under {args.dir}; N={n}; {platform.machine()}, {os.cpu_count()} cores, "
           f"Python {sys.version.split()[0]}; device {args.device}")
     rows = [(f"facepipe extract ({w} workers)", *row_stage(args.dir, n, w, args.device))]
+    if args.min_face_frac:
+        rows.append((f"facepipe extract, min_face_frac {args.min_face_frac} ({w} workers)",
+                     *row_stage(args.dir, n, w, args.device, args.min_face_frac)))
     if not args.skip_baseline:
         rows.append((f"DeepfakeBench preprocess ({os.cpu_count()} threads)", *row_deepfakebench(files, n)))
     rows.append((f"cv2 read-all + MTCNN ({w} procs)", *row_pool(files, n, w, args.device, job_cv2_mtcnn)))
@@ -271,7 +277,9 @@ def main() -> None:
     stage = rows[0][1]
     by = {r[0].split(" (")[0]: r[1] for r in rows}
     if "DeepfakeBench preprocess" in by:
-        print(f"\nstage vs DeepfakeBench: {by['DeepfakeBench preprocess'].wall / stage.wall:.2f}x faster (wall)")
+        for name, m, _, _ in rows:
+            if name.startswith("facepipe extract"):
+                print(f"{name} vs DeepfakeBench: {by['DeepfakeBench preprocess'].wall / m.wall:.2f}x faster (wall)")
     floor, dec = by["floor: decode sampled + MTCNN"], by["decode sampled only"]
     print(f"stage / floor: {stage.wall / floor.wall:.2f} (wall), {stage.cpu / floor.cpu:.2f} (CPU)")
     print(f"stage CPU shares: decode {dec.cpu / stage.cpu:.0%}, detection {(floor.cpu - dec.cpu) / stage.cpu:.0%}, "

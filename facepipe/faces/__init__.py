@@ -42,7 +42,7 @@ def _mtcnn(cfg: DetectorConfig, threads: int = 0) -> FaceDetector:
     from facepipe.faces.mtcnn import MTCNN
 
     return MTCNN(max_side=cfg.max_side, min_score=cfg.min_score, min_face_px=cfg.min_face_px,
-                 device=cfg.device, threads=threads)
+                 min_face_frac=cfg.min_face_frac, device=cfg.device, threads=threads)
 
 
 def _insight(kind: str) -> Callable[..., FaceDetector]:

@@ -95,6 +95,7 @@ class MTCNN(FaceDetector):
         max_side: detection runs on a copy whose longest side is at most this (pixels).
         min_score: faces below this O-Net probability are dropped.
         min_face_px: smallest face side searched for, in detection-image pixels (sets the pyramid).
+        min_face_frac: raises ``min_face_px`` to this fraction of the detection image's shorter side (0 = off).
         thresholds: P-Net, R-Net, O-Net probability thresholds (the paper's 0.6, 0.7, 0.7).
         scale_factor: pyramid step (0.709 = 1/sqrt(2), as in the original).
         device: ``auto`` | ``cpu`` | ``cuda`` for onnxruntime.
@@ -106,7 +107,7 @@ class MTCNN(FaceDetector):
 
     name = "mtcnn"
 
-    def __init__(self, max_side: int = 640, min_score: float = 0.9, min_face_px: int = 20,
+    def __init__(self, max_side: int = 640, min_score: float = 0.9, min_face_px: int = 20, min_face_frac: float = 0.0,
                  thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7), scale_factor: float = 0.709,
                  device: str = "auto", threads: int = 0) -> None:
         super().__init__(max_side=max_side, min_score=min_score)
@@ -117,6 +118,7 @@ class MTCNN(FaceDetector):
         except metadata.PackageNotFoundError:
             self.version = "ort-unknown"
         self.min_face_px = int(min_face_px)
+        self.min_face_frac = float(min_face_frac)
         self.thresholds = tuple(float(t) for t in thresholds)
         self.scale_factor = float(scale_factor)
         opts = ort.SessionOptions()
@@ -139,7 +141,7 @@ class MTCNN(FaceDetector):
         return [np.concatenate([o[j] for o in outs]) for j in range(len(outs[0]))]
 
     def _scales(self, h: int, w: int) -> list[float]:
-        m = 12.0 / self.min_face_px
+        m = 12.0 / max(self.min_face_px, self.min_face_frac * min(h, w))
         min_layer = min(h, w) * m
         scales = []
         k = 0
