@@ -157,7 +157,7 @@ def train_step(model: torch.nn.Module, batch: dict | list[dict], optimizer: torc
                     terms[name] = value.float()
                     total = total + float(weights.get(name, 1.0)) * value.float()
             if not torch.isfinite(total):
-                bad = {k_: float(v) for k_, v in terms.items() if not torch.isfinite(v)}
+                bad = {k_: float(v.detach()) for k_, v in terms.items() if not torch.isfinite(v)}
                 optimizer.zero_grad(set_to_none=True)
                 raise NonFiniteLoss(f"loss is {total.item()} ({bad or 'the weighted sum'})")
             (scaler.scale(total / n) if scaler is not None else total / n).backward()
