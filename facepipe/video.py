@@ -463,8 +463,8 @@ class FrameSampler:
                             return
                         if block is None:
                             m = min(self.chunk_size, total - seen)
-                            block, idx, ts, j = np.empty((m, *expected), np.uint8), np.empty(m, np.int64), \
-                                np.empty(m, np.float64), 0
+                            block, idx, ts = np.empty((m, *expected), np.uint8), np.empty(m, np.int64), np.empty(m)
+                            j = 0
                         block[j], idx[j], ts[j] = arr, i, (fr.pts - start) * tb
                         j, seen, last = j + 1, seen + 1, i
                         if j == len(block):

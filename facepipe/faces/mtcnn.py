@@ -57,8 +57,8 @@ def mtcnn_weights() -> dict[str, Path]:
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
-    """uint8 -> float32 ``(x - 127.5) / 128``, in place on the float copy."""
-    y = x.astype(np.float32)
+    """-> float32 ``(x - 127.5) / 128``: a new array from uint8, in place when ``x`` is already float32."""
+    y = x.astype(np.float32, copy=False)
     y -= 127.5
     y *= 0.0078125
     return y
@@ -167,9 +167,7 @@ class MTCNN(FaceDetector):
             if sx2 > sx1 and sy2 > sy1:
                 tmp[sy1 - y1:sy2 - y1, sx1 - x1:sx2 - x1] = images[g, sy1:sy2, sx1:sx2]
             out[k] = cv2.resize(tmp, (size, size), interpolation=cv2.INTER_AREA)
-        out -= 127.5
-        out *= 0.0078125
-        return out.transpose(0, 2, 1, 3)
+        return _normalise(out).transpose(0, 2, 1, 3)
 
     def _detect_resized(self, images: np.ndarray) -> list[RawDetections]:
         n, H, W = images.shape[:3]

@@ -979,12 +979,7 @@ class _RayExtractor:
         _init_worker(cfg, threads, log_level)
 
     def run(self, task: Task, out_dir: str) -> list[tuple[dict, int]]:
-        return process_task(task, out_dir)
-
-    def node(self) -> str:
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
+        return _process_in_worker(task, out_dir)
 
 
 def _run_ray(tasks: list[Task], out: Path, cfg: ExtractConfig, done) -> None:
