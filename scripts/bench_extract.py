@@ -3,11 +3,13 @@
 its own floor, on the same files in one run.
 
 Usage: python scripts/bench_extract.py DIR [--num-frames 32] [--workers 2] [--min-face-frac 0.1] [--skip-baseline]
-                                           [--device cpu|cuda]
+                                           [--device cpu|cuda] [--ray 1,2] [--repeat 3] [--skip-decoders]
 
 Rows (each starts fresh; "procs" is the parallelism it runs with):
   facepipe extract          the whole stage with default parameters: decode, MTCNN, rotation checks, tracking,
                             alignment, PNG crops, tables (``--workers`` processes)
+  facepipe extract --engine ray   (``--ray 1,2``) the same stage as Ray actors on a local Ray cluster of 1, 2, ...
+                            CPUs started before the clock (one actor per CPU): throughput against cluster size
   DeepfakeBench preprocess  scripts/deepfakebench_reference.py: OpenCV reads every frame, dlib HOG (upsample 1) and
                             68 landmarks on the sampled ones, alignment, dlib again on the crop, PNG + .npy; a thread
                             pool of os.cpu_count() threads, as DeepfakeBench's preprocess.py (needs
@@ -19,9 +21,12 @@ Then a decoder table (one process, one thread): decord ``get_batch``, PyAV one-p
 torchcodec ``get_frames_at`` (``seek_mode="exact"``) when it loads, OpenCV read-all, FFmpeg's bare decode.
 
 Every row reports wall seconds, CPU seconds (all processes), videos/s, sampled frames/s, faces/s and the peak
-resident memory of all its processes together (sampled every 20 ms with psutil). The stage's time shares come from
-the decode-only and floor rows. The memory column includes this benchmark process, which keeps what earlier rows
-loaded (dlib's models after the DeepfakeBench row): the stage row, run first, is the clean figure.
+resident memory of all its processes together (sampled every 20 ms with psutil; a Ray row's CPU seconds are the
+polled CPU times of every process of the tree, since Ray's workers are not waited-for children). With ``--repeat R``
+the rows run R times round-robin; the table shows each row's median-wall run and the ratios their spread. The
+stage's time shares come from the decode-only and floor rows. The memory column includes this benchmark process,
+which keeps what earlier rows loaded (dlib's models after the DeepfakeBench row): the stage row, run first, is the
+clean figure (with repeats, each row shows its lowest peak); a Ray row's includes the cluster's own processes.
 """
 
 from __future__ import annotations
@@ -54,6 +59,9 @@ class Meter:
 
         self._me = psutil.Process()
         self.peak = 0
+        self._tree_cpu: dict[int, float] = {}  # pid -> last seen CPU s of every process of the tree
+        self._tree()
+        self._tree_cpu0 = dict(self._tree_cpu)
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._poll, daemon=True)
         self._cpu0 = self._cpu()
@@ -67,23 +75,34 @@ class Meter:
         return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
 
     def _poll(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._tree())
+            time.sleep(0.02)
+
+    def _tree(self) -> int:
+        """Summed RSS of the process tree now; records each process's CPU time on the way."""
         import psutil
 
-        while not self._stop.is_set():
-            total = 0
-            for p in [self._me, *self._me.children(recursive=True)]:
-                try:
+        total = 0
+        for p in [self._me, *self._me.children(recursive=True)]:
+            try:
+                with p.oneshot():
                     total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
-            time.sleep(0.02)
+                    t = p.cpu_times()
+                    self._tree_cpu[p.pid] = t.user + t.system
+            except psutil.Error:
+                pass
+        return total
 
     def __exit__(self, *exc):
         self.wall = time.perf_counter() - self._w0
         self._stop.set()
         self._t.join()
         self.cpu = self._cpu() - self._cpu0
+        # processes that are not this one's waited-for children (a Ray cluster's workers) escape getrusage: the
+        # last seen CPU time of every process of the tree (polled every 20 ms), minus what it had at the start
+        self._tree()
+        self.tree_cpu = sum(self._tree_cpu.values()) - sum(self._tree_cpu0.values())
 
 
 def _pool(workers: int, device: str) -> ProcessPoolExecutor:
@@ -145,17 +164,32 @@ def job_cv2_mtcnn(path: str, n: int) -> tuple[int, int]:
 
 # --- rows -----------------------------------------------------------------------------------------------------------
 
-def row_stage(d: Path, n: int, workers: int, device: str, min_face_frac: float = 0.0):
+def row_stage(d: Path, n: int, workers: int, device: str, min_face_frac: float = 0.0, engine: str = "local"):
     import polars as pl
 
     from facepipe.stages.extract import ExtractConfig, run
 
-    cfg = ExtractConfig.model_validate({"sampling": {"num_frames": n}, "workers": workers,
+    cfg = ExtractConfig.model_validate({"sampling": {"num_frames": n}, "workers": workers, "engine": engine,
                                         "detector": {"device": device, "min_face_frac": min_face_frac}})
     with tempfile.TemporaryDirectory() as out, Meter() as m:
         s = run(d, out, cfg, progress=False)
         sampled = int(pl.read_parquet(Path(out) / "videos.parquet")["frames_sampled"].fill_null(0).sum())
+    if engine == "ray":
+        m.cpu = m.tree_cpu  # the actors are not this process's waited-for children
     return m, sampled, s.faces_written
+
+
+def row_ray(d: Path, n: int, cpus: int, device: str):
+    """The stage on a local Ray cluster of ``cpus`` CPUs (started before the clock), one actor per CPU."""
+    import logging
+
+    import ray
+
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        return row_stage(d, n, 0, device, engine="ray")
+    finally:
+        ray.shutdown()
 
 
 def row_pool(files: list[Path], n: int, workers: int, device: str, job):
@@ -253,44 +287,77 @@ def main() -> None:
     ap.add_argument("--min-face-frac", type=float, default=None,
                     help="also run the stage with detector.min_face_frac at this value (e.g. 0.1)")
     ap.add_argument("--skip-baseline", action="store_true", help="leave out the DeepfakeBench row (slow)")
+    ap.add_argument("--ray", type=str, default=None, metavar="CPUS",
+                    help="also run the stage with --engine ray on local clusters of these CPU counts, e.g. 1,2 "
+                         "(one actor per CPU; needs facepipe[ray])")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run every row this many times, interleaved; report each row's median-wall run and the "
+                         "spread of the ratios")
+    ap.add_argument("--skip-decoders", action="store_true", help="leave out the decoder table")
     args = ap.parse_args()
     from facepipe.stages.extract import ExtractConfig, discover_videos
 
     files = [Path(j.path) for j in discover_videos(args.dir, ExtractConfig().extensions)]
     n, w = args.num_frames, args.workers
     print(f"# {len(files)} files under {args.dir}; N={n}; {platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {sys.version.split()[0]}; device {args.device}")
-    rows = [(f"facepipe extract ({w} workers)", *row_stage(args.dir, n, w, args.device))]
+          f"Python {sys.version.split()[0]}; device {args.device}; {args.repeat} run(s) per row")
+    plan = [(f"facepipe extract ({w} workers)", lambda: row_stage(args.dir, n, w, args.device))]
     if args.min_face_frac:
-        rows.append((f"facepipe extract, min_face_frac {args.min_face_frac} ({w} workers)",
-                     *row_stage(args.dir, n, w, args.device, args.min_face_frac)))
+        plan.append((f"facepipe extract, min_face_frac {args.min_face_frac} ({w} workers)",
+                     lambda: row_stage(args.dir, n, w, args.device, args.min_face_frac)))
+    for c in [int(c) for c in args.ray.split(",")] if args.ray else []:
+        plan.append((f"facepipe extract --engine ray ({c}-CPU local cluster, {c} actor{'s' if c > 1 else ''})",
+                     lambda c=c: row_ray(args.dir, n, c, args.device)))
     if not args.skip_baseline:
-        rows.append((f"DeepfakeBench preprocess ({os.cpu_count()} threads)", *row_deepfakebench(files, n)))
-    rows.append((f"cv2 read-all + MTCNN ({w} procs)", *row_pool(files, n, w, args.device, job_cv2_mtcnn)))
-    rows.append((f"floor: decode sampled + MTCNN ({w} procs)", *row_pool(files, n, w, args.device, job_floor)))
-    rows.append((f"decode sampled only ({w} procs)", *row_pool(files, n, w, args.device, job_decode)))
+        plan.append((f"DeepfakeBench preprocess ({os.cpu_count()} threads)", lambda: row_deepfakebench(files, n)))
+    plan += [(f"cv2 read-all + MTCNN ({w} procs)", lambda: row_pool(files, n, w, args.device, job_cv2_mtcnn)),
+             (f"floor: decode sampled + MTCNN ({w} procs)", lambda: row_pool(files, n, w, args.device, job_floor)),
+             (f"decode sampled only ({w} procs)", lambda: row_pool(files, n, w, args.device, job_decode))]
+    runs: dict[str, list] = {name: [] for name, _ in plan}
+    for r in range(args.repeat):  # interleaved, so that a slow spell of the machine hits every row alike
+        for name, fn in plan:
+            runs[name].append(fn())
+            print(f"  run {r + 1}/{args.repeat}: {name}: {runs[name][-1][0].wall:.1f} s", file=sys.stderr)
+    rows = [(name, *sorted(runs[name], key=lambda x: x[0].wall)[len(runs[name]) // 2]) for name, _ in plan]
+    for name, m, *_ in rows:  # memory: the lowest run (a row's first run has the least left over from earlier rows)
+        m.peak = min(x[0].peak for x in runs[name])
 
     print("\n| method | wall s | CPU s | videos/s | sampled frames/s | faces/s | peak RSS (all procs) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, m, sampled, faces in rows:
         print(f"| {name} | {m.wall:.1f} | {m.cpu:.1f} | {len(files) / m.wall:.2f} | {sampled / m.wall:.1f} | "
               f"{faces / m.wall:.1f} | {m.peak / 2**30:.2f} GB |")
-    stage = rows[0][1]
-    by = {r[0].split(" (")[0]: r[1] for r in rows}
+    if args.repeat > 1:
+        print("\nwall s of every run: " + "; ".join(
+            f"{name}: {', '.join(f'{x[0].wall:.1f}' for x in runs[name])}" for name, _ in plan))
+
+    def ratio(a: str, b: str) -> str:
+        """Median (min-max over the paired runs) of wall(a) / wall(b)."""
+        q = sorted(x[0].wall / y[0].wall for x, y in zip(runs[a], runs[b]))
+        return f"{q[len(q) // 2]:.2f}x" + (f" (runs: {q[0]:.2f}-{q[-1]:.2f})" if len(q) > 1 else "")
+
+    names = [name for name, _ in plan]
+    by = {name.split(" (")[0]: name for name in names}
+    stage = names[0]
     if "DeepfakeBench preprocess" in by:
-        for name, m, _, _ in rows:
+        for name in names:
             if name.startswith("facepipe extract"):
-                print(f"{name} vs DeepfakeBench: {by['DeepfakeBench preprocess'].wall / m.wall:.2f}x faster (wall)")
+                print(f"{name} vs DeepfakeBench: {ratio(by['DeepfakeBench preprocess'], name)} faster (wall)")
+    ray_rows = [name for name in names if "--engine ray" in name]
+    for name in ray_rows[1:]:
+        print(f"Ray scaling: {name} has {ratio(ray_rows[0], name)} the throughput of {ray_rows[0]}")
     floor, dec = by["floor: decode sampled + MTCNN"], by["decode sampled only"]
-    print(f"stage / floor: {stage.wall / floor.wall:.2f} (wall), {stage.cpu / floor.cpu:.2f} (CPU)")
-    print(f"floor CPU shares: decode {dec.cpu / floor.cpu:.0%}, detection {(floor.cpu - dec.cpu) / floor.cpu:.0%} "
+    fm, dm, sm = (dict((r[0], r[1]) for r in rows)[k] for k in (floor, dec, stage))
+    print(f"stage / floor: {ratio(stage, floor)} (wall), {sm.cpu / fm.cpu:.2f} (CPU, median runs)")
+    print(f"floor CPU shares: decode {dm.cpu / fm.cpu:.0%}, detection {(fm.cpu - dm.cpu) / fm.cpu:.0%} "
           f"(both include process start-up); the stage's own work on top of the floor (alignment, PNG, tracking, "
-          f"labels, tables): {stage.cpu - floor.cpu:+.1f} CPU s, within this machine's run-to-run noise when small")
+          f"labels, tables): {sm.cpu - fm.cpu:+.1f} CPU s, within this machine's run-to-run noise when small")
+    if args.skip_decoders:
+        return
     print("\n| decoder (N uniform frames, 1 process, 1 thread) | wall s | CPU s | note |")
     print("|---|---:|---:|---|")
     for name, wall, cpu, note in decoders(files, n):
         print(f"| {name} | {wall:.1f} | {cpu:.1f} | {note} |")
-
 
 if __name__ == "__main__":
     main()
