@@ -14,6 +14,7 @@ from facepipe.faces.align import (
     transform_points,
     warp_crop,
 )
+from facepipe.faces.base import FaceDetector
 from facepipe.faces.config import AlignConfig, TrackConfig
 from facepipe.faces.track import link_tracks
 from facepipe.faces.types import Face
@@ -192,7 +193,7 @@ def test_opencv_nms_keeps_what_the_greedy_loop_keeps():
 
 @needs_real
 def test_mtcnn_outputs_do_not_depend_on_call_size(mtcnn, monkeypatch):
-    """The cascade runs in onnxruntime calls of CALL_BYTES input; one call per network and stage (the previous
+    """The cascade runs in onnxruntime calls of ``call_bytes`` input; one call per network and stage (the previous
     layout) gives the same faces, boxes and landmarks on real FF++ and DFDC frames."""
     from facepipe.faces import mtcnn as mod
     from facepipe.video import SamplingConfig, probe, read_frames
@@ -200,10 +201,11 @@ def test_mtcnn_outputs_do_not_depend_on_call_size(mtcnn, monkeypatch):
     for rel in ("ffpp/NeuralTextures_004_982.mp4", "dfdc/lynaeydofd.mp4"):
         p = REAL / "videos" / rel
         frames = read_frames(p, probe(p), SamplingConfig(num_frames=6)).frames
+        assert mtcnn.call_bytes == mod.CALL_BYTES  # the CPU provider
         chunked = mtcnn.detect(frames)
-        monkeypatch.setattr(mod, "CALL_BYTES", 1 << 40)
+        monkeypatch.setattr(mtcnn, "call_bytes", 1 << 40)
         whole = mtcnn.detect(frames)
-        monkeypatch.setattr(mod, "CALL_BYTES", 1)  # one image per call
+        monkeypatch.setattr(mtcnn, "call_bytes", 1)  # one image per call
         single = mtcnn.detect(frames)
         monkeypatch.undo()
         assert sum(map(len, chunked)) >= len(frames)
@@ -234,3 +236,74 @@ def test_min_face_frac_starts_the_pyramid_at_a_share_of_the_frame(mtcnn):
         width = a[0].box[2] - a[0].box[0]
         assert np.abs(a[0].box - b[0].box).max() <= 0.06 * width
         assert np.abs(a[0].landmarks - b[0].landmarks).max() <= 0.03 * width
+
+
+def _same_faces(a: list[list[Face]], b: list[list[Face]]) -> None:
+    assert [len(fs) for fs in a] == [len(fs) for fs in b]
+    for fa, fb in zip((f for fs in a for f in fs), (f for fs in b for f in fs)):
+        np.testing.assert_array_equal(fa.box, fb.box)
+        np.testing.assert_array_equal(fa.landmarks, fb.landmarks)
+        assert fa.score == fb.score
+
+
+@needs_real
+def test_detect_many_equals_one_call_per_video_on_real_clips():
+    """Several videos' frames detected in the same calls (what a GPU batch is made of) give each video exactly its
+    own :meth:`detect` result: frames of two sizes (FF++ 720p, DFDC 1080p portrait), one clip sideways (rotation
+    retries on)."""
+    from facepipe.faces.mtcnn import MTCNN
+    from facepipe.video import SamplingConfig, probe, read_frames
+
+    det = MTCNN(threads=1)
+    det.rotations = True
+    clips = []
+    for rel in ("ffpp/original_004.mp4", "dfdc/lynaeydofd.mp4", "ffpp/FaceSwap_634_660.mp4"):
+        p = REAL / "videos" / rel
+        clips.append(read_frames(p, probe(p), SamplingConfig(num_frames=4)).frames)
+    clips.append(np.ascontiguousarray(np.rot90(clips[0], 1, axes=(1, 2))))  # sideways
+    together = det.detect_many(clips)
+    assert len(together) == len(clips)
+    for frames, got in zip(clips, together):
+        _same_faces(got, det.detect(frames))
+    assert all(fs for fs in together[3])  # the sideways faces found
+
+
+class _Marker(FaceDetector):
+    """A stand-in detector on 17 x 17 frames: a face (score 0.95) when pixel (0, 0) is 255, i.e. in the frame's
+    upright orientation; a face of score 0.91 in any orientation when the centre pixel is 7 (a frame whose
+    orientation the detector cannot tell)."""
+
+    name = "marker"
+
+    def _detect_resized(self, images):
+        out = []
+        for img in images:
+            score = 0.95 if img[0, 0, 0] == 255 else 0.91 if img[8, 8, 0] == 7 else None
+            if score is None:
+                out.append((np.zeros((0, 4), np.float32), np.zeros((0, 5, 2), np.float32), np.zeros(0, np.float32)))
+                continue
+            lm = np.array([[[4, 5], [12, 5], [8, 8], [5, 12], [11, 12]]], np.float32)
+            out.append((np.array([[2, 2, 15, 15]], np.float32), lm, np.array([score], np.float32)))
+        return out
+
+
+def test_detect_many_keeps_the_rotation_vote_per_video():
+    """The majority rotation of a video is applied to its own frames only. Video A: three frames sideways (found
+    after a quarter turn) and one frame of unknown orientation (found as it is); its majority turn re-detects that
+    frame turned. Video B: five upright frames. Pooling the votes of A and B (majority: upright) would leave A's
+    ambiguous frame unturned."""
+    det = _Marker()
+    det.rotations = True
+    side = np.zeros((17, 17, 3), np.uint8)
+    side[0, -1] = 255  # np.rot90(k=1) brings it to (0, 0)
+    ambiguous = np.zeros((17, 17, 3), np.uint8)
+    ambiguous[8, 8] = 7
+    upright = np.zeros((17, 17, 3), np.uint8)
+    upright[0, 0] = 255
+    a, b = np.stack([side, side, side, ambiguous]), np.stack([upright] * 5)
+    alone_a, alone_b = det.detect(a), det.detect(b)
+    roll = [float(np.degrees(np.arctan2(*(f[0].landmarks[1] - f[0].landmarks[0])[::-1]))) for f in alone_a]
+    assert all(abs(abs(r) - 90) < 1e-6 for r in roll)  # A's frames, the ambiguous one included, turned
+    together = det.detect_many([a, b])
+    _same_faces(together[0], alone_a)
+    _same_faces(together[1], alone_b)

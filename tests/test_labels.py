@@ -215,3 +215,34 @@ def test_a_manipulated_face_the_detector_missed_does_not_hide_the_others():
     untouched = frame_evidence(np.clip(base + grain(), 0, 255).astype(np.uint8), original, [face], [m], 100,
                                LabelConfig())
     assert untouched.scores[0] < 0.01
+
+
+def test_a_failing_batched_detection_falls_back_to_video_by_video(two_people, tmp_path, monkeypatch):
+    """An original and its fake are detected in one batch (``detect_many``); when that call raises, each video is
+    detected alone and the tables equal the batched run's (nothing is recorded as an error)."""
+    from facepipe.faces.base import FaceDetector
+
+    d, _ = two_people
+    man = _manifest(tmp_path / "m.csv", [("pair.mp4", "real", "test", "", ""),
+                                         ("pair_fake.mp4", "fake", "test", "SBI", "pair.mp4")])
+    calls: list[int] = []
+    orig = FaceDetector.detect_many
+
+    def spy(self, batches):
+        calls.append(len(batches))
+        return orig(self, batches)
+
+    monkeypatch.setattr(FaceDetector, "detect_many", spy)
+    run_extract(d, tmp_path / "batched", CFG, progress=False, manifest=man)
+    assert 2 in calls  # the pair went through one batched call
+
+    def flaky(self, batches):
+        if len(batches) > 1:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return orig(self, batches)
+
+    monkeypatch.setattr(FaceDetector, "detect_many", flaky)
+    s = run_extract(d, tmp_path / "alone", CFG, progress=False, manifest=man)
+    assert s.statuses["ok"] == 2
+    a, b = (pl.read_parquet(tmp_path / o / "faces.parquet") for o in ("batched", "alone"))
+    assert a.height > 0 and a.equals(b)

