@@ -4,6 +4,7 @@ second node process, started here): same tables, crops, statuses and resume as t
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import socket
 import subprocess
@@ -33,20 +34,32 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A head node and a second node, one CPU each, on 127.0.0.1; stopped afterwards."""
+    """``(address, env)``: a head node and a second node, one CPU each, on 127.0.0.1, stopped afterwards; ``env``
+    (this environment plus token authentication with a token of its own) is what every Ray process of the test runs
+    with. Ray >= 2.5x turns token auth on by itself once ``~/.ray/auth_token`` exists (any local ``ray.init()``
+    writes one), and a second node then cannot join unless every process agrees on the mode and the token; Ray
+    reads the mode once per process, so the drivers run as subprocesses too."""
+    import os
+    import secrets
+
     exe = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
     port = _free_port()
     tmp = tempfile.mkdtemp(prefix="fpray")  # short: Ray's socket paths must fit in 107 bytes
     common = ["--num-cpus", "1", "--object-store-memory", str(100 * 2**20), "--disable-usage-stats",
               "--node-ip-address", "127.0.0.1"]
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+
+    def ray_cli(*args: str) -> None:
+        r = subprocess.run([exe, *args], capture_output=True, text=True, timeout=180, env=env)
+        if r.returncode:
+            raise RuntimeError(f"ray {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
+
     try:
-        subprocess.run([exe, "start", "--head", "--port", str(port), "--include-dashboard", "false",
-                        "--temp-dir", tmp, *common], check=True, capture_output=True, timeout=180)
-        subprocess.run([exe, "start", "--address", f"127.0.0.1:{port}", *common], check=True, capture_output=True,
-                       timeout=180)
-        yield f"127.0.0.1:{port}"
+        ray_cli("start", "--head", "--port", str(port), "--include-dashboard", "false", "--temp-dir", tmp, *common)
+        ray_cli("start", "--address", f"127.0.0.1:{port}", *common)
+        yield f"127.0.0.1:{port}", env
     finally:
-        subprocess.run([exe, "stop", "--force"], capture_output=True, timeout=120)
+        subprocess.run([exe, "stop", "--force"], capture_output=True, timeout=120, env=env)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -73,21 +86,21 @@ def _tables(out: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
 def test_ray_engine_on_a_two_node_cluster_equals_local(cluster, videos, tmp_path):
     from facepipe.stages.extract import ExtractConfig, run
 
-    ray.init(address=cluster, log_to_driver=False)
-    try:
-        nodes = [n for n in ray.nodes() if n["Alive"]]
-        assert len(nodes) == 2 and all(n["Resources"]["CPU"] == 1 for n in nodes)
-    finally:
-        ray.shutdown()
+    address, env = cluster
+    nodes = subprocess.run([sys.executable, "-c", "import json, ray; ray.init(address=%r, log_to_driver=False); "
+                            "print(json.dumps([n['Resources'].get('CPU') for n in ray.nodes() if n['Alive']]))"
+                            % address], capture_output=True, text=True, timeout=180, env=env)
+    assert nodes.returncode == 0, nodes.stderr[-3000:]
+    assert json.loads(nodes.stdout.strip().splitlines()[-1]) == [1, 1]
 
     base = {"sampling": {"num_frames": 8}, "workers": 2}
     local = run(videos, tmp_path / "local", ExtractConfig.model_validate(base), progress=False,
                 manifest=videos / "manifest.csv")
     # Through the CLI, as a user would: two actors of one CPU each, so one on each node.
-    r = subprocess.run([str(Path(sys.executable).parent / "facepipe"), "extract", "--video-dir", str(videos),
-                        "--out", str(tmp_path / "ray"), "--manifest", str(videos / "manifest.csv"),
-                        "--num-frames", "8", "--workers", "2", "--engine", "ray", "--address", cluster,
-                        "--no-progress", "--no-contact-sheet"], capture_output=True, text=True, timeout=900)
+    cmd = [str(Path(sys.executable).parent / "facepipe"), "extract", "--video-dir", str(videos), "--out",
+           str(tmp_path / "ray"), "--manifest", str(videos / "manifest.csv"), "--num-frames", "8", "--workers", "2",
+           "--engine", "ray", "--address", address, "--no-progress", "--no-contact-sheet"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "4 videos processed" in r.stdout
 
@@ -101,10 +114,10 @@ def test_ray_engine_on_a_two_node_cluster_equals_local(cluster, videos, tmp_path
     for p in rf["crop_path"]:
         assert (tmp_path / "local" / p).read_bytes() == (tmp_path / "ray" / p).read_bytes()
 
-    # Resume: nothing changed, nothing redone; the tables stay byte-identical.
-    again = run(videos, tmp_path / "ray", ExtractConfig.model_validate(
-        {**base, "engine": "ray", "ray_address": cluster}), progress=False, manifest=videos / "manifest.csv")
-    assert again.processed == 0 and again.skipped == 4
+    # Resume on the cluster: nothing changed, nothing redone; the tables stay byte-identical.
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 videos processed, 4 skipped" in again.stdout
     assert _tables(tmp_path / "ray")[1].equals(rf)
 
 
