@@ -105,7 +105,8 @@ def probe(path: str | Path) -> VideoInfo:
     ``width``/``height``.
 
     Raises:
-        VideoError: status ``decode_error`` for an empty or unreadable file or a first frame that
+        VideoError: status ``decode_error`` for an empty or unreadable file, an MP4/MOV cut before its index
+            (``ftyp`` but no ``moov`` box: "moov atom missing: truncated download?") or a first frame that
             does not decode; status ``unsupported`` for a file that is not a media container or has
             no video stream (e.g. audio only).
     """
@@ -120,9 +121,13 @@ def probe(path: str | Path) -> VideoInfo:
     try:
         container = av.open(str(p))
     except av.error.InvalidDataError:
+        truncated = _mp4_truncation(p)
+        if truncated:
+            raise VideoError(f"{p}: {truncated}") from None
         raise VideoError(f"{p}: not a video container FFmpeg can read", status="unsupported") from None
     except (av.error.FFmpegError, OSError) as e:
-        raise VideoError(f"{p}: cannot open: {e}") from None
+        truncated = _mp4_truncation(p)
+        raise VideoError(f"{p}: {truncated or f'cannot open: {e}'}") from None
     with container:
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams}) or ["none"]
@@ -180,6 +185,39 @@ def is_still(path: str | Path) -> bool:
     """``path`` is a single image file (one-frame item), judged by its extension."""
     p = Path(path)
     return p.suffix.lower() in IMAGE_EXTS and not p.is_dir()
+
+
+def _mp4_truncation(p: Path) -> str | None:
+    """Why an MP4/MOV file FFmpeg cannot open is a damaged video rather than no video: it starts with an ISO-BMFF
+    ``ftyp`` box but its top-level boxes hold no ``moov`` (the index of the samples, written last unless the file
+    was made with ``faststart``), as a download cut short leaves it. ``None`` when the file is not such a
+    container (reads box headers only)."""
+    import struct
+
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            types, off = [], 0
+            while off + 8 <= size and len(types) < 10_000:
+                f.seek(off)
+                n, kind = struct.unpack(">I4s", f.read(8))
+                if n == 1:
+                    if off + 16 > size:
+                        break
+                    n = struct.unpack(">Q", f.read(8))[0]
+                elif n == 0:  # the box runs to the end of the file
+                    n = size - off
+                if n < 8:
+                    break
+                types.append(kind)
+                off += n
+    except OSError:
+        return None
+    if not types or types[0] != b"ftyp" or b"moov" in types:
+        return None
+    boxes = ", ".join(t.decode("latin-1") for t in types[:6]) + (", ..." if len(types) > 6 else "")
+    cut = f"; its last box claims {off - size} bytes past the end of the file ({size} bytes)" if off > size else ""
+    return f"MP4 container without its index (top-level boxes: {boxes}{cut}): moov atom missing: truncated download?"
 
 
 def _check_file(p: Path) -> None:

@@ -93,6 +93,23 @@ def test_real_corrupted_mp4_counts_decodable_frames():
 
 
 @needs_real
+def test_real_truncated_download_is_decode_error_with_hint(tmp_path):
+    """The first 600 KB of a real FF++ clip (its moov atom comes after the media data): no index, so FFmpeg cannot
+    open it; that is a damaged video (decode_error, with the likely cause), not 'not a video container'."""
+    cut = tmp_path / "original_634.mp4"
+    cut.write_bytes((REAL / "videos/ffpp/original_634.mp4").read_bytes()[:600 * 1024])
+    with pytest.raises(VideoError) as e:
+        probe(cut)
+    assert e.value.status == "decode_error"
+    assert "moov atom missing: truncated download?" in str(e.value) and str(cut) in str(e.value)
+    p = tmp_path / "x.mp4"  # only a file whose first box is ftyp counts as a cut MP4
+    p.write_bytes(b"\x00\x00\x00\x10abcdefghijklmnop" * 10)
+    with pytest.raises(VideoError) as e:
+        probe(p)
+    assert e.value.status == "unsupported"
+
+
+@needs_real
 def test_real_rotated_mov_is_upright():
     p = REAL / "videos/noface/video_90.mov"
     info = probe(p)
