@@ -239,6 +239,9 @@ def shard(
     max_bytes: Optional[int] = typer.Option(None, help="Bytes per shard at most."),
     seed: Optional[int] = typer.Option(None, help="Shuffle seed."),
     views: Optional[str] = typer.Option(None, help="Comma-separated stored views to include (default: all stored)."),
+    statuses: Optional[str] = typer.Option(
+        None, help="Comma-separated extract statuses whose videos give faces (default ok; add decode_error to keep "
+                   "the decodable frames of damaged files)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Write deterministic WebDataset tar shards per split, from one or more datasets, with an index."""
@@ -254,8 +257,10 @@ def shard(
         data["inputs"] = [{"dataset": k, "extract": f"data/datasets/{k}/extract", "freq": f"data/datasets/{k}/freq",
                            "manifest": f"data/datasets/{k}/manifest.parquet"} for k in dataset_keys(params)]
     cfg = _configure(ShardConfig, data, {"max_samples": max_samples, "max_bytes": max_bytes, "seed": seed,
-                                         "views": _csv_list(views)}, "shard")
+                                         "views": _csv_list(views), "statuses": _csv_list(statuses)}, "shard")
     s = run(out, cfg, progress=progress)
+    for k, n in sorted(s.left_out.items()):
+        typer.echo(f"left out {n} face(s) of {k} videos (shard.statuses {list(cfg.statuses)})")
     typer.echo("shard: " + ", ".join(f"{k} {s.samples[k]} samples in {s.shards[k]} shards" for k in s.samples)
                + f"; {s.bytes / 1e6:.1f} MB in {s.seconds:.1f}s -> {out}/{s.version}")
     typer.echo("faces by label source: " + ", ".join(f"{k}={v}" for k, v in sorted(s.label_sources.items())))

@@ -552,7 +552,7 @@ def import_json(json_files: list[str | Path], root: str | Path, out: str | Path,
                 msgs.append(f"{len(bad)} unusable frame file(s), e.g. " + "; ".join(bad[:3]))
             raise InputError("import deepfakebench: " + ". ".join(msgs) + f" (root {root}, prefix {path_prefix})")
         from facepipe.manifest import MANIFEST_SCHEMA
-        from facepipe.stages.extract import FACE_SCHEMA
+        from facepipe.stages.extract import FACE_SCHEMA, VIDEO_SCHEMA
 
         inputs = []
         for ds, rows in faces.items():
@@ -560,6 +560,11 @@ def import_json(json_files: list[str | Path], root: str | Path, out: str | Path,
             d.mkdir(parents=True, exist_ok=True)
             pl.DataFrame(rows, schema=FACE_SCHEMA).write_parquet(d / "faces.parquet")
             pl.DataFrame(manifest[ds], schema=MANIFEST_SCHEMA).write_parquet(d / "manifest.parquet")
+            # DeepfakeBench kept these frames: every imported video is status ok (the shard stage reads it)
+            n_faces = Counter(f["video_id"] for f in rows)
+            pl.DataFrame([{**dict.fromkeys(VIDEO_SCHEMA), "video_id": m["video_id"], "path": m["path"], "status": "ok",
+                           "n_faces": n_faces[m["video_id"]]} for m in manifest[ds]],
+                         schema=VIDEO_SCHEMA).write_parquet(d / "videos.parquet")
             inputs.append(shard.ShardInput(dataset=ds, extract=str(d), manifest=str(d / "manifest.parquet")))
         cfg = shard.ShardConfig(inputs=tuple(inputs), max_samples=max_samples, seed=seed, masks=True, views=())
         summary.shards = shard.run(out, cfg, progress=progress)

@@ -196,3 +196,38 @@ def test_part_files_record_params_and_fingerprint(videos, tmp_path, small_cfg):
     row = json.loads((out / "_parts" / "single.json").read_text())
     assert row["file_size"] == (videos / "single.mp4").stat().st_size
     assert row["detector"].startswith("mtcnn@") and len(row["item_key"]) == 16
+
+
+def test_decode_error_video_gives_no_shard_face_unless_asked(tmp_path):
+    """The example's broken/truncated.mp4 (2 s clips, as 'facepipe example' makes them) decodes part-way: extract
+    keeps the faces of its decodable frames and says decode_error; the shard stage leaves them out (counted) unless
+    shard.statuses lists decode_error."""
+    from facepipe.datasets import ManifestConfig, build_manifest
+    from facepipe.deepfakebench import faces_from_shards
+    from facepipe.example import build_example
+    from facepipe.stages import shard
+    from facepipe.stages.extract import ExtractConfig
+
+    videos = build_example(tmp_path / "videos")
+    lines = (videos / "manifest.csv").read_text().splitlines()
+    keep = [ln for ln in lines[1:] if ln.startswith(("broken/truncated.mp4,", "friends/left_pan.mp4,"))]
+    (videos / "manifest.csv").write_text("\n".join([lines[0], *keep]) + "\n")
+    build_manifest("csv", videos, "example", ManifestConfig()).write_parquet(tmp_path / "manifest.parquet")
+    cfg = ExtractConfig.model_validate({"sampling": {"num_frames": 6}, "detector": {"name": "mtcnn"},
+                                        "align": {"size": 64}, "workers": 0})
+    run_extract(videos, tmp_path / "extract", cfg, progress=False, manifest=tmp_path / "manifest.parquet")
+    vid = video_id_for("broken/truncated.mp4")
+    status = pl.read_parquet(tmp_path / "extract" / "videos.parquet").filter(pl.col("video_id") == vid)["status"]
+    assert status.to_list() == ["decode_error"]
+    n = pl.read_parquet(tmp_path / "extract" / "faces.parquet").filter(pl.col("video_id") == vid).height
+    assert n > 0  # the decodable frames had faces
+    inp = shard.ShardInput(dataset="example", extract=str(tmp_path / "extract"),
+                           manifest=str(tmp_path / "manifest.parquet"))
+    s = shard.run(tmp_path / "ok", shard.ShardConfig(inputs=(inp,), max_samples=16), progress=False)
+    assert s.left_out == {"example:decode_error": n}
+    got = [f.video_id for f in faces_from_shards(str(tmp_path / "ok"))]
+    assert got and vid not in got
+    s = shard.run(tmp_path / "all", shard.ShardConfig(inputs=(inp,), max_samples=16, statuses=("ok", "decode_error")),
+                  progress=False)
+    assert not s.left_out
+    assert sum(f.video_id == vid for f in faces_from_shards(str(tmp_path / "all"))) == n

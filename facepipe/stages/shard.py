@@ -80,6 +80,11 @@ class ShardConfig(Section):
     across videos, datasets and labels. ``views``: stored views to include (``None`` = all the freq
     stage stored; ``[]`` = none). ``masks``: include the difference masks. ``cross_dataset_leakage``:
     ``error`` (default) or ``warn`` when links or identities join two datasets across splits.
+
+    ``statuses``: the extract statuses (``videos.parquet``) whose videos contribute faces. Default ``ok`` only: a
+    ``decode_error`` video (a truncated or damaged file; extract keeps the faces of its decodable frames) goes into
+    no shard unless ``decode_error`` is listed here. Faces left out are counted per status
+    (:attr:`ShardSummary.left_out`) and logged.
     """
 
     inputs: tuple[ShardInput, ...] = ()
@@ -89,6 +94,7 @@ class ShardConfig(Section):
     views: Optional[tuple[str, ...]] = None
     masks: bool = True
     cross_dataset_leakage: Literal["error", "warn"] = "error"
+    statuses: tuple[Literal["ok", "decode_error"], ...] = ("ok",)
 
 
 def fingerprint(cfg: ShardConfig) -> str:
@@ -98,16 +104,18 @@ def fingerprint(cfg: ShardConfig) -> str:
     return contract.fingerprint(STAGE, STAGE_VERSION, params, __name__)
 
 
-def collect_samples(inp: ShardInput, views: tuple[str, ...] | None) -> tuple[pl.DataFrame, pl.DataFrame,
-                                                                              tuple[str, ...]]:
-    """Join one dataset's faces with its manifest (and stored views).
+def collect_samples(inp: ShardInput, views: tuple[str, ...] | None, statuses: tuple[str, ...] = ("ok",),
+                    left_out: Counter | None = None) -> tuple[pl.DataFrame, pl.DataFrame, tuple[str, ...]]:
+    """Join one dataset's faces with its manifest (and stored views). Only faces of videos whose ``videos.parquet``
+    status is in ``statuses`` are kept; the others are counted in ``left_out`` (``"<dataset>:<status>"`` -> faces).
 
     Returns:
         (one row per face with its face label, split, method, source ids, crop/mask paths and npz member;
         the dataset's manifest; the views that will be stored).
 
     Raises:
-        InputError: missing tables, faces of videos the manifest does not list, faces extracted without
+        InputError: missing tables (``videos.parquet`` included), faces of videos the manifest does not list, faces
+            extracted without
             the manifest (no face labels), video labels that disagree with the manifest (stale extract),
             or views asked for that the freq output lacks.
     """
@@ -118,6 +126,7 @@ def collect_samples(inp: ShardInput, views: tuple[str, ...] | None) -> tuple[pl.
     faces = pl.read_parquet(fp)
     if "label_source" not in faces.columns:
         raise InputError(f"{fp}: written by an older facepipe without per-face labels; rerun 'facepipe extract'")
+    faces = _by_status(faces, ex, inp.dataset, statuses, left_out)
     man = read_manifest(inp.manifest, dataset=inp.dataset).filter(pl.col("dataset") == inp.dataset)
     rows = faces.join(man.drop("path").rename({"label": "manifest_label"}), on="video_id", how="left")
     unlabelled = rows.filter(pl.col("manifest_label").is_null())["video_id"].unique().sort().to_list()
@@ -159,11 +168,33 @@ def collect_samples(inp: ShardInput, views: tuple[str, ...] | None) -> tuple[pl.
     return rows, man, stored
 
 
+def _by_status(faces: pl.DataFrame, ex: Path, dataset: str, statuses: tuple[str, ...],
+               left_out: Counter | None) -> pl.DataFrame:
+    """The faces of videos whose extract status is in ``statuses`` (see :attr:`ShardConfig.statuses`)."""
+    vp = ex / "videos.parquet"
+    if not vp.is_file():
+        raise InputError(f"{vp}: not found (run 'facepipe extract' first; shards take faces of videos whose status "
+                         "is ok)")
+    status = pl.read_parquet(vp, columns=["video_id", "status"])
+    rows = faces.join(status, on="video_id", how="left").with_columns(pl.col("status").fill_null("no video row"))
+    out = rows.filter(pl.col("status").is_in(list(statuses)))
+    dropped = rows.filter(~pl.col("status").is_in(list(statuses)))
+    if dropped.height:
+        per = dropped.group_by("status").agg(pl.len().alias("faces"), pl.col("video_id").n_unique().alias("videos"))
+        for r in per.sort("status").iter_rows(named=True):
+            if left_out is not None:
+                left_out[f"{dataset}:{r['status']}"] += r["faces"]
+            log.warning("shard: %d face(s) of %d '%s' video(s) of '%s' left out (shard.statuses %s)", r["faces"],
+                        r["videos"], r["status"], dataset, list(statuses))
+    return out.drop("status")
+
+
 @dataclass
 class ShardSummary:
     samples: dict[str, int] = field(default_factory=dict)
     shards: dict[str, int] = field(default_factory=dict)
     label_sources: dict[str, int] = field(default_factory=dict)
+    left_out: dict[str, int] = field(default_factory=dict)  # "<dataset>:<status>" -> faces (ShardConfig.statuses)
     bytes: int = 0
     seconds: float = 0.0
     version: str = ""
@@ -173,7 +204,7 @@ def _inputs_hash(cfg: ShardConfig) -> str:
     """sha256 over the input tables (faces, manifest, views), so the set's version follows its inputs."""
     h = hashlib.sha256()
     for inp in cfg.inputs:
-        files = [Path(inp.extract) / "faces.parquet", Path(inp.manifest)]
+        files = [Path(inp.extract) / "faces.parquet", Path(inp.extract) / "videos.parquet", Path(inp.manifest)]
         if inp.freq:
             files.append(Path(inp.freq) / "views.parquet")
         for f in files:
@@ -201,8 +232,9 @@ def run(out_dir: str | Path, cfg: ShardConfig, progress: bool = True) -> ShardSu
     if len(set(names)) != len(names):
         raise InputError(f"shard: dataset names must be unique, got {names}")
     parts, manifests, stored_sets = [], [], []
+    left_out: Counter = Counter()
     for inp in cfg.inputs:
-        rows, man, stored = collect_samples(inp, cfg.views)
+        rows, man, stored = collect_samples(inp, cfg.views, cfg.statuses, left_out)
         parts.append(rows)
         manifests.append(man)
         stored_sets.append(stored)
@@ -220,7 +252,9 @@ def run(out_dir: str | Path, cfg: ShardConfig, progress: bool = True) -> ShardSu
         view_params = json.loads(next(iter(found.values())))
     allrows = pl.concat(parts, how="diagonal_relaxed")
     if allrows.height == 0:
-        raise InputError("shard: the inputs hold no faces")
+        raise InputError("shard: the inputs hold no faces" + (
+            f" of videos with status {list(cfg.statuses)} (left out: {dict(left_out)}; see shard.statuses)"
+            if left_out else ""))
     allman = pl.concat(manifests, how="vertical_relaxed")
     check_leakage(allman, "shard inputs", identities=False, scope="within")
     check_leakage(allman, "shard inputs (across datasets)", identities=True, mode=cfg.cross_dataset_leakage,
@@ -232,7 +266,7 @@ def run(out_dir: str | Path, cfg: ShardConfig, progress: bool = True) -> ShardSu
 
     stage_fp = fingerprint(cfg)
     version = SET_PREFIX + contract.item_key(stage_fp, _inputs_hash(cfg))
-    summary = ShardSummary(version=version)
+    summary = ShardSummary(version=version, left_out=dict(left_out))
     if storage.is_remote(out_dir):
         _publish_remote(str(out_dir), version, stage_fp, allrows, stored, view_params, cfg, summary, progress, wds)
         summary.seconds = time.perf_counter() - t0
