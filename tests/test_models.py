@@ -380,6 +380,40 @@ def test_rine_reads_every_block_and_weighs_them_by_a_softmax():
     assert tokens.shape == (2, TINY_VIT["depth"], TINY_VIT["embed_dim"]) and m.alpha.shape == (1, 2, 16)
 
 
+def _reference_supcon(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+    """mever-team/rine's SupConLoss (src/utils.py, Khosla et al.'s, one view): per anchor the mean log-probability
+    of its positives among all other samples, averaged over all anchors (none without a positive here)."""
+    sim = z @ z.T / temperature
+    eye = torch.eye(len(z), dtype=torch.bool)
+    log_prob = sim - torch.logsumexp(sim.masked_fill(eye, float("-inf")), dim=1, keepdim=True)
+    pos = (labels[:, None] == labels[None, :]) & ~eye
+    return -((pos * log_prob).sum(1) / pos.sum(1)).mean()
+
+
+def test_rine_default_loss_is_the_references_summed_bce_plus_0_1_supcon_over_its_batch():
+    """mever-team/rine: BCEWithLogitsLoss(reduction="sum") + 0.1 * SupCon at batch 128; facepipe's mean-BCE total
+    must be that divided by 128 (the SupCon weight 0.1 / 128), not mean BCE + 0.1 SupCon."""
+    import torch.nn.functional as F
+
+    from facepipe.models.clip import RINE_SUPCON_WEIGHT
+    from facepipe.train.engine import train_step
+
+    assert get_spec("rine").loss_weights == {"supcon": RINE_SUPCON_WEIGHT} and RINE_SUPCON_WEIGHT == 0.1 / 128
+    torch.manual_seed(0)
+    m = create_model("rine", **TINY_CLIP, proj_dim=16, nproj=1, dropout=0.0)  # no dropout: the same forward twice
+    b = 128
+    batch = {"image": torch.randn(b, 3, 32, 32), "label": torch.arange(b) % 2}
+    m.train()
+    out = m({"image": batch["image"], "label": batch["label"]})
+    logit, z = out["logit"].detach(), F.normalize(out["features"].detach(), dim=1)
+    supcon = _reference_supcon(z, batch["label"])
+    torch.testing.assert_close(out["losses"]["supcon"].detach(), supcon)  # pytorch-metric-learning's = the reference's
+    reference = F.binary_cross_entropy_with_logits(logit, batch["label"].float(), reduction="sum") + 0.1 * supcon
+    step = train_step(m, batch, torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.0))
+    assert step.loss == pytest.approx(float(reference) / b, rel=1e-5)
+    assert step.losses["supcon"] == pytest.approx(float(supcon), rel=1e-5)  # the term is logged unweighted
+
+
 def test_srm_separate_filters_as_the_authors_code():
     from facepipe.freq.functional import SRM_KERNELS
     from facepipe.models.frequency import SRMSeparate

@@ -87,6 +87,13 @@ def _mlp(width_in: int, width: int, layers: int, p: float) -> nn.Sequential:
     return nn.Sequential(*mods)
 
 
+#: mever-team/rine's training batch size (``scripts/experiments.py``) and SupCon ``factor`` (one-class model)
+RINE_REFERENCE_BATCH = 128
+RINE_REFERENCE_FACTOR = 0.1
+#: the reference's ``sum BCE + 0.1 SupCon`` at batch 128 as a weight on facepipe's mean BCE: 0.1 / 128
+RINE_SUPCON_WEIGHT = RINE_REFERENCE_FACTOR / RINE_REFERENCE_BATCH
+
+
 class RINE(FrozenAwareModule):
     """RINE (Koutlis & Papadopoulos, "Leveraging Representations from Intermediate Encoder-blocks for Synthetic
     Image Detection", ECCV 2024; mever-team/rine): the class token of EVERY block of a frozen CLIP ViT.
@@ -97,9 +104,17 @@ class RINE(FrozenAwareModule):
     form) -> z, the feature of the supervised contrastive loss -> head (2 x [Linear, ReLU, dropout] + Linear -> 1).
 
     Loss: the trainer's BCE plus ``supcon`` (Khosla et al., NeurIPS 2020, temperature 0.07, from
-    ``pytorch-metric-learning``) on the L2-normalised z, weighted by ``train.loss_weights.supcon`` (RINE's
-    ``factor``, default 0.1). RINE sums its BCE over the batch; facepipe averages it, so the same factor weighs the
-    contrastive term more: scale it by the batch size to match.
+    ``pytorch-metric-learning``) on the L2-normalised z, weighted by ``train.loss_weights.supcon``. The default
+    weight is the reference's balance on facepipe's mean BCE: mever-team/rine ``src/utils.py``
+    ``train_one_experiment`` trains on ``BCEWithLogitsLoss(reduction="sum")`` (line 176) ``+ factor * SupConLoss``
+    (lines 198-202; its SupCon, lines 513-606, is a mean over anchors), with batch size 128
+    (``scripts/experiments.py`` line 16) and ``factor`` 0.1 for the one-class model whose configuration
+    (q = 4, 1024 wide) facepipe's defaults take (``results/dataset_size/ViT-L-14_1_0.1_4_1024_128_...``). Hence
+    ``sum_B BCE + 0.1 SupCon = B (mean BCE + (0.1 / B) SupCon)``: at B = 128 the equivalent weight on the mean BCE
+    is ``0.1 / 128 = 7.8125e-4`` (:data:`RINE_SUPCON_WEIGHT`); the overall factor B only rescales the gradient,
+    which Adam (the reference's optimizer, no clipping) does not see up to its eps (``train.clip_norm`` acts on
+    facepipe's mean-scale gradient). To reproduce the reference code at another batch size B
+    set ``train.loss_weights.supcon`` to ``0.1 / B`` (``factor / B`` for its other factors 0.2, 0.4, 0.8).
 
     Args:
         clip_model: timm CLIP tower (ViT-L/14 by default). proj_dim: projection width (1024). nproj: q, layers per
@@ -144,13 +159,14 @@ class RINE(FrozenAwareModule):
 
 
 @register_model(ModelSpec("rine", input_size=224, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, family="clip",
-                          timm_name=CLIP_L14 + CLIP_TAG, uses_labels=True, loss_weights={"supcon": 0.1},
+                          timm_name=CLIP_L14 + CLIP_TAG, uses_labels=True,
+                          loss_weights={"supcon": RINE_SUPCON_WEIGHT},
                           paper="RINE: Koutlis & Papadopoulos, ECCV 2024 (intermediate CLIP blocks, TIE, SupCon)",
                           faithful="as mever-team/rine (ln_2 class tokens of all blocks, proj1/TIE/proj2/head, SupCon "
-                                   "0.07); BCE averaged instead of summed over the batch",
+                                   "0.07); summed BCE + 0.1 SupCon at batch 128 as mean BCE + (0.1/128) SupCon",
                           target_layer="clip.blocks.-1.norm1", explain="attn_grad"))
 def rine(pretrained=False, **kw) -> nn.Module:
     return RINE(pretrained, **kw)
 
 
-__all__ = ["CLIPLinear", "CLIP_L14", "RINE", "clip_tower"]
+__all__ = ["CLIPLinear", "CLIP_L14", "RINE", "RINE_SUPCON_WEIGHT", "clip_tower"]
