@@ -82,8 +82,12 @@ def extract(
     fps: Optional[float] = typer.Option(None, help="fps: frames per second of video."),
     max_frames: Optional[int] = typer.Option(None, help="stride/fps: at most this many frames per video."),
     detector: Optional[str] = typer.Option(None, help="Face detector: auto | mtcnn | scrfd | retinaface | dlib_hog."),
-    preset: Optional[str] = typer.Option(None, help="deepfakebench: DeepfakeBench's preprocessing exactly (dlib HOG "
-                                                    "+ 68 points, header frame count, largest face, 256 px, 1.3)."),
+    preset: Optional[str] = typer.Option(None, help="deepfakebench: DeepfakeBench's preprocessing (dlib HOG, header "
+                                                    "frame count, largest face, 256 px, 1.3); with --dlib-81 its "
+                                                    "81-point predictor, else the 68-point one (deepfakebench-68)."),
+    dlib_81: Optional[Path] = typer.Option(
+        None, "--dlib-81", help="DeepfakeBench's shape_predictor_81_face_landmarks.dat (detector dlib_hog / preset "
+                                "deepfakebench; not shipped by any package facepipe installs)."),
     model_root: Optional[str] = typer.Option(None, help="insightface model root (default ~/.insightface/models)."),
     max_side: Optional[int] = typer.Option(None, help="Detect on a copy with this longest side (px)."),
     min_face: Optional[int] = typer.Option(None, help="Smallest face searched for, detection-image px."),
@@ -125,6 +129,7 @@ def extract(
         "detector.model_root": model_root, "detector.max_side": max_side, "detector.min_face_px": min_face,
         "detector.min_face_frac": min_face_frac,
         "detector.min_score": min_score, "detector.device": device, "align.mode": align, "align.preset": preset,
+        "detector.dlib_81": None if dlib_81 is None else str(dlib_81),
         "align.size": size, "align.margin": margin, "track.select": select, "labels.policy": label_policy,
         "output.format": image_format, "output.jpeg_quality": jpeg_quality,
         "output.jpeg_subsampling": jpeg_subsampling, "workers": workers,
@@ -529,6 +534,9 @@ def export_deepfakebench(
     dataset: Optional[str] = typer.Option(None, help="--extract: the manifest's dataset to export (default all)."),
     adapter: Optional[list[str]] = typer.Option(
         None, "--adapter", help="NAME=ADAPTER: a dataset not named after its adapter (e.g. myff=ffpp); repeat."),
+    method_map: Optional[list[str]] = typer.Option(
+        None, "--method-map", help="METHOD=NAME: the DeepfakeBench label name for fakes of METHOD (required for a "
+                                   "method the dataset's naming lacks, e.g. DFDC=DFDC_Fake under ffpp); repeat."),
     path_prefix: str = typer.Option("./datasets/rgb", help="What the JSON's paths start with instead of OUT/rgb "
                                                            "(DeepfakeBench's rgb_dir, relative, starting with '.')."),
     compression: str = typer.Option("c23", help="Compression level key for FaceForensics++-family datasets."),
@@ -544,7 +552,8 @@ def export_deepfakebench(
     faces = (dfb.faces_from_shards(shards) if shards is not None else
              dfb.faces_from_extract(extract, manifest, dataset))
     s = dfb.export(faces, out, path_prefix=path_prefix, compression=compression,
-                   adapters=_pairs(adapter, "--adapter"), progress=progress)
+                   adapters=_pairs(adapter, "--adapter"), progress=progress,
+                   method_map=_pairs(method_map, "--method-map"))
     typer.echo(f"export: {s.frames} frames, {s.masks} masks, {s.landmarks} landmark files -> {out}/rgb")
     for (name, label, split), n in sorted(s.videos.items()):
         typer.echo(f"  {name} {label} {split}: {n} videos")

@@ -75,10 +75,17 @@ class DFBDataset:
     fake: str
     methods: tuple[tuple[str, str], ...] = ()  # facepipe method -> DeepfakeBench label name
 
-    def label_name(self, label: int, method: str | None) -> str:
+    def label_name(self, label: int, method: str | None, method_map: dict[str, str] | None = None) -> str | None:
+        """The label name of a face: ``real`` for label 0; for a fake, ``method_map[method]`` when given, else the
+        method's name in :attr:`methods`, else ``fake`` when the dataset has one fake label name (no ``methods``);
+        ``None`` when a dataset with per-method names (FaceForensics++, DFDCP) has none for ``method``."""
         if label == 0:
             return self.real
-        return dict(self.methods).get(method or "", self.fake)
+        if method_map and method in method_map:
+            return method_map[method]
+        if self.methods:
+            return dict(self.methods).get(method or "")
+        return self.fake
 
     def method_of(self, label_name: str) -> str | None:
         if label_name == self.real:
@@ -234,7 +241,8 @@ def _safe_component(name: str, what: str, sep_ok: bool = False) -> str:
 
 
 def export(faces: Iterator[Face], out: str | Path, path_prefix: str = DEFAULT_PREFIX, compression: str = "c23",
-           adapters: dict[str, str] | None = None, progress: bool = True) -> ExportSummary:
+           adapters: dict[str, str] | None = None, progress: bool = True,
+           method_map: dict[str, str] | None = None) -> ExportSummary:
     """Write ``faces`` in DeepfakeBench's layout and dataset JSON under ``out`` (see the module docstring).
 
     DeepfakeBench has one face per frame and one label per video: faces whose label differs from their video's
@@ -249,9 +257,15 @@ def export(faces: Iterator[Face], out: str | Path, path_prefix: str = DEFAULT_PR
         compression: compression level for FaceForensics++-family datasets when the input does not record one.
         adapters: facepipe dataset name -> adapter name (``ffpp``, ``celebdf_v2``, ...) for datasets not named
             after their adapter.
+        method_map: facepipe method -> DeepfakeBench label name for fakes (``--method-map``): needed for a fake whose
+            method the dataset's DeepfakeBench naming does not list (FaceForensics++ and DFDCP name each method;
+            e.g. a DFDC fake in a dataset exported as ``ffpp``), and overriding the naming otherwise. A name
+            DeepfakeBench's ``label_dict`` has as real is refused for a fake.
 
     Raises:
-        InputError: a name containing ``frames`` or a path separator, or no face to export.
+        InputError: a name containing ``frames`` or a path separator, fakes of a method with no DeepfakeBench label
+            name and no ``method_map`` entry (all such dataset/method pairs named, before any JSON is written), a
+            mapped name that is real in DeepfakeBench's ``label_dict``, or no face to export.
     """
     out = Path(out)
     rgb = out / "rgb"
@@ -263,6 +277,12 @@ def export(faces: Iterator[Face], out: str | Path, path_prefix: str = DEFAULT_PR
     summary = ExportSummary()
     tree: dict = {}
     seen: set = set()
+    unmapped: Counter = Counter()  # (dataset, adapter, DeepfakeBench dataset, method) -> faces
+    for method, name in (method_map or {}).items():
+        if LABEL_DICT.get(name) == 0:
+            raise InputError(f"--method-map {method}={name}: '{name}' is a real label name in DeepfakeBench's "
+                             "label_dict; fakes need a fake one")
+        _safe_component(name, "label name")
     bar = tqdm(unit="face", desc="export deepfakebench", disable=not progress)
     for f in faces:
         if f.track_id != 0:
@@ -271,8 +291,12 @@ def export(faces: Iterator[Face], out: str | Path, path_prefix: str = DEFAULT_PR
         if f.label != f.video_label:
             summary.skipped["face label differs from its video's (DeepfakeBench has video labels)"] += 1
             continue
-        d = dfb_dataset(f.dataset, (adapters or {}).get(f.dataset))
-        label_name = d.label_name(f.label, f.method)
+        adapter = (adapters or {}).get(f.dataset)
+        d = dfb_dataset(f.dataset, adapter)
+        label_name = d.label_name(f.label, f.method, method_map)
+        if label_name is None:
+            unmapped[(f.dataset, adapter or f.dataset, d.name, f.method)] += 1
+            continue
         summary.label_dict[label_name] = f.label
         comp = (f.compression or compression) if d.name in NESTED else None
         vkey = _safe_component(f.video_id, "video id")
@@ -302,6 +326,14 @@ def export(faces: Iterator[Face], out: str | Path, path_prefix: str = DEFAULT_PR
         summary.frames += 1
         bar.update(1)
     bar.close()
+    if unmapped:
+        raise InputError("export deepfakebench: no DeepfakeBench label name for " + "; ".join(
+            f"{n} fake face(s) of dataset '{ds}' with method {m!r} (exported as {name} after adapter '{ad}', whose "
+            f"fake label names are {', '.join(f'{k}->{v}' for k, v in DATASETS[ad].methods)})"
+            for (ds, ad, name, m), n in sorted(unmapped.items(), key=str))
+            + ". Say where they go with --method-map METHOD=NAME (a DeepfakeBench label name such as FF-DF, or a "
+              f"new one such as {next(iter(unmapped))[3] or 'other'}_fake, added to label_dict.yaml), or export "
+              "that dataset without --adapter; no dataset JSON was written")
     if not summary.frames:
         raise InputError("export deepfakebench: no face to export" +
                          (f" (left out: {dict(summary.skipped)})" if summary.skipped else ""))
@@ -405,7 +437,9 @@ def import_json(json_files: list[str | Path], root: str | Path, out: str | Path,
     """Turn DeepfakeBench-preprocessed data (dataset JSON + frames) into a facepipe shard set at ``out``.
 
     Every frame becomes a sample with its video's label (``label_source`` ``video``), its split, method and frame
-    index (the file stem), track 0, ``preset`` ``deepfakebench``; the crop is stored byte for byte; its mask
+    index (the file stem), track 0, ``preset`` ``deepfakebench`` (``deepfakebench-68`` when its landmark file has 68
+    points: made with the 68-point predictor, e.g. by :func:`export` of such crops); the crop is stored byte for byte;
+    its mask
     (``frames`` -> ``masks``) and landmarks (``frames`` -> ``landmarks``, ``.npy``) when those files exist. The
     crop is its own source frame (identity ``affine``); ``landmarks`` are parts 37, 44, 30, 49, 55 of the
     landmark file. Videos exported by :func:`export` get their facepipe ids back; others get
@@ -462,7 +496,7 @@ def import_json(json_files: list[str | Path], root: str | Path, out: str | Path,
         adapter = next((k for k, d in DATASETS.items() if d.name == r["ds"]), None)
         ds_name = (fp.get("dataset") or (dataset_names or {}).get(r["ds"]) or adapter
                    or re.sub(r"[^A-Za-z0-9_-]+", "_", r["ds"]))
-        check_name(ds_name, "dataset")
+        check_name("dataset", ds_name)
         r["dataset"] = ds_name
         r["video_id"] = fp.get("video_id") or video_id_for(f"{r['label_name']}/{r['key']}")
         r["label"] = int(labels_known[r["label_name"]])
@@ -538,7 +572,8 @@ def import_json(json_files: list[str | Path], root: str | Path, out: str | Path,
                     "crop_path": str(path.resolve()), "crop_mode": "arcface", "crop_size": crop,
                     "detector": "deepfakebench", "detector_version": "import", "label": r["label"],
                     "video_label": r["label"], "label_source": "video", "manipulation_score": None,
-                    "mask_path": None if mask_rel is None else str(mask_rel), "preset": "deepfakebench",
+                    "mask_path": None if mask_rel is None else str(mask_rel),
+                    "preset": "deepfakebench-68" if crop_lm is not None and len(crop_lm) == 68 else "deepfakebench",
                     "crop_landmarks": crop_lm,
                 })
                 summary.frames += 1

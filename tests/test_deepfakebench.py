@@ -82,7 +82,7 @@ def test_preset_equals_a_straight_deepfakebench_implementation(preset_run):
     its recipe within 1 grey level (float32 vs float64 similarity matrices); five points and the 68 landmarks
     re-detected on the crop are identical."""
     faces = pl.read_parquet(preset_run / "extract" / "faces.parquet")
-    assert set(faces["preset"]) == {"deepfakebench"} and set(faces["track_id"]) == {0}
+    assert set(faces["preset"]) == {"deepfakebench-68"} and set(faces["track_id"]) == {0}  # the 68-point model
     assert faces["detector"].unique().to_list() == ["dlib_hog"]
     for rel, (label, _, _) in CLIPS.items():
         vid = Path(rel).stem
@@ -324,3 +324,159 @@ def test_hugging_face_datasets_loads_shards(example_shards, tmp_path, monkeypatc
                                 features=hf_features(example_shards))
     assert ds2["train"].num_rows == len(samples)
     assert [r["json"]["manipulation_score"] for r in ds2["train"]][-1] is not None
+
+
+# --- 5. the predictor, export's method names, import's dataset names -----------------------------------------------
+
+def _tiny_81_point_model(path: Path, image: np.ndarray) -> Path:
+    """A deliberately crude 81-point dlib shape predictor (one tree, trained on ``image``'s faces: the 68-point
+    model's points plus 13 made-up forehead points), standing in for DeepfakeBench's file, which is not available
+    offline: it exercises the 81-point code path, not DeepfakeBench's landmark quality."""
+    import dlib
+
+    from facepipe.faces.dlib68 import predictor_path
+
+    det, pred = dlib.get_frontal_face_detector(), dlib.shape_predictor(str(predictor_path()))
+    objs = []
+    for r in det(image, 1):
+        s = pred(image, r)
+        forehead = [dlib.point(int(r.left() + r.width() * k // 12), int(r.top() - 5)) for k in range(13)]
+        objs.append(dlib.full_object_detection(r, [s.part(i) for i in range(68)] + forehead))
+    o = dlib.shape_predictor_training_options()
+    o.tree_depth, o.cascade_depth, o.num_trees_per_cascade_level, o.oversampling_amount = 1, 1, 1, 1
+    o.feature_pool_size, o.num_test_splits = 8, 2
+    dlib.train_shape_predictor([image], [objs], o).save(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tom_clip(tmp_path_factory):
+    from facepipe.example import camera_frames, package_photo, write_video
+
+    d = tmp_path_factory.mktemp("tom")
+    canvas = np.full((360, 640, 3), 100, np.uint8)
+    canvas[68:292, 208:432] = cv2.resize(package_photo("Tom_Hanks_54745.png"), (224, 224),
+                                         interpolation=cv2.INTER_CUBIC)
+    write_video(d / "videos" / "tom.mp4", camera_frames(canvas, (640, 360), 6, (310, 180, 1.0), (320, 182, 1.05)),
+                fps=10)
+    return d
+
+
+def test_preset_records_its_predictor_and_loads_the_81_point_one(tom_clip, t1, tmp_path):
+    """Without --dlib-81 the 68-point stand-in labels rows deepfakebench-68 (68 crop landmarks); with an 81-point
+    model named, rows say deepfakebench, the five points are parts 37, 44, 30, 49, 55 of the 81-point shape (as
+    DeepfakeBench's get_keypts takes them) and the crop landmarks are all 81 points (as it saves them)."""
+    from facepipe.faces.dlib68 import DFB_FIVE_PARTS, DlibHOG
+    from facepipe.stages import extract
+    from facepipe.stages.extract import ExtractConfig
+
+    def run(out, **detector):
+        cfg = ExtractConfig.model_validate({"align": {"preset": "deepfakebench"}, "sampling": {"num_frames": 3},
+                                            "detector": detector, "workers": 0})
+        extract.run(tom_clip / "videos", out, cfg, progress=False)
+        return pl.read_parquet(out / "faces.parquet")
+
+    f68 = run(tmp_path / "x68")
+    assert f68.height and set(f68["preset"]) == {"deepfakebench-68"}
+    assert {len(c) for c in f68["crop_landmarks"]} == {68}
+    model = _tiny_81_point_model(tmp_path / "sp81.dat", t1)
+    f81 = run(tmp_path / "x81", dlib_81=str(model))
+    assert f81.height and set(f81["preset"]) == {"deepfakebench"}
+    assert {len(c) for c in f81["crop_landmarks"]} == {81}
+    assert set(f81["detector_version"]) != set(f68["detector_version"])
+    det = DlibHOG(predictor=model)
+    assert det.n_points == 81 and det.preset_name == "deepfakebench"
+    (faces,) = det.detect(t1[None])
+    for face, (rect, _) in zip(faces, det.rects(t1)):
+        shape = det.shape(t1, rect)
+        assert shape.shape == (81, 2)
+        np.testing.assert_array_equal(face.landmarks, shape[list(DFB_FIVE_PARTS)].astype(np.float32))
+
+
+def test_dlib_81_path_errors_are_clear(tom_clip, tmp_path):
+    from pydantic import ValidationError
+
+    from facepipe.errors import DetectorError
+    from facepipe.faces.config import DetectorConfig
+    from facepipe.faces.dlib68 import predictor_path
+    from facepipe.stages import extract
+    from facepipe.stages.extract import ExtractConfig
+
+    for path, words in [(tmp_path / "nowhere" / "shape_predictor_81_face_landmarks.dat", "no such file"),
+                        (predictor_path(), "a 68-point shape predictor")]:
+        cfg = ExtractConfig.model_validate({"align": {"preset": "deepfakebench"}, "detector": {"dlib_81": str(path)},
+                                            "workers": 0})
+        with pytest.raises(DetectorError, match=words) as e:
+            extract.run(tom_clip / "videos", tmp_path / "out", cfg, progress=False)
+        assert str(path) in str(e.value) and "shape_predictor_81_face_landmarks.dat" in str(e.value)
+        assert not (tmp_path / "out" / "faces.parquet").exists()
+    with pytest.raises(ValidationError, match="dlib_hog"):
+        DetectorConfig(name="mtcnn", dlib_81="x.dat")
+
+
+def _png_face(dataset, video_id, label, method, frame=0):
+    from facepipe import deepfakebench as dfb
+
+    ok, buf = cv2.imencode(".png", np.full((8, 8, 3), 128, np.uint8))
+    return dfb.Face(dataset, video_id, "test", method, label, label, frame, 0, buf.tobytes(), "png", None, None, [])
+
+
+def test_export_refuses_a_method_it_cannot_name_unless_mapped(tmp_path):
+    """--adapter shared_real=ffpp: FF++'s naming has a label name per method, none for DFDC; such fakes are refused
+    (named, with the fix) instead of landing under FF-DF, unless --method-map says where they go."""
+    from facepipe import deepfakebench as dfb
+
+    faces = [_png_face("shared_real", "ffpp-original_634", 0, "original"),
+             _png_face("shared_real", "ffpp-FaceSwap_634_660", 1, "FaceSwap"),
+             _png_face("shared_real", "dfdc-brtujopkby", 1, "DFDC")]
+    adapters = {"shared_real": "ffpp"}
+    with pytest.raises(InputError, match=r"1 fake face\(s\) of dataset 'shared_real' with method 'DFDC'.*--method-map"):
+        dfb.export(iter(faces), tmp_path / "a", adapters=adapters, progress=False)
+    assert not (tmp_path / "a" / "dataset_json").exists()
+    with pytest.raises(InputError, match="real label name"):
+        dfb.export(iter(faces), tmp_path / "b", adapters=adapters, method_map={"DFDC": "FF-real"}, progress=False)
+    s = dfb.export(iter(faces), tmp_path / "c", adapters=adapters, method_map={"DFDC": "DFDC_Fake"}, progress=False)
+    ff = json.loads((tmp_path / "c" / "dataset_json" / "FaceForensics++.json").read_text())["FaceForensics++"]
+    assert list(ff["DFDC_Fake"]["test"]["c23"]) == ["dfdc-brtujopkby"]
+    assert list(ff["FF-FS"]["test"]["c23"]) == ["ffpp-FaceSwap_634_660"] and "FF-DF" not in ff
+    assert s.label_dict == {"FF-real": 0, "FF-FS": 1, "DFDC_Fake": 1}
+
+
+def test_import_checks_the_facepipe_dataset_name(tmp_path):
+    """A dataset name that cannot be part of a sample key is refused, naming it, before any frame is read."""
+    from facepipe import deepfakebench as dfb
+    from facepipe.ids import IdError
+
+    data = {"UADFV": {"UADFV_Real": {"train": {"v1": {"label": "UADFV_Real", "frames": ["./datasets/rgb/v1/000.png"]}},
+                                     "val": {}, "test": {}}}}
+    p = tmp_path / "UADFV.json"
+    p.write_text(json.dumps(data))
+    with pytest.raises(IdError, match=r"dataset 'my\.uadfv' cannot be part of a sample key"):
+        dfb.import_json([p], tmp_path, tmp_path / "shards", dataset_names={"UADFV": "my.uadfv"}, progress=False)
+
+
+@needs_real
+def test_shard_index_records_the_preset(preset_run):
+    """The set's index says which predictor made every crop (so training can follow DeepfakeBench's 256 px)."""
+    index = json.loads((preset_run / "shards" / "index.json").read_text())
+    assert index["preset"] == "deepfakebench-68" and index["crop_size"] == 256
+
+
+def test_train_on_deepfakebench_shards_defaults_to_256(example_shards, tmp_path):
+    """DeepfakeBench trains at 256 px (its xception/recce/f3net configs: resolution 256) where the zoo's input sizes
+    differ (resnet18: 224): on a set whose index says preset deepfakebench, train.image_size unset means 256."""
+    import shutil
+
+    from facepipe.models import get_spec
+    from facepipe.stages.train import TrainConfig
+    from facepipe.stages.train import run as run_train
+    from facepipe.train.engine import load_checkpoint
+
+    shards = tmp_path / "shards"
+    shutil.copytree(example_shards, shards)
+    index = json.loads((shards / "index.json").read_text())
+    (shards / "index.json").write_text(json.dumps({**index, "preset": "deepfakebench"}))
+    assert get_spec("resnet18").input_size != 256
+    cfg = TrainConfig(detector="resnet18", batch_size=4, steps=1, eval_every=1, checkpoint_every=1, num_workers=0)
+    run_train(shards, tmp_path / "run", cfg, progress=False)
+    assert load_checkpoint(tmp_path / "run" / "last.pt", "resnet18")["image_size"] == 256

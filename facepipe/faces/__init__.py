@@ -65,7 +65,7 @@ def _insight(kind: str) -> Callable[..., FaceDetector]:
 def _dlib_hog(cfg: DetectorConfig, threads: int = 0) -> FaceDetector:
     from facepipe.faces.dlib68 import DlibHOG
 
-    return DlibHOG(max_side=cfg.max_side, min_score=cfg.min_score)
+    return DlibHOG(max_side=cfg.max_side, min_score=cfg.min_score, predictor=cfg.dlib_81)
 
 
 register_face_detector("scrfd")(_insight("scrfd"))

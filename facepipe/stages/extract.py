@@ -91,7 +91,8 @@ regenerates the crop); ``face_size_px`` the box's longer side; ``crop_path`` and
 (``original_diff`` | ``policy`` | ``video``; null without a manifest), ``manipulation_score`` the share of
 the face box that differs from the original beyond the frame's background difference (null without an
 original), ``mask_path`` that difference warped like the crop (fakes compared with their original). ``preset`` the
-alignment preset (``deepfakebench`` or null); ``crop_landmarks`` (preset ``deepfakebench``) dlib's 68 landmarks
+alignment preset (``deepfakebench`` with DeepfakeBench's 81-point predictor, ``deepfakebench-68`` with the 68-point
+stand-in, or null); ``crop_landmarks`` (preset ``deepfakebench``) dlib's 81 (or 68) landmarks
 re-detected on the crop, crop pixels (integers, as DeepfakeBench saves them), else null."""
 
 VIDEO_SCHEMA = {
@@ -158,7 +159,17 @@ DEEPFAKEBENCH_PRESET = {
 """What ``align.preset: deepfakebench`` sets (``sampling.num_frames`` stays yours; DeepfakeBench's default is 32):
 DeepfakeBench's ``preprocess.py`` draws its indices from the header's frame count, detects with dlib on the full
 frame without a score threshold, aligns at 256 px with margin 1.3, and keeps the largest face of every frame
-without tracking (see :class:`~facepipe.faces.config.AlignConfig`)."""
+without tracking (see :class:`~facepipe.faces.config.AlignConfig`). Its 81-point shape predictor is not
+shipped: ``detector.dlib_81`` names it, else the 68-point model stands in (:func:`preset_label`)."""
+
+
+def preset_label(cfg: "ExtractConfig", detector) -> str | None:
+    """The ``preset`` recorded on face rows (and so shard samples): ``deepfakebench`` when the crops came from
+    DeepfakeBench's 81-point predictor, ``deepfakebench-68`` from the 68-point stand-in; other presets as
+    configured."""
+    if cfg.preset != "deepfakebench":
+        return cfg.preset
+    return getattr(detector, "preset_name", "deepfakebench-68")
 
 
 def _plain(v, set_only: bool = False):
@@ -223,7 +234,7 @@ class ExtractConfig(Section):
         """The parameters that change results (run settings left out)."""
         return self.model_dump(exclude={"extensions": True, "workers": True, "timeout_s": True,
                                         "file_fingerprint": True, "engine": True, "ray_address": True,
-                                        "detector": {"device"}})
+                                        "detector": {"device", "dlib_81"}})
 
 
 def fingerprint(cfg: ExtractConfig, detector_id: str) -> str:
@@ -492,7 +503,7 @@ def _detect_and_crop(st: _VideoState, chunk, detector, cfg: ExtractConfig, ref_c
                 if not rects:
                     st.redetect_dropped += 1
                     continue
-                crop_lm = detector.shape68(bgr, rects[0][0])
+                crop_lm = detector.shape(bgr, rects[0][0])
             name = f"{int(fidx):06d}_f{k}"
             _faults.at_write(st.job.video_id)
             (st.tmp_dir / f"{name}.{ext}").write_bytes(_encode(crop, ext, cfg.output.jpeg_quality,
@@ -577,7 +588,7 @@ def _finish(st: _VideoState, cfg: ExtractConfig, detector) -> list[dict]:
             "crop_size": cfg.align.size, "detector": detector.name, "detector_version": detector.version,
             "label": label, "video_label": st.job.label, "label_source": source,
             "manipulation_score": None if scores is None else k.score, "mask_path": mask_path,
-            "preset": cfg.preset,
+            "preset": preset_label(cfg, detector),
             "crop_landmarks": None if k.crop_landmarks is None else k.crop_landmarks.tolist(),
         })
     for leftover in st.tmp_dir.glob("*_f*"):  # provisional crops and masks of dropped faces

@@ -300,11 +300,14 @@ def run(out_dir: str | Path, cfg: ShardConfig, progress: bool = True) -> ShardSu
 
 
 def _describe(index: dict, allrows: pl.DataFrame, view_params: dict | None) -> None:
-    """Set-wide facts readers need before opening a shard: view parameters, crop size, image format."""
+    """Set-wide facts readers need before opening a shard: view parameters, crop size, image format, and the
+    alignment preset when every sample has the same one (``deepfakebench``, ``deepfakebench-68``; else null)."""
     sizes = allrows["crop_size"].unique().to_list()
     formats = sorted({Path(c).suffix.lstrip(".").lower().replace("jpeg", "jpg") for c in allrows["crop_path"]})
+    presets = allrows["preset"].unique().to_list() if "preset" in allrows.columns else [None]
     index.update(view_params=view_params, crop_size=sizes[0] if len(sizes) == 1 else None,
-                 image_format=formats[0] if len(formats) == 1 else "mixed")
+                 image_format=formats[0] if len(formats) == 1 else "mixed",
+                 preset=presets[0] if len(presets) == 1 else None)
 
 
 def _meta_json(cfg: ShardConfig, stored: tuple[str, ...], stage_fp: str, version: str) -> str:

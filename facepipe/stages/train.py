@@ -73,7 +73,8 @@ class TrainConfig(Section):
     ``imports``: Python files whose ``@register_model`` factories to load first (a user's own model,
     ``--import FILE``). ``pretrained``: ``false``, ``true`` (local caches only) or a weights file.
     ``loss_weights``: weight of each auxiliary loss the model returns (default: the model spec's, else 1).
-    ``image_size``: ``null`` = the model's input size.
+    ``image_size``: ``null`` = the model's input size, or 256 on shards made with ``preset: deepfakebench``
+    (DeepfakeBench's training resolution; its xception/recce/f3net configs say 256 where the zoo says 299).
 
     ``steps`` optimizer steps in all, each of ``accumulate`` micro-batches of ``batch_size``; validation every
     ``eval_every`` steps selects the best checkpoint on ``select`` (``video_auc`` or ``frame_auc``) of the **val**
@@ -319,6 +320,10 @@ def _run(shards, out_dir, cfg: TrainConfig, freq: FreqConfig, resume: bool, prog
     for f in cfg.imports:
         import_model_file(f)
     size = cfg.image_size or get_spec(cfg.detector).input_size
+    if cfg.image_size is None and str(index.get("preset") or "").startswith("deepfakebench") and size != 256:
+        log.info("shards made with preset %s: training at DeepfakeBench's resolution 256 (not %s's %d; set "
+                 "train.image_size to override)", index["preset"], cfg.detector, size)
+        size = 256
     set_determinism(cfg.seed, cfg.deterministic)
     model = build_model(cfg, size).to(device)
     spec = model.spec
