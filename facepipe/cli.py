@@ -362,7 +362,9 @@ def explain(
     seed: Optional[int] = typer.Option(None, help="Seed of the choice of faces."),
     method: Optional[str] = typer.Option(
         None, help="auto | gradcam | gradcam++ | attn_grad | rollout (auto: the model's default)."),
-    layers: Optional[str] = typer.Option(None, help="last | last4 | all, or comma-separated module names."),
+    layers: Optional[str] = typer.Option(
+        None, help="auto | last | last4 | all, or comma-separated module names (auto, the default: last for "
+                   "gradcam/gradcam++, all blocks for attn_grad/rollout, as published)."),
     head_fusion: Optional[str] = typer.Option(None, "--head-fusion", help="mean | max | min over attention heads."),
     metrics: Optional[Path] = typer.Option(None, "--metrics", help="Also write the summary means to this JSON."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -372,7 +374,7 @@ def explain(
 
     lay = None
     if layers is not None:
-        lay = layers if layers in ("last", "last4", "all") else _csv_list(layers)
+        lay = layers if layers in ("auto", "last", "last4", "all") else _csv_list(layers)
     cfg = _configure(ExplainConfig, _params_data(params, "explain", ExplainConfig),
                      {"split": split, "n": n, "seed": seed, "method": method, "layers": lay,
                       "head_fusion": head_fusion}, "explain")

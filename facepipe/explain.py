@@ -27,6 +27,9 @@ The target is the model's one fake logit ``y`` for the fake map and ``-y`` for t
 Layer sets (``layers``): ``last`` (the declared target layer, or the last attention block), ``last4``, ``all``
 (the layers of the same family: the target layer's name with its last index varied, e.g. every
 ``backbone.blocks.N.norm1``; every global attention block for the attention methods), or explicit module names.
+The default (``auto``, :data:`DEFAULT_LAYERS`) is each method's published one: Grad-CAM / Grad-CAM++ on the last
+(target) layer; ``attn_grad`` and ``rollout`` aggregate ALL attention blocks, as Chefer et al. (the relevance is
+propagated from the first block to the last) and Abnar & Zuidema (rollout multiplies through every layer) do.
 Head fusion (``mean`` | ``max`` | ``min``) applies to the attention methods, as in the seed's CLIP tool.
 """
 
@@ -54,6 +57,9 @@ log = logging.getLogger(__name__)
 
 METHODS = ("gradcam", "gradcam++", "attn_grad", "rollout")
 LAYER_SETS = ("last", "last4", "all")
+#: each method's layer set for ``layers`` ``auto`` / ``None``: Grad-CAM's last (target) layer (Selvaraju et al.);
+#: gradient-weighted attention (Chefer et al., ICCV 2021) and rollout (Abnar & Zuidema, ACL 2020) over all blocks
+DEFAULT_LAYERS = {"gradcam": "last", "gradcam++": "last", "attn_grad": "all", "rollout": "all"}
 HEAD_FUSIONS = ("mean", "max", "min")
 #: classes whose attention is over windows or local neighbourhoods, never one token-to-token matrix
 _WINDOWED = {"LocalAttention2D", "MultipoleAttention2D", "ShiftedWindowAttention", "GlobalTokenAttention",
@@ -396,12 +402,13 @@ def _scale01(m: torch.Tensor) -> torch.Tensor:
     return torch.where(hi > lo, (m - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(m))
 
 
-def attention_maps(wrapper: ImageModel, x: torch.Tensor, method: str, layers: str | Sequence[str] = "last4",
+def attention_maps(wrapper: ImageModel, x: torch.Tensor, method: str, layers: str | Sequence[str] = "all",
                    fusion: str = "mean") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradient-weighted attention (``attn_grad``) or rollout maps of a batch.
 
     Args:
-        layers: ``last`` | ``last4`` | ``all`` attention blocks, or explicit names of attention modules.
+        layers: ``last`` | ``last4`` | ``all`` attention blocks (default ``all``, as published), or explicit names
+            of attention modules.
 
     Returns:
         ``(real, fake, logits)``: (B, H, W) float32 maps in [0, 1] at the input size, and (B,) fake logits.
@@ -445,9 +452,24 @@ def attention_maps(wrapper: ImageModel, x: torch.Tensor, method: str, layers: st
     return (maps["real"].cpu().numpy(), maps["fake"].cpu().numpy(), logits.detach().float().cpu().numpy())
 
 
-def explain_batch(wrapper: ImageModel, x: torch.Tensor, method: str | None = None, layers="last",
+def resolve_layers(method: str, layers: str | Sequence[str] | None = None) -> str | list[str]:
+    """``layers``, or for ``None`` / ``auto`` the method's published default (:data:`DEFAULT_LAYERS`: ``last`` for
+    Grad-CAM / Grad-CAM++, ``all`` blocks for ``attn_grad`` and ``rollout``).
+
+    Raises:
+        ConfigError: unknown method.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"method must be one of {METHODS}, got {method!r}")
+    if layers is None or (isinstance(layers, str) and layers == "auto"):
+        return DEFAULT_LAYERS[method]
+    return layers if isinstance(layers, str) else list(layers)
+
+
+def explain_batch(wrapper: ImageModel, x: torch.Tensor, method: str | None = None, layers=None,
                   fusion: str = "mean") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Real and fake maps of a batch with ``method`` (default: the model's ``ModelSpec.explain``).
+    """Real and fake maps of a batch with ``method`` (default: the model's ``ModelSpec.explain``) on ``layers``
+    (default ``auto``: :func:`resolve_layers`, all blocks for the attention methods).
 
     Returns:
         ``(real, fake, logits)``: (B, H, W) float32 in [0, 1] at the input size, and (B,) fake logits.
@@ -456,8 +478,7 @@ def explain_batch(wrapper: ImageModel, x: torch.Tensor, method: str | None = Non
         ConfigError: unknown method or head fusion, a method the model does not support, unknown layers.
     """
     method = method or wrapper.spec.explain
-    if method not in METHODS:
-        raise ConfigError(f"method must be one of {METHODS}, got {method!r}")
+    layers = resolve_layers(method, layers)
     if fusion not in HEAD_FUSIONS:
         raise ConfigError(f"head fusion must be one of {HEAD_FUSIONS}, got {fusion!r}")
     wrapper.eval()
@@ -495,6 +516,15 @@ def face_mass(cam: np.ndarray, region: np.ndarray | None) -> float:
     if region is None or total <= 0:
         return float("nan")
     return float(cam[region].sum()) / total
+
+
+def area_share(region: np.ndarray | None) -> float:
+    """Share of the crop's area inside ``region`` (NaN without one): the chance level of :func:`face_mass` (a uniform
+    map puts exactly this share of its mass in the face) and of :func:`pointing_hit` for a mask (a maximum at a
+    uniformly random pixel lands in the mask with this probability)."""
+    if region is None:
+        return float("nan")
+    return float(np.count_nonzero(region)) / float(region.size)
 
 
 def pointing_hit(cam: np.ndarray, mask: np.ndarray) -> float:
@@ -599,13 +629,17 @@ def _comparison(path: Path, rgb01, real, fake, caption: str, rollout: bool) -> N
 SUMMARY_SCHEMA = {
     "key": pl.String, "dataset": pl.String, "video_id": pl.String, "method": pl.String, "label": pl.Int64,
     "video_label": pl.Int64, "label_source": pl.String, "score": pl.Float64, "face_mass": pl.Float64,
-    "face_mass_real": pl.Float64, "has_mask": pl.Boolean, "pointing_hit": pl.Float64, "iou_top": pl.Float64,
-    "real_png": pl.String, "fake_png": pl.String, "comparison_png": pl.String,
+    "face_mass_real": pl.Float64, "face_mass_chance": pl.Float64, "has_mask": pl.Boolean, "pointing_hit": pl.Float64,
+    "pointing_chance": pl.Float64, "iou_top": pl.Float64, "real_png": pl.String, "fake_png": pl.String,
+    "comparison_png": pl.String,
 }
+"""One row per face. ``face_mass_chance``: the face region's share of the crop area (:func:`area_share`), the face
+mass of a uniform map; ``pointing_chance``: the mask's area share, the pointing game's hit rate for a maximum at a
+uniformly random pixel (NaN without a mask)."""
 
 
 def explain(checkpoint: str | Path, shards: str | Path, out_dir: str | Path, *, split: str = "test", n: int = 32,
-            keys: Sequence[str] | None = None, seed: int = 0, method: str | None = None, layers="last",
+            keys: Sequence[str] | None = None, seed: int = 0, method: str | None = None, layers=None,
             head_fusion: str = "mean", top_percent: float = 20.0, batch_size: int = 8, progress: bool = True) -> dict:
     """Explain a checkpoint's decisions on a sample of a split.
 
@@ -613,9 +647,12 @@ def explain(checkpoint: str | Path, shards: str | Path, out_dir: str | Path, *, 
     ``<key>_comparison.png`` (crop, both overlays, their difference; score, face label and method in the caption);
     ``maps.npz`` (``keys`` and float16 ``real`` / ``fake`` maps (N, H, W) in [0, 1] at the model's input size, the
     crop the model saw); ``summary.parquet`` (:data:`SUMMARY_SCHEMA`: score, labels, ``face_mass`` = share of the
-    fake map inside the face region from the stored landmarks, and where the sample has a manipulation mask
-    (fakes compared with their original) the pointing-game hit and the IoU of the map's top ``top_percent`` % with
-    the mask); ``summary.json`` (means) and ``gallery.html`` (every sample, sortable by score, label, face mass).
+    fake map inside the face region from the stored landmarks with its chance level ``face_mass_chance`` (the
+    region's area share), and where the sample has a manipulation mask (fakes compared with their original) the
+    pointing-game hit with its chance level ``pointing_chance`` (the mask's area share) and the IoU of the map's top
+    ``top_percent`` % with the mask); ``summary.json`` (means, each chance level averaged over the same faces as its
+    statistic: ``face_mass_chance``, ``face_mass_fake_faces_chance``, ``face_mass_real_faces_chance``,
+    ``pointing_game_chance``) and ``gallery.html`` (every sample, sortable by score, label, face mass).
     Files are written under temporary names and renamed.
 
     Args:
@@ -623,7 +660,9 @@ def explain(checkpoint: str | Path, shards: str | Path, out_dir: str | Path, *, 
         shards: shard folder / index; split: which split.
         n: samples, a seeded choice (``seed``) among the split's keys; ``keys`` instead lists them.
         method: ``gradcam`` | ``gradcam++`` | ``attn_grad`` | ``rollout`` (default: the model's).
-        layers: ``last`` | ``last4`` | ``all`` or module names. head_fusion: ``mean`` | ``max`` | ``min``.
+        layers: ``auto`` (default: :func:`resolve_layers`, ``last`` for Grad-CAM, ``all`` blocks for ``attn_grad``
+            / ``rollout``) | ``last`` | ``last4`` | ``all`` or module names (``summary.json`` records the set
+            used). head_fusion: ``mean`` | ``max`` | ``min``.
 
     Returns:
         The summary means (``summary.json``).
@@ -639,6 +678,7 @@ def explain(checkpoint: str | Path, shards: str | Path, out_dir: str | Path, *, 
 
     lm = model_from_checkpoint(checkpoint)
     method = method or lm.spec.explain
+    layers = resolve_layers(method, layers)
     wrapper = ImageModel(lm.model, lm.freq).to(lm.device)
     wanted = sorted(set(keys)) if keys else choose_keys(shards, split, n, seed)
     loader = make_loader(shards, split, batch_size, 0, shuffle=False, rank=0, world_size=1, image_size=lm.size,
@@ -678,8 +718,9 @@ def explain(checkpoint: str | Path, shards: str | Path, out_dir: str | Path, *, 
                          ("method", b["method"][i]), ("label", label), ("video_label", int(b["video_label"][i])),
                          ("label_source", b["label_source"][i]), ("score", score),
                          ("face_mass", face_mass(fake[j], region)), ("face_mass_real", face_mass(real[j], region)),
-                         ("has_mask", has_mask),
+                         ("face_mass_chance", area_share(region)), ("has_mask", has_mask),
                          ("pointing_hit", pointing_hit(fake[j], masks[j]) if has_mask else float("nan")),
+                         ("pointing_chance", area_share(masks[j]) if has_mask else float("nan")),
                          ("iou_top", topk_iou(fake[j], masks[j], top_percent) if has_mask else float("nan")),
                          ("real_png", f"{stem}_real.png"), ("fake_png", f"{stem}_fake.png"),
                          ("comparison_png", f"{stem}_comparison.png")):
@@ -700,21 +741,39 @@ def explain(checkpoint: str | Path, shards: str | Path, out_dir: str | Path, *, 
         with open(tmp, "wb") as f:
             np.savez_compressed(f, keys=np.asarray(rows["key"]), real=np.stack(reals), fake=np.stack(fakes))
 
-    def _mean(col: str, df: pl.DataFrame = summary) -> float | None:
-        v = df[col].drop_nans().drop_nulls()
-        return float(v.mean()) if len(v) else None
-
     masked = summary.filter(pl.col("has_mask"))
     means = {"model": lm.checkpoint["model_name"], "explain_method": method,
              "layers": layers if isinstance(layers, str) else list(layers), "head_fusion": head_fusion,
-             "n": summary.height, "n_masked": masked.height, "face_mass": _mean("face_mass"),
-             "face_mass_fake_faces": _mean("face_mass", summary.filter(pl.col("label") == 1)),
-             "face_mass_real_faces": _mean("face_mass", summary.filter(pl.col("label") == 0)),
-             "pointing_game": _mean("pointing_hit", masked), f"iou_top{top_percent:g}": _mean("iou_top", masked)}
+             "n": summary.height, "n_masked": masked.height, **summary_means(summary, top_percent)}
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(means, indent=1))
     write_gallery(out, summary, means)
     return means
+
+
+def summary_means(summary: pl.DataFrame, top_percent: float = 20.0) -> dict[str, float | None]:
+    """The statistics of ``summary.json`` from a :data:`SUMMARY_SCHEMA` frame: face mass (all faces, fake faces,
+    real faces) and the pointing game and top-share IoU over the faces with a mask, each with its chance level
+    averaged over the same faces as the statistic (faces where it is NaN, e.g. a blank map, left out of both).
+    ``None`` where no face has a value."""
+
+    def _mean(col: str, df: pl.DataFrame, of: str | None = None) -> float | None:
+        if of is not None:  # the faces where the statistic ``of`` is defined
+            df = df.filter(pl.col(of).is_not_null() & ~pl.col(of).is_nan())
+        v = df[col].drop_nulls().drop_nans()
+        return float(v.mean()) if len(v) else None
+
+    masked = summary.filter(pl.col("has_mask"))
+    fakes, reals = summary.filter(pl.col("label") == 1), summary.filter(pl.col("label") == 0)
+    return {"face_mass": _mean("face_mass", summary),
+            "face_mass_chance": _mean("face_mass_chance", summary, "face_mass"),
+            "face_mass_fake_faces": _mean("face_mass", fakes),
+            "face_mass_fake_faces_chance": _mean("face_mass_chance", fakes, "face_mass"),
+            "face_mass_real_faces": _mean("face_mass", reals),
+            "face_mass_real_faces_chance": _mean("face_mass_chance", reals, "face_mass"),
+            "pointing_game": _mean("pointing_hit", masked),
+            "pointing_game_chance": _mean("pointing_chance", masked, "pointing_hit"),
+            f"iou_top{top_percent:g}": _mean("iou_top", masked)}
 
 
 def _fmt(v: float | None) -> str:
@@ -728,9 +787,12 @@ def write_gallery(out: Path, summary: pl.DataFrame, means: dict) -> Path:
     cards = []
     for r in summary.iter_rows(named=True):
         fm = "" if r["face_mass"] is None or math.isnan(r["face_mass"]) else f"{r['face_mass']:.3f}"
+        chance = r.get("face_mass_chance")
+        fm_chance = "" if chance is None or math.isnan(chance) else f" (chance {chance:.3f})"
         extra = ""
         if r["has_mask"]:
-            extra = f" · pointing {int(r['pointing_hit'])} · IoU {r['iou_top']:.3f}"
+            extra = (f" · pointing {int(r['pointing_hit'])} (chance {r['pointing_chance']:.3f})"
+                     f" · IoU {r['iou_top']:.3f}")
         cards.append(
             f'<div class="card" data-score="{r["score"]:.6f}" data-label="{r["label"]}" '
             f'data-facemass="{fm or -1}" data-key="{html.escape(r["key"])}">'
@@ -739,7 +801,7 @@ def write_gallery(out: Path, summary: pl.DataFrame, means: dict) -> Path:
             f'<img src="{html.escape(r["fake_png"])}" alt="fake map"></div>'
             f'<p><b>{html.escape(r["key"])}</b><br>score {r["score"]:.3f} · face label '
             f'{"fake" if r["label"] else "real"} · {html.escape(str(r["method"]))} · {html.escape(r["dataset"])}'
-            f' · face mass {fm or "n/a"}{extra}</p></div>')
+            f' · face mass {fm or "n/a"}{fm_chance if fm else ""}{extra}</p></div>')
     title = f"facepipe explain: {means['model']} ({means['explain_method']})"
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -753,8 +815,9 @@ button {{ margin-right: 0.5em; }}
 </style></head>
 <body data-loaded="0" data-failed="0">
 <h1>{html.escape(title)}</h1>
-<p>{means['n']} faces · face mass (fake map inside the face) {_fmt(means['face_mass'])} · pointing game
-{_fmt(means['pointing_game'])} on {means['n_masked']} faces with a mask</p>
+<p>{means['n']} faces · face mass (fake map inside the face) {_fmt(means['face_mass'])} (chance: the face's area
+share, {_fmt(means.get('face_mass_chance'))}) · pointing game {_fmt(means['pointing_game'])} (chance: the mask's area
+share, {_fmt(means.get('pointing_game_chance'))}) on {means['n_masked']} faces with a mask</p>
 <p>Sort: <button onclick="sortBy('score', -1)">score ↓</button><button onclick="sortBy('score', 1)">score ↑</button>
 <button onclick="sortBy('label', -1)">fake first</button><button onclick="sortBy('facemass', -1)">face mass ↓</button>
 <span id="status"></span></p>
@@ -790,7 +853,8 @@ function sortBy(attr, dir) {{
     return out / "gallery.html"
 
 
-__all__ = ["HEAD_FUSIONS", "LAYER_SETS", "METHODS", "ImageModel", "LogitTarget", "attention_maps",
-           "attention_rollout", "attention_sites", "choose_keys", "explain", "explain_batch", "face_mass",
-           "face_region", "gradcam_maps", "gradient_weighted_relevance", "pointing_hit", "relevance_to_grid",
-           "target_layer_names", "tokens_to_grid", "topk_iou", "write_gallery"]
+__all__ = ["DEFAULT_LAYERS", "HEAD_FUSIONS", "LAYER_SETS", "METHODS", "ImageModel", "LogitTarget", "area_share",
+           "attention_maps", "attention_rollout", "attention_sites", "choose_keys", "explain", "explain_batch",
+           "face_mass", "face_region", "gradcam_maps", "gradient_weighted_relevance", "pointing_hit",
+           "relevance_to_grid", "resolve_layers", "summary_means", "target_layer_names", "tokens_to_grid", "topk_iou",
+           "write_gallery"]

@@ -19,7 +19,9 @@ from torch import nn
 
 from facepipe.errors import ConfigError, InputError
 from facepipe.explain import (
+    SUMMARY_SCHEMA,
     ImageModel,
+    area_share,
     attention_rollout,
     attention_sites,
     explain_batch,
@@ -27,6 +29,8 @@ from facepipe.explain import (
     face_region,
     pointing_hit,
     relevance_to_grid,
+    resolve_layers,
+    summary_means,
     topk_iou,
 )
 from facepipe.models import ModelSpec, create_model, list_models
@@ -161,6 +165,61 @@ def test_every_member_explains_with_its_default_method(name):
         assert f2.shape == (2, size, size)
 
 
+def test_attention_methods_default_to_all_blocks_as_published():
+    """Chefer et al. (ICCV 2021) and Abnar & Zuidema (2020) aggregate every block; Grad-CAM keeps its last layer."""
+    import yaml
+
+    from facepipe.stages.explain import ExplainConfig
+
+    assert resolve_layers("attn_grad") == resolve_layers("rollout", "auto") == "all"
+    assert resolve_layers("gradcam") == resolve_layers("gradcam++", "auto") == "last"
+    assert resolve_layers("rollout", "last") == "last" and resolve_layers("attn_grad", ["a", "b"]) == ["a", "b"]
+    assert ExplainConfig().layers == "auto"
+    with open(os.path.join(os.path.dirname(__file__), "..", "params.yaml")) as f:
+        assert yaml.safe_load(f)["explain"]["layers"] == "auto"
+    kw, size = TINY["vit_b16"]
+    torch.manual_seed(0)
+    w = ImageModel(create_model("vit_b16", **kw))
+    assert len(attention_sites(w.model)) == 2
+    x = torch.randn(2, 3, size, size)
+    for method in ("attn_grad", "rollout"):
+        default = explain_batch(w, x, method)
+        every = explain_batch(w, x, method, layers="all")
+        last = explain_batch(w, x, method, layers="last")
+        for d, a in zip(default, every):
+            np.testing.assert_array_equal(d, a)
+        assert not np.allclose(default[1], last[1]), method  # the last block alone gives another map
+    np.testing.assert_array_equal(explain_batch(w, x, "gradcam")[1], explain_batch(w, x, "gradcam", layers="last")[1])
+
+
+def test_chance_levels_are_the_region_and_mask_area_shares():
+    region = np.zeros((8, 8), bool)
+    region[:4] = True  # half the crop
+    mask = np.zeros((8, 8), bool)
+    mask[1:4, 2:5] = True  # 9 of 64 pixels
+    assert area_share(region) == 0.5 and area_share(mask) == 9 / 64 and np.isnan(area_share(None))
+    assert face_mass(np.ones((8, 8), np.float32), region) == pytest.approx(area_share(region))  # a uniform map
+    hits = []  # the map's maximum at each pixel in turn: the hit rate of a uniformly random maximum
+    for p in range(64):
+        cam = np.zeros((8, 8), np.float32)
+        cam.flat[p] = 1.0
+        hits.append(pointing_hit(cam, mask))
+    assert np.mean(hits) == pytest.approx(area_share(mask))
+    # the means: each chance level over the same faces as its statistic (a blank map's NaN face mass drops its face)
+    nan = float("nan")
+    rows = {"key": ["a", "b", "c", "d"], "label": [1, 1, 0, 0], "face_mass": [0.9, nan, 0.4, 0.6],
+            "face_mass_chance": [0.5, 0.1, 0.25, 0.35], "has_mask": [True, True, False, False],
+            "pointing_hit": [1.0, 0.0, nan, nan], "pointing_chance": [0.2, 0.1, nan, nan],
+            "iou_top": [0.3, 0.1, nan, nan]}
+    frame = pl.DataFrame({k: rows.get(k, [None] * 4) for k in SUMMARY_SCHEMA}, schema=SUMMARY_SCHEMA)
+    m = summary_means(frame, 20)
+    assert m["face_mass"] == pytest.approx(1.9 / 3) and m["face_mass_chance"] == pytest.approx(1.1 / 3)
+    assert m["face_mass_fake_faces"] == pytest.approx(0.9) and m["face_mass_fake_faces_chance"] == pytest.approx(0.5)
+    assert m["face_mass_real_faces_chance"] == pytest.approx(0.3)
+    assert m["pointing_game"] == pytest.approx(0.5) and m["pointing_game_chance"] == pytest.approx(0.15)
+    assert m["iou_top20"] == pytest.approx(0.2)
+
+
 @pytest.mark.parametrize("name", ["swin_t", "local", "multipole", "vit_hybrid"])
 def test_attention_methods_name_what_works_for_windowed_attention(name):
     kw, size = TINY[name]
@@ -228,13 +287,20 @@ def test_explain_writes_images_maps_summary_and_a_gallery_that_loads(checkpoint,
         if maps["real"][i].max() > 0:
             assert 0 <= row["face_mass_real"] <= 1
         assert maps["fake"][i].max() > 0 or maps["real"][i].max() > 0
-        assert row["has_mask"] == (not np.isnan(row["pointing_hit"]))
+        assert row["has_mask"] == (not np.isnan(row["pointing_hit"])) == (not np.isnan(row["pointing_chance"]))
+        assert 0 < row["face_mass_chance"] < 1  # the face region's share of the crop: a uniform map's face mass
+        if row["has_mask"]:
+            assert 0 < row["pointing_chance"] < 1
     means = json.loads((tmp_path / "m.json").read_text())
     assert means == json.loads((out / "summary.json").read_text()) and means["n"] == 4
-    assert means["explain_method"] == "gradcam" and means["model"] == "resnet18"
+    assert means["explain_method"] == "gradcam" and means["model"] == "resnet18" and means["layers"] == "last"
+    defined = summary.filter(~summary["face_mass"].is_nan())
+    assert means["face_mass_chance"] == (pytest.approx(defined["face_mass_chance"].mean()) if defined.height else None)
+    assert "pointing_game_chance" in means and (means["pointing_game_chance"] is None) == (means["n_masked"] == 0)
+    assert "(chance: the face's area" in (out / "gallery.html").read_text()
     # the same seed picks the same faces; another n replaces the folder whole (no earlier images left)
     r = CliRunner().invoke(app, ["explain", "--checkpoint", str(checkpoint), "--shards", str(example_shards),
-                                 "--out", str(out), "--n", "2", "--no-progress"])
+                                 "--out", str(out), "--n", "2", "--layers", "auto", "--no-progress"])
     assert r.exit_code == 0, r.output
     assert len(list(out.glob("*_comparison.png"))) == 2
     assert not list(out.parent.glob(".staging-*"))

@@ -3,7 +3,8 @@
 Runs :func:`facepipe.explain.explain` (Grad-CAM family, gradient-weighted attention or rollout; per-face real /
 fake / comparison images, ``maps.npz``, ``summary.parquet``, ``gallery.html``) into a staging folder beside the
 output and swaps it in whole, so the output never mixes two runs' images; the summary means go to a metrics JSON
-for DVC.
+for DVC: face mass and the pointing game each next to its chance level (``face_mass_chance``: the face region's
+share of the crop area; ``pointing_game_chance``: the mask's area share), averaged over the same faces.
 """
 
 from __future__ import annotations
@@ -19,14 +20,15 @@ from facepipe.config import Section
 from facepipe.stages import contract
 
 STAGE = "explain"
-STAGE_VERSION = 1
+STAGE_VERSION = 2  # 2: layers auto (attention methods over all blocks), chance levels in the summary
 
 
 class ExplainConfig(Section):
     """Parameters of the ``explain`` stage (section ``explain``).
 
     ``method``: ``auto`` (the model's default: Grad-CAM for CNNs and hybrids, gradient-weighted attention for
-    ViT / CLIP models) | ``gradcam`` | ``gradcam++`` | ``attn_grad`` | ``rollout``. ``layers``: ``last`` |
+    ViT / CLIP models) | ``gradcam`` | ``gradcam++`` | ``attn_grad`` | ``rollout``. ``layers``: ``auto`` (each
+    method's published set: ``last`` for Grad-CAM, ``all`` blocks for ``attn_grad`` / ``rollout``) | ``last`` |
     ``last4`` | ``all`` or a list of module names. ``head_fusion``: ``mean`` | ``max`` | ``min`` (attention
     methods). ``n`` faces of ``split`` chosen with ``seed``; ``top_percent``: the map's top share compared with
     manipulation masks (IoU).
@@ -36,7 +38,7 @@ class ExplainConfig(Section):
     n: int = Field(16, ge=1)
     seed: int = 0
     method: Literal["auto", "gradcam", "gradcam++", "attn_grad", "rollout"] = "auto"
-    layers: Union[Literal["last", "last4", "all"], list[str]] = "last"
+    layers: Union[Literal["auto", "last", "last4", "all"], list[str]] = "auto"
     head_fusion: Literal["mean", "max", "min"] = "mean"
     top_percent: float = Field(20.0, gt=0, le=100)
     batch_size: int = Field(8, ge=1)
