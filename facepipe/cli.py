@@ -193,6 +193,8 @@ def manifest(
     for split, r in s.report.items():
         typer.echo(f"  {split:5s} real {r['real']:6d} fake {r['fake']:6d}  ({100 * r['share']:.1f}% of videos, "
                    f"{100 * r['share_real']:.1f}% of reals, {100 * r['share_fake']:.1f}% of fakes)")
+    for reason, e in s.excluded.items():
+        typer.echo(f"  left out by the protocol: {e['n']} ({reason}; e.g. {', '.join(e['examples'])})")
 
 
 @app.command()

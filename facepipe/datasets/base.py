@@ -82,6 +82,8 @@ class Row:
     mask_path: Optional[str] = None
     video_id: Optional[str] = None
     protocol_note: Optional[str] = None
+    candidates: Optional[tuple[str, ...]] = None
+    exclude: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -186,14 +188,17 @@ def _fold_counts(n_folds: int, fractions: tuple[float, float, float]) -> list[in
 
 def group_split(groups: list[list[int]], fixed: dict[int, str], labels: list[int],
                 fractions: tuple[float, float, float], seed: int, max_group_share: float = 1.0,
-                names: Optional[list[str]] = None) -> list[str]:
+                names: Optional[list[str]] = None,
+                candidates: Optional[list[Optional[tuple[str, ...]]]] = None) -> list[str]:
     """Assign train/val/test to ``len(labels)`` items given groups that must stay together.
 
     Groups with an item of ``fixed`` split take that split (the leakage check reports a group with
     two). Free groups are split by scikit-learn's ``StratifiedGroupKFold`` (seeded) into folds of equal
     size, each keeping the label ratio as well as whole groups allow; folds go to test, val and train in
     proportion to ``fractions``. With fewer than three free groups, the groups go to the splits furthest
-    below their target share, largest first.
+    below their target share, largest first. A free group whose items carry ``candidates`` goes only to
+    the splits all of them allow (the fractions of the others are set to 0 for it): DFDC's training parts
+    are split into train and val only, since its test set is published apart.
 
     Args:
         groups: lists of item indices.
@@ -203,44 +208,66 @@ def group_split(groups: list[list[int]], fixed: dict[int, str], labels: list[int
         seed: shuffles the folds.
         max_group_share: largest allowed share of the free items in one group.
         names: per item, a name for error messages.
+        candidates: per item, the splits it may be assigned to (``None`` = all three).
 
     Returns:
         The split of every item.
 
     Raises:
-        InputError: a free group holds more than ``max_group_share`` of the free items (names members).
+        InputError: a free group holds more than ``max_group_share`` of the free items (names members), or
+            its items allow no common split.
     """
     n = len(labels)
     out = [""] * n
-    free: list[list[int]] = []
+    by_allowed: dict[tuple[str, ...], list[list[int]]] = {}
     for g in groups:
         fixed_splits = {fixed[i] for i in g if i in fixed}
         if fixed_splits:
             s = sorted(fixed_splits)[0]
             for i in g:
                 out[i] = fixed.get(i, s)
-        else:
-            free.append(g)
+            continue
+        allowed = set(SPLITS)
+        for i in g:
+            if candidates is not None and candidates[i] is not None:
+                allowed &= set(candidates[i])
+        if not allowed:
+            who = ", ".join((names or [str(i) for i in range(n)])[i] for i in g[:4])
+            raise InputError(f"videos that must stay in one split allow no common split: {who}")
+        by_allowed.setdefault(tuple(s for s in SPLITS if s in allowed), []).append(g)
+    for allowed, free in by_allowed.items():
+        f = tuple(fr if s in allowed else 0.0 for s, fr in zip(SPLITS, fractions))
+        if not sum(f):  # the fractions give none of the allowed splits a share: spread evenly over them
+            f = tuple(1.0 if s in allowed else 0.0 for s in SPLITS)
+        _split_free(free, labels, f, seed, max_group_share, names, out)
+    return out
+
+
+def _split_free(free: list[list[int]], labels: list[int], fractions: tuple[float, float, float], seed: int,
+                max_group_share: float, names: Optional[list[str]], out: list[str]) -> None:
+    """:func:`group_split` for groups without a fixed split, writing into ``out``; a split whose fraction is 0
+    gets nothing."""
     n_free = sum(len(g) for g in free)
     if not n_free:
-        return out
+        return
     big = max(free, key=len)
     if len(free) > 1 and len(big) / n_free > max_group_share:
-        who = ", ".join((names or [str(i) for i in range(n)])[i] for i in big[:4])
+        who = ", ".join((names or [str(i) for i in range(len(labels))])[i] for i in big[:4])
         raise InputError(f"one group of {len(big)} videos that must stay in one split (fakes with their originals, "
                          f"people across videos) is {len(big) / n_free:.0%} of the {n_free} videos to split "
                          f"(manifest.max_group_share {max_group_share:.0%}): {who}, ...; the fractions "
                          f"{list(fractions)} cannot be reached leak-free")
+    share = np.array(fractions, dtype=np.float64) / sum(fractions)
     n_folds = min(20, len(free), max(np.bincount([labels[i] for g in free for i in g])))
     if n_folds < 3:  # too few groups (or videos of the larger class) for folds: place groups greedily
-        target = np.array(fractions, dtype=np.float64) / sum(fractions) * n_free
+        target = share * n_free
         filled = np.zeros(3)
         for g in sorted(free, key=lambda g: (-len(g), g[0])):
-            s = int(np.argmax(target - filled))
+            s = int(np.argmax(np.where(share > 0, target - filled, -np.inf)))
             for i in g:
                 out[i] = SPLITS[s]
             filled[s] += len(g)
-        return out
+        return
     from sklearn.model_selection import StratifiedGroupKFold
 
     idx = np.array([i for g in free for i in g])
@@ -254,7 +281,6 @@ def group_split(groups: list[list[int]], fixed: dict[int, str], labels: list[int
         for fold, (_, test_idx) in enumerate(skf.split(idx, y if len(set(y)) > 1 else np.zeros_like(y), gid)):
             for j in test_idx:
                 out[int(idx[j])] = split_of_fold[fold]
-    return out
 
 
 def split_report(df: pl.DataFrame) -> dict:
@@ -274,8 +300,13 @@ def split_report(df: pl.DataFrame) -> dict:
     return out
 
 
-def build_manifest(adapter: str, root: str | Path, dataset: str, cfg: ManifestConfig) -> pl.DataFrame:
+def build_manifest(adapter: str, root: str | Path, dataset: str, cfg: ManifestConfig,
+                   report: Optional[dict] = None) -> pl.DataFrame:
     """Scan ``root`` with ``adapter`` and return the validated manifest (:data:`MANIFEST_SCHEMA`).
+
+    Rows the official protocol leaves out (``Row.exclude``) are dropped, logged with their count per reason
+    and, when ``report`` is given, recorded there as ``report["excluded"] = {reason: {"n": n, "examples":
+    [paths]}}`` (the manifest stage stores it next to the split report).
 
     Raises:
         InputError: unknown adapter, wrong root or layout (the expected one is shown), a missing
@@ -291,6 +322,15 @@ def build_manifest(adapter: str, root: str | Path, dataset: str, cfg: ManifestCo
     rows = ad.scan(root, cfg)
     if not rows:
         raise layout_error(adapter, root, "no videos found")
+    excluded = exclusions(rows)
+    for reason, info in excluded.items():
+        log.warning("%s (%s): %d video(s) left out by the official protocol: %s (e.g. %s)", root, adapter,
+                    info["n"], reason, ", ".join(info["examples"]))
+    if report is not None:
+        report["excluded"] = excluded
+    rows = [r for r in rows if r.exclude is None]
+    if not rows:
+        raise layout_error(adapter, root, "every video is left out by the protocol")
     seen: dict[str, Row] = {}
     for r in rows:
         if r.path in seen:
@@ -326,7 +366,8 @@ def build_manifest(adapter: str, root: str | Path, dataset: str, cfg: ManifestCo
     if bad:
         raise InputError(f"{root}: unknown split(s) {sorted(bad)} from the {adapter} layout")
     splits = group_split(components(rows), fixed, [r.label for r in rows], cfg.fractions, cfg.seed,
-                         cfg.max_group_share, [r.path for r in rows])
+                         cfg.max_group_share, [r.path for r in rows],
+                         [r.candidates if cfg.split_mode == "official" else None for r in rows])
     ids = {r.path: r.video_id or video_id_for(r.path) for r in rows}
     df = pl.DataFrame({
         "dataset": [dataset] * len(rows),
@@ -365,10 +406,22 @@ def build_manifest(adapter: str, root: str | Path, dataset: str, cfg: ManifestCo
     return df
 
 
+def exclusions(rows: list[Row], n_examples: int = 3) -> dict[str, dict]:
+    """Rows an adapter marked ``exclude``, per reason: ``{reason: {"n": count, "examples": [paths]}}``."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        if r.exclude is not None:
+            e = out.setdefault(r.exclude, {"n": 0, "examples": []})
+            e["n"] += 1
+            if len(e["examples"]) < n_examples:
+                e["examples"].append(r.path)
+    return out
+
+
 def stable_fraction(key: str) -> float:
     """A number in [0, 1) fixed by ``key`` (for deterministic choices that do not depend on the set)."""
     return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 2**32
 
 
-__all__ = ["Adapter", "LABEL_NAMES", "ManifestConfig", "Row", "build_manifest", "components", "get_adapter",
+__all__ = ["Adapter", "LABEL_NAMES", "ManifestConfig", "Row", "build_manifest", "components", "exclusions", "get_adapter",
            "group_split", "layout_error", "list_adapters", "register_adapter", "split_report", "stable_fraction"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from facepipe.datasets.base import ManifestConfig, Row, components, layout_error, register_adapter, stable_fraction
+from facepipe.datasets.base import ManifestConfig, Row, components, group_split, layout_error, register_adapter
 from facepipe.errors import InputError
 
 LAYOUT = """
@@ -72,33 +72,28 @@ def _scan(root: Path, cfg: ManifestConfig, name: str) -> list[Row]:
         for r in rows:
             if r.label == 1 and r.split == "test" and split_of.get(r.sources[0], "test") != "test":
                 r.protocol_note = "Celeb-DF official test list: the original is not listed, so it is in train"
+            elif r.label == 1 and r.split == "train" and split_of.get(r.sources[0]) == "test":
+                r.exclude = "Celeb-DF official: unlisted (train) fake of a test-listed original"
         val = float(cfg.options.get("val_fraction", 0))
         if val:
-            _carve_val(rows, val, cfg.seed)
+            _carve_val([r for r in rows if r.exclude is None], val, cfg.seed)
     return rows
 
 
 def _carve_val(rows: list[Row], fraction: float, seed: int) -> None:
-    """Move whole groups of train rows (a fake with its original and all videos of its celebrities) to val,
-    in a seeded order fixed by each group's first path, until ``fraction`` of the train rows is reached."""
-    train = [r for r in rows if r.split == "train"]
-    groups = components(train)
-    order = sorted(groups, key=lambda g: stable_fraction(f"{seed}:{train[g[0]].path}"))
-    target, moved = fraction * len(train), 0
-    for g in order:
-        if moved >= target:
-            break
-        if moved + len(g) > 1.5 * target:  # a group too large for the share left
-            continue
-        for i in g:
-            train[i].split = "val"
-        moved += len(g)
-    if moved < 0.5 * target:
-        import logging
+    """Move ``fraction`` of the train rows to val in whole groups of a fake with its original, stratified by
+    label (scikit-learn's ``StratifiedGroupKFold`` through :func:`group_split`), so val holds both classes.
 
-        logging.getLogger(__name__).warning(
-            "Celeb-DF val carve reached %d of %d train videos (%.0f%% asked): its groups are too large", moved,
-            len(train), 100 * fraction)
+    Celebrities are not kept apart: the published protocol shares them between train and test already, and
+    grouping by celebrity joins almost all of Celeb-real into one group (then only YouTube-real videos could
+    move and val had no fake).
+    """
+    train = [r for r in rows if r.split == "train"]
+    by_original = [Row(r.path, r.label, r.method, sources=r.sources) for r in train]
+    splits = group_split(components(by_original), {}, [r.label for r in train], (1 - fraction, fraction, 0.0), seed,
+                         names=[r.path for r in train])
+    for r, s in zip(train, splits):
+        r.split = s
 
 
 @register_adapter("celebdf_v1", LAYOUT, shared_identities=True)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
 from facepipe.datasets.base import ManifestConfig, Row, layout_error, register_adapter
 from facepipe.errors import InputError
 from facepipe.ids import IMAGE_EXTS, VIDEO_EXTS
+
+log = logging.getLogger(__name__)
 
 DFO_LAYOUT = """
 ROOT/manipulated_videos/<variant>/000_M101.mp4 ...   fake: FF++ target video 000 (frames) with actor M101's face
@@ -25,7 +28,12 @@ download the target videos from FaceForensics++ with C23 compression rate"; the 
 in its fake's split, ids ffpp-c23-NNN, identity ytNNN as in the ffpp adapter so a shard set holding both
 datasets is checked across them), every fake is linked to its target, and ROOT/source_videos/ is not
 used (options.source_videos: include adds them as reals of method 'actor_source', a different capture
-domain: for studies of that domain only)."""
+domain: for studies of that domain only).
+DeeperForensics splits by actor, so about 72 % of its test targets are FF++ *train* videos: a model trained on
+FF++ has seen those frames. When FF++'s official split files are found under ffpp_root (splits/ or
+dataset/splits/, or options.ffpp_splits_dir), test videos (reals and the fakes made on them) whose target is
+an FF++ train or val video are left out, counted and reported as "excluded" (options.ffpp_overlap: drop, the
+default); keep leaves them in (then 'evaluate' refuses them against an FF++ checkpoint)."""
 
 UADFV_LAYOUT = """
 ROOT/real/0000.mp4 ...          real
@@ -100,11 +108,53 @@ def scan_dfo(root: Path, cfg: ManifestConfig) -> list[Row]:
         rows.append(Row(p.relative_to(root).as_posix(), 1, f"DeeperForensics-{variant}", split, sources=[target.path],
                         identities=[f"yt{tid}", f"dfo:{actor}"]))
     rows.extend(target_rows[t] for t in sorted(target_rows))
+    _drop_ffpp_overlap(rows, Path(cfg.options["ffpp_root"]).expanduser(), cfg)
     if cfg.options.get("source_videos", "exclude") == "include":
         for p in _files(root / "source_videos"):
             actor = p.relative_to(root / "source_videos").parts[0]
             rows.append(Row(p.relative_to(root).as_posix(), 0, "actor_source", None, identities=[f"dfo:{actor}"]))
     return rows
+
+
+def _ffpp_split_of(ffpp_root: Path, cfg: ManifestConfig) -> dict[str, str]:
+    """FF++ video id (``000``) -> its official split, from FF++'s split files; empty when none are found."""
+    import json
+
+    cands = ([Path(cfg.options["ffpp_splits_dir"])] if "ffpp_splits_dir" in cfg.options
+             else [ffpp_root / "splits", ffpp_root / "dataset" / "splits"])
+    for c in cands:
+        if all((c / f"{s}.json").is_file() for s in ("train", "val", "test")):
+            out: dict[str, str] = {}
+            for s in ("train", "val", "test"):
+                try:
+                    pairs = json.loads((c / f"{s}.json").read_text())
+                except ValueError as e:
+                    raise InputError(f"{c / f'{s}.json'}: not valid JSON: {e}") from None
+                for pair in pairs:
+                    for v in pair:
+                        out[str(v)] = s
+            return out
+    return {}
+
+
+def _drop_ffpp_overlap(rows: list[Row], ffpp_root: Path, cfg: ManifestConfig) -> None:
+    """Mark test rows whose FF++ target (identity ``ytNNN``) is an FF++ train/val video ``exclude`` (or keep
+    them with ``options.ffpp_overlap: keep``); a warning when FF++'s split files are absent."""
+    mode = cfg.options.get("ffpp_overlap", "drop")
+    if mode not in ("drop", "keep"):
+        raise InputError(f"manifest.options.ffpp_overlap must be drop or keep, got {mode!r}")
+    if mode == "keep":
+        return
+    split_of = _ffpp_split_of(ffpp_root, cfg)
+    if not split_of:
+        log.warning("%s: FF++ split files not found (splits/ or dataset/splits/, or options.ffpp_splits_dir): "
+                    "DeeperForensics test videos whose target is an FF++ train video cannot be left out here",
+                    ffpp_root)
+        return
+    for r in rows:
+        target = next((i[2:] for i in r.identities if i.startswith("yt")), None)
+        if r.split == "test" and target is not None and split_of.get(target) in ("train", "val"):
+            r.exclude = f"DeeperForensics test video whose FF++ target is an FF++ {split_of[target]} video"
 
 
 @register_adapter("uadfv", UADFV_LAYOUT)

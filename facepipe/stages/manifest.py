@@ -1,8 +1,8 @@
 """The ``manifest`` stage: a dataset in its published layout -> ``manifest.parquet`` (labels, protocol splits,
 original links, identities), validated and leakage-checked (see :mod:`facepipe.datasets`).
 
-The parquet's key-value metadata holds the stage fingerprint and the split report (videos per split and
-label, and the shares reached).
+The parquet's key-value metadata holds the stage fingerprint, the split report (videos per split and
+label, and the shares reached) and the videos the official protocol leaves out (count and examples per reason).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class ManifestSummary:
     videos: int
     report: dict
     fingerprint: str
+    excluded: dict
 
 
 def run(adapter: str, root: str | Path, dataset: str, cfg: ManifestConfig, out: str | Path) -> ManifestSummary:
@@ -41,14 +42,21 @@ def run(adapter: str, root: str | Path, dataset: str, cfg: ManifestConfig, out: 
         StageBusy: another manifest run writes the same folder.
     """
     out = Path(out)
-    df = build_manifest(adapter, root, dataset, cfg)
+    info: dict = {}
+    df = build_manifest(adapter, root, dataset, cfg, report=info)
     report = split_report(df)
     fp = fingerprint(cfg, adapter)
     with contract.stage_lock(out.parent, STAGE):
         with atomic_path(out) as tmp:
             df.write_parquet(tmp, metadata={"facepipe_stage_fingerprint": fp, "facepipe_split_report":
-                                            json.dumps(report, sort_keys=True)})
-    return ManifestSummary(df.height, report, fp)
+                                            json.dumps(report, sort_keys=True),
+                                            "facepipe_excluded": json.dumps(info.get("excluded", {}), sort_keys=True)})
+    return ManifestSummary(df.height, report, fp, info.get("excluded", {}))
+
+
+def read_excluded(path: str | Path) -> dict:
+    """The videos the official protocol left out, per reason (``{reason: {"n", "examples"}}``; empty when absent)."""
+    return json.loads(pl.read_parquet_metadata(path).get("facepipe_excluded", "{}"))
 
 
 def read_report(path: str | Path) -> dict:
