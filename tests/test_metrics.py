@@ -114,3 +114,87 @@ def test_video_level_uses_the_video_label_when_faces_carry_their_own():
     assert dict(zip(v["video_id"], v["label"]))["f1"] == 1
     t = metric_table(f)
     assert t["frame"]["n_real"] == 4 and t["video"]["n_fake"] == 3
+
+
+def _df40_frames() -> pl.DataFrame:
+    """FF++ and Celeb-DF test reals; DF40 fakes of one method in both domains, no DF40 reals (as published)."""
+    rows = []
+    for i in range(4):
+        rows.append(("ffpp", f"r{i}", 0, "original", 0.1 + 0.05 * i, None))
+        rows.append(("celebdf", f"c{i}", 0, "original", 0.5 + 0.05 * i, None))
+        rows.append(("df40", f"simswap-ff-{i}", 1, "simswap", 0.6 + 0.05 * i, "ffpp"))
+        rows.append(("df40", f"simswap-cdf-{i}", 1, "simswap", 0.45 + 0.1 * i, "celebdf"))
+    return pl.DataFrame(rows, schema=["dataset", "video_id", "label", "method", "score", "reference"], orient="row")
+
+
+def test_df40_fakes_are_scored_against_their_reference_reals():
+    t = metric_table(_df40_frames())
+    df40 = t["per_dataset"]["df40"]
+    assert df40["reference_reals"] == ["celebdf", "df40", "ffpp"]
+    assert df40["video"]["n_real"] == 8 and df40["video"]["n_fake"] == 8 and not math.isnan(df40["video"]["auc"])
+    ff, cdf = t["per_method"]["simswap@ffpp"], t["per_method"]["simswap@celebdf"]
+    assert ff["video"]["auc"] == 1.0 and ff["video"]["n_real"] == 4  # only FF++ reals
+    # cdf fakes 0.45 0.55 0.65 0.75 vs Celeb-DF reals 0.5 0.55 0.6 0.65: (0 + 1.5 + 3.5 + 4) / 16
+    assert cdf["video"]["auc"] == pytest.approx(9 / 16) and cdf["reference_reals"] == ["celebdf"]
+    # a protocol's mapping overrides the data's own reference: every DF40 fake against FF++ reals
+    forced = metric_table(_df40_frames(), reference_reals={"df40": "ffpp"})
+    assert list(forced["per_method"]) == ["simswap"] and forced["per_method"]["simswap"]["reference_reals"] == ["ffpp"]
+
+
+def test_deepfakebench_aggregation_keeps_the_largest_face_per_frame():
+    f = pl.DataFrame({"dataset": ["d"] * 4, "video_id": ["v"] * 4, "label": [1] * 4, "method": ["m"] * 4,
+                      "frame_index": [0, 0, 1, 1], "face_size": [100.0, 30.0, 20.0, 90.0],
+                      "score": [0.9, 0.1, 0.0, 0.7]})
+    assert video_scores(f, "deepfakebench")["score"][0] == pytest.approx(0.8)
+    assert video_scores(f, "mean")["score"][0] == pytest.approx(0.425)
+    with pytest.raises(InputError, match="needs per-face frame_index and face_size"):
+        video_scores(f.drop("face_size"), "deepfakebench")
+
+
+def test_uncertain_faces_are_left_out_of_frame_metrics_only():
+    f = pl.DataFrame({"dataset": ["d"] * 4, "video_id": ["a", "a", "b", "b"], "label": [0, 0, 1, 0],
+                      "video_label": [0, 0, 1, 1], "method": ["original", "original", "m", "m"],
+                      "label_source": ["video", "video", "original_diff", "original_diff_uncertain"],
+                      "score": [0.2, 0.3, 0.9, 0.95]})
+    t = metric_table(f)
+    assert t["frame"]["n"] == 3 and t["frame"]["auc"] == 1.0  # counted as a real, the uncertain 0.95 gives 2/3
+    assert t["video"]["n"] == 2 and t["video"]["auc"] == 1.0  # video level scores every face of video b
+
+
+def test_weighted_auc_equals_scikit_learn_with_sample_weights():
+    from sklearn.metrics import roc_auc_score
+
+    from facepipe.metrics import weighted_auc
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        y = rng.integers(0, 2, 50)
+        y[:2] = [0, 1]
+        s = rng.integers(0, 10, 50) / 10  # many ties
+        w = rng.integers(0, 4, 50).astype(float)
+        w[:2] = 1
+        lv = np.unique(s, return_inverse=True)[1]
+        assert weighted_auc(lv, int(lv.max()) + 1, y, w) == pytest.approx(roc_auc_score(y, s, sample_weight=w))
+
+
+def test_bootstrap_ci_matches_delong_variance_and_resamples_videos():
+    from facepipe.metrics import auc_ci
+
+    rng = np.random.default_rng(1)
+    neg, pos = rng.normal(0, 1, 150), rng.normal(1, 1, 120)
+    y = np.r_[np.zeros(150), np.ones(120)].astype(int)
+    s = np.r_[neg, pos]
+    # DeLong et al. 1988: placement values give the AUC's variance in closed form
+    psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    v10, v01 = psi.mean(1), psi.mean(0)
+    se = math.sqrt(v10.var(ddof=1) / len(pos) + v01.var(ddof=1) / len(neg))
+    lo, hi = auc_ci(y, s, n_boot=2000, seed=0)
+    assert lo < auc(y, s) < hi
+    assert (hi - lo) == pytest.approx(2 * 1.959964 * se, rel=0.15)
+    assert auc_ci(y, s, n_boot=200, seed=3) == auc_ci(y, s, n_boot=200, seed=3)  # seeded
+    assert auc_ci([0, 1, 0, 1], [0.1, 0.9, 0.2, 0.8], n_boot=50) == [1.0, 1.0]
+    assert auc_ci([1, 1], [0.1, 0.9]) is None
+    # faces of a video move together: 10 identical faces per video give the interval of one face per video
+    g = np.repeat(np.arange(len(y)), 10)
+    assert auc_ci(np.repeat(y, 10), np.repeat(s, 10), g, n_boot=300, seed=5) == pytest.approx(
+        auc_ci(y, s, None, n_boot=300, seed=5))
