@@ -17,8 +17,14 @@ KEY_SEP = "__"
 
 SPLITS = ("train", "val", "test")
 LABEL_NAMES = {0: "real", 1: "fake"}
-LABEL_SOURCES = ("original_diff", "policy", "video")
+UNCERTAIN_LABEL = -1
+"""A face of a fake video its original does not show to be manipulated (``label_source``
+``original_diff_uncertain``): kept, but left out of losses and frame-level metrics."""
+FACE_LABEL_NAMES = {**LABEL_NAMES, UNCERTAIN_LABEL: "uncertain"}
+"""Face labels (a video's label is 0 or 1)."""
+LABEL_SOURCES = ("original_diff", "original_diff_uncertain", "policy", "video")
 """How a face's label was decided: ``original_diff`` (compared with the original at the same frame),
+``original_diff_uncertain`` (compared, below the pair's noise: label -1, ``labels.unmanipulated: ignore``),
 ``policy`` (a fake without a usable original: the track policy decided), ``video`` (a real video: every
 face is real)."""
 
@@ -99,5 +105,6 @@ def qualify(dataset: str, ref: str) -> tuple[str, str]:
     return dataset, ref
 
 
-__all__ = ["IMAGE_EXTS", "KEY_SEP", "LABEL_NAMES", "LABEL_SOURCES", "IdError", "SPLITS", "VIDEO_EXTS",
+__all__ = ["FACE_LABEL_NAMES", "IMAGE_EXTS", "KEY_SEP", "LABEL_NAMES", "LABEL_SOURCES", "UNCERTAIN_LABEL",
+           "IdError", "SPLITS", "VIDEO_EXTS",
            "check_name", "parse_key", "qualify", "sample_key", "video_id_for"]

@@ -606,7 +606,12 @@ def make_loader(
 
 def _acceptance(cells: dict[tuple[str, int], float], weights: dict[str, float] | None,
                 balance: bool) -> dict[tuple[str, int], float]:
-    """Acceptance probability per (dataset, label) so the kept stream follows the target shares."""
+    """Acceptance probability per (dataset, label) so the kept stream follows the target shares. Faces of undecided
+    label (-1) are never accepted: the loss leaves them out (:func:`facepipe.train.engine.certain`)."""
+    undecided = {c: 0.0 for c in cells if c[1] < 0}
+    cells = {c: n for c, n in cells.items() if c[1] >= 0}
+    if not cells:
+        return undecided
     datasets = sorted({d for d, _ in cells})
     w = {d: float((weights or {}).get(d, 1.0 if not weights else 0.0)) for d in datasets}
     if weights:
@@ -623,7 +628,7 @@ def _acceptance(cells: dict[tuple[str, int], float], weights: dict[str, float] |
     total = sum(cells.values())
     ratio = {c: target[c] / (cells[c] / total) if cells[c] else 0.0 for c in cells}
     top = max(ratio.values())
-    return {c: r / top for c, r in ratio.items()}
+    return {**{c: r / top for c, r in ratio.items()}, **undecided}
 
 
 __all__ = ["FaceLoader", "ShardSet", "default_augmentation", "make_loader", "resolve_shards"]

@@ -17,7 +17,8 @@ Every sample of a set carries the same members (Hugging Face ``datasets``' webda
 
 Version history: 1 — video labels only; 2 — per-face ``label`` with ``video_label``, ``label_source``,
 ``manipulation_score`` and the ``mask.png`` member; 3 — ``mask.png`` on every sample (zeros where none) with
-``has_mask``, ``preset`` and ``crop_landmarks``.
+``has_mask``, ``preset`` and ``crop_landmarks``; 4 — ``label`` -1 (``label_name`` ``uncertain``) for faces of fakes
+that match their original (``label_source`` ``original_diff_uncertain``; losses and frame metrics leave them out).
 """
 
 from __future__ import annotations
@@ -29,9 +30,20 @@ from typing import Any
 import numpy as np
 
 from facepipe.errors import FacepipeError
-from facepipe.ids import KEY_SEP, LABEL_NAMES, LABEL_SOURCES, SPLITS, IdError, check_name, parse_key, sample_key
+from facepipe.ids import (
+    FACE_LABEL_NAMES,
+    KEY_SEP,
+    LABEL_NAMES,
+    LABEL_SOURCES,
+    SPLITS,
+    UNCERTAIN_LABEL,
+    IdError,
+    check_name,
+    parse_key,
+    sample_key,
+)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 IMAGE_EXTS = ("png", "jpg")
 MASK_EXT = "mask.png"
 META_FIELDS = (
@@ -103,14 +115,17 @@ def encode_sample(key: str, image: bytes, image_ext: str, meta: dict[str, Any],
         raise SchemaError(f"{key}: image extension must be one of {IMAGE_EXTS}, got {image_ext}")
     meta = {"preset": None, "crop_landmarks": None, **meta, "key": key, "schema_version": SCHEMA_VERSION,
             "has_mask": mask is not None}
-    if meta.get("label") in LABEL_NAMES:
-        meta["label_name"] = LABEL_NAMES[meta["label"]]
+    if meta.get("label") in FACE_LABEL_NAMES:
+        meta["label_name"] = FACE_LABEL_NAMES[meta["label"]]
     missing = [f for f in META_FIELDS if f not in meta]
     if missing:
         raise SchemaError(f"{key}: metadata lacks {missing}")
-    for f in ("label", "video_label"):
-        if meta[f] not in LABEL_NAMES:
-            raise SchemaError(f"{key}: {f} must be 0 (real) or 1 (fake), got {meta[f]!r}")
+    if meta["video_label"] not in LABEL_NAMES:
+        raise SchemaError(f"{key}: video_label must be 0 (real) or 1 (fake), got {meta['video_label']!r}")
+    if meta["label"] not in FACE_LABEL_NAMES or (meta["label"] == UNCERTAIN_LABEL) != (
+            meta.get("label_source") == "original_diff_uncertain"):
+        raise SchemaError(f"{key}: label must be 0 (real), 1 (fake), or -1 exactly when label_source is "
+                          f"original_diff_uncertain; got {meta['label']!r} ({meta.get('label_source')!r})")
     if meta["label_source"] not in LABEL_SOURCES:
         raise SchemaError(f"{key}: label_source must be one of {LABEL_SOURCES}, got {meta['label_source']!r}")
     out: dict[str, Any] = {"__key__": key, image_ext: image,

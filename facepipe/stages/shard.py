@@ -46,9 +46,9 @@ from facepipe import __version__
 from facepipe._io import atomic_path
 from facepipe.config import Section
 from facepipe.data import storage
-from facepipe.data.schema import LABEL_NAMES, SCHEMA_VERSION, SPLITS, encode_sample
+from facepipe.data.schema import SCHEMA_VERSION, SPLITS, encode_sample
 from facepipe.errors import InputError
-from facepipe.ids import sample_key
+from facepipe.ids import FACE_LABEL_NAMES, sample_key
 from facepipe.manifest import check_leakage, read_manifest
 from facepipe.stages import contract
 
@@ -384,7 +384,7 @@ def _write_set(stage: Path, version: str, allrows: pl.DataFrame, stored: tuple[s
                     st = stats.setdefault(sink.fname, {"samples": 0, "datasets": Counter(), "labels": Counter(),
                                                        "methods": Counter(), "cells": Counter(),
                                                        "label_sources": Counter()})
-                    name = LABEL_NAMES[r["label"]]
+                    name = FACE_LABEL_NAMES[r["label"]]
                     st["samples"] += 1
                     st["datasets"][r["dataset"]] += 1
                     st["labels"][name] += 1
@@ -436,7 +436,7 @@ def _write_stats(folder: Path, index: dict, rows: pl.DataFrame) -> None:
         }
     with atomic_path(folder / STATS_NAME) as tmp:
         tmp.write_text(json.dumps(stats, indent=1, sort_keys=True))
-    counts = (rows.with_columns(pl.col("label").replace_strict(LABEL_NAMES, return_dtype=pl.String).alias("label"))
+    counts = (rows.with_columns(pl.col("label").replace_strict(FACE_LABEL_NAMES, return_dtype=pl.String).alias("label"))
               .group_by("split", "dataset", "label").len().rename({"len": "samples"})
               .with_columns(pl.concat_str("split", "dataset", "label", separator="/").alias("group"))
               .sort("split", "dataset", "label"))

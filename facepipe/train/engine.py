@@ -108,6 +108,26 @@ def branch_grad_norms(model: torch.nn.Module) -> dict[str, float]:
     return out
 
 
+def certain(batch: dict) -> dict:
+    """``batch`` without its faces of undecided label (``label`` -1: ``label_source`` ``original_diff_uncertain``,
+    see :mod:`facepipe.faces.labels`): every tensor and list of batch length is indexed alike. The faces stay in the
+    shards and in predictions; the loss leaves them out, as the DFDC winner's per-face labels did."""
+    keep = batch["label"] >= 0
+    if bool(keep.all()):
+        return batch
+    n = keep.shape[0]
+    idx = keep.nonzero().flatten().tolist()
+    out = {}
+    for k, v in batch.items():
+        if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == n:
+            out[k] = v[keep]
+        elif isinstance(v, (list, tuple)) and len(v) == n:
+            out[k] = type(v)(v[i] for i in idx)
+        else:
+            out[k] = v
+    return out
+
+
 def train_step(model: torch.nn.Module, batch: dict | list[dict], optimizer: torch.optim.Optimizer, *,
                amp_dtype: torch.dtype | None = None, clip_norm: float | None = 1.0,
                loss_weights: dict[str, float] | None = None, scaler: torch.amp.GradScaler | None = None,
@@ -135,7 +155,12 @@ def train_step(model: torch.nn.Module, batch: dict | list[dict], optimizer: torc
         NonFiniteLoss: the loss is NaN/inf; nothing was updated.
     """
     model.train()
-    micro = batch if isinstance(batch, list) else [batch]
+    micro = [certain(b) for b in (batch if isinstance(batch, list) else [batch])]  # label -1: not in the loss
+    micro = [b for b in micro if b["label"].shape[0] > 0]
+    if not micro:  # every face undecided: nothing to learn from, no update
+        empty = torch.zeros(0)
+        return StepResult(0.0, {}, 0.0, empty, empty.long(), {}, scaler.get_scale() if scaler is not None else None,
+                          True)
     n = len(micro)
     weights = {**_spec_of(model).loss_weights, **(loss_weights or {})}
     optimizer.zero_grad(set_to_none=True)
