@@ -6,19 +6,25 @@ is fake" then teaches models that bystanders and posters are fakes. The DFDC win
 per face by comparing each fake frame with its original; this module does the same:
 
 1. The fake and its original (the *target* video whose frames the fake modifies: FF++ ``target_source``
-   names it first) are decoded at the same frame indices, downscaled to ``diff_max_side`` and compared:
-   ``D = blur(mean_c |fake - original|)`` in grey levels (0-255).
+   names it first) are decoded at the same frame indices, downscaled to ``diff_max_side``, the fake's global
+   per-channel *photometric offset* (median difference over the background) is subtracted, and they are
+   compared: ``D = blur(mean_c |fake - offset - original|)`` in grey levels (0-255).
 2. Both videos were compressed separately, so ``D`` is never zero. The *background difference* of a
    frame is ``D`` outside every detected face (each box grown to 1.8 times its longer side) and outside
    compact areas that differ (a manipulated face the detector missed); its ``background_quantile``
-   (0.999) is the frame's threshold.
-3. A face's ``manipulation_score`` is the share of its box where ``D`` exceeds that threshold, and its
-   difference mask (``D`` above the threshold) is warped like the crop, giving localisation targets
-   (DeepfakeBench has masks for FF++ only).
+   (0.999) is the frame's noise level, and the median of those over the pair its noise floor.
+3. A face pixel differs when ``D > (1 + threshold_margin) * max(frame level, pair floor)``; a face's
+   ``manipulation_score`` is the share of its box that differs, and its difference mask (the differing
+   pixels) is warped like the crop, giving localisation targets (DeepfakeBench has masks for FF++ only).
 4. The pair must be frame-aligned: the same number of decodable frames (the sampled indices agree),
-   the same displayed size (or the same aspect ratio, the original then resized), and a median
-   background difference of at most ``max_background_diff``. Otherwise no face is scored and the
-   video falls back to the label policy (:func:`assign_labels`).
+   the same displayed size (or the same aspect ratio, the original then resized), a median
+   background difference of at most ``max_background_diff``, and no temporal offset: on a few sampled frames
+   the head regions are compared with the original's frames ``i - max_lag .. i + max_lag``
+   (:func:`probe_lag`); a constant offset is corrected (frame ``i`` compared with the original's ``i + lag``),
+   an inconsistent one is not aligned. Otherwise no face is scored and the video falls back to the label
+   policy (:func:`assign_labels`).
+5. Faces scoring at least ``min_score`` are fake; the others are undecided (``unmanipulated: ignore``: label
+   :data:`UNCERTAIN`, kept but out of losses and frame metrics), real or dropped.
 
 All coordinates are pixels of the upright source frame unless stated otherwise.
 """
@@ -33,6 +39,11 @@ import numpy as np
 
 from facepipe.faces.config import LabelConfig
 from facepipe.faces.types import Face
+
+UNCERTAIN = -1
+"""Label of a face of a fake that its original does not show to be manipulated (``unmanipulated: ignore``):
+kept in the tables and shards with ``label_source = original_diff_uncertain``; losses and frame metrics must
+leave it out (as the DFDC winner's per-face diffs did)."""
 
 BACKGROUND_EXPAND = 1.8
 """Faces are excluded from the background as squares of this many times their box's longer side."""
@@ -92,23 +103,40 @@ def background_mask(shape: tuple[int, int], boxes: Sequence[np.ndarray], expand:
     return m
 
 
+def photometric_offset(fake: np.ndarray, original: np.ndarray, bg: np.ndarray) -> np.ndarray:
+    """Global per-channel offset of ``fake`` from ``original``: the median of ``fake - original`` over the
+    background ``bg`` ((h, w) bool), (3,) float32 grey levels. Subtracted from the fake before differencing, so
+    a brightness change of the whole frame (a re-grade, another decoder's colour range) is not a manipulation:
+    +6 grey levels on a re-encoded FF++ original labelled 2 and 4 of 32 genuine faces fake without it."""
+    if not bg.any():
+        return np.zeros(3, np.float32)
+    return np.median(fake[bg] - original[bg], axis=0).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class FrameEvidence:
     """What one fake frame says about its faces.
 
     Attributes:
-        background: median background difference (grey levels), the pair-alignment statistic.
-        threshold: the frame's difference threshold (``background_quantile`` of the background).
-        scores: per face, ``manipulation_score`` in [0, 1] (share of its box above the threshold), or
+        background: median background difference (grey levels, after the photometric offset), the
+            pair-alignment statistic.
+        threshold: the frame's noise level: the ``background_quantile`` of its background difference.
+        offset: (3,) the photometric offset subtracted from the fake (grey levels per RGB channel).
+        scores: per face, the share of its box whose difference exceeds ``(1 + threshold_margin)`` times the
+            frame's ``threshold`` (the frame alone; :func:`rescore` applies the pair's noise floor), or
             ``None`` when the frame had too little background to judge.
-        masks: per face, (size, size) uint8 difference mask warped like the crop (255 = differs from the
-            original beyond the background), or ``None``.
+        masks: per face, (size, size) uint8 difference mask warped like the crop at that threshold, or ``None``.
+        diffs: per face, its box's difference values (float16, working pixels), for :func:`rescore`.
+        diff_crops: per face, the difference map warped like the crop (float16, ``masks`` only), or ``None``.
     """
 
     background: float
     threshold: float
+    offset: np.ndarray
     scores: list[float | None]
     masks: list[np.ndarray | None]
+    diffs: list[np.ndarray | None]
+    diff_crops: list[np.ndarray | None]
 
 
 def frame_evidence(fake: np.ndarray, original: np.ndarray, faces: Sequence[Face], matrices: Sequence[np.ndarray],
@@ -129,35 +157,70 @@ def frame_evidence(fake: np.ndarray, original: np.ndarray, faces: Sequence[Face]
     """
     H, W = fake.shape[:2]
     h, w, s = working_size(H, W, cfg.diff_max_side)
-    d = difference_map(to_working(fake, (h, w)), to_working(original, (h, w)), cfg.blur_sigma)
+    fw, ow = to_working(fake, (h, w)), to_working(original, (h, w))
     boxes = [f.box * s for f in faces]
     bg = background_mask((h, w), boxes)
     if bg.mean() < MIN_BACKGROUND_SHARE:
         bg = background_mask((h, w), boxes, expand=1.0)
+    n = len(faces)
     if bg.mean() < MIN_BACKGROUND_SHARE / 4:
-        n = len(faces)
-        return FrameEvidence(float("nan"), float("nan"), [None] * n, [None] * n)
+        return FrameEvidence(float("nan"), float("nan"), np.zeros(3, np.float32), [None] * n, [None] * n,
+                             [None] * n, [None] * n)
+    offset = photometric_offset(fw, ow, bg) if cfg.photometric else np.zeros(3, np.float32)
+    d = difference_map(fw - offset, ow, cfg.blur_sigma)
     bg = _without_compact_differences(d, bg, cfg.background_outlier_mad)
     values = d[bg]
     thr = float(np.quantile(values, cfg.background_quantile))
-    above = d > thr
-    scores: list[float | None] = []
-    masks: list[np.ndarray | None] = []
-    work_mask = above.astype(np.uint8) * 255 if cfg.masks else None
+    diffs: list[np.ndarray | None] = []
+    crops: list[np.ndarray | None] = []
     for b, m in zip(boxes, matrices):
         x1, y1 = max(0, int(np.floor(b[0]))), max(0, int(np.floor(b[1])))
         x2, y2 = min(w, int(np.ceil(b[2]))), min(h, int(np.ceil(b[3])))
-        region = above[y1:y2, x1:x2]
-        scores.append(float(region.mean()) if region.size else None)
-        if work_mask is not None:
+        region = d[y1:y2, x1:x2]
+        diffs.append(region.astype(np.float16) if region.size else None)
+        if cfg.masks:
             mw = np.asarray(m, dtype=np.float64).copy()
             mw[:, :2] /= s  # working pixels -> source pixels -> crop pixels
-            warped = cv2.warpAffine(work_mask, mw, (crop_size, crop_size), flags=cv2.INTER_LINEAR,
-                                    borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-            masks.append(np.where(warped >= 128, 255, 0).astype(np.uint8))
+            crops.append(cv2.warpAffine(d, mw, (crop_size, crop_size), flags=cv2.INTER_LINEAR,
+                                        borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(np.float16))
         else:
-            masks.append(None)
-    return FrameEvidence(float(np.median(values)), thr, scores, masks)
+            crops.append(None)
+    scores, masks = rescore(diffs, crops, (1.0 + cfg.threshold_margin) * thr)
+    return FrameEvidence(float(np.median(values)), thr, offset, scores, masks, diffs, crops)
+
+
+def rescore(diffs: Sequence[np.ndarray | None], diff_crops: Sequence[np.ndarray | None],
+            threshold: float) -> tuple[list[float | None], list[np.ndarray | None]]:
+    """Scores and masks of one frame's faces at ``threshold`` (grey levels).
+
+    Args:
+        diffs: per face, its box's difference values (:attr:`FrameEvidence.diffs`).
+        diff_crops: per face, its warped difference map or ``None``.
+        threshold: a face pixel differs when its difference exceeds this.
+
+    Returns:
+        (per face the share of its box above ``threshold`` or ``None``; per face the (size, size) uint8
+        mask, 255 above ``threshold``, or ``None``).
+    """
+    scores = [None if dv is None else float((dv > threshold).mean()) for dv in diffs]
+    masks = [None if dc is None else np.where(dc > threshold, 255, 0).astype(np.uint8) for dc in diff_crops]
+    return scores, masks
+
+
+def pair_threshold(frame_thresholds: Sequence[float], cfg: LabelConfig) -> float:
+    """The pair's noise floor: the median of its frames' background thresholds (NaN ones left out), or NaN.
+
+    A face of frame ``t`` differs where ``D > (1 + threshold_margin) * max(threshold_t, floor)``: calibrated on
+    the pair's own noise (both compressions), and no frame with an unusually clean background sets a low bar.
+    """
+    v = [t for t in frame_thresholds if t == t]
+    return float(np.median(v)) if v else float("nan")
+
+
+def face_threshold(frame_threshold: float, floor: float, cfg: LabelConfig) -> float:
+    """``(1 + threshold_margin) * max(frame_threshold, floor)`` (grey levels; a NaN floor is ignored)."""
+    base = frame_threshold if floor != floor else max(frame_threshold, floor)
+    return (1.0 + cfg.threshold_margin) * base
 
 
 LOCAL_WINDOW = 15
@@ -188,6 +251,56 @@ def _without_compact_differences(d: np.ndarray, bg: np.ndarray, k: float) -> np.
     return clean if clean.mean() >= MIN_BACKGROUND_SHARE else bg
 
 
+LAG_GAIN = 0.2
+"""A probe decides for a lag only when its head-region difference is at least this share below every other
+lag's (static scenes and still heads make neighbouring frames nearly equal: no evidence either way)."""
+
+
+def probe_lag(fake: np.ndarray, boxes: Sequence[np.ndarray], originals: dict[int, np.ndarray],
+              cfg: LabelConfig) -> tuple[int | None, dict[int, float]]:
+    """The temporal offset one fake frame suggests.
+
+    Compares the fake frame with the original's frames ``i + lag`` on the *head regions* (each face box grown
+    to the squares :func:`background_mask` leaves out: face, hair, neck; they move with the person, and only
+    the inner face is manipulated), after the photometric offset. Backgrounds are useless here: FF++'s are
+    static, and a one-frame offset changed their median difference from 1.58 to 1.57 grey levels.
+
+    Args:
+        fake: (h, w, 3) float32 working copy of the fake frame.
+        boxes: its faces' boxes, working pixels.
+        originals: lag -> (h, w, 3) float32 working copy of the original's frame ``i + lag`` (lag 0 included).
+        cfg: labelling parameters.
+
+    Returns:
+        (the lag, or ``None`` when no lag is clearly best; per lag the mean head-region difference in grey
+        levels).
+    """
+    head = ~background_mask(fake.shape[:2], boxes)
+    if not head.any():
+        return None, {}
+    bg = ~head
+    stat = {}
+    for lag, o in originals.items():
+        off = photometric_offset(fake, o, bg) if cfg.photometric else np.zeros(3, np.float32)
+        stat[lag] = float(difference_map(fake - off, o, cfg.blur_sigma)[head].mean())
+    best = min(stat, key=lambda k: (stat[k], abs(k)))
+    others = [v for k, v in stat.items() if k != best]
+    clear = bool(others) and stat[best] < (1.0 - LAG_GAIN) * min(others)
+    return (best if clear else None), stat
+
+
+def pair_lag(lags: Sequence[int | None]) -> int | None:
+    """The pair's temporal offset from its probes' lags (``None``: a probe without a clear lag, left out): the
+    lag more than half of the deciding probes agree on; 0 when no probe decides (nothing moved: the background
+    test stays); ``None`` when the deciding probes disagree (no constant offset)."""
+    decided = [lg for lg in lags if lg is not None]
+    if not decided:
+        return 0
+    values, counts = np.unique(np.asarray(decided), return_counts=True)
+    k = int(np.argmax(counts))
+    return int(values[k]) if counts[k] * 2 > len(decided) else None
+
+
 def check_sizes(fake_hw: tuple[int, int], original_hw: tuple[int, int], cfg: LabelConfig) -> str | None:
     """``None`` when a fake and its original can be compared pixel to pixel, else the reason.
 
@@ -216,7 +329,9 @@ def assign_labels(video_label: int | None, tracks: Sequence[int], areas: Sequenc
 
     Returns:
         Per face ``(label, label_source)``; ``label`` is ``None`` for a face to drop (and for every face of
-        a video of unknown label, whose source is then ``None`` too).
+        a video of unknown label, whose source is then ``None`` too). A face scoring below ``min_score`` is
+        ``unmanipulated``: ``ignore`` gives ``(-1, "original_diff_uncertain")`` (kept, left out of losses and
+        frame metrics), ``real`` ``(0, "original_diff")``, ``drop`` ``(None, "original_diff")``.
     """
     n = len(tracks)
     if video_label is None:
@@ -237,6 +352,8 @@ def assign_labels(video_label: int | None, tracks: Sequence[int], areas: Sequenc
                 out.append((None, "original_diff"))
             elif sc >= cfg.min_score:
                 out.append((1, "original_diff"))
+            elif cfg.unmanipulated == "ignore":
+                out.append((UNCERTAIN, "original_diff_uncertain"))
             else:
                 out.append((0 if cfg.unmanipulated == "real" else None, "original_diff"))
         return out
@@ -289,5 +406,6 @@ def filter_tracks(tracks: Sequence[int], scores: Sequence[float], n_sampled: int
     return keep, dropped
 
 
-__all__ = ["FrameEvidence", "assign_labels", "background_mask", "check_sizes", "difference_map", "filter_tracks",
-           "frame_evidence", "to_working", "working_size"]
+__all__ = ["FrameEvidence", "UNCERTAIN", "assign_labels", "background_mask", "check_sizes", "difference_map",
+           "face_threshold", "filter_tracks", "frame_evidence", "pair_lag", "pair_threshold", "photometric_offset",
+           "probe_lag", "rescore", "to_working", "working_size"]

@@ -55,7 +55,7 @@ from facepipe.video import SamplingConfig
 log = logging.getLogger(__name__)
 
 STAGE = "extract"
-STAGE_VERSION = 4
+STAGE_VERSION = 5  # 5: per-pair noise floor, photometric offset, lag test, label -1 (unmanipulated: ignore)
 """Bumped when the stage's output for the same input, parameters and code changes meaning."""
 
 STATUSES = contract.STATUSES
@@ -423,6 +423,9 @@ class _Kept:
     score: float | None = None
     mask: str | None = None
     crop_landmarks: np.ndarray | None = None
+    diff: np.ndarray | None = None  # compared with the original: its box's difference values (working pixels)
+    diff_crop: np.ndarray | None = None  # and its difference map warped like the crop (masks)
+    frame_thr: float = float("nan")  # its frame's background threshold
 
 
 @dataclass
@@ -439,6 +442,11 @@ class _VideoState:
     compare: bool = False  # fake compared with the reference, frame by frame
     pair_note: str | None = None
     backgrounds: list = field(default_factory=list)
+    thresholds: list = field(default_factory=list)  # per compared frame, its background threshold
+    probes: list = field(default_factory=list)  # per compared frame (index, working uint8 copy, working boxes,
+    # position in per_frame, scale): the lag test and its correction
+    probes_thinned: bool = False
+    reference: object = None  # the VideoJob of the original compared with
     done: bool = False
     redetect_dropped: int = 0  # preset deepfakebench: faces whose crop had no re-detected face
 
@@ -513,13 +521,136 @@ def _detect_and_crop(st: _VideoState, chunk, detector, cfg: ExtractConfig, ref_c
             ev = frame_evidence(frame, ref_chunk.frames[i], [k_.face for k_ in kept], [k_.matrix for k_ in kept],
                                 cfg.align.size, cfg.labels)
             st.backgrounds.append(ev.background)
-            for k_, sc, mk in zip(kept, ev.scores, ev.masks):
-                k_.score = sc
-                if mk is not None:
-                    k_.mask = f"{k_.name}_mask.png"
-                    (st.tmp_dir / k_.mask).write_bytes(_encode(mk, "png", 0))
+            st.thresholds.append(ev.threshold)
+            for k_, sc, dv, dc in zip(kept, ev.scores, ev.diffs, ev.diff_crops):
+                k_.score, k_.diff, k_.diff_crop, k_.frame_thr = sc, dv, dc, ev.threshold  # rescored in _finish
+            if cfg.labels.max_lag > 0 and ev.threshold == ev.threshold:
+                _keep_probe(st, int(fidx), frame, [k_.face.box for k_ in kept], cfg)
         st.per_frame.append(kept)
         st.frame_meta.append((int(fidx), float(ts)))
+
+
+def _rescore(st: _VideoState, faces: list[_Kept], cfg: ExtractConfig) -> list[float | None]:
+    """Score the compared faces against the pair's noise floor (:func:`facepipe.faces.labels.face_threshold`) and
+    write their difference masks; returns the scores."""
+    from facepipe.faces.labels import face_threshold, pair_threshold, rescore
+
+    floor = pair_threshold(st.thresholds, cfg.labels)
+    for k in faces:
+        if k.diff is None and k.diff_crop is None:
+            continue
+        thr = face_threshold(k.frame_thr, floor, cfg.labels)
+        (sc,), (mk,) = rescore([k.diff], [k.diff_crop], thr)
+        k.score = sc
+        if mk is not None:
+            k.mask = f"{k.name}_mask.png"
+            (st.tmp_dir / k.mask).write_bytes(_encode(mk, "png", 0))
+        k.diff = k.diff_crop = None
+    return [k.score for k in faces]
+
+
+MAX_KEPT_FRAMES = 256
+"""Compared fake frames kept (working copies, <= 0.9 MB each at ``diff_max_side`` 640) for the lag test and its
+correction; past this they are thinned and a temporal offset is no longer corrected (the pair falls back)."""
+
+
+def _keep_probe(st: _VideoState, fidx: int, frame: np.ndarray, boxes: list, cfg: ExtractConfig) -> None:
+    """Remember a compared fake frame (working copy) for the temporal-alignment test and its correction."""
+    from facepipe.faces.labels import working_size
+
+    h, w, s = working_size(frame.shape[0], frame.shape[1], cfg.labels.diff_max_side)
+    small = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA) if (h, w) != frame.shape[:2] else frame.copy()
+    st.probes.append((fidx, small, [np.asarray(b, np.float64) * s for b in boxes], len(st.per_frame), s))
+    if len(st.probes) > MAX_KEPT_FRAMES:
+        st.probes, st.probes_thinned = st.probes[::2], True
+
+
+def _decode_original(st: _VideoState, indices: list[int]) -> dict[int, np.ndarray] | None:
+    """The original's frames at ``indices`` (decord numbering = the sampler's), those that exist; ``None`` when
+    decord cannot read it."""
+    try:
+        import decord
+
+        vr = decord.VideoReader(str(st.reference.path), ctx=decord.cpu(0), num_threads=1)
+        want = sorted({i for i in indices if 0 <= i < len(vr)})
+        return dict(zip(want, vr.get_batch(want).asnumpy())) if want else {}
+    except Exception as e:  # noqa: BLE001  decord raises its own error types
+        log.info("%s: temporal-alignment test skipped (decord: %s)", st.job.rel, str(e)[:200])
+        return None
+
+
+def _correct_lag(st: _VideoState, cfg: ExtractConfig, lag: int) -> bool:
+    """Compare every kept fake frame ``i`` with the original's frame ``i + lag`` instead (a constant temporal
+    offset); frames whose partner does not exist are not judged. False when not possible (thinned frames)."""
+    from dataclasses import replace
+
+    from facepipe.faces.labels import frame_evidence
+
+    if st.probes_thinned:
+        return False
+    got = _decode_original(st, [p[0] + lag for p in st.probes])
+    if got is None:
+        return False
+    st.backgrounds, st.thresholds = [], []
+    for fidx, small, _, pos, s in st.probes:
+        kept = st.per_frame[pos]
+        o = got.get(fidx + lag)
+        for k in kept:
+            k.score = k.diff = k.diff_crop = None
+            k.frame_thr = float("nan")
+        if o is None:
+            continue
+        faces = [replace(k.face, box=k.face.box * s, landmarks=k.face.landmarks * s) for k in kept]
+        mats = []
+        for k in kept:
+            m = np.asarray(k.matrix, np.float64).copy()
+            m[:, :2] /= s
+            mats.append(m)
+        ev = frame_evidence(small, o, faces, mats, cfg.align.size, cfg.labels)
+        st.backgrounds.append(ev.background)
+        st.thresholds.append(ev.threshold)
+        for k, sc, dv, dc in zip(kept, ev.scores, ev.diffs, ev.diff_crops):
+            k.score, k.diff, k.diff_crop, k.frame_thr = sc, dv, dc, ev.threshold
+    return True
+
+
+def _temporal_check(st: _VideoState, cfg: ExtractConfig) -> tuple[int | None, str]:
+    """The pair's temporal-alignment test (:func:`facepipe.faces.labels.probe_lag` on ``lag_probes`` probes spread
+    over the compared frames, the original's neighbouring frames decoded with decord).
+
+    Returns:
+        (the pair's lag: 0 when aligned or not testable (a still, an image folder, a file decord cannot
+        read), ``None`` when not constant; the probes' evidence as text).
+    """
+    from facepipe.faces.labels import pair_lag, probe_lag, to_working
+
+    lab = cfg.labels
+    ref = st.reference
+    if lab.max_lag <= 0 or ref is None or not st.probes or st.sampler.n_sampled <= 1:
+        return 0, ""
+    path = Path(ref.path)
+    if path.is_dir() or path.suffix.lower() in IMAGE_EXTS:
+        return 0, ""
+    n_probe = min(lab.lag_probes, len(st.probes))
+    pick = [st.probes[i] for i in np.unique(np.linspace(0, len(st.probes) - 1, n_probe).round().astype(int))]
+    got = _decode_original(st, [p[0] + lag for p in pick for lag in range(-lab.max_lag, lab.max_lag + 1)])
+    if got is None:
+        return 0, ""
+    lags, stats = [], []
+    for fidx, small, boxes, _, _ in pick:
+        h, w = small.shape[:2]
+        o0 = got.get(fidx)
+        if o0 is None or abs(o0.shape[1] / o0.shape[0] - w / h) > 0.02 * w / h:
+            return 0, ""  # decord numbers or orients the frames otherwise: not testable
+        originals = {lag: to_working(got[fidx + lag], (h, w)) for lag in range(-lab.max_lag, lab.max_lag + 1)
+                     if fidx + lag in got}
+        lag, stat = probe_lag(small.astype(np.float32), boxes, originals, lab)
+        lags.append(lag)
+        stats.append(stat)
+    detail = ", ".join(f"frame {p[0]}: " + ("no clear lag" if lg is None else f"lag {lg:+d}") + " ("
+                       + " ".join(f"{k:+d}:{v:.2f}" for k, v in sorted(st_.items())) + ")"
+                       for p, lg, st_ in zip(pick, lags, stats))
+    return pair_lag(lags), f"head-region difference by lag, grey levels: {detail}"
 
 
 def _finish(st: _VideoState, cfg: ExtractConfig, detector) -> list[dict]:
@@ -545,7 +676,7 @@ def _finish(st: _VideoState, cfg: ExtractConfig, detector) -> list[dict]:
             area[t] = area.get(t, 0.0) + k.face.area_px
     order = sorted(area, key=lambda t: (-area[t], t))
     renum = {t: i for i, t in enumerate(order)}
-    if cfg.track.select == "largest":
+    if cfg.track.select in ("main", "largest"):  # the same rule for reals and fakes (TrackConfig)
         renum = {t: i for t, i in renum.items() if i == 0}
     kept_faces = [(fm, k, renum[t]) for fm, k, t in flat if t in renum]
     # pair verdict
@@ -558,9 +689,22 @@ def _finish(st: _VideoState, cfg: ExtractConfig, detector) -> list[dict]:
             st.compare = False
             st.pair_note = (f"median background difference {bg:.1f} grey levels > {cfg.labels.max_background_diff}: "
                             "not the same frames")
+        corrected = None
         if st.compare and bg is not None:
-            scores = [k.score for _, k, _ in kept_faces]
-            row["pair_check"] = f"aligned (background difference {bg:.2f})"
+            lag, evidence = _temporal_check(st, cfg)
+            if lag is None:
+                st.compare, st.pair_note = False, f"temporal_offset: no constant offset; {evidence}"
+            elif lag != 0 and _correct_lag(st, cfg, lag):
+                corrected = f"temporal offset {lag:+d} corrected: fake frame i compared with original frame i{lag:+d}"
+                bgs = [b for b in st.backgrounds if b == b]
+                bg = float(np.median(bgs)) if bgs else None
+                row["background_diff"] = bg
+            elif lag != 0:
+                st.compare, st.pair_note = False, f"temporal_offset: {lag:+d} frames, not corrected; {evidence}"
+        if st.compare and bg is not None:
+            scores = _rescore(st, [k for _, k, _ in kept_faces], cfg)
+            row["pair_check"] = (f"aligned (background difference {bg:.2f})" if corrected is None else
+                                 f"aligned after {corrected} (background difference {bg:.2f})")
         elif st.compare:
             st.pair_note = "no sampled frame of the fake had a face and background to compare"
     if row["pair_check"] is None and st.pair_note:
@@ -577,7 +721,7 @@ def _finish(st: _VideoState, cfg: ExtractConfig, detector) -> list[dict]:
         name = f"{fidx:06d}_{tid}"
         os.replace(st.tmp_dir / f"{k.name}.{ext}", st.tmp_dir / f"{name}.{ext}")
         mask_path = None
-        if k.mask and (source == "original_diff" or dfb and scores is not None):
+        if k.mask and (source in ("original_diff", "original_diff_uncertain") or dfb and scores is not None):
             os.replace(st.tmp_dir / k.mask, st.tmp_dir / f"{name}_mask.png")
             mask_path = f"faces/{st.job.video_id}/{name}_mask.png"
         faces_out.append({
@@ -647,7 +791,7 @@ def process_task(task: Task, out_dir: str, cfg: ExtractConfig | None = None, det
         st = _VideoState(job, row, tmp)
         if job is not task.reference and task.reference is not None:
             row.update(original_id=task.reference.video_id)
-            st.compare = True
+            st.compare, st.reference = True, task.reference
         elif job.label == 1 and job.original_note:
             row.update(pair_check=job.original_note)
         states.append(st)
