@@ -335,21 +335,109 @@ def evaluate(
     params: Optional[Path] = typer.Option(None, "--params", help="params.yaml to read the 'evaluate' section from."),
     split: Optional[str] = typer.Option(None, help="Split to evaluate (default test)."),
     tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Horizontal-flip test-time augmentation."),
+    drop_overlap: Optional[bool] = typer.Option(
+        None, "--drop-overlap/--refuse-overlap",
+        help="Test videos the checkpoint was trained on (same video, linked originals, people across datasets): "
+             "leave them out and report them, or refuse the run (default: refuse)."),
+    video_agg: Optional[str] = typer.Option(
+        None, "--video-agg", help="mean | max | topk | deepfakebench (largest face per frame, mean over frames)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Frame- and video-level AUC/EER/AP/accuracy per dataset and method, cross-dataset table, ROC plots."""
+    """Frame- and video-level AUC (with 95 % bootstrap intervals over videos), EER, AP, accuracy per dataset and
+    method, cross-dataset table, ROC plots; test videos seen in training refused."""
     from facepipe.stages.evaluate import EvaluateConfig, run
 
     cfg = _configure(EvaluateConfig, _params_data(params, "evaluate", EvaluateConfig),
-                     {"split": split, "tta_hflip": tta}, "evaluate")
+                     {"split": split, "tta_hflip": tta, "video_agg": video_agg,
+                      "overlap": None if drop_overlap is None else ("drop" if drop_overlap else "error")}, "evaluate")
     r = run(checkpoint, list(shards), out, cfg, progress=progress)
     fmt = lambda v: "n/a" if v is None or v != v else f"{v:.4f}"  # noqa: E731
-    typer.echo(f"evaluate {r['model']} on {cfg.split}: frame AUC {fmt(r['frame']['auc'])}, video AUC "
-               f"{fmt(r['video']['auc'])}, video EER {fmt(r['video']['eer'])}, video AP {fmt(r['video']['ap'])} "
-               f"({r['video']['n']} videos) -> {out / 'metrics.json'}")
+    typer.echo(f"evaluate {r['model']} on {cfg.split}: frame AUC {_auc_text(r['frame'])}, video AUC "
+               f"{_auc_text(r['video'])}, video EER {fmt(r['video']['eer'])} (n = {r['video']['n']} videos: "
+               f"{r['video']['n_real']} real, {r['video']['n_fake']} fake) -> {out / 'metrics.json'}")
+    if r["overlap"]["videos"]:
+        typer.echo(f"  left out: {r['overlap']['videos']} test video(s) seen in training, e.g. "
+                   f"{'; '.join(r['overlap']['examples'][:3])}")
     for row in r["cross_dataset"]:
         typer.echo(f"  {row['trained_on']} -> {row['tested_on']}{' (cross)' if row['cross'] else ''}: "
                    f"video AUC {fmt(row['video_auc'])}, frame AUC {fmt(row['frame_auc'])}")
+
+
+@app.command()
+def benchmark(
+    protocol: Optional[str] = typer.Option(
+        None, "--protocol", help="A shipped protocol (see 'facepipe protocols') or a protocol YAML file."),
+    shards: list[Path] = typer.Option(..., "--shards", help="Test shard set(s) holding the protocol's columns."),
+    out: Path = typer.Option(..., "--out", help="Output folder: benchmark.{json,csv,md,tex}, metrics.json."),
+    model: Optional[list[str]] = typer.Option(
+        None, "--model", help="Train this model once on --train-shards and benchmark it (repeatable)."),
+    checkpoint: Optional[list[Path]] = typer.Option(
+        None, "--checkpoint", help="Benchmark a trained checkpoint instead (repeatable)."),
+    train_shards: Optional[Path] = typer.Option(None, "--train-shards", help="Training shard set (with --model)."),
+    alias: Optional[list[str]] = typer.Option(
+        None, "--alias", help="PROTOCOL_NAME=DATASET: the name a protocol dataset has in the shard sets."),
+    drop_overlap: Optional[bool] = typer.Option(
+        None, "--drop-overlap/--refuse-overlap", help="Test videos seen in training: leave out and report, or "
+                                                      "refuse (default)."),
+    params: Optional[Path] = typer.Option(
+        None, "--params", help="params.yaml: the 'benchmark' section (and 'train', 'freq', 'evaluate')."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """The table every paper reports: train once (or take checkpoints), evaluate every column of a published
+    protocol (frame and video AUC with 95 % intervals and n), write benchmark.{csv,md,tex}."""
+    from facepipe.freq.config import FreqConfig
+    from facepipe.stages.benchmark import BenchmarkConfig, run
+    from facepipe.stages.evaluate import EvaluateConfig
+    from facepipe.stages.train import TrainConfig
+
+    data = _params_data(params, "benchmark", BenchmarkConfig)
+    aliases = dict(data.get("aliases") or {})
+    for a in alias or []:
+        name, sep, ds = a.partition("=")
+        if not sep or not name or not ds:
+            raise InputError(f"--alias '{a}': expected PROTOCOL_NAME=DATASET")
+        aliases[name] = ds
+    data["aliases"] = aliases
+    cfg = _configure(BenchmarkConfig, data, {
+        "protocol": protocol, "overlap": None if drop_overlap is None else ("drop" if drop_overlap else "error")},
+        "benchmark")
+    tcfg = _configure(TrainConfig, _params_data(params, "train", TrainConfig), {}, "train")
+    ecfg = _configure(EvaluateConfig, _params_data(params, "evaluate", EvaluateConfig), {}, "evaluate")
+    freq = load_params(params, "freq", FreqConfig) if params else FreqConfig()
+    r = run(out, cfg, list(shards), checkpoints=list(checkpoint or []), models=list(model or []),
+            train_shards=train_shards, train_cfg=tcfg, freq=freq, eval_cfg=ecfg, progress=progress)
+    for label, m in r["models"].items():
+        typer.echo(f"benchmark {r['protocol']}: {label} (trained on {'+'.join(m['trained_on'])})")
+        for name, c in m["columns"].items():
+            if "missing" in c:
+                typer.echo(f"  {name}: n/a ({c['missing']})")
+                continue
+            typer.echo(f"  {name}: frame AUC {_auc_text({'auc': c['frame_auc'], 'auc_ci': c['frame_auc_ci']})}, "
+                       f"video AUC {_auc_text({'auc': c['video_auc'], 'auc_ci': c['video_auc_ci']})} "
+                       f"(n = {c['n_videos']} videos: {c['n_real_videos']} real, {c['n_fake_videos']} fake)")
+        for d in m["deviations"]:
+            typer.echo(f"  deviation: {d}")
+    typer.echo(f"-> {out / 'benchmark.md'}, benchmark.csv, benchmark.tex ({r['citation']})")
+
+
+@app.command()
+def protocols() -> None:
+    """List the shipped evaluation protocols: training data, columns, video aggregation, citation."""
+    from facepipe.protocols import list_protocols
+
+    for p in list_protocols():
+        typer.echo(f"{p.name}: {p.title}\n    train on {'+'.join(p.train)}; video aggregation "
+                   f"{p.video_aggregation}; {len(p.columns)} columns: {', '.join(c.name for c in p.columns)}\n"
+                   f"    {p.citation}\n")
+
+
+def _auc_text(m: dict) -> str:
+    """``0.9100 [0.8500, 0.9600]`` (the AUC and its 95 % bootstrap interval), or ``n/a``."""
+    a = m.get("auc")
+    if a is None or a != a:
+        return "n/a"
+    ci = m.get("auc_ci")
+    return f"{a:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
 
 
 @app.command()

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 STAGE_MODULES = {"example": "facepipe.example", "manifest": "facepipe.stages.manifest",
                  "extract": "facepipe.stages.extract", "freq": "facepipe.stages.freq", "shard": "facepipe.stages.shard",
                  "train": "facepipe.stages.train", "evaluate": "facepipe.stages.evaluate",
-                 "explain": "facepipe.stages.explain"}
+                 "benchmark": "facepipe.stages.benchmark", "explain": "facepipe.stages.explain"}
 
 
 def expected() -> dict[str, list[str]]:

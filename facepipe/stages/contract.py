@@ -90,7 +90,8 @@ def _imports(module: str, path: Path) -> set[str]:
 
 @lru_cache(maxsize=None)
 def code_closure(module: str) -> tuple[Path, ...]:
-    """Every facepipe source file that importing ``module`` (and calling its functions) can execute.
+    """Every facepipe source file that importing ``module`` (and calling its functions) can execute, and the
+    data files shipped beside a package's ``__init__.py`` (``*.yaml``: the evaluation protocols).
 
     Returns:
         Sorted absolute paths.
@@ -112,7 +113,9 @@ def code_closure(module: str) -> tuple[Path, ...]:
         p = module_path(m)
         if p is not None:
             todo.extend(_imports(m, p) - seen)
-    return tuple(sorted({p for m in seen if (p := module_path(m)) is not None}))
+    files = {p for m in seen if (p := module_path(m)) is not None}
+    files |= {d for p in list(files) if p.name == "__init__.py" for d in p.parent.glob("*.yaml")}
+    return tuple(sorted(files))
 
 
 def closure_relpaths(module: str) -> list[str]:

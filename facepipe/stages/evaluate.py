@@ -5,6 +5,14 @@ nearest-point EER / AP / accuracy with real and fake accuracy, overall, per data
 method, plus a cross-dataset table: every tested dataset against the datasets the checkpoint was trained
 on (``cross`` = not among them). Views are computed exactly as in training: on the device, from the final
 image, with the ``freq`` parameters the checkpoint recorded.
+
+Before any number is computed, the test videos are checked against the checkpoint's training footprint
+(:mod:`facepipe.data.footprint`): a test video the model has seen in some form (the same video, made from or
+the original of a training video of another dataset, or a person of another dataset's training videos) is
+refused (``overlap: error``, naming counts and examples) or left out and reported (``overlap: drop``). Fakes are
+scored against the reals of their reference dataset (:func:`facepipe.metrics.with_references`: a fake made
+from another dataset's video, as DF40's are, takes that dataset's reals; ``reference_reals`` overrides). Every
+AUC carries a 95 % bootstrap interval over videos (``ci_resamples``, seeded).
 """
 
 from __future__ import annotations
@@ -26,18 +34,26 @@ from facepipe.stages import contract
 log = logging.getLogger(__name__)
 
 STAGE = "evaluate"
-STAGE_VERSION = 2
+STAGE_VERSION = 3
 
 
 class EvaluateConfig(Section):
     """Parameters of the ``evaluate`` stage (section ``evaluate``): split, video aggregation (``mean`` |
-    ``max`` | ``topk`` with ``topk``), horizontal-flip test-time augmentation (views recomputed from the
-    flipped image), batch size, workers."""
+    ``max`` | ``topk`` with ``topk`` | ``deepfakebench``: DeepfakeBench's mean over frames of the largest face,
+    see :data:`facepipe.metrics.VIDEO_AGGREGATIONS`), horizontal-flip test-time augmentation (views recomputed
+    from the flipped image), ``overlap`` (``error`` | ``drop``: test videos the checkpoint has seen),
+    ``reference_reals`` (``{dataset or dataset/method: dataset}``: whose reals a dataset's fakes are scored
+    against), ``ci_resamples`` (bootstrap resamples of each AUC's 95 % interval; 0 = none) and ``ci_seed``,
+    batch size, workers."""
 
     split: str = "test"
-    video_agg: Literal["mean", "max", "topk"] = "mean"
+    video_agg: Literal["mean", "max", "topk", "deepfakebench"] = "mean"
     topk: int = Field(5, ge=1)
     tta_hflip: bool = False
+    overlap: Literal["error", "drop"] = "error"
+    reference_reals: dict[str, str] = {}
+    ci_resamples: int = Field(1000, ge=0)
+    ci_seed: int = 0
     batch_size: int = Field(64, ge=1)
     num_workers: int = Field(2, ge=0)
 
@@ -58,6 +74,53 @@ def _clean(o):
     return o
 
 
+def check_test_sets(ckpt: dict, shards: list, cfg: EvaluateConfig) -> tuple[pl.DataFrame | None, dict]:
+    """The test videos of ``cfg.split`` of every set, and what overlaps the checkpoint's training footprint.
+
+    Returns:
+        (the sets' video tables, or ``None`` when a set has none; ``{"checked": bool, "action": ..., "videos": n,
+        "real": n, "fake": n, "examples": [...], "_table": overlapping videos}``).
+
+    Raises:
+        InputError: overlapping videos under ``overlap: error``.
+    """
+    from facepipe.data.footprint import describe, overlaps, read_video_table
+
+    tables = [read_video_table(s) for s in shards]
+    fp = ckpt.get("footprint")
+    info: dict = {"checked": False, "action": cfg.overlap, "videos": 0, "real": 0, "fake": 0, "examples": []}
+    if any(t is None for t in tables):
+        log.warning("evaluate: a shard set has no videos.parquet (older facepipe): test videos cannot be checked "
+                    "against the training data; rerun 'facepipe shard'")
+        return None, info
+    videos = pl.concat(tables).filter(pl.col("split") == cfg.split).unique(["dataset", "video_id"]).sort(
+        "dataset", "video_id")
+    if fp is None:
+        log.warning("evaluate: the checkpoint records no training footprint (older facepipe, or shards without "
+                    "videos.parquet): test videos cannot be checked against its training data")
+        return videos, info
+    found = overlaps(fp, videos)
+    real = int((found["label"] == 0).sum())
+    info.update(checked=True, videos=found.height, real=real, fake=found.height - real, _table=found,
+                examples=[f"{d}:{v} ({r})" for d, v, r in found.select("dataset", "video_id", "reason").head(5)
+                          .iter_rows()])
+    if found.height:
+        msg = describe(found)
+        if cfg.overlap == "error":
+            raise InputError(f"evaluate: {msg}; fix the test set or set evaluate.overlap: drop "
+                             "(--drop-overlap) to leave them out and report them")
+        log.warning("evaluate: %s: left out (evaluate.overlap: drop)", msg)
+    return videos, info
+
+
+def references(videos: pl.DataFrame) -> pl.DataFrame:
+    """Per fake video whose target original belongs to another dataset (its first ``source_ids`` entry is
+    ``dataset:video_id``), that dataset: the reals its fakes are scored against (DF40's ``ff`` fakes -> FF++)."""
+    first = pl.col("source_ids").list.first()
+    return (videos.filter((pl.col("label") == 1) & first.str.contains(":"))
+            .select("dataset", "video_id", first.str.split(":").list.first().alias("reference")))
+
+
 def run(checkpoint: str | Path, shards: list[str | Path], out_dir: str | Path, cfg: EvaluateConfig,
         progress: bool = True) -> dict:
     """Evaluate a checkpoint on ``cfg.split`` of each shard set.
@@ -66,10 +129,11 @@ def run(checkpoint: str | Path, shards: list[str | Path], out_dir: str | Path, c
     and ``OUT/roc_video.csv`` (DVC plots: fpr, tpr).
 
     Returns:
-        The metrics dict written to ``metrics.json``.
+        The metrics dict written to ``metrics.json`` (with ``overlap``: what the footprint check found).
 
     Raises:
-        InputError: unreadable checkpoint, no shard set, or a set without the split.
+        InputError: unreadable checkpoint, no shard set, a set without the split, or test videos the
+            checkpoint was trained on (``overlap: error``).
     """
     from facepipe.data.loader import make_loader
     from facepipe.metrics import metric_table, roc_points, video_scores
@@ -80,6 +144,7 @@ def run(checkpoint: str | Path, shards: list[str | Path], out_dir: str | Path, c
     lm = model_from_checkpoint(checkpoint)
     model, spec, size, freq, amp, device, ckpt = lm.model, lm.spec, lm.size, lm.freq, lm.amp, lm.device, lm.checkpoint
     name = ckpt["model_name"]
+    videos, overlap = check_test_sets(ckpt, shards, cfg)
     frames = []
     for src in shards:
         loader = make_loader(src, cfg.split, cfg.batch_size, cfg.num_workers, shuffle=False, rank=0, world_size=1,
@@ -88,17 +153,23 @@ def run(checkpoint: str | Path, shards: list[str | Path], out_dir: str | Path, c
         frames.append(predict(model, loader, amp_dtype=amp, tta_hflip=cfg.tta_hflip, progress=progress,
                               desc=f"evaluate {Path(str(src)).name}"))
     preds = pl.concat(frames)
+    if overlap["videos"] and cfg.overlap == "drop":
+        preds = preds.join(overlap["_table"].select("dataset", "video_id"), on=["dataset", "video_id"], how="anti")
     if preds.height == 0:
         raise InputError(f"evaluate: split '{cfg.split}' of {shards} holds no samples")
-    table = metric_table(preds, cfg.video_agg, cfg.topk)
+    if videos is not None:
+        preds = preds.join(references(videos), on=["dataset", "video_id"], how="left")
+    table = metric_table(preds, cfg.video_agg, cfg.topk, cfg.reference_reals, cfg.ci_resamples, cfg.ci_seed)
     trained_on = ckpt.get("datasets", [])
     cross = []
     for ds, m in table["per_dataset"].items():
         cross.append({"trained_on": "+".join(trained_on), "tested_on": ds, "cross": ds not in trained_on,
                       "frame_auc": m["frame"]["auc"], "video_auc": m["video"]["auc"],
                       "video_eer": m["video"]["eer"], "video_ap": m["video"]["ap"]})
+    overlap.pop("_table", None)
     result = {"checkpoint": str(checkpoint), "model": name, "step": ckpt.get("step"), "split": cfg.split,
-              "video_agg": cfg.video_agg, "tta_hflip": cfg.tta_hflip, **table, "cross_dataset": cross}
+              "video_agg": cfg.video_agg, "tta_hflip": cfg.tta_hflip, "overlap": overlap, **table,
+              "cross_dataset": cross}
     out = Path(out_dir)
     with contract.stage_lock(out, STAGE):
         with atomic_path(out / "predictions.parquet") as tmp:

@@ -3,9 +3,11 @@
 Layout of ``OUT``::
 
     index.json             THE pointer: the published set's version, and every shard with its samples, bytes
-                           and counts by dataset, label, method, label source and (dataset, label) cell
+                           and counts by dataset, label, method, label source and (dataset, label) cell;
+                           ``videos`` names the set's video table
     set-<version>/         the shard set: train-000000.tar ... val-... test-..., _meta.json (schema
-                           version, facepipe version, parameters, inputs, stage fingerprint)
+                           version, facepipe version, parameters, inputs, stage fingerprint), videos.parquet
+                           (one row per video: split, label, method, originals, people)
     stats.json, counts.csv samples, videos, fake share and bytes per sample per split (DVC metrics) and samples
                            per split/dataset/label (DVC plot data)
     .lock                  held while a run writes OUT
@@ -46,6 +48,7 @@ from facepipe import __version__
 from facepipe._io import atomic_path
 from facepipe.config import Section
 from facepipe.data import storage
+from facepipe.data.footprint import VIDEOS_NAME, video_table
 from facepipe.data.schema import SCHEMA_VERSION, SPLITS, encode_sample
 from facepipe.errors import InputError
 from facepipe.ids import FACE_LABEL_NAMES, sample_key
@@ -55,7 +58,7 @@ from facepipe.stages import contract
 log = logging.getLogger(__name__)
 
 STAGE = "shard"
-STAGE_VERSION = 3
+STAGE_VERSION = 4
 INDEX_NAME = "index.json"
 META_NAME = "_meta.json"
 STATS_NAME = "stats.json"
@@ -279,6 +282,7 @@ def run(out_dir: str | Path, cfg: ShardConfig, progress: bool = True) -> ShardSu
         stage.mkdir()
         try:
             index = _write_set(stage, version, allrows, stored, cfg, summary, progress, wds)
+            _write_videos(stage, version, allrows, index)
             _describe(index, allrows, view_params)
             (stage / META_NAME).write_text(_meta_json(cfg, stored, stage_fp, version))
             final = out / version
@@ -297,6 +301,14 @@ def run(out_dir: str | Path, cfg: ShardConfig, progress: bool = True) -> ShardSu
                 shutil.rmtree(old) if old.is_dir() else old.unlink()
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _write_videos(stage: Path, version: str, allrows: pl.DataFrame, index: dict) -> None:
+    """``videos.parquet`` of the set (one row per video: split, label, method, originals, people; see
+    :mod:`facepipe.data.footprint`), named in the index: training records its footprint, evaluation checks test
+    sets against it."""
+    video_table(allrows).write_parquet(stage / VIDEOS_NAME)
+    index["videos"] = f"{version}/{VIDEOS_NAME}"
 
 
 def _describe(index: dict, allrows: pl.DataFrame, view_params: dict | None) -> None:
@@ -335,6 +347,8 @@ def _publish_remote(url: str, version: str, stage_fp: str, allrows: pl.DataFrame
             remote.put(Path(fname), f"{version}/{Path(fname).name}")
 
         index = _write_set(stage, version, allrows, stored, cfg, summary, progress, wds, post=upload)
+        _write_videos(stage, version, allrows, index)
+        remote.put(stage / VIDEOS_NAME, f"{version}/{VIDEOS_NAME}")
         _describe(index, allrows, view_params)
         (stage / META_NAME).write_text(_meta_json(cfg, stored, stage_fp, version))
         remote.put(stage / META_NAME, f"{version}/{META_NAME}")

@@ -309,6 +309,8 @@ def run(shards: str | Path, out_dir: str | Path, cfg: TrainConfig, freq: FreqCon
 def _run(shards, out_dir, cfg: TrainConfig, freq: FreqConfig, resume: bool, progress: bool) -> dict:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
+    from facepipe.data.footprint import footprint as training_footprint
+    from facepipe.data.footprint import read_video_table
     from facepipe.models import get_spec, import_model_file
 
     dist, device = setup_distributed()
@@ -346,6 +348,12 @@ def _run(shards, out_dir, cfg: TrainConfig, freq: FreqConfig, resume: bool, prog
         ema = ModelEmaV3(core, decay=cfg.ema_decay)
     st = _State()
     datasets = sorted({d for s in index["splits"]["train"]["shards"] for d in s["datasets"]})
+    seen = read_video_table(shards)
+    if seen is None:
+        log.warning("%s: shard set without videos.parquet (written by an older facepipe): the checkpoint cannot "
+                    "record its training videos, so evaluate cannot check test sets against them; rerun "
+                    "'facepipe shard'", shards)
+    footprint = None if seen is None else training_footprint(seen)
     lock = contract.stage_lock(out, STAGE) if dist.main else None
     if lock is not None:
         lock.__enter__()
@@ -375,7 +383,7 @@ def _run(shards, out_dir, cfg: TrainConfig, freq: FreqConfig, resume: bool, prog
                     "ema": ema.module.state_dict() if ema is not None else None,
                     "step": st.step, "best": st.best, "best_step": st.best_step, "best_ema": st.best_ema,
                     "stale": st.stale, "params": cfg.model_dump(), "freq": freq.model_dump(),
-                    "model_name": cfg.detector, "image_size": size, "datasets": datasets,
+                    "model_name": cfg.detector, "image_size": size, "datasets": datasets, "footprint": footprint,
                     "imports": [str(Path(f).resolve()) for f in cfg.imports],
                     "schema_version": SCHEMA_VERSION, "facepipe_version": __version__,
                     "fingerprint": fingerprint(cfg, freq)}

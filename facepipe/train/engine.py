@@ -210,8 +210,24 @@ def train_step(model: torch.nn.Module, batch: dict | list[dict], optimizer: torc
 
 PREDICTION_SCHEMA = {"key": pl.String, "dataset": pl.String, "video_id": pl.String, "method": pl.String,
                      "split": pl.String, "frame_index": pl.Int64, "track_id": pl.Int64, "label": pl.Int64,
-                     "video_label": pl.Int64, "label_source": pl.String, "score": pl.Float64}
-"""One row per face: its key and metadata, ``label`` (the face's), ``video_label`` and the fake probability."""
+                     "video_label": pl.Int64, "label_source": pl.String, "face_size": pl.Float64,
+                     "score": pl.Float64}
+"""One row per face: its key and metadata, ``label`` (the face's), ``video_label``, ``face_size`` (the crop side
+in source-frame pixels: ``crop_size`` over the scale of the source->crop ``affine``; DeepfakeBench's video
+aggregation keeps the largest face of a frame) and the fake probability."""
+
+
+def face_sizes(affines: list, crop_sizes: list) -> list[float | None]:
+    """Per sample, ``crop_size / sqrt(|det A|)`` of its (2, 3) source->crop ``affine`` (source pixels), or
+    ``None`` where the sample has no affine."""
+    out: list[float | None] = []
+    for a, c in zip(affines, crop_sizes):
+        if a is None or c is None:
+            out.append(None)
+            continue
+        det = abs(float(a[0][0]) * float(a[1][1]) - float(a[0][1]) * float(a[1][0]))
+        out.append(float(c) / det ** 0.5 if det > 0 else None)
+    return out
 
 
 @torch.no_grad()
@@ -244,6 +260,7 @@ def predict(model: torch.nn.Module, loader, *, amp_dtype: torch.dtype | None = N
             rows[k].extend(b[k])
         rows["label"].extend(b["label"].tolist())
         rows["video_label"].extend(b["video_label"])
+        rows["face_size"].extend(face_sizes(b["affine"], b["crop_size"]))
         rows["score"].extend(p.cpu().tolist())
     return pl.DataFrame(rows, schema=PREDICTION_SCHEMA)
 
