@@ -98,7 +98,9 @@ def extract(
     align: Optional[str] = typer.Option(None, help="arcface (5-point similarity) | box (square box crop)."),
     size: Optional[int] = typer.Option(None, help="Crop side in pixels (default 256)."),
     margin: Optional[float] = typer.Option(None, help="Context margin (default 1.3)."),
-    select: Optional[str] = typer.Option(None, help="all | largest: which face tracks to keep."),
+    select: Optional[str] = typer.Option(
+        None, help="main | all: which face tracks to keep, in real and fake videos alike (default main: the track "
+                   "with the largest summed face area)."),
     label_policy: Optional[str] = typer.Option(None, help="Fakes without a usable original: main | all | drop."),
     image_format: Optional[str] = typer.Option(None, "--format", help="png (lossless) | jpg."),
     jpeg_quality: Optional[int] = typer.Option(None, help="JPEG quality when --format jpg."),

@@ -58,11 +58,12 @@ def face_video_dir(tmp_path_factory, t1) -> Path:
 
 @pytest.fixture()
 def small_cfg() -> ExtractConfig:
-    """Fast settings for tests: 8 uniform frames, 128 px crops, mtcnn, in this process."""
+    """Fast settings for tests: 8 uniform frames, 128 px crops, mtcnn, every track kept, in this process."""
     return ExtractConfig.model_validate({
         "sampling": {"strategy": "uniform", "num_frames": 8},
         "detector": {"name": "mtcnn"},
         "align": {"size": 128},
+        "track": {"select": "all"},
         "workers": 0,
     })
 

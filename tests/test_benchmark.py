@@ -19,6 +19,7 @@ from facepipe.protocols import Column, list_protocols, load_protocol
 from facepipe.stages.benchmark import BenchmarkConfig, column_frames, run, score_column
 from facepipe.stages.train import TrainConfig
 from tests.test_datasets import _celebdf_tree, _df40_json, _ffpp_tree, put, tiny  # noqa: F401
+from tests.test_official_splits import _dfdc_tree
 
 TINY_TRAIN = TrainConfig(image_size=64, batch_size=8, steps=2, eval_every=2, checkpoint_every=2, num_workers=0)
 
@@ -83,10 +84,11 @@ def _fake_predictions(manifests: list[pl.DataFrame], faces: int = 3, seed: int =
 
 
 def test_deepfakebench_columns_on_trees_with_the_real_layouts(tmp_path, tiny):  # noqa: F811
-    """Manifests of FF++ (with FaceShifter), Celeb-DF v2, UADFV and DFD from their published layouts: every such
-    column of the shipped protocol selects that dataset's test fakes and reals."""
+    """Manifests of all fourteen columns' datasets from their published layouts (FF++ c23 with FaceShifter and
+    c40, Celeb-DF v1/v2, DeeperForensics on the FF++ targets, DFD, DFDC with its test labels.csv, DFDCP, UADFV):
+    every column of the shipped protocol selects that dataset's test fakes and reals."""
     ff, cdf, ua, dfd = (tmp_path / n for n in ("ff", "cdf", "ua", "dfd"))
-    _ffpp_tree(ff, tiny)
+    _ffpp_tree(ff, tiny, comps=("c23", "c40"))
     for m in ("Face2Face", "NeuralTextures", "FaceShifter"):
         for a, b in (("000", "003"), ("003", "000"), ("010", "011"), ("020", "021")):
             put(ff, f"manipulated_sequences/{m}/c23/videos/{a}_{b}.mp4", tiny)
@@ -102,22 +104,36 @@ def test_deepfakebench_columns_on_trees_with_the_real_layouts(tmp_path, tiny):  
             build_manifest("celebdf_v2", cdf, "celebdf_v2", ManifestConfig()),
             build_manifest("uadfv", ua, "uadfv", ManifestConfig(split_mode="group", fractions=(1, 1, 2),
                                                                  max_group_share=1.0)),
-            build_manifest("dfd", dfd, "dfd", ManifestConfig())]
+            build_manifest("dfd", dfd, "dfd", ManifestConfig()),
+            build_manifest("ffpp", ff, "ffpp_c40", ManifestConfig(compression="c40")),
+            build_manifest("celebdf_v1", cdf, "celebdf_v1", ManifestConfig())]
+    dfdc, dfo, prev = tmp_path / "dfdc", tmp_path / "dfo", tmp_path / "prev"
+    _dfdc_tree(dfdc)
+    mans.append(build_manifest("dfdc", dfdc, "dfdc", ManifestConfig()))
+    for rel in ("manipulated_videos/end_to_end/020_M101.mp4", "manipulated_videos/end_to_end/000_M102.mp4"):
+        put(dfo, rel, tiny)
+    (dfo / "lists" / "splits").mkdir(parents=True)
+    for sp, names in (("train", "000_M102.mp4\n"), ("val", ""), ("test", "020_M101.mp4\n")):
+        (dfo / "lists" / "splits" / f"{sp}.txt").write_text(names)
+    mans.append(build_manifest("deeperforensics", dfo, "deeperforensics",
+                               ManifestConfig(options={"ffpp_root": str(ff)}, both_classes=False)))
+    meta = {"original_videos/111/111_A.mp4": {"label": "real", "set": "test"},
+            "method_A/111/111_A/222_A_001.mp4": {"label": "fake", "set": "test", "target_id": "111"}}
+    for rel in meta:
+        put(prev, rel, tiny)
+    (prev / "dataset.json").write_text(json.dumps(meta))
+    mans.append(build_manifest("dfdc_preview", prev, "dfdc_preview", ManifestConfig(both_classes=False)))
     preds = _fake_predictions(mans)
     proto = load_protocol("deepfakebench")
-    present = {"FF++ c23", "FF-DF", "FF-F2F", "FF-FS", "FF-NT", "FSh", "CDF-v2", "UADFV", "DFD"}
     for col in proto.columns:
         c = score_column(column_frames(preds, col), proto.video_aggregation, 50, 0)
-        if col.name in present:
-            man = next(m for m in mans if m["dataset"][0] == col.dataset).filter(pl.col("split") == "test")
-            fakes = man.filter(pl.col("label") == 1)
-            if col.methods:
-                fakes = fakes.filter(pl.col("method").is_in(list(col.methods)))
-            assert c["n_fake_videos"] == fakes.height > 0, col.name
-            assert c["n_real_videos"] == man.filter(pl.col("label") == 0).height > 0, col.name
-            assert not np.isnan(c["video_auc"]) and c["video_auc_ci"] is not None, col.name
-        else:
-            assert c["missing"] == "no fake videos in the test sets", col.name
+        man = next(m for m in mans if m["dataset"][0] == col.dataset).filter(pl.col("split") == "test")
+        fakes = man.filter(pl.col("label") == 1)
+        if col.methods:
+            fakes = fakes.filter(pl.col("method").is_in(list(col.methods)))
+        assert c["n_fake_videos"] == fakes.height > 0, col.name
+        assert c["n_real_videos"] == man.filter(pl.col("label") == 0).height > 0, col.name
+        assert not np.isnan(c["video_auc"]) and c["video_auc_ci"] is not None, col.name
 
 
 def test_df40_columns_are_numbers_against_ffpp_test_reals(tmp_path, tiny, t1):  # noqa: F811

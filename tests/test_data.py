@@ -55,7 +55,7 @@ def two_datasets(tmp_path_factory, t1):
     write_video(b / "tom_swap.mp4", camera_frames(canvas[:, ::-1], (480, 270), 12, (240, 130, 1.0),
                                                   (230, 140, 1.1)), fps=10)
     cfg = ExtractConfig.model_validate({"sampling": {"num_frames": 6}, "detector": {"name": "mtcnn"},
-                                        "align": {"size": 64}, "workers": 0})
+                                        "align": {"size": 64}, "track": {"select": "all"}, "workers": 0})
     inputs = []
     for name, vids, rows in [
         ("groupset", a, [dict(path="pan.mp4", label="real", split="train", method="", source_ids=""),
