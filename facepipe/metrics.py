@@ -251,8 +251,9 @@ def auc_ci(labels, scores, groups=None, n_boot: int = 1000, seed: int = 0,
         level: coverage of the interval.
 
     Returns:
-        ``[low, high]``, or ``None`` when a class is absent. A video holding faces of both labels (a fake
-        video's untouched bystander) is drawn with the fake videos.
+        ``[low, high]``, or ``None`` when a class has fewer than two videos (one video per class resamples
+        to itself: the interval would be a point, not an uncertainty). A video holding faces of both labels
+        (a fake video's untouched bystander) is drawn with the fake videos.
     """
     y, s = _check(labels, scores)
     if len(np.unique(y)) < 2:
@@ -263,6 +264,8 @@ def auc_ci(labels, scores, groups=None, n_boot: int = 1000, seed: int = 0,
     np.maximum.at(cls, g, y)
     rng = np.random.default_rng(seed)
     pools = [np.flatnonzero(cls == c) for c in (0, 1)]
+    if min(len(p) for p in pools) < 2:
+        return None
     level_of = np.unique(s, return_inverse=True)[1]
     n_lv = int(level_of.max()) + 1
     stats = np.empty(n_boot)

@@ -56,7 +56,7 @@ def repo(tmp_path_factory) -> Path:
 def test_repro_builds_everything_then_does_nothing(repo):
     out = _run(["dvc", "repro"], repo)
     assert _ran(out) == {"example", "manifest@example", "extract@example", "freq@example", "shard", "train",
-                         "evaluate", "explain"}
+                         "evaluate", "benchmark", "explain"}
     gallery = repo / "data" / "explain" / "gallery"
     assert len(list(gallery.glob("*_comparison.png"))) == 4 and (gallery / "gallery.html").is_file()
     index = json.loads((repo / "data" / "shards" / "index.json").read_text())
@@ -72,14 +72,15 @@ def test_one_parameter_reruns_only_what_depends_on_it(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["evaluate"]["tta_hflip"] = True
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert _ran(_run(["dvc", "repro"], repo)) == {"evaluate"}
+    assert _ran(_run(["dvc", "repro"], repo)) == {"evaluate", "benchmark"}
     assert json.loads((repo / "data" / "evaluate" / "metrics.json").read_text())["tta_hflip"] is True
     params["shard"]["max_samples"] = 50
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert _ran(_run(["dvc", "repro"], repo)) == {"shard", "train", "evaluate", "explain"}
+    assert _ran(_run(["dvc", "repro"], repo)) == {"shard", "train", "evaluate", "benchmark", "explain"}
     params["freq"]["views"] = ["dct", "srm"]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert _ran(_run(["dvc", "repro"], repo)) == {"freq@example", "shard", "train", "evaluate", "explain"}
+    assert _ran(_run(["dvc", "repro"], repo)) == {"freq@example", "shard", "train", "evaluate", "benchmark",
+                                                  "explain"}
     index = json.loads((repo / "data" / "shards" / "index.json").read_text())
     assert index["views"] == ["dct", "srm"]
     assert all(sh["samples"] <= 50 for s in index["splits"].values() for sh in s["shards"])
@@ -98,6 +99,9 @@ def test_metrics_and_plots_are_declared(repo):
     explained = metrics_file(metrics, "data/explain/metrics.json")
     assert explained["n"] == 4 and explained["explain_method"] == "gradcam" and explained["layers"] == "last"
     assert explained["face_mass"] is None or 0 <= explained["face_mass"] <= 1  # None: every fake map blank
+    bench = metrics_file(metrics, "data/benchmark/metrics.json")  # the example protocol's table, n per column
+    assert set(bench["resnet18"]) == {"example", "example SBI"} and bench["resnet18"]["example"]["n_videos"] > 0
+    assert "| model | example | example SBI |" in (repo / "data" / "benchmark" / "benchmark.md").read_text()
     out = _run(["dvc", "plots", "show", "--json"], repo)
     assert "data/shards/counts.csv" in out and "roc_video.csv" in out and "val/video_auc" in out
 
@@ -133,11 +137,11 @@ def test_editing_a_module_regenerates_that_stages_outputs_and_nothing_upstream(r
     assert set(new_crops) == set(crops) and all(new_crops[k] != crops[k] for k in crops)
     # a module only evaluate imports: evaluate alone
     _touch_module(repo, "facepipe/stages/evaluate.py")
-    assert _ran(_run(["dvc", "repro"], repo)) == {"evaluate"}
+    assert _ran(_run(["dvc", "repro"], repo)) == {"evaluate", "benchmark"}  # the benchmark evaluates through it
 
 
 def test_dag_shows_the_graph(repo):
     dag = _run(["dvc", "dag", "--md"], repo)
     for stage in ("example", "manifest@example", "extract@example", "freq@example", "shard", "train", "evaluate",
-                  "explain"):
+                  "benchmark", "explain"):
         assert stage in dag

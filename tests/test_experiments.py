@@ -76,4 +76,4 @@ def test_the_readme_ablation_grid_runs_and_compares(repo):
     assert md.count("\n") == 4 and "±" in md and "| local | 2 |" in md and "| local | 2 |" in out
     # the data stages came from the cache: an experiment reran only what follows training
     log = _run(["dvc", "queue", "logs", rows[0]["name"]], repo)
-    assert set(re.findall(r"Running stage '([^']+)'", log)) == {"train", "evaluate", "explain"}
+    assert set(re.findall(r"Running stage '([^']+)'", log)) == {"train", "evaluate", "benchmark", "explain"}

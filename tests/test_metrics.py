@@ -194,6 +194,7 @@ def test_bootstrap_ci_matches_delong_variance_and_resamples_videos():
     assert auc_ci(y, s, n_boot=200, seed=3) == auc_ci(y, s, n_boot=200, seed=3)  # seeded
     assert auc_ci([0, 1, 0, 1], [0.1, 0.9, 0.2, 0.8], n_boot=50) == [1.0, 1.0]
     assert auc_ci([1, 1], [0.1, 0.9]) is None
+    assert auc_ci([0, 1, 1], [0.1, 0.9, 0.8]) is None  # one real video: no interval, not a point
     # faces of a video move together: 10 identical faces per video give the interval of one face per video
     g = np.repeat(np.arange(len(y)), 10)
     assert auc_ci(np.repeat(y, 10), np.repeat(s, 10), g, n_boot=300, seed=5) == pytest.approx(

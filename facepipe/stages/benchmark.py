@@ -202,7 +202,8 @@ def markdown(result: dict) -> str:
     lines = [f"# {result['title']}", "", f"Protocol `{result['protocol']}`: {result['citation']}", ""]
     for level in ("frame", "video"):
         agg = f", aggregation `{result['video_aggregation']}`" if level == "video" else ""
-        lines += [f"**{level.capitalize()}-level AUC** (95 % bootstrap interval over videos{agg})", "",
+        lines += [f"**{level.capitalize()}-level AUC** (95 % bootstrap interval over videos{agg}; none where a class "
+                  "has fewer than two videos)", "",
                   "| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
         for label, m in result["models"].items():
             lines.append(f"| {label} | " + " | ".join(_cell(m["columns"][c], level) for c in cols) + " |")
