@@ -86,8 +86,8 @@ def test_a_killed_upload_never_publishes_an_index_naming_missing_shards(s3, exam
     prefix = f"{BUCKET}/killed"
     url = f"s3://{prefix}"
     cfg = _inputs(example_shards)
-    monkeypatch.setenv("FACEPIPE_TEST_FAULT", "upload:train-000001.tar")
-    with pytest.raises(OSError, match="train-000001.tar"):
+    monkeypatch.setenv("FACEPIPE_TEST_FAULT", "upload:train-000000.tar")
+    with pytest.raises(OSError, match="train-000000.tar"):
         shard.run(url, cfg, progress=False)
     assert not s3.exists(f"{prefix}/index.json")  # first publish interrupted: nothing is published
     monkeypatch.delenv("FACEPIPE_TEST_FAULT")
@@ -97,7 +97,7 @@ def test_a_killed_upload_never_publishes_an_index_naming_missing_shards(s3, exam
     assert old["version"] == first.version
 
     smaller = cfg.model_copy(update={"max_samples": 8})  # another set version
-    monkeypatch.setenv("FACEPIPE_TEST_FAULT", "upload:train-000001.tar")
+    monkeypatch.setenv("FACEPIPE_TEST_FAULT", "upload:train-000000.tar")
     with pytest.raises(OSError):
         shard.run(url, smaller, progress=False)
     s3.invalidate_cache()
