@@ -40,14 +40,18 @@ class IdError(FacepipeError):
 
 
 def check_name(kind: str, value: str) -> str:
-    """Return ``value`` if it can be a key part (``[A-Za-z0-9_-]``, never ``__``).
+    """Return ``value`` if it can be a key part: ``[A-Za-z0-9_-]``, never ``__``, and no ``_`` at either end.
+
+    The ends matter because parts are joined with ``__``: ``("ds_", "x")`` and ``("ds", "_x")`` would both
+    give ``ds___x``. With no part starting or ending in ``_``, every key splits back into one set of parts.
 
     Raises:
         IdError: naming ``kind`` and ``value``.
     """
-    if not isinstance(value, str) or not _PART.match(value) or KEY_SEP in value:
+    if (not isinstance(value, str) or not _PART.match(value) or KEY_SEP in value
+            or value.startswith("_") or value.endswith("_")):
         raise IdError(f"{kind} '{value}' cannot be part of a sample key: use letters, digits, '-' and "
-                         f"single '_' only")
+                         f"single '_' only, never '_' first or last")
     return value
 
 

@@ -329,3 +329,14 @@ def test_explain_names_keys_that_are_not_in_the_split(checkpoint, example_shards
     with pytest.raises(InputError, match="no_such_key"):
         run(checkpoint, example_shards, tmp_path / "g", ExplainConfig(), keys=["no_such_key"], progress=False)
     assert not (tmp_path / "g").exists()
+
+
+def test_explain_stage_records_its_fingerprint(checkpoint, example_shards, tmp_path):
+    from facepipe.stages.explain import ExplainConfig, fingerprint, run
+
+    cfg = ExplainConfig(n=2, batch_size=2)
+    run(checkpoint, example_shards, tmp_path / "g", cfg, metrics=tmp_path / "m.json", progress=False)
+    summary = json.loads((tmp_path / "g" / "summary.json").read_text())
+    assert summary["stage_fingerprint"] == fingerprint(ExplainConfig(n=2, batch_size=7))  # batch size: a run setting
+    assert summary["stage_fingerprint"] != fingerprint(ExplainConfig(n=3))
+    assert "stage_fingerprint" not in json.loads((tmp_path / "m.json").read_text())  # DVC metrics stay numeric

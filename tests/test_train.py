@@ -78,6 +78,11 @@ def test_train_selects_on_val_resumes_and_evaluates(example_shards, tmp_path):
     assert roc["fpr"].min() == 0 and roc["tpr"].max() == 1
     on_disk = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert on_disk["video"]["n"] == 2 and on_disk["split"] == "test"
+    # the stage's fingerprint (parameters + code) is recorded; run settings such as num_workers stay out of it
+    from facepipe.stages.evaluate import fingerprint as evaluate_fingerprint
+
+    assert on_disk["stage_fingerprint"] == evaluate_fingerprint(EvaluateConfig(num_workers=3, tta_hflip=True))
+    assert on_disk["stage_fingerprint"] != evaluate_fingerprint(EvaluateConfig(num_workers=0, tta_hflip=False))
 
 
 def test_early_stopping(example_shards, tmp_path):

@@ -168,6 +168,7 @@ def run(checkpoint: str | Path, shards: list[str | Path], out_dir: str | Path, c
                       "video_eer": m["video"]["eer"], "video_ap": m["video"]["ap"]})
     overlap.pop("_table", None)
     result = {"checkpoint": str(checkpoint), "model": name, "step": ckpt.get("step"), "split": cfg.split,
+              "stage_fingerprint": fingerprint(cfg),
               "video_agg": cfg.video_agg, "tta_hflip": cfg.tta_hflip, "overlap": overlap, **table,
               "cross_dataset": cross}
     out = Path(out_dir)

@@ -49,6 +49,18 @@ def fingerprint(cfg: ExplainConfig) -> str:
     return contract.fingerprint(STAGE, STAGE_VERSION, cfg.model_dump(exclude={"batch_size"}), __name__)
 
 
+def _record_fingerprint(summary: Path, stage_fp: str) -> None:
+    """Add ``stage_fingerprint`` (parameters + code of this stage) to the run's ``summary.json``."""
+    import json
+
+    from facepipe._io import atomic_path
+
+    doc = json.loads(summary.read_text())
+    doc["stage_fingerprint"] = stage_fp
+    with atomic_path(summary) as tmp:
+        tmp.write_text(json.dumps(doc, indent=1))
+
+
 def run(checkpoint: str | Path, shards: str | Path, out_dir: str | Path, cfg: ExplainConfig,
         keys: Optional[list[str]] = None, metrics: str | Path | None = None, progress: bool = True) -> dict:
     """Explain ``cfg.n`` seeded faces (or ``keys``) of ``cfg.split`` into ``out_dir`` (replaced whole).
@@ -71,6 +83,7 @@ def run(checkpoint: str | Path, shards: str | Path, out_dir: str | Path, cfg: Ex
                             method=None if cfg.method == "auto" else cfg.method, layers=cfg.layers,
                             head_fusion=cfg.head_fusion, top_percent=cfg.top_percent, batch_size=cfg.batch_size,
                             progress=progress)
+            _record_fingerprint(staging / "summary.json", fingerprint(cfg))
             old = out.parent / f".old-{out.name}-{os.getpid()}"
             if out.exists():
                 out.rename(old)
