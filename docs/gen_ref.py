@@ -162,16 +162,19 @@ def _constraints(field) -> str:
 
 def _sentences(doc: str) -> list[str]:
     text = " ".join(doc.split())
-    return [s for s in re.split(r"(?<=[.;])\s+(?=[A-Z`(])", text) if s]
+    return [s for s in re.split(r"(?<!e\.g\.)(?<!i\.e\.)(?<=[.;])\s+(?=[A-Z`(])", text) if s]
 
 
 def _description(name: str, field, doc: str) -> str:
-    """The field's description, else a source comment, else the first sentence of the model's docstring that
-    names it as ``name``."""
+    """The field's description, else the first sentence of the model's docstring that names it as ``name``
+    (shortened; the whole docstring stands above the table)."""
     if field.description:
         return field.description
     for s in _sentences(doc):
         if f"``{name}``" in s:
+            if len(s) > 300:
+                s = s[:300].rsplit(" ", 1)[0]
+                s += "`` …" if s.count("``") % 2 else " …"
             return s
     return ""
 
@@ -324,8 +327,9 @@ def views_page() -> None:
                   "`facepipe.freq.torch` (used on the device after augmentation). See "
                   "[Frequency views](../concepts/freq.md); parameters: [`freq`](params.md#freq).\n\n")
         for v in VIEWS:
-            fn = getattr(freq_functional, v)
-            out.write(f"## `{v}`\n\n{inspect.getdoc(fn) or ''}\n\n")
+            fn = getattr(freq_functional, v)  # AttributeError (a failed build) when a view has no reference function
+            out.write(f"## `{v}`\n\n::: {fn.__module__}.{fn.__name__}\n    options:\n      show_root_heading: false\n"
+                      f"      heading_level: 3\n\n")
 
 
 cli_page()
