@@ -60,6 +60,11 @@ STAGE_VERSION = 5  # 5: per-pair noise floor, photometric offset, lag test, labe
 
 STATUSES = contract.STATUSES
 
+MANIFEST_DATASET = "input"
+"""The dataset name given to the rows of a manifest without a ``dataset`` column (``--manifest`` CSVs): only links
+within the manifest use it, nothing written carries it. It must pass :func:`facepipe.ids.check_name` (the former
+``"_"`` no longer does: key parts may not start or end with ``_``)."""
+
 FACE_SCHEMA = {
     "video_id": pl.String,
     "frame_index": pl.Int64,
@@ -984,7 +989,7 @@ def run(video_dir: str | Path, out_dir: str | Path, cfg: ExtractConfig, *, progr
     if manifest is not None:
         from facepipe.manifest import read_manifest
 
-        jobs = jobs_from_manifest(video_dir, read_manifest(manifest, dataset="_"))
+        jobs = jobs_from_manifest(video_dir, read_manifest(manifest, dataset=MANIFEST_DATASET))
     else:
         jobs = discover_videos(video_dir, cfg.extensions)
     cpu = os.cpu_count() or 1
