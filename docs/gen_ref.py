@@ -198,8 +198,11 @@ def _model_section(out, prefix: str, model: type[BaseModel], level: int, seen: s
     for name, field in model.model_fields.items():
         key = field.alias or name
         sub = _nested_model(field.annotation)
-        rows.append(f"| `{prefix}.{key}` | {_cell(_type_name(field.annotation))} | {_code(_cell(_default(field)))} | "
-                    f"{_cell(_constraints(field))} | {_cell(_description(name, field, doc))} |")
+        also = [c for c in getattr(field.validation_alias, "choices", None) or [] if isinstance(c, str) and c != key]
+        also_txt = f" (also accepted: {', '.join(f'`{c}`' for c in also)})" if also else ""
+        rows.append(f"| `{prefix}.{key}`{also_txt} | {_cell(_type_name(field.annotation))} | "
+                    f"{_code(_cell(_default(field)))} | {_cell(_constraints(field))} | "
+                    f"{_cell(_description(name, field, doc))} |")
         if sub is not None and sub not in seen:
             nested.append((f"{prefix}.{key}", sub))
     out.write("| key | type | default | constraint | description |\n|---|---|---|---|---|\n")

@@ -220,9 +220,7 @@ def test_the_cli_check_fails_on_a_wrong_option():
 # yaml blocks: params sections
 
 
-@pytest.mark.parametrize("block", YAML, ids=str)
-def test_yaml_snippet_validates_as_params(block):
-    from facepipe.config import DatasetEntry
+def _params_models() -> dict:
     from facepipe.datasets import ManifestConfig
     from facepipe.freq.config import FreqConfig
     from facepipe.stages.benchmark import BenchmarkConfig
@@ -232,9 +230,59 @@ def test_yaml_snippet_validates_as_params(block):
     from facepipe.stages.shard import ShardConfig
     from facepipe.stages.train import TrainConfig
 
-    models = {"manifest": ManifestConfig, "extract": ExtractConfig, "freq": FreqConfig, "shard": ShardConfig,
-              "train": TrainConfig, "evaluate": EvaluateConfig, "benchmark": BenchmarkConfig,
-              "explain": ExplainConfig}
+    return {"manifest": ManifestConfig, "extract": ExtractConfig, "freq": FreqConfig, "shard": ShardConfig,
+            "train": TrainConfig, "evaluate": EvaluateConfig, "benchmark": BenchmarkConfig, "explain": ExplainConfig}
+
+
+def params_key_problem(key: str) -> str | None:
+    """Why a dotted params key (``dvc exp run -S train.seed=1``) names no parameter, or None."""
+    from pydantic import BaseModel
+
+    section, *rest = key.split(".")
+    model = _params_models().get(section)
+    if model is None:
+        return f"no params section {section!r}"
+    for part in rest:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None  # a mapping or list value (loss_weights.<name>, …): its keys are free
+        fields = {}
+        for n, f in model.model_fields.items():
+            choices = getattr(f.validation_alias, "choices", None) or [f.validation_alias or f.alias or n]
+            fields.update({c: f for c in [n, *choices] if isinstance(c, str)})
+        if part not in fields:
+            return f"no parameter {key!r} ({part!r} is not a key of {model.__name__})"
+        ann = fields[part].annotation
+        model = ann if isinstance(ann, type) else next(
+            (a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return None
+
+
+@pytest.mark.parametrize("block", BASH, ids=str)
+def test_bash_snippet_dvc_exp_keys_are_params(block):
+    problems = []
+    for cmd in _commands(block.code):
+        if cmd[:3] != ["dvc", "exp", "run"]:
+            continue
+        for flag, value in zip(cmd, cmd[1:]):
+            if flag in ("-S", "--set-param"):
+                problem = params_key_problem(value.split("=", 1)[0])
+                if problem:
+                    problems.append(problem)
+    assert not problems, f"{block}: " + "; ".join(problems)
+
+
+def test_params_key_check_fails_on_a_wrong_key():
+    assert params_key_problem("train.seed") is None
+    assert params_key_problem("extract.labels.min_score") is None
+    assert "min_scor" in params_key_problem("extract.labels.min_scor")
+    assert "section" in params_key_problem("trian.seed")
+
+
+@pytest.mark.parametrize("block", YAML, ids=str)
+def test_yaml_snippet_validates_as_params(block):
+    from facepipe.config import DatasetEntry
+
+    models = _params_models()
     doc = yaml.safe_load(block.code)
     assert isinstance(doc, dict) and doc, f"{block}: not a params mapping"
     for section, value in doc.items():
