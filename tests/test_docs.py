@@ -340,3 +340,12 @@ def test_inline_facepipe_commands_use_real_options(path):
     root = _cli()
     problems = [f"{path.name}:{n}: {p}" for n, args in _inline_commands(path) for p in check_command_line(root, args)]
     assert not problems, "; ".join(problems)
+
+
+def test_readme_links_resolve():
+    """The README's relative links (to the docs pages) name files that exist; mkdocs checks the site's own."""
+    text = (ROOT / "README.md").read_text()
+    links = [t for t in re.findall(r"\]\(([^)\s]+)\)", text) if not re.match(r"^[a-z]+:", t)]
+    assert len(links) >= 10
+    missing = [t for t in links if not (ROOT / t.split("#", 1)[0]).exists()]
+    assert not missing, missing
