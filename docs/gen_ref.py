@@ -70,7 +70,8 @@ def _param_rows(cmd, ctx) -> list[str]:
             continue
         rec = p.get_help_record(ctx)
         if p.param_type_name == "argument":
-            name, help_ = p.human_readable_name if hasattr(p, "human_readable_name") else p.name.upper(), ""
+            name = p.human_readable_name if hasattr(p, "human_readable_name") else p.name.upper()
+            help_ = rec[1] if rec else (getattr(p, "help", None) or "")
             rows.append(f"| `{_cell(name)}` (argument) | {'yes' if p.required else ''} | {_cell(help_)} |")
             continue
         if rec is None:
