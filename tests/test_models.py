@@ -42,6 +42,11 @@ TINY = {
 }
 
 
+SLOW_TRAIN = {"efficientnet_b4", "f3net", "f3net_fad", "recce", "resnet18", "srm", "xception"}
+"""Members whose training step takes more than ~2 s on a 2-core CPU (5-37 s measured under a shared load); their
+forward runs in the fast set (tests/test_registries.py)."""
+
+
 def _batch(model, size: int, n: int = 4) -> dict:
     torch.manual_seed(0)
     x = {"image": torch.randn(n, 3, size, size), "label": torch.tensor([0, 1] * (n // 2))}
@@ -50,7 +55,8 @@ def _batch(model, size: int, n: int = 4) -> dict:
     return x
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TRAIN else n
+                                  for n in list_models()])
 def test_every_member_trains_one_step(name):
     kw, size = TINY.get(name, ({}, 64))
     torch.manual_seed(0)
@@ -79,7 +85,9 @@ def test_every_member_trains_one_step(name):
         assert logits_of(model({k: batch[k] for k in model.spec.inputs})).shape == (4,)  # no labels needed
 
 
-@pytest.mark.parametrize("name,kw", [("clip_linear", {}), ("rine", {}), ("vit_freq_adapter", {}),
+@pytest.mark.parametrize("name,kw", [pytest.param("clip_linear", {}, marks=pytest.mark.slow),
+                                     pytest.param("rine", {}, marks=pytest.mark.slow),
+                                     pytest.param("vit_freq_adapter", {}, marks=pytest.mark.slow),
                                      ("resnet18", {"freeze_backbone": True})])
 def test_frozen_members_train_under_ten_percent_of_their_parameters(name, kw):
     model = create_model(name, **kw)  # real sizes: CLIP ViT-L/14, ViT-B/16, ResNet-18
@@ -155,6 +163,7 @@ def my_tiny_net(pretrained=False, **kw):
 '''
 
 
+@pytest.mark.slow
 def test_a_model_in_the_users_own_file_trains_through_the_cli(example_shards, tmp_path):
     import json
     import subprocess
@@ -186,6 +195,50 @@ def test_registry_errors():
     assert m.spec.inputs == ("image",)  # the ablation reads no view
     m = create_model("vit_freq_adapter", view="srm", **TINY_VIT)
     assert m.spec.inputs == ("image", "srm")
+
+
+def test_options_are_checked_against_the_signature_before_the_factory_runs(tmp_path, monkeypatch):
+    (tmp_path / "sig_models.py").write_text(textwrap.dedent("""
+        import torch
+        CALLS = []
+        def tiny(pretrained=False, width=4):
+            CALLS.append(width)
+            return torch.nn.Linear(width, 1)
+        def no_pretrained(width=4):
+            return torch.nn.Linear(width, 1)
+        class Buggy(torch.nn.Module):
+            def __init__(self, pretrained=False, width=4):
+                super().__init__()
+                self.fc = torch.nn.Linear(width, 1)
+                torch.zeros(width).view("not a shape")  # a bug in the model's own code: TypeError
+        def buggy(pretrained=False, **kw) -> Buggy:
+            return Buggy(pretrained, **kw)
+        def raises(pretrained=False, width=4):
+            raise TypeError("inside the model")
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import sig_models
+
+    with pytest.raises(ConfigError, match=r"model 'sig_models:tiny': bad options \{'depth': 3\}: got an unexpected "
+                                          r"keyword argument 'depth' \(options: width\)"):
+        create_model("sig_models:tiny", depth=3)
+    assert sig_models.CALLS == []  # refused before the call
+    assert create_model("sig_models:tiny", width=3).in_features == 3 and sig_models.CALLS == [3]
+    with pytest.raises(ConfigError, match="bad options.*'pretrained'"):
+        create_model("sig_models:no_pretrained")
+    # **kw handed to the class the factory's return annotation names: checked against that class
+    with pytest.raises(ConfigError, match=r"bad options \{'depth': 1\}.*'depth' \(options: width\)"):
+        create_model("sig_models:buggy", depth=1)
+    # a TypeError from inside the model's code is that error, not "bad options"
+    with pytest.raises(TypeError, match="view"):
+        create_model("sig_models:buggy", width=2)
+    with pytest.raises(TypeError, match="inside the model"):
+        create_model("sig_models:raises")
+    # zoo members: their own options and, for timm backbones, timm's, each named
+    with pytest.raises(ConfigError, match=r"model 'clip_linear': bad options.*'nope'.*options: clip_model, embed_dim"):
+        create_model("clip_linear", nope=1)
+    with pytest.raises(ConfigError, match="bad options: timm model 'resnet18' takes no option 'no_such_option'"):
+        create_model("resnet18", no_such_option=1)
 
 
 def test_pretrained_without_local_weights_falls_back_offline(caplog, tmp_path, monkeypatch):
@@ -257,6 +310,7 @@ def test_local_attention_equals_an_explicit_window_loop(size, kernel, stride):
     assert mod.attention.attn_map.shape == (2 * n_win, 2, kernel * kernel, kernel * kernel)
 
 
+@pytest.mark.slow
 def test_no_nan_for_any_size_kernel_and_stride_and_padding_never_reaches_real_tokens():
     torch.manual_seed(0)
     for size in (14, 28, 56):
@@ -358,6 +412,7 @@ def test_f3net_bands_and_lfs_follow_the_reference():
     torch.testing.assert_close(ya - a, mix.fad_bn(mix.fad_conv(torch.zeros_like(a))))
 
 
+@pytest.mark.slow
 def test_recce_reconstruction_loss_uses_real_faces_only():
     from facepipe.models.recce import metric_loss
 

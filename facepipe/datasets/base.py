@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
+from facepipe._registries import check_unique
 from facepipe.config import Section
 from facepipe.errors import InputError
 from facepipe.ids import LABEL_NAMES, SPLITS, check_name, video_id_for
@@ -102,9 +103,15 @@ _ADAPTERS: dict[str, Adapter] = {}
 
 
 def register_adapter(name: str, layout: str, shared_identities: bool = False):
-    """Decorator registering ``scan(root, cfg) -> list[Row]`` for dataset ``name``."""
+    """Decorator registering ``scan(root, cfg) -> list[Row]`` for dataset ``name``.
+
+    Raises:
+        ConfigError: another scan function already holds ``name`` (both named; the same one again replaces itself).
+    """
 
     def deco(fn):
+        old = _ADAPTERS.get(name)
+        check_unique("dataset adapter", name, fn, old.scan if old else None)
         _ADAPTERS[name] = Adapter(name, layout.strip("\n"), fn, shared_identities)
         return fn
 

@@ -12,6 +12,7 @@ import difflib
 import logging
 from typing import Callable
 
+from facepipe._registries import check_unique
 from facepipe.errors import DetectorError
 from facepipe.faces.base import FaceDetector
 from facepipe.faces.config import DetectorConfig
@@ -23,9 +24,14 @@ _REGISTRY: dict[str, Callable[..., FaceDetector]] = {}
 
 
 def register_face_detector(name: str) -> Callable[[Callable[..., FaceDetector]], Callable[..., FaceDetector]]:
-    """Decorator adding a detector factory ``fn(cfg: DetectorConfig, threads: int) -> FaceDetector``."""
+    """Decorator adding a detector factory ``fn(cfg: DetectorConfig, threads: int) -> FaceDetector``.
+
+    Raises:
+        ConfigError: another factory already holds ``name`` (both named; the same one again replaces itself).
+    """
 
     def deco(fn: Callable[..., FaceDetector]) -> Callable[..., FaceDetector]:
+        check_unique("face detector", name, fn, _REGISTRY.get(name))
         _REGISTRY[name] = fn
         return fn
 

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from facepipe.errors import ConfigError
-from facepipe.models._registry import HALF, FrozenAwareModule, ModelSpec, freeze, register_model, timm_backbone
+from facepipe.models._builders import FrozenAwareModule, freeze, timm_backbone
+from facepipe.models._registry import HALF, ModelSpec, register_model
 from facepipe.models.plugins import insert_plugins
 
 POOLS = ("avg", "max", "avgmax", "token")
@@ -98,7 +99,7 @@ class BackboneClassifier(FrozenAwareModule):
         return {"backbone": self.backbone, "head": self.head}
 
 
-def timm_classifier(timm_name: str, pretrained=False, **kw) -> nn.Module:
+def timm_classifier(timm_name: str, pretrained=False, **kw) -> BackboneClassifier:
     """Any timm model with a one-logit head (``timm:<name>``)."""
     return BackboneClassifier(timm_name, pretrained, **kw)
 
@@ -107,14 +108,14 @@ def timm_classifier(timm_name: str, pretrained=False, **kw) -> nn.Module:
                           paper="Chollet, CVPR 2017; FF++ baseline (Rössler et al., ICCV 2019)",
                           faithful="timm legacy_xception (the Cadene/FF++ network), one-logit head",
                           target_layer="backbone.act4"))
-def xception(pretrained=False, **kw) -> nn.Module:
+def xception(pretrained=False, **kw) -> BackboneClassifier:
     return BackboneClassifier("legacy_xception", pretrained, **kw)
 
 
 @register_model(ModelSpec("efficientnet_b4", input_size=380, timm_name="efficientnet_b4",
                           paper="Tan & Le, ICML 2019; DFDC winning solutions (Seferbekov 2020)",
                           faithful="timm efficientnet_b4, one-logit head", target_layer="backbone.conv_head"))
-def efficientnet_b4(pretrained=False, **kw) -> nn.Module:
+def efficientnet_b4(pretrained=False, **kw) -> BackboneClassifier:
     return BackboneClassifier("efficientnet_b4", pretrained, **kw)
 
 
@@ -123,7 +124,7 @@ def efficientnet_b4(pretrained=False, **kw) -> nn.Module:
                           faithful="timm resnet18; freeze_backbone=True is a linear probe (BN statistics frozen "
                                    "too); pool=max is the seed's AdaptiveMaxPool2d + Linear(512, 1) head",
                           target_layer="backbone.layer4"))
-def resnet18(pretrained=False, **kw) -> nn.Module:
+def resnet18(pretrained=False, **kw) -> BackboneClassifier:
     return BackboneClassifier("resnet18", pretrained, **kw)
 
 
@@ -131,7 +132,7 @@ def resnet18(pretrained=False, **kw) -> nn.Module:
                           family="vit", paper="Dosovitskiy et al., ICLR 2021 (ViT-B/16)",
                           faithful="timm vit_base_patch16_224, class-token head",
                           target_layer="backbone.blocks.-1.norm1", explain="attn_grad"))
-def vit_b16(pretrained=False, **kw) -> nn.Module:
+def vit_b16(pretrained=False, **kw) -> BackboneClassifier:
     return BackboneClassifier("vit_base_patch16_224", pretrained, **kw)
 
 
@@ -139,7 +140,7 @@ def vit_b16(pretrained=False, **kw) -> nn.Module:
                           paper="Liu et al., ICCV 2021 (Swin-T)",
                           faithful="timm swin_tiny_patch4_window7_224, average-pooled head",
                           target_layer="backbone.layers.-1"))
-def swin_t(pretrained=False, **kw) -> nn.Module:
+def swin_t(pretrained=False, **kw) -> BackboneClassifier:
     return BackboneClassifier("swin_tiny_patch4_window7_224", pretrained, **kw)
 
 

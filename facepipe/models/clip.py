@@ -14,15 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facepipe.models._registry import (
-    OPENAI_CLIP_MEAN,
-    OPENAI_CLIP_STD,
-    FrozenAwareModule,
-    ModelSpec,
-    freeze,
-    register_model,
-    timm_backbone,
-)
+from facepipe.models._builders import FrozenAwareModule, freeze, timm_backbone
+from facepipe.models._registry import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ModelSpec, register_model
 
 CLIP_L14 = "vit_large_patch14_clip_quickgelu_224"
 """OpenAI CLIP ViT-L/14 image tower in timm (embedding 768, width 1024, 24 blocks)."""
@@ -76,7 +69,7 @@ class CLIPLinear(FrozenAwareModule):
                           faithful="as UniversalFakeDetect: encode_image (projected 768-d) -> Linear(768, 1), N(0, 0.02) "
                                    "init; timm's QuickGELU tower with the OpenAI weights",
                           target_layer="clip.blocks.-1.norm1", explain="attn_grad"))
-def clip_linear(pretrained=False, **kw) -> nn.Module:
+def clip_linear(pretrained=False, **kw) -> CLIPLinear:
     return CLIPLinear(pretrained, **kw)
 
 
@@ -165,7 +158,7 @@ class RINE(FrozenAwareModule):
                           faithful="as mever-team/rine (ln_2 class tokens of all blocks, proj1/TIE/proj2/head, SupCon "
                                    "0.07); summed BCE + 0.1 SupCon at batch 128 as mean BCE + (0.1/128) SupCon",
                           target_layer="clip.blocks.-1.norm1", explain="attn_grad"))
-def rine(pretrained=False, **kw) -> nn.Module:
+def rine(pretrained=False, **kw) -> RINE:
     return RINE(pretrained, **kw)
 
 

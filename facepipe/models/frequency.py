@@ -15,7 +15,8 @@ from torch import nn
 
 from facepipe.freq.functional import LUMA, SRM_KERNELS
 from facepipe.freq.torch import dct_matrix
-from facepipe.models._registry import HALF, FrozenAwareModule, ModelSpec, register_model, timm_backbone
+from facepipe.models._builders import FrozenAwareModule, timm_backbone
+from facepipe.models._registry import HALF, ModelSpec, register_model
 
 XCEPTION = "legacy_xception"
 
@@ -226,7 +227,7 @@ _F3 = dict(mean=HALF, std=HALF, family="frequency", timm_name=XCEPTION, size_opt
                                    "(10x10 DCT, stride 2, log10, 6 bands, as the reference code), MixBlock after "
                                    "blocks 7 and 12 (the paper's placement; the reference repo never wires it)",
                           target_layer="fad_net.bn4"))
-def f3net(pretrained=False, **kw) -> nn.Module:
+def f3net(pretrained=False, **kw) -> F3Net:
     return F3Net(pretrained, **kw)
 
 
@@ -234,7 +235,7 @@ def f3net(pretrained=False, **kw) -> nn.Module:
                           paper="F3Net FAD branch only (the variant DeepfakeBench reports as F3Net)",
                           faithful="FAD as in f3net on one Xception, dropout 0.5 (DeepfakeBench's configuration)",
                           target_layer="net.bn4"))
-def f3net_fad(pretrained=False, **kw) -> nn.Module:
+def f3net_fad(pretrained=False, **kw) -> F3NetFAD:
     return F3NetFAD(pretrained, **kw)
 
 
@@ -398,7 +399,7 @@ class SRMTwoStream(FrozenAwareModule):
                           faithful="as the authors' code (crywang/face-forgery-detection): multi-scale SRM, SRM "
                                    "pixel attention, DCMA after blocks 3 and 7, fusion F + F*CA(F); BCE on one logit "
                                    "instead of AM-softmax", target_layer="fusion.reduce"))
-def srm(pretrained=False, **kw) -> nn.Module:
+def srm(pretrained=False, **kw) -> SRMTwoStream:
     return SRMTwoStream(pretrained, **kw)
 
 

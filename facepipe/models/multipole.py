@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from facepipe.models._registry import FrozenAwareModule, ModelSpec, register_model
+from facepipe.models._builders import FrozenAwareModule
+from facepipe.models._registry import ModelSpec, register_model
 from facepipe.models.attention import AttentionBlock, LocalAttention2D, MultipoleAttention2D
 
 MIXERS = ("global", "local", "multipole")
@@ -107,21 +108,21 @@ _FAITHFUL = ("the reference modules of shared/seeds/003 with its two defects fix
                           paper="multipole attention (shared/seeds/003): one local attention shared across a "
                                 "pooled pyramid, merged coarse-to-fine",
                           faithful=_FAITHFUL, target_layer="blocks.-1", explain="gradcam"))
-def multipole(pretrained=False, **kw) -> nn.Module:
+def multipole(pretrained=False, **kw) -> AttentionClassifier:
     return AttentionClassifier("multipole", pretrained, **kw)
 
 
 @register_model(ModelSpec("local", input_size=256, family="attention", size_options=("input_size",),
                           paper="local-window attention (shared/seeds/003): the one-level ablation of multipole",
                           faithful=_FAITHFUL, target_layer="blocks.-1"))
-def local(pretrained=False, **kw) -> nn.Module:
+def local(pretrained=False, **kw) -> AttentionClassifier:
     return AttentionClassifier("local", pretrained, **kw)
 
 
 @register_model(ModelSpec("global", input_size=256, family="attention", size_options=("input_size",),
                           paper="global multi-head self-attention (shared/seeds/003 AttentionBlock)",
                           faithful=_FAITHFUL, target_layer="blocks.-1"))
-def global_(pretrained=False, **kw) -> nn.Module:
+def global_(pretrained=False, **kw) -> AttentionClassifier:
     return AttentionClassifier("global", pretrained, **kw)
 
 

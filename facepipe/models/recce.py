@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facepipe.models._registry import HALF, FrozenAwareModule, ModelSpec, register_model, timm_backbone
+from facepipe.models._builders import FrozenAwareModule, timm_backbone
+from facepipe.models._registry import HALF, ModelSpec, register_model
 from facepipe.models.frequency import XCEPTION, xception_blocks, xception_stem, xception_tail
 
 _XC = importlib.import_module("timm.models.xception")  # SeparableConv2d and Block of the Xception RECCE uses
@@ -171,7 +172,7 @@ class RECCE(FrozenAwareModule):
                           faithful="as VISION-SJTU/RECCE: Xception encoder to block 4, decoder (upsampling separable "
                                    "convs, tanh), graph reasoning, guided attention, L1 reconstruction on reals and the "
                                    "metric loss at 0.1 each; no loss flooding", target_layer="encoder.block12"))
-def recce(pretrained=False, **kw) -> nn.Module:
+def recce(pretrained=False, **kw) -> RECCE:
     return RECCE(pretrained, **kw)
 
 
@@ -260,7 +261,7 @@ class SwinAutoencoderClassifier(FrozenAwareModule):
                           faithful="the seed's shapes and fusion; reconstruction loss on real faces only (the seed "
                                    "reconstructs every face) and a linear last decoder block",
                           target_layer="encoder.layers.-1"))
-def recce_swin(pretrained=False, **kw) -> nn.Module:
+def recce_swin(pretrained=False, **kw) -> SwinAutoencoderClassifier:
     return SwinAutoencoderClassifier(pretrained, **kw)
 
 

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from facepipe.errors import ConfigError
-from facepipe.models._registry import HALF, FrozenAwareModule, ModelSpec, freeze, get_spec, register_model, timm_backbone
+from facepipe.models._builders import FrozenAwareModule, freeze, timm_backbone
+from facepipe.models._registry import HALF, ModelSpec, model_entry, register_model
 from facepipe.models.attention import GlobalTokenAttention, LocalAttention2D, MultipoleAttention2D, ShiftedWindowAttention
 
 log = logging.getLogger(__name__)
@@ -132,9 +133,9 @@ class ViTFreqAdapter(FrozenAwareModule):
                           faithful="the seed's design as described (no reference code): parallel bottleneck adapters "
                                    "in every block, frequency view patch-embedded and added (gated) to chosen blocks",
                           target_layer="vit.blocks.-1.block.norm1", explain="attn_grad"))
-def vit_freq_adapter(pretrained=False, **kw) -> nn.Module:
+def vit_freq_adapter(pretrained=False, **kw) -> ViTFreqAdapter:
     model = ViTFreqAdapter(pretrained, **kw)
-    spec = get_spec("vit_freq_adapter")
+    spec = model_entry("vit_freq_adapter").spec
     model.spec = replace(spec, inputs=("image", model.view) if model.freq_branch else ("image",))
     return model
 
@@ -209,7 +210,7 @@ class ViTHybrid(FrozenAwareModule):
                           faithful="timm ViT-B/16 blocks with the reference attention modules swapped in (Swin's "
                                    "alternating shift for 'shifted'); no class token, average-pooled",
                           target_layer="vit.blocks.-1.norm1"))
-def vit_hybrid(pretrained=False, **kw) -> nn.Module:
+def vit_hybrid(pretrained=False, **kw) -> ViTHybrid:
     return ViTHybrid(pretrained, **kw)
 
 

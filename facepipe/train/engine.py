@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from facepipe._io import atomic_path
 from facepipe.data.schema import SCHEMA_VERSION
 from facepipe.errors import FacepipeError, InputError
-from facepipe.models._registry import logits_of
+from facepipe.models import logits_of
 
 log = logging.getLogger(__name__)
 
