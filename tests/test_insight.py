@@ -93,3 +93,15 @@ def test_named_insightface_detector_without_pack_says_where_it_looked(tmp_path):
     with pytest.raises(DetectorError, match=f"no scrfd model pack under {tmp_path}"):
         create_face_detector(DetectorConfig(name="scrfd", model_root=str(tmp_path)))
     assert resolve_detector_name(DetectorConfig(name="auto", model_root=str(tmp_path))) == "mtcnn"
+
+
+def test_retinaface_is_a_deprecated_name_of_scrfd_and_says_so(model_root):
+    """insightface has no RetinaFace decoder for pack files (every detection ONNX goes to its SCRFD class) and no
+    pack ships a RetinaFace network: the old name loads SCRFD, warns that it does, and the rows say scrfd."""
+    from facepipe.faces.insight import find_detector_model
+
+    cfg = DetectorConfig(name="retinaface", model_root=str(model_root), max_side=320, min_score=0.5)
+    with pytest.warns(FutureWarning, match="'retinaface' is deprecated and loads SCRFD.*Use 'scrfd'"):
+        det = create_face_detector(cfg)
+    assert det.name == "scrfd" and det.model_file == find_detector_model("scrfd", model_root)
+    assert find_detector_model("retinaface", model_root) == find_detector_model("scrfd", model_root)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import warnings
 from typing import Callable
 
 from facepipe._registries import check_unique
@@ -75,7 +76,19 @@ def _dlib_hog(cfg: DetectorConfig, threads: int = 0) -> FaceDetector:
 
 
 register_face_detector("scrfd")(_insight("scrfd"))
-register_face_detector("retinaface")(_insight("retinaface"))
+
+RETINAFACE_DEPRECATED = (
+    "face detector 'retinaface' is deprecated and loads SCRFD: insightface runs every detection model of a pack "
+    "with its SCRFD decoder (buffalo_l/det_10g.onnx is SCRFD-10GF, antelopev2/scrfd_10g_bnkps.onnx SCRFD-10GF, "
+    "buffalo_sc/det_500m.onnx SCRFD-500MF) and no pack ships a RetinaFace ONNX; it now runs as 'scrfd' (the same "
+    "file search, and face rows say scrfd). Use 'scrfd'.")
+
+
+@register_face_detector("retinaface")
+def _retinaface(cfg: DetectorConfig, threads: int = 0) -> FaceDetector:
+    """Deprecated name of ``scrfd`` (see :data:`RETINAFACE_DEPRECATED`)."""
+    warnings.warn(RETINAFACE_DEPRECATED, FutureWarning, stacklevel=3)
+    return _REGISTRY["scrfd"](cfg.model_copy(update={"name": "scrfd"}), threads)
 
 
 def resolve_detector_name(cfg: DetectorConfig) -> str:

@@ -41,7 +41,7 @@ class FaceDetector(ABC):
     to source-frame pixels and drops faces scoring below ``min_score``.
 
     Attributes:
-        name: registry name (``mtcnn``, ``scrfd``, ``retinaface``).
+        name: registry name (``mtcnn``, ``scrfd``, ``dlib_hog``).
         version: weights and code version, recorded on every face row.
     """
 

@@ -13,7 +13,8 @@ class DetectorConfig(Section):
     """Face detector choice and its thresholds.
 
     ``name``: ``auto`` (an insightface pack found under ``model_root`` if any, else ``mtcnn``),
-    ``mtcnn`` (embedded, offline), ``scrfd`` or ``retinaface`` (insightface model packs), ``dlib_hog`` (dlib's HOG
+    ``mtcnn`` (embedded, offline), ``scrfd`` (insightface model packs; ``retinaface`` is its deprecated alias: it
+    always loaded an SCRFD file), ``dlib_hog`` (dlib's HOG
     detector and shape predictor as DeepfakeBench uses them; extra ``facepipe[deepfakebench]``).
     ``dlib_81`` (``dlib_hog`` only; ``facepipe extract --dlib-81 PATH``): DeepfakeBench's
     ``shape_predictor_81_face_landmarks.dat``, the predictor its ``preprocess.py`` loads (no package facepipe installs

@@ -1,13 +1,14 @@
-"""insightface detectors (SCRFD, RetinaFace) from model packs in a local model root.
+"""insightface's SCRFD face detectors from model packs in a local model root.
 
 A model pack is a folder of ONNX files under the insightface model root (default
 ``~/.insightface/models``), e.g. ``buffalo_l/det_10g.onnx`` (SCRFD-10GF), ``buffalo_sc/det_500m.onnx``
 (SCRFD-500MF), ``antelopev2/scrfd_10g_bnkps.onnx``. Nothing is downloaded here: fetch a pack once
 with insightface's own command (``insightface-cli model.download buffalo_l``) or copy it in.
 
-SCRFD: Guo et al., "Sample and Computation Redistribution for Efficient Face Detection", ICLR 2022.
-RetinaFace: Deng et al., "RetinaFace: Single-shot Multi-level Face Localisation in the Wild", CVPR 2020.
-Both emit five landmarks in :data:`facepipe.faces.types.LANDMARK_ORDER`.
+SCRFD: Guo et al., "Sample and Computation Redistribution for Efficient Face Detection", ICLR 2022; five landmarks
+in :data:`facepipe.faces.types.LANDMARK_ORDER`. insightface routes every detection ONNX (five or more outputs) to its
+SCRFD decoder (``insightface.model_zoo.model_zoo``; its ``RetinaFace`` class is the same anchor-free decoder), and no
+pack ships a RetinaFace network, so the detector name ``retinaface`` is a deprecated alias of ``scrfd``.
 """
 
 from __future__ import annotations
@@ -25,14 +26,13 @@ from facepipe.faces.base import FaceDetector, RawDetections, onnx_providers
 log = logging.getLogger(__name__)
 
 PACK_PREFERENCE = ("buffalo_l", "antelopev2", "buffalo_m", "buffalo_s", "buffalo_sc")
-_PATTERNS = {
-    "scrfd": ("det_*.onnx", "scrfd*.onnx"),
-    "retinaface": ("*retinaface*.onnx", "*mnet*.onnx", "det_*.onnx"),
-}
+_PATTERNS = {"scrfd": ("det_*.onnx", "scrfd*.onnx")}
+_ALIASES = {"retinaface": "scrfd"}  # deprecated: it always ran an SCRFD file (see the module docstring)
 
 
 def find_detector_model(kind: str, model_root: str | os.PathLike, pack: str | None = None) -> Path | None:
-    """Locate a detection ONNX file for ``kind`` (``scrfd`` | ``retinaface``) under ``model_root``.
+    """Locate a detection ONNX file for ``kind`` (``scrfd``; the deprecated ``retinaface`` is the same) under
+    ``model_root``.
 
     Args:
         kind: which family's file names to look for.
@@ -43,6 +43,7 @@ def find_detector_model(kind: str, model_root: str | os.PathLike, pack: str | No
     Returns:
         The ONNX path, or ``None`` when no pack holds one.
     """
+    kind = _ALIASES.get(kind, kind)
     root = Path(os.path.expanduser(str(model_root)))
     if not root.is_dir():
         return None
@@ -62,10 +63,10 @@ def find_detector_model(kind: str, model_root: str | os.PathLike, pack: str | No
 
 
 class InsightFaceDetector(FaceDetector):
-    """SCRFD or RetinaFace through ``insightface.model_zoo.get_model`` on a local ONNX file.
+    """SCRFD through ``insightface.model_zoo.get_model`` on a local ONNX file.
 
     Args:
-        kind: ``scrfd`` or ``retinaface`` (sets the registry name recorded on face rows).
+        kind: the registry name recorded on face rows (``scrfd``).
         model_file: the detection ONNX file (see :func:`find_detector_model`).
         max_side: detection input is the frame downscaled to this longest side, letterboxed to a
             square by insightface.
