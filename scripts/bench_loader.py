@@ -120,9 +120,9 @@ def dump_loose(shards: Path, split: str, out: Path) -> tuple[list[str], list[int
 
 def _to_jpeg(png: bytes) -> bytes:
     from facepipe.data.schema import decode_image
-    from facepipe.stages.extract import _encode
+    from facepipe.stages.extract import encode_image
 
-    return _encode(decode_image(png, "png"), "jpg", 95, "444")
+    return encode_image(decode_image(png, "png"), "jpg", 95, "444")
 
 
 def jpeg_copy(shards: Path, out: Path) -> Path:
