@@ -29,3 +29,17 @@ class VideoError(FacepipeError):
 
 class DetectorError(FacepipeError):
     """A face detector cannot be created (unknown name, missing model files)."""
+
+
+class SchemaError(FacepipeError):
+    """A sample or shard set does not follow this schema (names the shard and key when known).
+
+    Also importable as :class:`facepipe.data.schema.SchemaError`, where it was defined first.
+    """
+
+
+class ShardIndexError(InputError, SchemaError):
+    """A shard set's ``index.json`` cannot be used: missing, unreadable, not JSON, another schema version, or
+    missing keys (the message names the path and what is wrong). Raised by
+    :func:`facepipe.data.index.read_index`, the one reader of the index; an :class:`InputError` and a
+    :class:`SchemaError`, so code catching either of the errors the earlier readers raised still catches it."""

@@ -81,20 +81,16 @@ def inspect_shards(source: str | Path, n: int = 32, out_png: str | Path | None =
         disagreements between the index and the tars).
 
     Raises:
-        InputError: no index / no shards.
+        ShardIndexError: no index, or not a shard index of this schema version (an ``InputError``).
     """
-    import json
-
     import webdataset as wds
 
+    from facepipe.data.index import read_index
     from facepipe.data.schema import SchemaError, decode_sample
-    from facepipe.errors import InputError
 
     folder = Path(source)
     index_path = folder if folder.suffix == ".json" else folder / "index.json"
-    if not index_path.is_file():
-        raise InputError(f"{index_path}: shard index not found")
-    index = json.loads(index_path.read_text())
+    index = read_index(index_path)
     rows, picks, problems = [], [], []
     per_split = max(1, n // max(1, sum(1 for s in index["splits"].values() if s["samples"])))
     for split, info in index["splits"].items():

@@ -1,21 +1,28 @@
-"""Shards: the sample schema (``schema``) and ``make_loader`` for training (the shard stage is
-:mod:`facepipe.stages.shard`).
+"""Shards: the sample schema (``schema``), the shard index (``index``: ``read_index``) and the training loader
+(``pipeline``: ``LoaderConfig`` and ``make_dataset``; ``device``: ``ToDevice``; ``loader``: ``make_loader``); the
+shard stage is :mod:`facepipe.stages.shard`.
 
-``make_loader`` is imported lazily so that the schema does not pull in torch.
+Everything but the schema is imported lazily, so that the schema does not pull in torch.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Any
 
 from facepipe.data.schema import hf_features
 
-__all__ = ["hf_features", "make_loader"]
+_LAZY = {
+    "make_loader": "facepipe.data.loader", "FaceLoader": "facepipe.data.loader",
+    "make_dataset": "facepipe.data.pipeline", "LoaderConfig": "facepipe.data.pipeline",
+    "FaceDataset": "facepipe.data.pipeline", "ToDevice": "facepipe.data.device",
+    "read_index": "facepipe.data.index", "resolve_shards": "facepipe.data.index", "ShardSet": "facepipe.data.index",
+}
+
+__all__ = ["hf_features", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "make_loader":
-        from facepipe.data.loader import make_loader
-
-        return make_loader
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'facepipe.data' has no attribute {name!r}")

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 from pathlib import Path
 
 import polars as pl
 
 from facepipe.data import storage
+from facepipe.data.index import read_index
 from facepipe.errors import InputError
 from facepipe.ids import qualify
 
@@ -73,14 +73,11 @@ def read_video_table(shards: str | Path) -> pl.DataFrame | None:
     written before it existed.
 
     Raises:
-        InputError: no index, or an index naming a video table that cannot be read.
+        InputError: no index or not a shard index (:class:`~facepipe.errors.ShardIndexError`), or an index
+            naming a video table that cannot be read.
     """
     url, base = _index_url(shards)
-    try:
-        index = json.loads(storage.read_text(url) if storage.is_remote(url) else Path(url).read_text())
-    except (OSError, ValueError) as e:
-        raise InputError(f"{url}: shard index not readable ({e})") from None
-    name = index.get("videos")
+    name = read_index(url).get("videos")
     if not name:
         return None
     target = storage.join(base, name) if storage.is_remote(base) else str(Path(base) / name)

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from facepipe.errors import FacepipeError
+from facepipe.errors import SchemaError
 from facepipe.ids import (
     FACE_LABEL_NAMES,
     KEY_SEP,
@@ -61,10 +61,6 @@ video ids a fake was made from (empty for reals). ``preset``: the alignment pres
 ``null``); ``crop_landmarks``: dlib's 68 (or DeepfakeBench's 81) landmarks in crop pixels, or ``null``;
 ``has_mask``: the ``mask.png`` member is a real difference mask (else all zeros: a real face, or a fake without
 an original to compare with)."""
-
-
-class SchemaError(FacepipeError):
-    """A sample or shard set does not follow this schema (names the shard and key when known)."""
 
 
 def npy_bytes(a: np.ndarray) -> bytes:
@@ -268,22 +264,15 @@ def hf_features(index: str | dict):
         :data:`META_FIELDS`, ``cls`` int64, each stored view as ``Array3D`` float16 (C, H, W).
 
     Raises:
-        SchemaError: the index is unreadable, of another schema version, or mixes image formats.
+        SchemaError: the index is unreadable or of another schema version (a
+            :class:`~facepipe.errors.ShardIndexError`, from :func:`facepipe.data.index.read_index`), or mixes
+            image formats.
     """
-    import os
-
     import datasets
 
-    if not isinstance(index, dict):
-        path = os.path.join(str(index), "index.json") if os.path.isdir(str(index)) else str(index)
-        try:
-            with open(path) as fh:
-                index = json.load(fh)
-        except (OSError, ValueError) as e:
-            raise SchemaError(f"{path}: cannot read shard index: {e}") from None
-    if index.get("schema_version") != SCHEMA_VERSION:
-        raise SchemaError(f"shard index has schema version {index.get('schema_version')}, this facepipe writes "
-                          f"{SCHEMA_VERSION}")
+    from facepipe.data.index import read_index
+
+    index = read_index(index)
     fmt = index.get("image_format") or "png"
     if fmt not in IMAGE_EXTS:
         raise SchemaError(f"shard set has image format {fmt!r}: Hugging Face needs one image field")

@@ -32,13 +32,13 @@ from tqdm.auto import tqdm
 from facepipe import __version__
 from facepipe._io import atomic_path
 from facepipe.config import Section
+from facepipe.data.index import read_index
 from facepipe.data.schema import SCHEMA_VERSION
 from facepipe.errors import InputError
 from facepipe.freq.config import FreqConfig
 from facepipe.stages import contract
 from facepipe.train.engine import (
     NonFiniteLoss,
-    _read_index,
     amp_dtype_for,
     load_checkpoint,
     predict,
@@ -315,7 +315,7 @@ def _run(shards, out_dir, cfg: TrainConfig, freq: FreqConfig, resume: bool, prog
 
     dist, device = setup_distributed()
     out = Path(out_dir)
-    index = _read_index(shards)
+    index = read_index(shards)
     for split in ("train", "val"):
         if not index["splits"].get(split, {}).get("samples"):
             raise InputError(f"{shards}: split '{split}' has no samples; training needs train and val")

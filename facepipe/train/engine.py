@@ -9,7 +9,6 @@ tensors and plain values, read back with ``torch.load(weights_only=True)``. The 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -291,17 +290,6 @@ def setup_distributed() -> tuple[Dist, torch.device]:
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Dist(rank, world, local), device
-
-
-def _read_index(shards: str | Path) -> dict:
-    p = Path(shards) / "index.json" if Path(shards).is_dir() else Path(shards)
-    if not p.is_file():
-        raise InputError(f"{p}: shard index not found (run 'facepipe shard' first)")
-    index = json.loads(p.read_text())
-    if index.get("schema_version") != SCHEMA_VERSION:
-        raise InputError(f"{p}: shards have schema version {index.get('schema_version')}, this facepipe reads "
-                         f"{SCHEMA_VERSION}")
-    return index
 
 
 def save_checkpoint(path: Path, state: dict) -> None:

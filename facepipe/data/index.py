@@ -1,0 +1,165 @@
+"""Shard sets: :func:`read_index`, the one reader of a shard set's ``index.json``, and :func:`resolve_shards`,
+which turns an index, a brace pattern or a list of URLs into the shard URLs of one split.
+
+Every problem with an index is one :class:`~facepipe.errors.ShardIndexError` naming the path and what is wrong
+(missing, unreadable, not JSON, another schema version, missing keys). Indexes are read from local paths and
+folders, ``s3://`` (and ``gs://``) URLs through :mod:`facepipe.data.storage`, and whatever else
+``webdataset.gopen`` opens (``http(s)://``, ``pipe:``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+from typing import Sequence
+
+from facepipe.data import storage
+from facepipe.data.schema import SCHEMA_VERSION
+from facepipe.errors import InputError, ShardIndexError
+
+INDEX_NAME = "index.json"
+_SPLIT_KEYS = ("samples", "shards")
+_SHARD_KEYS = ("url", "samples", "cells")
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """Shard URLs of one split and what the index says about them (counts are ``None`` without an index)."""
+
+    urls: tuple[str, ...]
+    samples: int | None
+    cells: dict[tuple[str, int], int] | None  # (dataset, label) -> samples
+    views: tuple[str, ...]
+    view_params: dict | None = None  # the freq parameters the stored views were computed with
+    crop_size: int | None = None
+    image_format: str | None = None  # png | jpg | mixed (None: not recorded)
+
+
+def index_location(source: str | os.PathLike) -> str:
+    """The ``index.json`` that ``source`` names: a local folder's or an ``s3://`` prefix's, else ``source`` itself."""
+    src = str(source)
+    if os.path.isdir(src):
+        return os.path.join(src, INDEX_NAME)
+    if storage.is_remote(src) and "{" not in src and not src.endswith((".json", ".tar")):
+        return storage.join(src, INDEX_NAME)  # s3://bucket/prefix: the shard folder's index
+    return src
+
+
+def _read_text(url: str) -> str:
+    if storage.is_remote(url):
+        return storage.read_text(url)
+    import webdataset as wds
+
+    with wds.gopen(url, "rb") as f:
+        return f.read().decode()
+
+
+def _missing_keys(index: dict) -> list[str]:
+    splits = index.get("splits")
+    if not isinstance(splits, dict):
+        return ["splits"]
+    missing = []
+    for name, info in splits.items():
+        if not isinstance(info, dict):
+            missing.append(f"splits.{name}")
+            continue
+        missing += [f"splits.{name}.{k}" for k in _SPLIT_KEYS if k not in info]
+        for i, sh in enumerate(info.get("shards") or []):
+            missing += [f"splits.{name}.shards[{i}].{k}" for k in _SHARD_KEYS if not isinstance(sh, dict) or k not in sh]
+    return missing
+
+
+def check_index(index: object, where: str) -> dict:
+    """``index`` if it is a shard index of this schema version with every key the readers use.
+
+    Raises:
+        ShardIndexError: naming ``where``: not a JSON object, another schema version, or missing keys.
+    """
+    if not isinstance(index, dict):
+        raise ShardIndexError(f"{where}: shard index is not a JSON object (got {type(index).__name__})")
+    if index.get("schema_version") != SCHEMA_VERSION:
+        raise ShardIndexError(f"{where}: shards have schema version {index.get('schema_version')}, this facepipe "
+                              f"reads {SCHEMA_VERSION}; rebuild them with 'facepipe shard'")
+    missing = _missing_keys(index)
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise ShardIndexError(f"{where}: shard index lacks {', '.join(missing[:5])}{more}; rebuild it with "
+                              "'facepipe shard'")
+    return index
+
+
+def read_index(source: str | os.PathLike | dict) -> dict:
+    """A shard set's ``index.json``, read and checked.
+
+    Args:
+        source: the index (local path or URL), the folder holding it (local, or an ``s3://`` prefix), or an
+            already loaded index (checked only).
+
+    Returns:
+        The index as a dict (``schema_version``, ``splits`` -> ``{samples, shards: [{url, samples, cells, ...}]}``,
+        ``views``, ``crop_size``, ...).
+
+    Raises:
+        ShardIndexError: naming the path: missing, unreadable, not JSON, another schema version, missing keys.
+    """
+    if isinstance(source, dict):
+        return check_index(source, "shard index")
+    url = index_location(source)
+    try:
+        text = _read_text(url)
+    except FileNotFoundError:
+        raise ShardIndexError(f"{url}: shard index not found (run 'facepipe shard' first)") from None
+    except (OSError, InputError, ValueError) as e:
+        raise ShardIndexError(f"{url}: cannot read shard index: {e}") from None
+    try:
+        index = json.loads(text)
+    except ValueError as e:
+        raise ShardIndexError(f"{url}: shard index is not JSON: {e}") from None
+    return check_index(index, url)
+
+
+def _from_index(src: str, split: str | None) -> ShardSet:
+    index = read_index(src)
+    if split not in index["splits"]:
+        raise InputError(f"{src}: no split '{split}' (have {sorted(index['splits'])})")
+    info = index["splits"][split]
+    if not info["shards"]:
+        raise InputError(f"{src}: split '{split}' has no shards (0 samples)")
+    base = src.rsplit("/", 1)[0] if "/" in src else "."
+    urls = tuple(f"{base}/{s['url']}" for s in info["shards"])
+    cells: Counter = Counter()
+    for s in info["shards"]:
+        for cell, n in s["cells"].items():
+            d, lab = cell.rsplit(":", 1)
+            cells[(d, 1 if lab == "fake" else 0)] += n
+    return ShardSet(urls, int(info["samples"]), dict(cells), tuple(index.get("views", ())),
+                    index.get("view_params"), index.get("crop_size"), index.get("image_format"))
+
+
+def resolve_shards(source: str | os.PathLike | Sequence[str], split: str | None = "train") -> ShardSet:
+    """Turn an index (file, folder or URL), a brace pattern or a list of URLs into a :class:`ShardSet`.
+
+    Raises:
+        ShardIndexError: the index is missing, unreadable or not a shard index of this schema version (an
+            ``InputError`` and a ``SchemaError``).
+        InputError: the split is unknown or has no shards, or the source names no shard at all.
+    """
+    import braceexpand
+
+    if isinstance(source, (list, tuple)):
+        urls = tuple(str(u) for u in source)
+        if not urls:
+            raise InputError("make_loader: empty list of shard URLs")
+        return ShardSet(urls, None, None, ())
+    src = index_location(source)
+    if src.endswith(".json"):
+        return _from_index(src, split)
+    remote = "://" in src or src.startswith("pipe:")
+    if not remote and "{" not in src and not os.path.exists(src):
+        raise InputError(f"{src}: no such shard, shard folder or index")
+    return ShardSet(tuple(braceexpand.braceexpand(src)), None, None, ())
+
+
+__all__ = ["INDEX_NAME", "ShardSet", "check_index", "index_location", "read_index", "resolve_shards"]

@@ -1,0 +1,551 @@
+"""``make_dataset``: a facepipe shard set as a webdataset pipeline of batches (a torch ``IterableDataset``), and
+``LoaderConfig``, what it (and :func:`facepipe.data.make_loader` on top of it) is configured with.
+
+The pipeline is a list of webdataset stages::
+
+    shard list (index / URLs / brace pattern; epoch-wise shuffled, or resampled without epochs)
+      -> split_by_node (torchrun ranks) -> split_by_worker (DataLoader workers)
+      -> tar members -> samples  [handler]
+      -> dataset-weight / class-balance thinning (seeded rejection sampling from the index's counts)
+      -> sample shuffle buffer
+      -> decode + check schema + albumentations augmentation (seeded per rank, worker and epoch)  [handler]
+      -> batches of uint8 images + labels + metadata (+ stored views)
+
+then, in the training process, :class:`facepipe.data.device.ToDevice` moves them to the device (frequency views
+computed there, normalisation).
+
+One pipeline serves every epoch: :meth:`FaceDataset.set_epoch` reseeds shard order, resampling, thinning,
+shuffling and augmentation (the epoch reaches persistent DataLoader workers through a small shared-memory
+tensor, read when a worker starts a pass), so the same epoch gives the same samples in the same order.
+
+Handlers: ``warn`` (log the shard and key, skip the sample, count it in ``errors``), ``raise``, or any of
+webdataset's handler functions (``webdataset.handlers.warn_and_continue``, ``reraise_exception``,
+``ignore_and_continue``, ``warn_and_stop``, ...): return ``True`` to skip (and count), ``False`` to stop the
+pass, or raise. Shards are opened with ``webdataset.gopen``: local paths, ``http(s)://``, ``s3://`` (any
+S3-compatible store; :mod:`facepipe.data.storage`), ``gs://``, ``hf://`` and ``pipe:COMMAND``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from itertools import islice
+from typing import Any, Callable, Iterator, Literal, Sequence
+
+import numpy as np
+import torch
+import webdataset as wds
+from pydantic import Field, field_validator
+
+from facepipe.config import Section, validate_section
+from facepipe.data import storage
+from facepipe.data.index import ShardSet, resolve_shards
+from facepipe.data.schema import SchemaError, decode_sample
+from facepipe.errors import ConfigError
+from facepipe.freq.config import FreqConfig
+
+log = logging.getLogger(__name__)
+storage.register_schemes()  # s3:// (and gs:// with gcsfs) in webdataset's gopen, in every worker that imports this
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+META_KEYS = ("key", "dataset", "video_id", "method", "split", "frame_index", "track_id", "video_label", "label_source",
+             "manipulation_score", "landmarks", "affine", "crop_size")
+_SLOTS = 256  # per-worker skip counters in the shared state (worker id modulo this)
+
+
+class LoaderConfig(Section):
+    """What :func:`make_dataset` and :func:`facepipe.data.make_loader` are configured with: the fields are
+    ``make_loader``'s keyword arguments. ``num_workers``, ``device``, ``mean``, ``std`` and
+    ``multiprocessing_context`` configure the DataLoader and :class:`~facepipe.data.device.ToDevice` on top of
+    the dataset. Invalid values are :class:`~facepipe.errors.ConfigError` through ``make_loader`` (or
+    :func:`facepipe.config.validate_section`).
+
+    Attributes:
+        batch_size: samples per batch.
+        num_workers: DataLoader worker processes (0 = in this process); they persist across passes.
+        shuffle: shuffle shard order per epoch and samples in a buffer of ``shuffle_buffer``.
+        resampled: draw shards with replacement forever (no epochs); each pass then stops after
+            ``epoch_samples`` samples (default: the split's size from the index) per rank.
+        epoch_samples: samples per pass (resampled mode) across all ranks.
+        seed: seeds shard order, shuffle buffer, thinning and augmentation (mixed with rank, worker, epoch).
+        augment: ``True`` for :func:`default_augmentation`, a callable ``f(image=...) -> {"image": ...}``
+            (e.g. an ``albumentations.Compose``), or ``False``.
+        image_size: output side in pixels (isotropic resize + pad when augmenting, resize otherwise);
+            ``None`` keeps the crop size.
+        views: frequency views to add to each batch (:data:`facepipe.freq.VIEWS`).
+        view_source: ``compute`` (torch, on ``device``, from the final image: after augmentation and
+            resizing), ``stored`` (read from the shards: refused when they were computed with other ``freq``
+            parameters or at another size than the images), or ``auto`` (stored when that gives exactly
+            what ``compute`` would: not augmenting, same parameters, same size; else computed).
+        freq: view parameters (bands, log, ...), e.g. params.yaml's ``freq`` section; defaults to
+            :class:`FreqConfig`.
+        mean, std: per-channel normalisation of the [0, 1] RGB image.
+        device: where batches (and computed views) go.
+        dataset_weights: target share of each dataset in the stream, e.g. ``{"ffpp": 1, "dfdc": 1}``;
+            needs the index's counts.
+        class_balance: equalise real and fake within each dataset (seeded rejection sampling).
+        handler: ``warn`` (skip and count broken samples/shards), ``raise``, or a webdataset handler function
+            (``webdataset.handlers.warn_and_continue``, ``reraise_exception``, ...: ``True`` skips and counts,
+            ``False`` stops the pass; a module-level function when workers are spawned).
+        rank, world_size: this process's node split; default from ``torchrun`` (RANK/WORLD_SIZE or
+            ``torch.distributed``).
+        drop_last: drop a last partial batch.
+        masks: add ``mask`` (B, 1, H, W) float32 in [0, 1]: each fake face's difference from its
+            original, augmented with the image (zeros for real faces and for fakes without an original).
+        multiprocessing_context: start method of the DataLoader workers (``spawn``, ``forkserver``,
+            ``fork``; default the platform's). Everything the workers receive is picklable.
+        decode: where crops are decoded. ``workers``: in the DataLoader workers (libspng for PNG,
+            libjpeg-turbo for JPEG); ``device``: the workers pass the JPEG bytes on and each batch is decoded in
+            one ``torchvision.io.decode_jpeg`` call on ``device`` (nvJPEG on CUDA), then resized there
+            (bilinear, antialiased) to ``image_size``; needs JPEG shards (``extract.output.format: jpg``) and no
+            augmentation (albumentations runs on the CPU). ``auto``: ``device`` when ``device`` is CUDA, the
+            index records JPEG crops and ``augment`` is off, else ``workers``.
+    """
+
+    batch_size: int = Field(32, ge=1)
+    num_workers: int = Field(4, ge=0)
+    shuffle: bool = True
+    shuffle_buffer: int = Field(2000, ge=0)
+    resampled: bool = False
+    epoch_samples: int | None = Field(None, ge=1)
+    seed: int = 0
+    augment: bool | Callable = False
+    image_size: int | None = Field(None, ge=1)
+    views: tuple[str, ...] = ()
+    view_source: Literal["auto", "compute", "stored"] = "auto"
+    freq: FreqConfig = Field(default_factory=FreqConfig)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    device: str = "cpu"
+    dataset_weights: dict[str, float] | None = None
+    class_balance: bool = False
+    handler: Literal["warn", "raise"] | Callable = "warn"
+    rank: int | None = None
+    world_size: int | None = None
+    drop_last: bool = False
+    masks: bool = False
+    multiprocessing_context: str | None = None
+    decode: Literal["auto", "workers", "device"] = "auto"
+
+    @field_validator("freq", mode="before")
+    @classmethod
+    def _default_freq(cls, v: Any) -> Any:
+        return FreqConfig() if v is None else v
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device_name(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, torch.device) else v
+
+    @field_validator("views")
+    @classmethod
+    def _known_views(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from facepipe.freq import VIEWS
+
+        bad = [x for x in v if x not in VIEWS]
+        if bad:
+            raise ValueError(f"unknown views {bad}; known: {list(VIEWS)}")
+        return v
+
+
+def loader_config(**options: Any) -> LoaderConfig:
+    """:class:`LoaderConfig` from keyword arguments; an invalid one is a :class:`~facepipe.errors.ConfigError`."""
+    return validate_section(LoaderConfig, options, "loader options")
+
+
+def default_augmentation(size: int | None, seed: int):
+    """The field's usual face-forgery training augmentation (DeepfakeBench / SBI style), albumentations.
+
+    Horizontal flip, small rotation (±10°), Gaussian blur, isotropic resize of the longest side to
+    ``size`` with a random interpolation and constant padding to a square, brightness/contrast or
+    HSV jitter, JPEG re-compression at quality 40–100. Targets: ``image`` (H, W, 3) uint8 RGB.
+    """
+    import albumentations as A
+    import cv2
+
+    steps = [
+        A.HorizontalFlip(p=0.5),
+        A.Affine(rotate=(-10, 10), border_mode=cv2.BORDER_CONSTANT, p=0.3),
+        A.GaussianBlur(blur_limit=(3, 7), p=0.1),
+    ]
+    if size:
+        steps += [
+            A.OneOf([A.LongestMaxSize(max_size=size, interpolation=i)
+                     for i in (cv2.INTER_AREA, cv2.INTER_LINEAR, cv2.INTER_CUBIC)], p=1.0),
+            A.PadIfNeeded(min_height=size, min_width=size, border_mode=cv2.BORDER_CONSTANT, fill=0),
+        ]
+    steps += [
+        A.OneOf([A.RandomBrightnessContrast(p=1.0), A.HueSaturationValue(p=1.0)], p=0.5),
+        A.ImageCompression(quality_range=(40, 100), p=0.5),
+    ]
+    return A.Compose(steps, seed=seed)
+
+
+def _worker() -> tuple[int, int]:
+    wi = torch.utils.data.get_worker_info()
+    return (wi.id, wi.num_workers) if wi is not None else (0, 1)
+
+
+def _seed(*parts: int) -> int:
+    """A 63-bit seed from integers (stable across processes and Python runs, unlike ``hash``)."""
+    return int(np.random.SeedSequence([abs(int(p)) for p in parts]).generate_state(2, np.uint32).view(np.uint64)[0]
+               >> np.uint64(1))
+
+
+class FaceDataset(wds.DataPipeline):
+    """A shard split as batches: a ``webdataset.DataPipeline`` (a torch ``IterableDataset``) built by
+    :func:`make_dataset`; put it in a ``DataLoader(ds, batch_size=None, ...)`` (batches are made in the pipeline),
+    call :meth:`set_epoch` before each pass, and move batches with :class:`facepipe.data.device.ToDevice`.
+
+    Every stage is a method of this one picklable object (DataLoader workers may be spawned: macOS, Windows,
+    Python >= 3.14 on Linux). Every random choice is seeded by (seed, rank, worker, epoch).
+
+    Each batch: ``label`` (B,) int64, ``image_u8`` (B, H, W, 3) uint8 (``image_jpeg``, a list of encoded JPEG
+    tensors, when decoding on the device), ``mask_u8`` (B, H, W) uint8 with ``masks``, each stored view
+    (B, C, H, W) float16, and the lists of :data:`META_KEYS`.
+
+    Attributes:
+        cfg: the :class:`LoaderConfig`.
+        shardset: the resolved shards.
+        epoch: the epoch of the pass under way (as given to :meth:`set_epoch`).
+        epoch_batches: batches per pass and rank (``None`` without an index or ``epoch_samples``); a resampled
+            stream is endless: take this many (:class:`facepipe.data.FaceLoader` does).
+        compute_views: views are computed on the device (else read from the shards).
+        device_decode: JPEG crops are decoded on the device.
+    """
+
+    def __init__(self, cfg: LoaderConfig, shardset: ShardSet, *, rank: int, world_size: int, explicit_node: bool,
+                 compute_views: bool, device_decode: bool, accept: dict[tuple[str, int], float] | None,
+                 epoch_batches: int | None) -> None:
+        self.cfg, self.shardset = cfg, shardset
+        self.rank, self.world_size, self.explicit_node = rank, world_size, explicit_node
+        self.compute_views, self.device_decode, self.accept = compute_views, device_decode, accept
+        self.epoch_batches = epoch_batches
+        self.stored_views = () if compute_views else tuple(cfg.views)
+        self.view_size = None if compute_views else (cfg.image_size or shardset.crop_size)
+        self.epoch, self._generation = 0, 0
+        # [epoch, generation (bumped by set_epoch), skipped samples per worker slot], shared with the workers
+        self._shared = torch.zeros(2 + _SLOTS, dtype=torch.int64).share_memory_()
+        super().__init__(*self._stages())
+
+    # -- epochs and error counts --
+    def set_epoch(self, epoch: int) -> None:
+        """Seed the next pass (shard order, resampling, thinning, shuffling, augmentation) with ``epoch`` and reset
+        :attr:`errors`; call it before iterating (the workers read it when the pass starts)."""
+        self._shared[2:] = 0
+        self._shared[1] += 1
+        self._shared[0] = int(epoch)
+        self.epoch = int(epoch)
+
+    @property
+    def errors(self) -> int:
+        """Samples skipped by the handler since the last :meth:`set_epoch`, summed over workers (exact once the
+        pass ends)."""
+        return int(self._shared[2:].sum())
+
+    def __iter__(self) -> Iterator[dict]:
+        self.epoch, self._generation = int(self._shared[0]), int(self._shared[1])
+        return super().__iter__()
+
+    @property
+    def _pass(self) -> int:
+        """The 1-based pass number the seeds have always mixed in (epoch 0 is the first pass)."""
+        return self.epoch + 1
+
+    def _handle(self, exn: Exception) -> bool:
+        h = self.cfg.handler
+        if h == "raise":
+            raise exn
+        if h == "warn":
+            log.warning("skipped a sample: %s", exn)
+            keep = True
+        else:
+            keep = bool(h(exn))
+        if keep and int(self._shared[1]) == self._generation:  # not a straggler of an abandoned pass
+            self._shared[2 + _worker()[0] % _SLOTS] += 1
+        return keep
+
+    def _rng(self, salt: int) -> np.random.Generator:
+        return np.random.default_rng([self.cfg.seed, self.rank, _worker()[0], self._pass, salt])
+
+    # -- stages --
+    def _stages(self) -> list:
+        cfg = self.cfg
+        if cfg.resampled:
+            stages: list = [self._resampled_shards]
+        else:
+            stages = [wds.SimpleShardList(list(self.shardset.urls))]
+            if cfg.shuffle:
+                stages.append(self._shard_order)
+            stages.append(self._nodes)
+        stages += [wds.split_by_worker, wds.tarfile_to_samples(handler=self._handle, select_files=self._wanted),
+                   self._select]
+        if cfg.shuffle and cfg.shuffle_buffer > 1:
+            stages.append(self._shuffle)
+        stages += [self._decode, wds.batched(cfg.batch_size, collation_fn=self._collate, partial=not cfg.drop_last)]
+        return stages
+
+    def _wanted(self, name: str) -> bool:
+        """Skip tar members this loader does not use (stored views it was not asked for, masks)."""
+        if name.endswith(".npy"):
+            return name.rsplit(".", 2)[-2] in self.stored_views
+        if name.endswith(".mask.png"):
+            return self.cfg.masks
+        return True
+
+    def _shard_order(self, src: Iterator[dict]) -> Iterator[dict]:
+        """The epoch's shard order: what ``wds.detshuffle(n, n, seed)`` gives on its pass ``epoch + 1``, for any
+        epoch (detshuffle counts its own passes, which persistent workers and ``set_epoch`` would not match)."""
+        n = len(self.shardset.urls)
+        rng = random.Random()
+        rng.seed(self.cfg.seed + self._pass)
+        return wds.shuffle(n, initial=n, rng=rng)(src)
+
+    def _nodes(self, src: Iterator) -> Iterator:
+        if self.explicit_node:
+            return islice(src, self.rank, None, self.world_size)
+        return wds.split_by_node(src)
+
+    def _resampled_shards(self, src: Iterator | None = None) -> Iterator[dict]:
+        """Shards drawn with replacement, a new draw every pass (epoch), independently per rank and worker."""
+        rng = random.Random(_seed(self.cfg.seed, self.rank, _worker()[0], self._pass, 11))
+        urls = self.shardset.urls
+        while True:
+            yield {"url": urls[rng.randrange(len(urls))]}
+
+    def _select(self, src: Iterator[dict]) -> Iterator[dict]:
+        rng = self._rng(1)
+        for s in src:
+            if self.accept is not None:
+                try:
+                    meta = json.loads(s["json"])
+                    p = self.accept.get((meta["dataset"], int(meta["label"])), 1.0)
+                except Exception as e:  # noqa: BLE001  a broken sample: let the decode stage report it
+                    log.debug("cannot read metadata for thinning: %s", e)
+                    p = 1.0
+                if rng.random() >= p:
+                    continue
+            yield s
+
+    def _shuffle(self, src: Iterator[dict]) -> Iterator[dict]:
+        rng = random.Random(_seed(self.cfg.seed, self.rank, _worker()[0], self._pass, 3))
+        yield from wds.shuffle(self.cfg.shuffle_buffer, initial=min(self.cfg.shuffle_buffer, 100), rng=rng)(src)
+
+    def _transform(self) -> Callable | None:
+        """The per-sample image transform: the augmentation, else a resize to ``image_size``, else none."""
+        cfg = self.cfg
+        if cfg.augment is True:
+            return default_augmentation(cfg.image_size, seed=int(self._rng(2).integers(2**31)))
+        if callable(cfg.augment):
+            return cfg.augment
+        if cfg.image_size:
+            import albumentations as A
+
+            return A.Resize(cfg.image_size, cfg.image_size)
+        return None
+
+    def _decode_one(self, s: dict, t: Callable | None) -> dict:
+        masks, size = self.cfg.masks, self.cfg.image_size
+        d = decode_sample(s, self.stored_views, mask=masks, image=not self.device_decode)
+        if self.device_decode:
+            if d["image_ext"] != "jpg":
+                raise SchemaError(f"{s.get('__url__', '?')}: sample {d['key']}: decoding on the device "
+                                  f"needs JPEG crops, this one is {d['image_ext']}")
+            if masks and size and d["mask"].shape[0] != size:
+                import cv2
+
+                d["mask"] = cv2.resize(d["mask"], (size,) * 2, interpolation=cv2.INTER_LINEAR)
+            return d
+        if t is not None:
+            res = t(image=d["image"], mask=d["mask"]) if masks else t(image=d["image"])
+            d["image"] = res["image"]
+            if masks:
+                d["mask"] = res["mask"]
+        return d
+
+    def _decode(self, src: Iterator[dict]) -> Iterator[dict]:
+        t = self._transform()
+        for s in src:
+            try:
+                d = self._decode_one(s, t)
+            except Exception as e:  # noqa: BLE001  the handler re-raises, skips (counted) or stops the pass
+                if self._handle(e):
+                    continue
+                return
+            yield d
+
+    def _collate(self, samples: list[dict]) -> dict[str, Any]:
+        out: dict[str, Any] = {"label": torch.tensor([s["label"] for s in samples], dtype=torch.long)}
+        if self.device_decode:  # encoded JPEGs, decoded as one batch on the loader's device
+            out["image_jpeg"] = [torch.frombuffer(bytearray(s["image_bytes"]), dtype=torch.uint8) for s in samples]
+        else:
+            out["image_u8"] = torch.from_numpy(np.stack([s["image"] for s in samples]))  # (B, H, W, 3) uint8
+        if self.cfg.masks:
+            out["mask_u8"] = torch.from_numpy(np.stack([s["mask"] for s in samples]))  # (B, H, W) uint8
+        for k in META_KEYS:
+            out[k] = [s["meta"].get(k) for s in samples]
+        for v in self.stored_views:
+            out[v] = torch.from_numpy(np.stack([s[v] for s in samples]).astype(np.float16))
+        return out
+
+
+# -- make_dataset: the checks and plans, one small function each --
+
+def _node(cfg: LoaderConfig) -> tuple[int, int, bool]:
+    """(rank, world_size, given explicitly): the options, else torchrun's environment / torch.distributed."""
+    explicit = cfg.rank is not None or cfg.world_size is not None
+    if explicit:
+        rank, world_size = int(cfg.rank or 0), int(cfg.world_size or 1)
+    else:
+        rank, world_size, _, _ = wds.utils.pytorch_worker_info()
+    if not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} not in [0, world_size={world_size})")
+    return rank, world_size, explicit
+
+
+def _check_shard_count(shardset: ShardSet, cfg: LoaderConfig, world_size: int) -> None:
+    n = len(shardset.urls)
+    if cfg.resampled:
+        return
+    if n < world_size:
+        raise ConfigError(
+            f"{n} shard(s) for {world_size} rank(s): some ranks would read nothing in an epoch "
+            "and a DDP job would hang; write more, smaller shards (shard.max_samples) or use resampled=True")
+    if n < world_size * max(1, cfg.num_workers):
+        log.warning("%d shard(s) for %d rank(s) x %d worker(s): some workers will idle; write smaller shards",
+                    n, world_size, max(1, cfg.num_workers))
+    if world_size > 1 and n % world_size:
+        log.warning("%d shards over %d ranks: ranks get unequal sample counts per epoch; with DDP prefer "
+                    "resampled=True (fixed epoch length per rank)", n, world_size)
+
+
+def _stored_views_problem(cfg: LoaderConfig, shardset: ShardSet) -> str | None:
+    """Why the shards' stored views are not what computing them would give (``None``: they are)."""
+    views = cfg.views
+    if not all(v in shardset.views for v in views):
+        return f"the shards store {list(shardset.views)}"
+    params = json.loads(json.dumps(cfg.freq.view_params()))
+    if views and shardset.view_params is not None and shardset.view_params != params:
+        return (f"the stored views were computed with freq parameters {shardset.view_params}, not "
+                f"{cfg.freq.view_params()}")
+    if views and cfg.image_size and shardset.crop_size and cfg.image_size != shardset.crop_size:
+        return f"the stored views are {shardset.crop_size} px, the images will be {cfg.image_size} px"
+    return None
+
+
+def _compute_views(cfg: LoaderConfig, shardset: ShardSet) -> bool:
+    """Whether views are computed on the device (``view_source``; ``auto``: unless the stored ones are exact)."""
+    problem = _stored_views_problem(cfg, shardset)
+    if cfg.view_source == "stored" and cfg.views and (problem or cfg.augment):
+        raise ConfigError(f"views {list(cfg.views)} asked for from the shards, but "
+                          + (problem or "augmentation changes the images after the views were stored"))
+    return cfg.view_source == "compute" or (cfg.view_source == "auto" and (bool(cfg.augment) or problem is not None))
+
+
+def _device_decode(cfg: LoaderConfig, shardset: ShardSet, compute: bool) -> bool:
+    """Whether JPEG crops are decoded on the device (``decode``; ``auto``: on CUDA when nothing prevents it)."""
+    if cfg.decode == "device":
+        if cfg.augment:
+            raise ConfigError("decode='device' cannot augment (albumentations runs on the CPU in the workers); "
+                              "use decode='workers' or augment=False")
+        if shardset.image_format not in (None, "jpg"):
+            raise ConfigError(f"decode='device' needs JPEG crops; the index records {shardset.image_format!r} "
+                              "(write them with extract.output.format: jpg)")
+        if cfg.views and not compute:
+            raise ConfigError("decode='device' with stored views: use view_source='compute'")
+        return True
+    return (cfg.decode == "auto" and torch.device(cfg.device).type == "cuda" and not cfg.augment
+            and shardset.image_format == "jpg" and compute)
+
+
+def _acceptance(cells: dict[tuple[str, int], float], weights: dict[str, float] | None,
+                balance: bool) -> dict[tuple[str, int], float]:
+    """Acceptance probability per (dataset, label) so the kept stream follows the target shares. Faces of undecided
+    label (-1) are never accepted: the loss leaves them out (:func:`facepipe.train.engine.certain`)."""
+    undecided = {c: 0.0 for c in cells if c[1] < 0}
+    cells = {c: n for c, n in cells.items() if c[1] >= 0}
+    if not cells:
+        return undecided
+    datasets = sorted({d for d, _ in cells})
+    w = {d: float((weights or {}).get(d, 1.0 if not weights else 0.0)) for d in datasets}
+    if weights:
+        unknown = set(weights) - set(datasets)
+        if unknown:
+            raise ConfigError(f"dataset_weights names {sorted(unknown)}, shards hold {datasets}")
+    total_w = sum(w.values())
+    target = {}
+    for (d, lab), n in cells.items():
+        nd = sum(m for (dd, _), m in cells.items() if dd == d)
+        labels_here = sum(1 for (dd, _) in cells if dd == d)
+        share = (1.0 / labels_here) if balance else n / nd
+        target[(d, lab)] = w[d] / total_w * share
+    total = sum(cells.values())
+    ratio = {c: target[c] / (cells[c] / total) if cells[c] else 0.0 for c in cells}
+    top = max(ratio.values())
+    return {**{c: r / top for c, r in ratio.items()}, **undecided}
+
+
+def _thinning(cfg: LoaderConfig, shardset: ShardSet) -> dict[tuple[str, int], float] | None:
+    if not (cfg.dataset_weights or cfg.class_balance):
+        return None
+    if shardset.cells is None:
+        raise ConfigError("dataset_weights / class_balance need the shard index's counts: pass index.json")
+    return _acceptance(shardset.cells, cfg.dataset_weights, cfg.class_balance)
+
+
+def _epoch_batches(cfg: LoaderConfig, shardset: ShardSet, accept: dict | None, world_size: int) -> int | None:
+    total = cfg.epoch_samples or shardset.samples
+    if total is None:
+        if cfg.resampled:
+            raise ConfigError("resampled=True needs epoch_samples (or an index to take the split size from)")
+        return None
+    per_rank = total / world_size
+    if accept is not None:
+        cells = shardset.cells
+        per_rank *= sum(cells[c] * accept[c] for c in cells) / max(1, sum(cells.values()))
+    return int(per_rank // cfg.batch_size) if cfg.drop_last else int(np.ceil(per_rank / cfg.batch_size))
+
+
+def make_dataset(source: str | os.PathLike | Sequence[str], split: str = "train",
+                 cfg: LoaderConfig | None = None) -> FaceDataset:
+    """One split of a shard set as a webdataset pipeline of batches (a torch ``IterableDataset``).
+
+    Args:
+        source: the shard index (``index.json``, its folder, or a URL to it), a brace pattern
+            (``/data/train-{000000..000099}.tar``) or a list of shard URLs.
+        split: split to read from an index.
+        cfg: the options (:class:`LoaderConfig`; defaults when ``None``).
+
+    Returns:
+        A :class:`FaceDataset`. Use it as::
+
+            ds = make_dataset("data/shards", "train", LoaderConfig(batch_size=64, augment=True))
+            dl = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=4, persistent_workers=True)
+            to_device = ToDevice(ds)
+            for epoch in range(n):
+                ds.set_epoch(epoch)
+                for batch in dl:
+                    batch = to_device(batch)  # image (B, 3, H, W) float32 normalised, views, label on the device
+
+    Raises:
+        ShardIndexError / InputError: see :func:`facepipe.data.index.resolve_shards`.
+        ConfigError: bad options, e.g. fewer shards than ranks (a rank would read nothing and a DDP
+            job would hang), thinning without an index, stored views that differ from computed ones.
+    """
+    cfg = cfg if cfg is not None else LoaderConfig()
+    shardset = resolve_shards(source, split)
+    rank, world_size, explicit = _node(cfg)
+    _check_shard_count(shardset, cfg, world_size)
+    compute = _compute_views(cfg, shardset)
+    device_decode = _device_decode(cfg, shardset, compute)
+    accept = _thinning(cfg, shardset)
+    return FaceDataset(cfg, shardset, rank=rank, world_size=world_size, explicit_node=explicit,
+                       compute_views=compute, device_decode=device_decode, accept=accept,
+                       epoch_batches=_epoch_batches(cfg, shardset, accept, world_size))
+
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "META_KEYS", "FaceDataset", "LoaderConfig", "default_augmentation",
+           "loader_config", "make_dataset"]
