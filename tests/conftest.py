@@ -17,7 +17,54 @@ REAL = ROOT.parent / "shared" / "data" / "real"
 REAL_MANIFEST = ROOT / "scripts" / "real" / "shared_real.csv"
 """Labels of the shared clips (FF++ official splits for its pairs; originals linked for per-face labels)."""
 
-needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"real test media not present at {REAL}")
+needs_real = pytest.mark.real_data
+"""Marks a test that reads ../shared/data/real (skipped where the media are absent; out of the fast set)."""
+
+REAL_FIXTURES = {"real_manifest", "real_run"}
+
+
+def _uses_name(src: str, name: str) -> bool:
+    """Whether Python source refers to ``name`` as an identifier (strings and comments do not count)."""
+    import io
+    import textwrap
+    import tokenize
+
+    try:
+        toks = tokenize.generate_tokens(io.StringIO(textwrap.dedent(src)).readline)
+        return any(t.type == tokenize.NAME and t.string == name for t in toks)
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        return name in src
+
+
+def pytest_collection_modifyitems(config, items):
+    """Markers follow what a test needs: a test using the real-media fixtures is ``real_data``; a ``real_data``
+    test is skipped where ../shared/data/real is absent; a ``gpu`` test where CUDA is. A test whose own source
+    names ``REAL`` (the shared media folder) without the ``real_data`` marker is a collection error, so no
+    real-data test slips into the fast set unmarked."""
+    import inspect
+
+    unmarked = []
+    for item in items:
+        if REAL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real_data)
+        fn = getattr(item, "function", None)
+        if fn is not None and item.get_closest_marker("real_data") is None:
+            try:
+                src = inspect.getsource(fn)
+            except (OSError, TypeError):
+                src = ""
+            if _uses_name(src, "REAL"):  # the name, not a "REAL" label inside a string
+                unmarked.append(item.nodeid)
+        if item.get_closest_marker("real_data") and not REAL.is_dir():
+            item.add_marker(pytest.mark.skip(reason=f"real test media not present at {REAL}"))
+        if item.get_closest_marker("gpu"):
+            import torch
+
+            if not torch.cuda.is_available():
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+    if unmarked:
+        raise pytest.UsageError("tests reading ../shared/data/real (REAL) without @needs_real / "
+                                "pytest.mark.real_data: " + ", ".join(unmarked))
 
 
 @pytest.fixture(scope="session")

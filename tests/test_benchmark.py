@@ -36,6 +36,7 @@ def test_shipped_protocols_load_and_cite():
         load_protocol("df4O")
 
 
+@pytest.mark.slow
 def test_example_protocol_end_to_end(example_shards, tmp_path):
     out = tmp_path / "bench"
     r = run(out, BenchmarkConfig(ci_resamples=100), [example_shards], models=["resnet18"],

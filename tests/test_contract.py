@@ -100,6 +100,7 @@ def videos(tmp_path, face_video_dir) -> Path:
     return d
 
 
+@pytest.mark.slow
 def test_code_change_redoes_every_video(videos, tmp_path, small_cfg, monkeypatch):
     out = tmp_path / "out"
     run_extract(videos, out, small_cfg, progress=False)
@@ -123,6 +124,7 @@ def test_full_disk_gives_error_rows_that_are_retried_once_space_is_back(videos, 
     assert s2.processed == 1 and s2.skipped == 1 and s2.statuses == {**s2.statuses, "ok": 2, "error": 0}
 
 
+@pytest.mark.slow
 def test_hung_and_crashing_videos_become_errors_and_the_run_goes_on(videos, tmp_path, small_cfg, monkeypatch):
     from facepipe.example import camera_frames, package_photo, write_video
 
@@ -154,6 +156,7 @@ if __name__ == "__main__":  # spawned workers import this file
 """
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_gives_the_same_tables_and_no_temporary_files(tmp_path, face_video_dir):
     from facepipe.example import camera_frames, package_photo, write_video
 

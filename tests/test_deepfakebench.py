@@ -362,6 +362,7 @@ def tom_clip(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 def test_preset_records_its_predictor_and_loads_the_81_point_one(tom_clip, t1, tmp_path):
     """Without --dlib-81 the 68-point stand-in labels rows deepfakebench-68 (68 crop landmarks); with an 81-point
     model named, rows say deepfakebench, the five points are parts 37, 44, 30, 49, 55 of the 81-point shape (as
@@ -462,6 +463,7 @@ def test_shard_index_records_the_preset(preset_run):
     assert index["preset"] == "deepfakebench-68" and index["crop_size"] == 256
 
 
+@pytest.mark.slow
 def test_train_on_deepfakebench_shards_defaults_to_256(example_shards, tmp_path):
     """DeepfakeBench trains at 256 px (its xception/recce/f3net configs: resolution 256) where the zoo's input sizes
     differ (resnet18: 224): on a set whose index says preset deepfakebench, train.image_size unset means 256."""

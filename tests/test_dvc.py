@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.integration  # a real DVC repo: dvc repro of the whole pipeline
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

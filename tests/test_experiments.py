@@ -14,6 +14,8 @@ import polars as pl
 import pytest
 import yaml
 
+pytestmark = pytest.mark.integration  # DVC experiments: a parameter grid through dvc exp run
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -149,6 +149,7 @@ def test_the_real_and_fake_maps_of_a_one_logit_model_differ():
 
 
 @pytest.mark.parametrize("name", list_models())
+@pytest.mark.slow
 def test_every_member_explains_with_its_default_method(name):
     kw, size = TINY.get(name, ({}, 64))
     torch.manual_seed(0)
@@ -262,6 +263,7 @@ def checkpoint(example_shards, tmp_path_factory):
     return out / "best.pt"
 
 
+@pytest.mark.integration
 def test_explain_writes_images_maps_summary_and_a_gallery_that_loads(checkpoint, example_shards, tmp_path):
     from typer.testing import CliRunner
 

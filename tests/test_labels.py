@@ -273,6 +273,7 @@ def test_a_manipulated_face_the_detector_missed_does_not_hide_the_others():
     assert untouched.scores[0] < 0.01
 
 
+@pytest.mark.slow
 def test_a_failing_batched_detection_falls_back_to_video_by_video(two_people, tmp_path, monkeypatch):
     """An original and its fake are detected in one batch (``detect_many``); when that call raises, each video is
     detected alone and the tables equal the batched run's (nothing is recorded as an error)."""

@@ -56,6 +56,7 @@ def test_overlap_reasons_across_datasets():
                      "manipulated-001_010": "training video"}
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_a_test_set_that_holds_training_videos(example_shards, tmp_path):
     root = example_shards.parent
     table = read_video_table(example_shards)

@@ -16,6 +16,8 @@ import polars as pl
 import pytest
 from conftest import REAL, needs_real
 
+pytestmark = pytest.mark.integration  # a two-node Ray cluster on 127.0.0.1
+
 ray = pytest.importorskip("ray")
 
 CLIPS = {  # path -> (label, method, original): a FaceSwap-free FF++ pair (labels by comparison), a corrupt file

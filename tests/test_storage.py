@@ -22,6 +22,8 @@ from facepipe.errors import InputError  # noqa: E402
 from facepipe.stages import shard  # noqa: E402
 from tests.conftest import shard_files  # noqa: E402
 
+pytestmark = pytest.mark.integration  # an S3-API server (moto) on 127.0.0.1
+
 BUCKET = "facepipe-test"
 
 
