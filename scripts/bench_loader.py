@@ -219,7 +219,8 @@ def _timed(build, epochs: int, cold: bool) -> dict[str, float]:
         first.append(t1 - t + (setup if epoch == 0 else 0.0))
         steady_n, steady_t = steady_n + n, steady_t + t2 - t1
         n_all, t_all = n_all + n0 + n, t_all + t2 - t
-    return {"whole": n_all / (t_all + setup), "steady": steady_n / steady_t, "first": sum(first) / len(first)}
+    steady = steady_n / steady_t if steady_n else float("nan")  # nan: every pass was one batch
+    return {"whole": n_all / (t_all + setup), "steady": steady, "first": sum(first) / len(first)}
 
 
 def rate_make_loader(source, split, batch_size, workers, epochs, cold=False) -> dict[str, float]:
@@ -291,9 +292,7 @@ def jpeg_fidelity(root_png: Path, root_jpg: Path, names: list[str]) -> dict[str,
     return {"psnr_db": float(np.mean(psnr)), "high_freq_energy_ratio": float(np.median(kept))}
 
 
-def main() -> None:
-    from facepipe.freq import VIEWS, compute_views_torch
-
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("shards", type=Path)
     ap.add_argument("--split", default="train")
@@ -305,95 +304,128 @@ def main() -> None:
     ap.add_argument("--cold", action="store_true",
                     help="drop the OS page cache before each local run (root on Linux): reads come from disk")
     ap.add_argument("--skip-remote", action="store_true", help="local disk only (no HTTP / S3 servers)")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def local_rows(args, sets: dict, loose: dict) -> list[tuple]:
+    cache = "cold page cache" if args.cold else "warm page cache"
+    rows = []
+    for fmt, shards in sets.items():
+        root, names, labels = loose[fmt]
+        for k in args.workers:
+            a = rate_make_loader(shards, args.split, args.batch_size, k, args.epochs, args.cold)
+            b = rate_loose(names, labels, LocalFetch(root), args.batch_size, k, args.epochs, args.cold)
+            rows.append((f"local disk, {cache}", fmt, k, a, b))
+    return rows
+
+
+def remote_rows(args, index: dict, tmp: Path, loose: dict) -> list[tuple]:
+    """make_loader over HTTP and the S3 API against one GET per loose file, both with added latency."""
+    import s3fs
+
+    lat, rows = args.latency_ms / 1e3, []
+    srv, base = http_server(tmp, lat)
+    root, names, labels = loose["PNG"]
+    for k in args.workers:
+        a = rate_make_loader(_http_index(args.shards, tmp, base), args.split, args.batch_size, k, args.epochs)
+        b = rate_loose(names, labels, HTTPFetch(f"{base}/{root.name}"), args.batch_size, k, args.epochs)
+        rows.append((f"HTTP, +{args.latency_ms:.0f} ms/request", "PNG", k, a, b))
+    srv.shutdown()
+    s3 = s3_server(lat)
+    fs = s3fs.S3FileSystem()
+    fs.mkdir("bench")
+    fs.put(str(args.shards / "index.json"), "bench/shards/index.json")
+    for sh in index["splits"][args.split]["shards"]:
+        fs.put(str(args.shards / sh["url"]), f"bench/shards/{sh['url']}")
+    for name in names:
+        fs.put(str(root / name), f"bench/loose/{name}")
+    for k in args.workers:
+        a = rate_make_loader("s3://bench/shards", args.split, args.batch_size, k, args.epochs)
+        b = rate_loose(names, labels, S3Fetch("bench/loose"), args.batch_size, k, args.epochs)
+        rows.append((f"S3 API (moto), +{args.latency_ms:.0f} ms/request", "PNG", k, a, b))
+    s3.shutdown()
+    return rows
+
+
+def print_rates(rows: list[tuple], epochs: int) -> None:
+    ref = {k: b for where, fmt, k, _, b in rows if fmt == "PNG" and where.startswith("local")}
+    print(f"\nsamples/s, make_loader / loose files (ratio); whole = {epochs} passes start-up included, "
+          "steady = each pass's first batch left out; 'vs loose PNG': make_loader against the local loose PNG "
+          "loader with as many workers")
+    print("\n| storage | crops | workers | whole passes | ratio | vs loose PNG | steady state | ratio | "
+          "vs loose PNG | first batch s |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for where, fmt, k, a, b in rows:
+        vs = {m: f"{a[m] / ref[k][m]:.2f}" if where.startswith("local") else "" for m in ("whole", "steady")}
+        print(f"| {where} | {fmt} | {k} | {a['whole']:.0f} / {b['whole']:.0f} | {a['whole'] / b['whole']:.2f} | "
+              f"{vs['whole']} | {a['steady']:.0f} / {b['steady']:.0f} | {a['steady'] / b['steady']:.2f} | "
+              f"{vs['steady']} | {a['first']:.2f} / {b['first']:.2f} |")
+
+
+def print_sizes(sets: dict, loose: dict, split: str, n: int) -> None:
+    print("\n| crops | shards KB/sample | loose crop + json (+ mask) KB/sample, apparent | allocated on disk |"
+          "\n|---|---:|---:|---:|")
+    for fmt, shards in sets.items():
+        idx = json.loads((shards / "index.json").read_text())
+        tar = sum(s["bytes"] for s in idx["splits"][split]["shards"])
+        root, names, _ = loose[fmt]
+        files = list(root.iterdir())
+        print(f"| {fmt} (views stored: {idx.get('views', [])}) | {tar / n / 1e3:.1f} | "
+              f"{sum(f.stat().st_size for f in files) / n / 1e3:.1f} | "
+              f"{sum(f.stat().st_blocks * 512 for f in files) / n / 1e3:.1f} |")
+    fid = jpeg_fidelity(loose["PNG"][0], loose["JPEG q95 4:4:4"][0], loose["PNG"][1])
+    print(f"\nJPEG q95 4:4:4 vs the PNG crops: mean PSNR {fid['psnr_db']:.1f} dB; median ratio of the luma's "
+          f"high-frequency DCT energy (JPEG / PNG) {fid['high_freq_energy_ratio']:.2f}")
+
+
+def print_costs(sets: dict, split: str, batch_size: int) -> None:
+    for fmt, shards in sets.items():
+        costs = per_sample_costs(shards, split, batch_size)
+        print(f"\n| per-sample step ({fmt}, one thread) | µs |\n|---|---:|")
+        for k, v in costs.items():
+            print(f"| {k} | {v:.0f} |")
+        print(f"| total | {sum(costs.values()):.0f} |")
+
+
+def print_views(shards: Path, split: str, batch_size: int, device: str) -> None:
+    from facepipe.data.loader import make_loader
+    from facepipe.freq import VIEWS, compute_views_torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    b = next(iter(make_loader(shards, split, batch_size=batch_size, num_workers=0)))
+    x = b["image"].to(device)
+    print(f"\n| view | ms per batch of {x.shape[0]}×{tuple(x.shape[1:])} on {device} |\n|---|---:|")
+    for v in VIEWS:
+        compute_views_torch([v], x)  # warm-up (DCT matrices, kernels)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(5):
+            compute_views_torch([v], x)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        print(f"| {v} | {(time.perf_counter() - t) / 5 * 1e3:.1f} |")
+
+
+def main() -> None:
+    args = _args()
     index = json.loads((args.shards / "index.json").read_text())
     n = index["splits"][args.split]["samples"]
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     print(f"# {n} samples ({args.split}) in {len(index['splits'][args.split]['shards'])} shards; "
-          f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, device {args.device}, "
-          f"Python {sys.version.split()[0]}; {args.epochs} epochs per figure")
+          f"{platform.machine()}, {os.cpu_count()} cores (load average {load} at the start), torch "
+          f"{torch.__version__}, device {args.device}, Python {sys.version.split()[0]}; {args.epochs} passes per figure")
     tmp = Path(tempfile.mkdtemp(prefix="bench-loader-"))
     try:
         sets = {"PNG": args.shards, "JPEG q95 4:4:4": jpeg_copy(args.shards, tmp / "jpeg-shards")}
         loose = {fmt: (tmp / f"loose-{i}", *dump_loose(shards, args.split, tmp / f"loose-{i}"))
                  for i, (fmt, shards) in enumerate(sets.items())}
-        cache = "cold page cache" if args.cold else "warm page cache"
-        rows = []
-        for fmt, shards in sets.items():
-            root, names, labels = loose[fmt]
-            for k in args.workers:
-                a = rate_make_loader(shards, args.split, args.batch_size, k, args.epochs, args.cold)
-                b = rate_loose(names, labels, LocalFetch(root), args.batch_size, k, args.epochs, args.cold)
-                rows.append((f"local disk, {cache}", fmt, k, a, b))
-        ref = {k: b for where, fmt, k, _, b in rows if fmt == "PNG" and where.startswith("local")}
+        rows = local_rows(args, sets, loose)
         if not args.skip_remote:
-            lat = args.latency_ms / 1e3
-            srv, base = http_server(tmp, lat)
-            root, names, labels = loose["PNG"]
-            for k in args.workers:
-                a = rate_make_loader(_http_index(args.shards, tmp, base), args.split, args.batch_size, k, args.epochs)
-                b = rate_loose(names, labels, HTTPFetch(f"{base}/{root.name}"), args.batch_size, k, args.epochs)
-                rows.append((f"HTTP, +{args.latency_ms:.0f} ms/request", "PNG", k, a, b))
-            srv.shutdown()
-            s3 = s3_server(lat)
-            import s3fs
-
-            fs = s3fs.S3FileSystem()
-            fs.mkdir("bench")
-            fs.put(str(args.shards / "index.json"), "bench/shards/index.json")
-            for sh in index["splits"][args.split]["shards"]:
-                fs.put(str(args.shards / sh["url"]), f"bench/shards/{sh['url']}")
-            for name in names:
-                fs.put(str(root / name), f"bench/loose/{name}")
-            for k in args.workers:
-                a = rate_make_loader("s3://bench/shards", args.split, args.batch_size, k, args.epochs)
-                b = rate_loose(names, labels, S3Fetch("bench/loose"), args.batch_size, k, args.epochs)
-                rows.append((f"S3 API (moto), +{args.latency_ms:.0f} ms/request", "PNG", k, a, b))
-            s3.shutdown()
-        print(f"\nsamples/s, make_loader / loose files (ratio); whole = {args.epochs} passes start-up included, "
-              "steady = each pass's first batch left out; 'vs loose PNG': make_loader against the local loose PNG "
-              "loader with as many workers")
-        print("\n| storage | crops | workers | whole passes | ratio | vs loose PNG | steady state | ratio | "
-              "vs loose PNG | first batch s |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
-        for where, fmt, k, a, b in rows:
-            vs = {m: f"{a[m] / ref[k][m]:.2f}" if where.startswith("local") else "" for m in ("whole", "steady")}
-            print(f"| {where} | {fmt} | {k} | {a['whole']:.0f} / {b['whole']:.0f} | {a['whole'] / b['whole']:.2f} | "
-                  f"{vs['whole']} | {a['steady']:.0f} / {b['steady']:.0f} | {a['steady'] / b['steady']:.2f} | "
-                  f"{vs['steady']} | {a['first']:.2f} / {b['first']:.2f} |")
-        print("\n| crops | shards KB/sample | loose crop + json (+ mask) KB/sample, apparent | allocated on disk |"
-              "\n|---|---:|---:|---:|")
-        for fmt, shards in sets.items():
-            idx = json.loads((shards / "index.json").read_text())
-            tar = sum(s["bytes"] for s in idx["splits"][args.split]["shards"])
-            root, names, _ = loose[fmt]
-            files = list(root.iterdir())
-            print(f"| {fmt} (views stored: {idx.get('views', [])}) | {tar / n / 1e3:.1f} | "
-                  f"{sum(f.stat().st_size for f in files) / n / 1e3:.1f} | "
-                  f"{sum(f.stat().st_blocks * 512 for f in files) / n / 1e3:.1f} |")
-        fid = jpeg_fidelity(loose["PNG"][0], loose["JPEG q95 4:4:4"][0], loose["PNG"][1])
-        print(f"\nJPEG q95 4:4:4 vs the PNG crops: mean PSNR {fid['psnr_db']:.1f} dB; median ratio of the luma's "
-              f"high-frequency DCT energy (JPEG / PNG) {fid['high_freq_energy_ratio']:.2f}")
-        for fmt, shards in sets.items():
-            costs = per_sample_costs(shards, args.split, args.batch_size)
-            print(f"\n| per-sample step ({fmt}, one thread) | µs |\n|---|---:|")
-            for k, v in costs.items():
-                print(f"| {k} | {v:.0f} |")
-            print(f"| total | {sum(costs.values()):.0f} |")
-        from facepipe.data.loader import make_loader
-
-        torch.set_num_threads(os.cpu_count() or 1)
-        b = next(iter(make_loader(args.shards, args.split, batch_size=args.batch_size, num_workers=0)))
-        x = b["image"].to(args.device)
-        print(f"\n| view | ms per batch of {x.shape[0]}×{tuple(x.shape[1:])} on {args.device} |\n|---|---:|")
-        for v in VIEWS:
-            compute_views_torch([v], x)  # warm-up (DCT matrices, kernels)
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            for _ in range(5):
-                compute_views_torch([v], x)
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            print(f"| {v} | {(time.perf_counter() - t) / 5 * 1e3:.1f} |")
+            rows += remote_rows(args, index, tmp, loose)
+        print_rates(rows, args.epochs)
+        print_sizes(sets, loose, args.split, n)
+        print_costs(sets, args.split, args.batch_size)
+        print_views(args.shards, args.split, args.batch_size, args.device)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
