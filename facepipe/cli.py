@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from facepipe import __version__
-from facepipe.config import load_params, validate_section
+from facepipe.config import field_paths, load_params, parse_sets, set_dotted, validate_section
 from facepipe.errors import ConfigError, FacepipeError, InputError
 
 app = typer.Typer(
@@ -44,11 +44,9 @@ def _main(
         logging.getLogger("facepipe").setLevel(logging.INFO)
 
 
-def _set(d: dict, dotted: str, value) -> None:
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-        d = d.setdefault(p, {})
-    d[leaf] = value
+SET_HELP = ("KEY=VALUE: set any parameter of this stage (repeatable; dvc exp run -S's convention: a dotted key "
+            "of the params.yaml section, e.g. -S align.size=128 or -S extract.align.size=128; VALUE is YAML). "
+            "Applied after --params and the named options.")
 
 
 def _params_data(params: Optional[Path], section: str, model) -> dict:
@@ -56,13 +54,29 @@ def _params_data(params: Optional[Path], section: str, model) -> dict:
     return (load_params(params, section, model) if params else model()).model_dump()
 
 
-def _configure(model, data: dict, overrides: dict, section: str):
-    """Apply the command-line options that were given (``None`` = not given; dotted keys reach nested
-    sections) and validate; errors name the key."""
+def _configure(model, data: dict, overrides: dict, section: str, sets: Optional[list] = None):
+    """The one path from the command line to a stage's parameter model: ``data`` (``--params`` or the
+    defaults), then the named options that were given (``None`` = not given; dotted keys reach nested
+    sections), then the ``-S`` items of this section (:func:`facepipe.config.parse_sets`), then validation;
+    errors name the key.
+
+    Every named option's key must be a field of ``model`` (checked whether or not the option was given, so a
+    stale flag fails on any run of its command and in the CLI tests)."""
+    unknown = sorted(set(overrides) - field_paths(model))
+    if unknown:
+        raise FacepipeError(f"facepipe {section}: options mapped to no parameter of {model.__name__}: "
+                            f"{', '.join(unknown)} (a bug in facepipe/cli.py)")
     for k, v in overrides.items():
         if v is not None:
-            _set(data, k, v)
+            set_dotted(data, k, v)
+    for k, v in sets or ():
+        set_dotted(data, k, v)
     return validate_section(model, data, f"{section} options")
+
+
+def _sets(items: Optional[list[str]], *sections: str) -> dict:
+    """``-S`` items of a command reading ``sections`` (its own first), per section."""
+    return parse_sets(items, sections)
 
 
 def _csv_list(text: Optional[str]) -> Optional[list[str]]:
@@ -74,6 +88,7 @@ def extract(
     video_dir: Path = typer.Option(..., "--video-dir", help="Folder searched recursively for videos and still images."),
     out: Path = typer.Option(..., "--out", help="Output folder (faces/, faces.parquet, videos.parquet)."),
     params: Optional[Path] = typer.Option(None, "--params", help="params.yaml to read the 'extract' section from."),
+    sets: Optional[list[str]] = typer.Option(None, "-S", "--set", help=SET_HELP),
     manifest: Optional[Path] = typer.Option(
         None, "--manifest", help="Only the videos this manifest lists, with its labels and originals (per-face labels)."),
     sampling: Optional[str] = typer.Option(None, help="Frame sampling: uniform | stride | fps."),
@@ -137,7 +152,8 @@ def extract(
         "output.jpeg_subsampling": jpeg_subsampling, "workers": workers,
         "timeout_s": timeout, "file_fingerprint": fingerprint, "engine": engine, "ray_address": address,
     }
-    cfg = _configure(ExtractConfig, _params_data(params, "extract", ExtractConfig), overrides, "extract")
+    cfg = _configure(ExtractConfig, _params_data(params, "extract", ExtractConfig), overrides, "extract",
+                     _sets(sets, "extract")["extract"])
     s = run(video_dir, out, cfg, progress=progress, manifest=manifest)
     typer.echo(f"extract: {s.processed} videos processed, {s.skipped} skipped (unchanged), "
                f"{s.faces_written} faces written in {s.seconds:.1f}s with {s.detector} (stage {s.fingerprint})")
@@ -165,6 +181,7 @@ def manifest(
     root: Optional[Path] = typer.Option(None, help="The dataset's root folder in its published layout."),
     params: Optional[Path] = typer.Option(
         None, "--params", help="params.yaml: 'manifest' section, and datasets.<dataset> for adapter/root."),
+    sets: Optional[list[str]] = typer.Option(None, "-S", "--set", help=SET_HELP),
     split_mode: Optional[str] = typer.Option(None, help="official | group."),
     compression: Optional[str] = typer.Option(None, help="FF++/DFD compression folder: raw | c23 | c40."),
     option: Optional[list[str]] = typer.Option(None, "--option", help="Adapter option KEY=VALUE (repeatable)."),
@@ -188,7 +205,8 @@ def manifest(
         k, v = kv.split("=", 1)
         options[k] = v
     data["options"] = options
-    cfg = _configure(ManifestConfig, data, {"split_mode": split_mode, "compression": compression}, "manifest")
+    cfg = _configure(ManifestConfig, data, {"split_mode": split_mode, "compression": compression}, "manifest",
+                     _sets(sets, "manifest")["manifest"])
     out.parent.mkdir(parents=True, exist_ok=True)
     s = run(adapter, root, dataset, cfg, out)
     typer.echo(f"manifest: {s.videos} videos of '{dataset}' ({adapter}) -> {out}")
@@ -213,6 +231,7 @@ def freq(
     extract_dir: Path = typer.Option(..., "--extract", help="An extract output folder (faces.parquet + crops)."),
     out: Path = typer.Option(..., "--out", help="Output folder (views/<video_id>.npz, views.parquet)."),
     params: Optional[Path] = typer.Option(None, "--params", help="params.yaml to read the 'freq' section from."),
+    sets: Optional[list[str]] = typer.Option(None, "-S", "--set", help=SET_HELP),
     views: Optional[str] = typer.Option(None, help="Comma-separated views: dct,dct_bands,block_dct,fft,phase,srm."),
     workers: int = typer.Option(2, "--workers", "-j", min=0, help="Worker processes (0 = in this process)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -221,7 +240,8 @@ def freq(
     from facepipe.freq.config import FreqConfig
     from facepipe.stages.freq import run
 
-    cfg = _configure(FreqConfig, _params_data(params, "freq", FreqConfig), {"views": _csv_list(views)}, "freq")
+    cfg = _configure(FreqConfig, _params_data(params, "freq", FreqConfig), {"views": _csv_list(views)}, "freq",
+                     _sets(sets, "freq")["freq"])
     s = run(extract_dir, out, cfg, workers=workers, progress=progress)
     typer.echo(f"freq: {s.processed} videos processed, {s.skipped} skipped (unchanged), {s.crops} crops, "
                f"views stored: {', '.join(cfg.views) or 'none (computed on the fly by the loader)'} in "
@@ -244,6 +264,7 @@ def shard(
     inputs: Optional[list[str]] = typer.Option(
         None, "--input", help="dataset=NAME,extract=DIR,manifest=FILE[,freq=DIR]; repeat for several datasets."),
     params: Optional[Path] = typer.Option(None, "--params", help="params.yaml to read the 'shard' section from."),
+    sets: Optional[list[str]] = typer.Option(None, "-S", "--set", help=SET_HELP),
     max_samples: Optional[int] = typer.Option(None, help="Samples per shard at most."),
     max_bytes: Optional[int] = typer.Option(None, help="Bytes per shard at most."),
     seed: Optional[int] = typer.Option(None, help="Shuffle seed."),
@@ -266,7 +287,8 @@ def shard(
         data["inputs"] = [{"dataset": k, "extract": f"data/datasets/{k}/extract", "freq": f"data/datasets/{k}/freq",
                            "manifest": f"data/datasets/{k}/manifest.parquet"} for k in dataset_keys(params)]
     cfg = _configure(ShardConfig, data, {"max_samples": max_samples, "max_bytes": max_bytes, "seed": seed,
-                                         "views": _csv_list(views), "statuses": _csv_list(statuses)}, "shard")
+                                         "views": _csv_list(views), "statuses": _csv_list(statuses)}, "shard",
+                     _sets(sets, "shard")["shard"])
     s = run(out, cfg, progress=progress)
     for k, n in sorted(s.left_out.items()):
         typer.echo(f"left out {n} face(s) of {k} videos (shard.statuses {list(cfg.statuses)})")
@@ -304,6 +326,7 @@ def train(
     out: Path = typer.Option(..., "--out", help="Output folder: last.pt, best.pt, train.json, dvclive/."),
     params: Optional[Path] = typer.Option(
         None, "--params", help="params.yaml to read the 'train' (and 'freq', for views) sections from."),
+    sets: Optional[list[str]] = typer.Option(None, "-S", "--set", help=SET_HELP),
     detector: Optional[str] = typer.Option(
         None, "--detector", "--model",
         help="Forgery detector: a zoo model (see 'facepipe models'), timm:<name>, or module:factory."),
@@ -319,10 +342,11 @@ def train(
     from facepipe.freq.config import FreqConfig
     from facepipe.stages.train import TrainConfig, run
 
+    s_ = _sets(sets, "train", "freq")
     cfg = _configure(TrainConfig, _params_data(params, "train", TrainConfig),
                      {"detector": detector, "steps": steps, "batch_size": batch_size, "lr": lr,
-                      "imports": list(imports) if imports else None}, "train")
-    freq = load_params(params, "freq", FreqConfig) if params else FreqConfig()
+                      "imports": list(imports) if imports else None}, "train", s_["train"])
+    freq = _configure(FreqConfig, _params_data(params, "freq", FreqConfig), {}, "freq", s_["freq"])
     s = run(shards, out, cfg, freq, resume=resume, progress=progress)
     typer.echo(f"train: {s['steps']} steps of {s['model']}, best val {s['select']} "
                f"{s['best'] if s['best'] is not None else 'n/a'} at step {s['best_step']} ({s['stop']}); "
@@ -335,6 +359,7 @@ def evaluate(
     shards: list[Path] = typer.Option(..., "--shards", help="Shard folder(s) to test on (repeat for cross-dataset)."),
     out: Path = typer.Option(..., "--out", help="Output folder: metrics.json, predictions.parquet, roc_*.csv."),
     params: Optional[Path] = typer.Option(None, "--params", help="params.yaml to read the 'evaluate' section from."),
+    sets: Optional[list[str]] = typer.Option(None, "-S", "--set", help=SET_HELP),
     split: Optional[str] = typer.Option(None, help="Split to evaluate (default test)."),
     tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Horizontal-flip test-time augmentation."),
     drop_overlap: Optional[bool] = typer.Option(
@@ -351,7 +376,8 @@ def evaluate(
 
     cfg = _configure(EvaluateConfig, _params_data(params, "evaluate", EvaluateConfig),
                      {"split": split, "tta_hflip": tta, "video_agg": video_agg,
-                      "overlap": None if drop_overlap is None else ("drop" if drop_overlap else "error")}, "evaluate")
+                      "overlap": None if drop_overlap is None else ("drop" if drop_overlap else "error")}, "evaluate",
+                     _sets(sets, "evaluate")["evaluate"])
     r = run(checkpoint, list(shards), out, cfg, progress=progress)
     fmt = lambda v: "n/a" if v is None or v != v else f"{v:.4f}"  # noqa: E731
     typer.echo(f"evaluate {r['model']} on {cfg.split}: frame AUC {_auc_text(r['frame'])}, video AUC "
@@ -383,6 +409,7 @@ def benchmark(
                                                       "refuse (default)."),
     params: Optional[Path] = typer.Option(
         None, "--params", help="params.yaml: the 'benchmark' section (and 'train', 'freq', 'evaluate')."),
+    sets: Optional[list[str]] = typer.Option(None, "-S", "--set", help=SET_HELP),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """The table every paper reports: train once (or take checkpoints), evaluate every column of a published
@@ -400,12 +427,13 @@ def benchmark(
             raise InputError(f"--alias '{a}': expected PROTOCOL_NAME=DATASET")
         aliases[name] = ds
     data["aliases"] = aliases
+    s_ = _sets(sets, "benchmark", "train", "evaluate", "freq")
     cfg = _configure(BenchmarkConfig, data, {
         "protocol": protocol, "overlap": None if drop_overlap is None else ("drop" if drop_overlap else "error")},
-        "benchmark")
-    tcfg = _configure(TrainConfig, _params_data(params, "train", TrainConfig), {}, "train")
-    ecfg = _configure(EvaluateConfig, _params_data(params, "evaluate", EvaluateConfig), {}, "evaluate")
-    freq = load_params(params, "freq", FreqConfig) if params else FreqConfig()
+        "benchmark", s_["benchmark"])
+    tcfg = _configure(TrainConfig, _params_data(params, "train", TrainConfig), {}, "train", s_["train"])
+    ecfg = _configure(EvaluateConfig, _params_data(params, "evaluate", EvaluateConfig), {}, "evaluate", s_["evaluate"])
+    freq = _configure(FreqConfig, _params_data(params, "freq", FreqConfig), {}, "freq", s_["freq"])
     r = run(out, cfg, list(shards), checkpoints=list(checkpoint or []), models=list(model or []),
             train_shards=train_shards, train_cfg=tcfg, freq=freq, eval_cfg=ecfg, progress=progress)
     for label, m in r["models"].items():
@@ -448,6 +476,7 @@ def explain(
     shards: Path = typer.Option(..., "--shards", help="Shard folder (index.json) to read faces from."),
     out: Path = typer.Option(..., "--out", help="Output folder (replaced): images, maps.npz, summary, gallery.html."),
     params: Optional[Path] = typer.Option(None, "--params", help="params.yaml to read the 'explain' section from."),
+    sets: Optional[list[str]] = typer.Option(None, "-S", "--set", help=SET_HELP),
     split: Optional[str] = typer.Option(None, help="Split to read (default test)."),
     n: Optional[int] = typer.Option(None, "--n", min=1, help="Faces to explain, a seeded choice (default 16)."),
     keys: Optional[Path] = typer.Option(None, "--keys", help="File with one sample key per line (instead of --n)."),
@@ -469,7 +498,7 @@ def explain(
         lay = layers if layers in ("auto", "last", "last4", "all") else _csv_list(layers)
     cfg = _configure(ExplainConfig, _params_data(params, "explain", ExplainConfig),
                      {"split": split, "n": n, "seed": seed, "method": method, "layers": lay,
-                      "head_fusion": head_fusion}, "explain")
+                      "head_fusion": head_fusion}, "explain", _sets(sets, "explain")["explain"])
     key_list = None
     if keys is not None:
         try:

@@ -101,3 +101,67 @@ def load_params(path: str | Path, section: str, model: type[M]) -> M:
     if not isinstance(doc, dict):
         raise ConfigError(f"{p}: expected a mapping of sections at the top level")
     return validate_section(model, doc.get(section), f"{p} [{section}]")
+
+
+def _parse_value(text: str):
+    """A ``-S`` value as YAML (``dvc exp run -S``'s convention): ``3`` int, ``0.1`` float, ``true`` bool,
+    ``null`` None, ``[a, b]`` list, ``{a: 1}`` mapping, anything else a string."""
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
+def parse_sets(items: list[str] | tuple[str, ...] | None,
+               sections: tuple[str, ...]) -> dict[str, list[tuple[str, object]]]:
+    """Parse repeated ``-S/--set KEY=VALUE`` options, the ``dvc exp run -S`` convention.
+
+    ``KEY`` is a dotted path into a stage's parameters, with or without its section name
+    (``align.size=128`` and ``extract.align.size=128`` are the same for ``facepipe extract``; a
+    ``params.yaml:`` prefix is accepted too). Without a section name the key belongs to ``sections[0]``.
+    ``VALUE`` is parsed as YAML.
+
+    Args:
+        items: the option's values, in the order given (later ones win).
+        sections: the sections the command reads, its own first.
+
+    Returns:
+        ``{section: [(dotted key within the section, value), ...]}``.
+
+    Raises:
+        ConfigError: an item without ``=`` or with an empty key (names the item).
+    """
+    out: dict[str, list[tuple[str, object]]] = {s: [] for s in sections}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if key.startswith("params.yaml:"):
+            key = key[len("params.yaml:"):]
+        if not sep or not key or key.startswith(".") or key.endswith(".") or ".." in key:
+            raise ConfigError(f"-S '{item}': expected KEY=VALUE with a dotted KEY (e.g. align.size=128)")
+        head, _, rest = key.partition(".")
+        section, sub = (head, rest) if head in sections and rest else (sections[0], key)
+        out[section].append((sub, _parse_value(value)))
+    return out
+
+
+def set_dotted(data: dict, dotted: str, value) -> None:
+    """``data[a][b][c] = value`` for ``dotted = "a.b.c"`` (missing mappings are created)."""
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        nxt = data.get(p)
+        if not isinstance(nxt, dict):
+            nxt = data[p] = {}
+        data = nxt
+    data[leaf] = value
+
+
+def field_paths(model: type[BaseModel]) -> set[str]:
+    """Every dotted field path of a parameter model, nested models included (``align``, ``align.size``, ...)."""
+    out: set[str] = set()
+    for name, f in model.model_fields.items():
+        out.add(name)
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out |= {f"{name}.{p}" for p in field_paths(ann)}
+    return out
