@@ -23,6 +23,7 @@ from pydantic_core import PydanticUndefined
 import facepipe.freq.functional as freq_functional
 from facepipe.cli import app
 from facepipe.config import DatasetEntry
+from facepipe.data.pipeline import LoaderConfig
 from facepipe.datasets import ManifestConfig, list_adapters
 from facepipe.faces import list_face_detectors
 from facepipe.freq import VIEWS
@@ -166,12 +167,34 @@ def _sentences(doc: str) -> list[str]:
     return [s for s in re.split(r"(?<!e\.g\.)(?<!i\.e\.)(?<=[.;])\s+(?=[A-Z`(])", text) if s]
 
 
+def _attributes(doc: str) -> dict[str, str]:
+    """A Google-style ``Attributes:`` section as {name: text} (``mean, std: ...`` gives both names the text)."""
+    out: dict[str, str] = {}
+    m = re.search(r"^Attributes:\s*\n(?P<body>(?:[ \t]+.*\n?|\s*\n)+)", doc, re.M)
+    if not m:
+        return out
+    current: list[str] = []
+    for line in m.group("body").splitlines():
+        head = re.match(r"^ {4}(?P<names>[A-Za-z_][\w, ]*):\s*(?P<text>.*)$", line)
+        if head:
+            current = [n.strip() for n in head.group("names").split(",")]
+            for n in current:
+                out[n] = head.group("text")
+        elif line.strip():
+            for n in current:
+                out[n] += " " + line.strip()
+    return out
+
+
 def _description(name: str, field, doc: str) -> str:
-    """The field's description, else the first sentence of the model's docstring that names it as ``name``
-    (shortened; the whole docstring stands above the table)."""
+    """The field's description, else its entry under ``Attributes:``, else the first sentence of the model's
+    docstring that names it as ``name`` (shortened; the whole docstring stands above the table)."""
     if field.description:
         return field.description
-    for s in _sentences(doc):
+    attrs = _attributes(doc)
+    if name in attrs:
+        return attrs[name]
+    for s in _sentences(doc.split("\nAttributes:", 1)[0]):
         if f"``{name}``" in s:
             if len(s) > 300:
                 s = s[:300].rsplit(" ", 1)[0]
@@ -227,6 +250,11 @@ def params_page() -> None:
         _model_section(out, "datasets.<name>", DatasetEntry, 3, set())
         for section, model in STAGE_MODELS:
             _model_section(out, section, model, 2, set())
+        out.write("## Loader options (Python)\n\nNot a `params.yaml` section: the keyword arguments of "
+                  "`facepipe.data.make_loader` and the fields of `LoaderConfig` for `facepipe.data.make_dataset` "
+                  "([the loader](../concepts/loader.md)); `facepipe train` builds them from its `train` and `freq` "
+                  "sections.\n\n")
+        _model_section(out, "LoaderConfig", LoaderConfig, 3, {m for _, m in STAGE_MODELS})  # freq: above
 
 
 # ---------------------------------------------------------------------------------------------------------------
