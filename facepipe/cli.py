@@ -580,7 +580,7 @@ def example(
     seconds: float = typer.Option(2.0, min=0.2, help="Length of each clip in seconds."),
 ) -> None:
     """Build the small synthetic example video folder from photos shipped inside installed packages."""
-    from facepipe.example import build_example
+    from facepipe.stages.example import build_example
 
     d = build_example(out, seconds=seconds)
     files = sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file())
@@ -714,6 +714,21 @@ def import_deepfakebench(
                f"{sum(s.videos.values())} videos -> {out}/{s.shards.version}")
     for (ds, split), n in sorted(s.videos.items()):
         typer.echo(f"  {ds} {split}: {n} videos, {s.shards.samples.get(split, 0)} samples in the split")
+
+
+def _group_stage_commands() -> None:
+    """``facepipe --help`` lists the pipeline's stages (:data:`facepipe.stages.STAGES`, the list ``dvc.yaml``
+    follows) in their own panel, in pipeline order."""
+    from facepipe.stages import STAGES
+
+    by_name = {(c.name or c.callback.__name__.replace("_", "-")): c for c in app.registered_commands}
+    for name in STAGES:
+        by_name[name].rich_help_panel = "Pipeline stages (dvc.yaml, in order)"
+    order = {name: i for i, name in enumerate(STAGES)}
+    app.registered_commands.sort(key=lambda c: order.get(c.name or c.callback.__name__.replace("_", "-"), len(order)))
+
+
+_group_stage_commands()
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facepipe.example import camera_frames, package_photo, write_video
+from facepipe.stages.example import camera_frames, package_photo, write_video
 from facepipe.stages.extract import ExtractConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,8 +141,8 @@ def real_run(tmp_path_factory, real_manifest):
 def example_shards(tmp_path_factory) -> Path:
     """The bundled example (short clips) through manifest -> extract -> shard, 64 px crops, no stored views."""
     from facepipe.datasets import ManifestConfig, build_manifest
-    from facepipe.example import build_example
     from facepipe.stages import extract, shard
+    from facepipe.stages.example import build_example
 
     root = tmp_path_factory.mktemp("example")
     videos = build_example(root / "videos", seconds=0.6)

@@ -126,7 +126,7 @@ def test_full_disk_gives_error_rows_that_are_retried_once_space_is_back(videos, 
 
 @pytest.mark.slow
 def test_hung_and_crashing_videos_become_errors_and_the_run_goes_on(videos, tmp_path, small_cfg, monkeypatch):
-    from facepipe.example import camera_frames, package_photo, write_video
+    from facepipe.stages.example import camera_frames, package_photo, write_video
 
     photo = package_photo("t1.jpg")
     for name in ("c", "d"):
@@ -158,7 +158,7 @@ if __name__ == "__main__":  # spawned workers import this file
 
 @pytest.mark.slow
 def test_kill_9_then_rerun_gives_the_same_tables_and_no_temporary_files(tmp_path, face_video_dir):
-    from facepipe.example import camera_frames, package_photo, write_video
+    from facepipe.stages.example import camera_frames, package_photo, write_video
 
     d = tmp_path / "in"
     shutil.copytree(face_video_dir, d)

@@ -18,8 +18,8 @@ import torch
 from facepipe.data.loader import make_loader
 from facepipe.data.schema import SCHEMA_VERSION, SchemaError, parse_key, sample_key
 from facepipe.errors import ConfigError, InputError
-from facepipe.example import camera_frames, package_photo, write_video
 from facepipe.freq.config import FreqConfig
+from facepipe.stages.example import camera_frames, package_photo, write_video
 from facepipe.stages.extract import ExtractConfig
 from facepipe.stages.extract import run as run_extract
 from facepipe.stages.freq import run as run_freq
@@ -399,7 +399,7 @@ def test_freq_shard_inspect_commands(two_datasets, tmp_path):
 @pytest.mark.slow
 def test_example_manifest_is_labelled_and_leak_free(tmp_path):
     from facepipe.datasets import ManifestConfig, build_manifest
-    from facepipe.example import build_example
+    from facepipe.stages.example import build_example
 
     d = build_example(tmp_path / "ex", seconds=0.4)
     m = build_manifest("csv", d, "example", ManifestConfig())  # fails on any leak

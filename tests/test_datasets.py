@@ -14,7 +14,7 @@ import pytest
 
 from facepipe.datasets import ManifestConfig, build_manifest, get_adapter, list_adapters
 from facepipe.errors import InputError
-from facepipe.example import camera_frames, write_video
+from facepipe.stages.example import camera_frames, write_video
 from facepipe.stages.extract import ExtractConfig
 from facepipe.stages.extract import run as run_extract
 from tests.conftest import REAL, needs_real

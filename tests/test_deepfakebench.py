@@ -351,7 +351,7 @@ def _tiny_81_point_model(path: Path, image: np.ndarray) -> Path:
 
 @pytest.fixture(scope="module")
 def tom_clip(tmp_path_factory):
-    from facepipe.example import camera_frames, package_photo, write_video
+    from facepipe.stages.example import camera_frames, package_photo, write_video
 
     d = tmp_path_factory.mktemp("tom")
     canvas = np.full((360, 640, 3), 100, np.uint8)

@@ -11,9 +11,9 @@ import polars as pl
 import pytest
 
 from facepipe.errors import InputError
-from facepipe.example import write_audio_only
 from facepipe.faces.align import warp_crop
 from facepipe.ids import video_id_for
+from facepipe.stages.example import write_audio_only
 from facepipe.stages.extract import FACE_SCHEMA, VIDEO_SCHEMA, discover_videos
 from facepipe.stages.extract import run as run_extract
 from facepipe.video import probe, read_frames
@@ -135,7 +135,7 @@ def test_bad_inputs_are_recorded_and_the_run_goes_on(videos, tmp_path, small_cfg
 
 
 def test_no_face_video(tmp_path, small_cfg, t1):
-    from facepipe.example import camera_frames, write_video
+    from facepipe.stages.example import camera_frames, write_video
 
     write_video(tmp_path / "in" / "table.mp4", camera_frames(t1, (640, 240), 10, (500, 760, 1.0), (780, 760, 1.0)))
     run_extract(tmp_path / "in", tmp_path / "out", small_cfg, progress=False)
@@ -204,8 +204,8 @@ def test_decode_error_video_gives_no_shard_face_unless_asked(tmp_path):
     shard.statuses lists decode_error."""
     from facepipe.datasets import ManifestConfig, build_manifest
     from facepipe.deepfakebench import faces_from_shards
-    from facepipe.example import build_example
     from facepipe.stages import shard
+    from facepipe.stages.example import build_example
     from facepipe.stages.extract import ExtractConfig
 
     videos = build_example(tmp_path / "videos")

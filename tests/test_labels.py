@@ -10,10 +10,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from facepipe.example import camera_frames, self_blend, write_video
 from facepipe.faces.config import LabelConfig
 from facepipe.faces.labels import assign_labels, filter_tracks
 from facepipe.ids import video_id_for
+from facepipe.stages.example import camera_frames, self_blend, write_video
 from facepipe.stages.extract import ExtractConfig
 from facepipe.stages.extract import run as run_extract
 from tests.conftest import REAL, needs_real

@@ -127,7 +127,7 @@ def test_ray_engine_unreachable_cluster_is_a_clear_error(tmp_path):
     import cv2
 
     from facepipe.errors import InputError
-    from facepipe.example import package_photo
+    from facepipe.stages.example import package_photo
     from facepipe.stages.extract import ExtractConfig, run
 
     (tmp_path / "v").mkdir()

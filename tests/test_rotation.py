@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 from conftest import REAL, needs_real
 
-from facepipe.example import write_video
+from facepipe.stages.example import write_video
 from facepipe.stages.extract import ExtractConfig, run
 from facepipe.video import SamplingConfig, probe, read_frames
 

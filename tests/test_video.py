@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from facepipe.errors import VideoError
-from facepipe.example import truncate_copy, write_audio_only, write_video
+from facepipe.stages.example import truncate_copy, write_audio_only, write_video
 from facepipe.video import FrameSampler, SamplingConfig, probe, read_frames, sample_indices
 from tests.conftest import REAL, needs_real
 
@@ -56,7 +56,7 @@ def test_rotation_metadata_gives_upright_frames(tmp_path, rotation):
 
 
 def test_truncated_file_samples_from_decodable_frames(tmp_path, t1):
-    from facepipe.example import camera_frames
+    from facepipe.stages.example import camera_frames
 
     full = write_video(tmp_path / "full.mp4", camera_frames(t1, (320, 240), 60, (640, 400, 0.3), (660, 420, 0.35)))
     cut = truncate_copy(full, tmp_path / "cut.mp4", keep=0.4)
@@ -119,7 +119,7 @@ def test_real_rotated_mov_is_upright():
 
 
 def test_chunked_sampling_equals_one_batch(tmp_path, t1):
-    from facepipe.example import camera_frames
+    from facepipe.stages.example import camera_frames
 
     path = write_video(tmp_path / "v.mp4", camera_frames(t1, (320, 240), 40, (640, 400, 0.3), (700, 420, 0.4)))
     info = probe(path)
