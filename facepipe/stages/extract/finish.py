@@ -8,6 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
+from facepipe import _faults
 from facepipe.stages.extract.config import ExtractConfig, preset_label
 from facepipe.stages.extract.pair import pair_verdict
 from facepipe.stages.extract.state import KeptFace, VideoState
@@ -151,4 +152,5 @@ def publish(out: Path, st: VideoState, face_rows: list[dict], seconds: float) ->
         shutil.rmtree(st.tmp_dir, ignore_errors=True)
         shutil.rmtree(final_dir, ignore_errors=True)
     write_part(out, st.row, face_rows, seconds)
+    _faults.at_part(st.job.video_id)
     return st.row, len(face_rows)
