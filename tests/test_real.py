@@ -42,10 +42,14 @@ def test_single_subject_videos_give_one_main_track(real_run, real_manifest):
         if r["kind"] != "video" or r["faces"] != "1":
             continue
         vid = video_id_for(p[len("videos/"):])
-        main = faces.filter((pl.col("video_id") == vid) & (pl.col("track_id") == 0))
-        sampled = videos[p[len("videos/"):]]["frames_sampled"]
-        assert main.height >= 0.75 * sampled, (p, main.height, sampled)
-        assert main["frame_index"].n_unique() == main.height  # one face per frame in a track
+        v = videos[p[len("videos/"):]]
+        # one person: one track kept, and it is that person's (it covers the frames, below)
+        assert v["n_tracks"] == 1, (p, v["n_tracks"], v["n_tracks_dropped"])
+        mine = faces.filter(pl.col("video_id") == vid)
+        assert set(mine["track_id"]) == {0}, p
+        # the face is found on at least 80 % of the sampled frames (26 of 32 on the small NTU RGB+D subject)
+        assert mine.height >= 0.8 * v["frames_sampled"], (p, mine.height, v["frames_sampled"])
+        assert mine["frame_index"].n_unique() == mine.height  # one face per frame in a track
 
 
 def test_crowd_and_stage_clips_have_several_tracks(real_run):
