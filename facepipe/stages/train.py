@@ -10,17 +10,24 @@ Diagnostics logged through dvclive (``dvc plots show``): per step the loss and e
 the pre-clip gradient norm overall and per named branch, per-class logit mean and std, real and fake accuracy, the
 fp16 loss scale; per validation the frame/video metrics, real and fake accuracy, score mean and std per class and
 the AUC per dataset (the same for the EMA weights). A collapse watch and a dead-branch watch warn (or stop).
+
+The loop follows torchvision's reference script (references/classification/train.py): a :class:`Trainer` holds a
+run's state; :func:`train_one_interval` steps to the next validation or checkpoint (its ``train_one_epoch``),
+:func:`validate_and_select` validates and keeps the best checkpoint (``evaluate``), :func:`save_on_main` writes
+checkpoints on rank 0 (``save_on_master``), :func:`fit` strings them together and :func:`run` sets a run up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import random
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Union
 
@@ -38,6 +45,7 @@ from facepipe.errors import InputError
 from facepipe.freq.config import FreqConfig
 from facepipe.stages import contract
 from facepipe.train.engine import (
+    Dist,
     NonFiniteLoss,
     amp_dtype_for,
     load_checkpoint,
@@ -132,15 +140,6 @@ def fingerprint(cfg: TrainConfig, freq: FreqConfig) -> str:
     """Parameters (with the view parameters), stage version and code."""
     return contract.fingerprint(STAGE, STAGE_VERSION, {**cfg.model_dump(exclude={"num_workers", "log_every"}),
                                                        "_freq": freq.view_params()}, __name__)
-
-
-@dataclass
-class _State:
-    step: int = 0
-    best: float = -math.inf
-    best_step: int = 0
-    best_ema: float = -math.inf
-    stale: int = 0
 
 
 def build_model(cfg: TrainConfig, size: int | None = None) -> torch.nn.Module:
@@ -306,19 +305,10 @@ def run(shards: str | Path, out_dir: str | Path, cfg: TrainConfig, freq: FreqCon
         torch.backends.cudnn.benchmark = before[1]
 
 
-def _run(shards, out_dir, cfg: TrainConfig, freq: FreqConfig, resume: bool, progress: bool) -> dict:
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    from facepipe.data.footprint import footprint as training_footprint
-    from facepipe.data.footprint import read_video_table
+def _train_size(cfg: TrainConfig, index: dict) -> int:
+    """The training image size: ``image_size``, else the model's, else 256 on shards of a ``deepfakebench`` preset."""
     from facepipe.models import get_spec, import_model_file
 
-    dist, device = setup_distributed()
-    out = Path(out_dir)
-    index = read_index(shards)
-    for split in ("train", "val"):
-        if not index["splits"].get(split, {}).get("samples"):
-            raise InputError(f"{shards}: split '{split}' has no samples; training needs train and val")
     for f in cfg.imports:
         import_model_file(f)
     size = cfg.image_size or get_spec(cfg.detector).input_size
@@ -326,81 +316,97 @@ def _run(shards, out_dir, cfg: TrainConfig, freq: FreqConfig, resume: bool, prog
         log.info("shards made with preset %s: training at DeepfakeBench's resolution 256 (not %s's %d; set "
                  "train.image_size to override)", index["preset"], cfg.detector, size)
         size = 256
-    set_determinism(cfg.seed, cfg.deterministic)
-    model = build_model(cfg, size).to(device)
-    spec = model.spec
-    core = model
-    optimizer, scheduler = build_optimizer(cfg, core)
-    trunk = backbone_of(core)
-    thawed = [p for p in trunk.parameters() if p.requires_grad] if trunk is not None else []
-    if cfg.freeze_backbone_steps and thawed:
-        for p in thawed:
-            p.requires_grad_(False)
-    if dist.world > 1:
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
-                    find_unused_parameters=bool(cfg.freeze_backbone_steps))
-    amp = amp_dtype_for(device, cfg.amp)
-    scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
-    ema = None
-    if cfg.ema:
-        from timm.utils import ModelEmaV3
+    return size
 
-        ema = ModelEmaV3(core, decay=cfg.ema_decay)
-    st = _State()
-    datasets = sorted({d for s in index["splits"]["train"]["shards"] for d in s["datasets"]})
+
+def _record(cfg: TrainConfig, freq: FreqConfig, shards, index: dict, size: int) -> dict:
+    """What every checkpoint records about the run besides its state."""
+    from facepipe.data.footprint import footprint as training_footprint
+    from facepipe.data.footprint import read_video_table
+
     seen = read_video_table(shards)
     if seen is None:
         log.warning("%s: shard set without videos.parquet (written by an older facepipe): the checkpoint cannot "
                     "record its training videos, so evaluate cannot check test sets against them; rerun "
                     "'facepipe shard'", shards)
-    footprint = None if seen is None else training_footprint(seen)
-    lock = contract.stage_lock(out, STAGE) if dist.main else None
-    if lock is not None:
-        lock.__enter__()
-    try:
-        if resume:
-            ckpt = load_checkpoint(out / "last.pt", cfg.detector)
-            core.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            if scaler is not None and ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
-            if ema is not None and ckpt.get("ema"):
-                ema.module.load_state_dict(ckpt["ema"])
-            st = _State(ckpt["step"], ckpt["best"], ckpt["best_step"], ckpt.get("best_ema", -math.inf), ckpt["stale"])
-            log.info("resumed from %s at step %d (best %.4f at %d)", out / "last.pt", st.step, st.best, st.best_step)
-        elif dist.main:
-            for stale in ("best.pt", "last.pt", "best_ema.pt", "collapse.json"):  # never an earlier run's file
-                (out / stale).unlink(missing_ok=True)
-        if cfg.freeze_backbone_steps and st.step >= cfg.freeze_backbone_steps:
-            for p in thawed:
-                p.requires_grad_(True)
-        train_loader, val_loader = build_loaders(shards, index, cfg, freq, size, device, st.step, spec)
+    return {"params": cfg.model_dump(), "freq": freq.model_dump(), "model_name": cfg.detector, "image_size": size,
+            "datasets": sorted({d for s in index["splits"]["train"]["shards"] for d in s["datasets"]}),
+            "footprint": None if seen is None else training_footprint(seen),
+            "imports": [str(Path(f).resolve()) for f in cfg.imports],
+            "schema_version": SCHEMA_VERSION, "facepipe_version": __version__, "fingerprint": fingerprint(cfg, freq)}
 
-        def state(weights=None) -> dict:
-            return {"model": (weights or core).state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                    "ema": ema.module.state_dict() if ema is not None else None,
-                    "step": st.step, "best": st.best, "best_step": st.best_step, "best_ema": st.best_ema,
-                    "stale": st.stale, "params": cfg.model_dump(), "freq": freq.model_dump(),
-                    "model_name": cfg.detector, "image_size": size, "datasets": datasets, "footprint": footprint,
-                    "imports": [str(Path(f).resolve()) for f in cfg.imports],
-                    "schema_version": SCHEMA_VERSION, "facepipe_version": __version__,
-                    "fingerprint": fingerprint(cfg, freq)}
 
-        summary = _loop(model, core, cfg, st, train_loader, val_loader, optimizer, scheduler, amp, scaler, ema, thawed,
-                        dist, out, state, progress, resume)
-        summary["datasets"] = datasets
-        if dist.main:
-            save_checkpoint(out / "last.pt", state())
-            if not (out / "best.pt").exists():  # validation never gave a finite score: the last is the best
-                log.warning("validation never gave a finite %s; best.pt is the last checkpoint", cfg.select)
-                save_checkpoint(out / "best.pt", state())
-            with atomic_path(out / "train.json") as tmp:
-                tmp.write_text(json.dumps(summary, indent=1))
-    finally:
-        if lock is not None:
-            lock.__exit__(None, None, None)
+def build_trainer(cfg: TrainConfig, out: Path, size: int, record: dict, dist: Dist,
+                  device: torch.device) -> Trainer:
+    """The model (its trunk frozen when ``freeze_backbone_steps``; DDP under ``torchrun``), optimizer and schedule,
+    fp16 scaler and EMA of a run, at step 0."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    core = build_model(cfg, size).to(device)
+    optimizer, scheduler = build_optimizer(cfg, core)
+    trunk = backbone_of(core)
+    thawed = [p for p in trunk.parameters() if p.requires_grad] if trunk is not None else []
+    if cfg.freeze_backbone_steps:
+        for p in thawed:
+            p.requires_grad_(False)
+    model = core
+    if dist.world > 1:
+        model = DDP(core, device_ids=[device.index] if device.type == "cuda" else None,
+                    find_unused_parameters=bool(cfg.freeze_backbone_steps))
+    ema = None
+    if cfg.ema:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(core, decay=cfg.ema_decay)
+    return Trainer(cfg=cfg, model=model, core=core, optimizer=optimizer, scheduler=scheduler, out=out, dist=dist,
+                   amp=amp_dtype_for(device, cfg.amp), ema=ema, thawed=thawed, record=record,
+                   scaler=torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None)
+
+
+def _resume_or_clean(tr: Trainer, resume: bool) -> None:
+    """Continue from ``OUT/last.pt``, or (rank 0) remove an earlier run's checkpoints so none survives this run."""
+    cfg = tr.cfg
+    if resume:
+        path = tr.out / "last.pt"
+        tr.load_state_dict(load_checkpoint(path, cfg.detector), path)
+        log.info("resumed from %s at step %d (best %.4f at %d)", path, tr.step, tr.best, tr.best_step)
+    elif tr.dist.main:
+        for stale in ("best.pt", "last.pt", "best_ema.pt", "collapse.json"):  # never an earlier run's file
+            (tr.out / stale).unlink(missing_ok=True)
+    if cfg.freeze_backbone_steps and tr.step >= cfg.freeze_backbone_steps:
+        for p in tr.thawed:
+            p.requires_grad_(True)
+
+
+def _finish(tr: Trainer, summary: dict) -> None:
+    """The final ``last.pt`` (and ``best.pt`` when validation never gave a finite score) and ``train.json``."""
+    if not tr.dist.main:
+        return
+    save_on_main(tr, "last.pt")
+    if not (tr.out / "best.pt").exists():  # validation never gave a finite score: the last is the best
+        log.warning("validation never gave a finite %s; best.pt is the last checkpoint", tr.cfg.select)
+        save_on_main(tr, "best.pt")
+    with atomic_path(tr.out / "train.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=1))
+
+
+def _run(shards, out_dir, cfg: TrainConfig, freq: FreqConfig, resume: bool, progress: bool) -> dict:
+    dist, device = setup_distributed()
+    out = Path(out_dir)
+    index = read_index(shards)
+    for split in ("train", "val"):
+        if not index["splits"].get(split, {}).get("samples"):
+            raise InputError(f"{shards}: split '{split}' has no samples; training needs train and val")
+    size = _train_size(cfg, index)
+    set_determinism(cfg.seed, cfg.deterministic)
+    record = _record(cfg, freq, shards, index, size)
+    tr = build_trainer(cfg, out, size, record, dist, device)
+    with contract.stage_lock(out, STAGE) if dist.main else contextlib.nullcontext():
+        _resume_or_clean(tr, resume)
+        train_loader, val_loader = build_loaders(shards, index, cfg, freq, size, device, tr.step, tr.core.spec)
+        summary = fit(tr, train_loader, val_loader, progress, resume)
+        summary["datasets"] = record["datasets"]
+        _finish(tr, summary)
     if dist.world > 1:
         torch.distributed.barrier()
     return summary
@@ -408,20 +414,23 @@ def _run(shards, out_dir, cfg: TrainConfig, freq: FreqConfig, resume: bool, prog
 
 def _open_live(path: Path, resume: bool):
     """A dvclive ``Live`` writing metrics and plots under ``path`` (no dvc.yaml of its own, no experiment saved:
-    the pipeline's dvc.yaml declares them). Works in a git repository without commits, where dvclive 3.x's own
-    repository probe raises."""
+    the pipeline's dvc.yaml declares them).
+
+    dvclive (3.x) looks for the DVC/git repository around the working directory and, in a git repository without
+    commits, raises scmrepo's ``SCMError("Empty git repo")`` (treeverse/dvclive#522). Nothing of DVC's is needed
+    here, so the ``Live`` is then opened, with ``path`` made absolute, from an empty temporary directory outside any
+    repository, where dvclive runs without DVC integration, as it does in a folder without git."""
     from dvclive import Live
     from scmrepo.exceptions import SCMError
 
-    class _Live(Live):
-        def _init_dvc(self):
-            try:
-                super()._init_dvc()
-            except SCMError as e:  # e.g. "Empty git repo": nothing of DVC's is needed here
-                log.debug("dvclive: no DVC integration (%s)", e)
-                self._dvc_file = self._init_dvc_file()
-
-    return _Live(str(path), resume=resume, save_dvc_exp=False, dvcyaml=None, report=None)
+    options = dict(resume=resume, save_dvc_exp=False, dvcyaml=None, report=None)
+    try:
+        return Live(str(path), **options)
+    except SCMError as e:  # e.g. "Empty git repo": nothing of DVC's is needed here
+        log.debug("dvclive: no DVC integration (%s)", e)
+    absolute = str(Path(path).resolve())
+    with tempfile.TemporaryDirectory(prefix="facepipe-dvclive-") as tmp, contextlib.chdir(tmp):
+        return Live(absolute, **options)
 
 
 def _log_step(live, result, lrs: dict[str, float], log_every: int, step: int) -> None:
@@ -456,101 +465,246 @@ def _log_validation(live, prefix: str, frame: dict, video: dict, diag: dict) -> 
         live.log_metric(f"{prefix}/{k}", v)
 
 
-def _loop(model, core, cfg: TrainConfig, st: _State, train_loader, val_loader, optimizer, scheduler, amp, scaler, ema,
-          thawed, dist, out: Path, state, progress: bool, resume: bool) -> dict:
-    """Steps, validation, checkpoints, diagnostics and dvclive logging; returns the summary."""
-    live = _open_live(out / "dvclive", resume) if dist.main else None
-    bar = tqdm(total=cfg.steps, initial=st.step, desc=f"train {cfg.detector}", unit="step",
-               disable=not progress or not dist.main)
-    it = iter(train_loader)
-    reason = "steps"
-    wait_s = compute_s = 0.0
-    collapse, dead = CollapseWatch(cfg.collapse), DeadBranchWatch(cfg.dead_branch_steps)
-    measure_branches = hasattr(core, "branches")
+@dataclass
+class Trainer:
+    """One run's state, where torchvision's reference script keeps the locals of ``main()``.
 
-    def next_batch():
-        nonlocal it
-        try:
-            return next(it)
-        except StopIteration:
-            it = iter(train_loader)
-            return next(it)
+    ``model`` is what is stepped (DDP-wrapped under ``torchrun``), ``core`` the bare module that checkpoints and the
+    EMA read; ``thawed``: the trunk's parameters frozen for ``freeze_backbone_steps``; ``record``: what every
+    checkpoint records about the run besides its state (parameters, sizes, datasets, footprint, versions,
+    fingerprint); ``live``: the dvclive logger (rank 0). ``step``, ``best`` (best val ``select`` score, at
+    ``best_step``), ``best_ema`` and ``stale`` (validations without improvement) are checkpointed and resumed;
+    ``stop`` is why the run ended; ``wait_s`` / ``compute_s``: time spent waiting for data and computing.
+    """
 
-    while st.step < cfg.steps:
-        if cfg.freeze_backbone_steps and st.step == cfg.freeze_backbone_steps and thawed:
-            for p in thawed:
-                p.requires_grad_(True)
-            log.info("step %d: backbone unfrozen", st.step)
+    cfg: TrainConfig
+    model: torch.nn.Module
+    core: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    out: Path
+    dist: Dist = field(default_factory=Dist)
+    amp: Optional[torch.dtype] = None
+    scaler: Optional[torch.amp.GradScaler] = None
+    ema: Optional[torch.nn.Module] = None
+    thawed: list = field(default_factory=list)
+    record: dict = field(default_factory=dict)
+    live: object = None
+    step: int = 0
+    best: float = -math.inf
+    best_step: int = 0
+    best_ema: float = -math.inf
+    stale: int = 0
+    stop: str = "steps"
+    wait_s: float = 0.0
+    compute_s: float = 0.0
+    collapse: CollapseWatch = field(init=False)
+    dead: DeadBranchWatch = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.collapse = CollapseWatch(self.cfg.collapse)
+        self.dead = DeadBranchWatch(self.cfg.dead_branch_steps)
+
+    def state_dict(self, weights: torch.nn.Module | None = None) -> dict:
+        """A checkpoint: the weights (``core``'s, or ``weights``'), optimizer, scheduler, scaler and EMA states, the
+        counters, and :attr:`record`."""
+        return {"model": (self.core if weights is None else weights).state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler else None,
+                "ema": self.ema.module.state_dict() if self.ema is not None else None,
+                "step": self.step, "best": self.best, "best_step": self.best_step, "best_ema": self.best_ema,
+                "stale": self.stale, **self.record}
+
+    def load_state_dict(self, ckpt: dict, path: Path) -> None:
+        """Resume from checkpoint ``ckpt`` (read from ``path``)."""
+        self.core.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None and ckpt.get("ema"):
+            self.ema.module.load_state_dict(ckpt["ema"])
+        self.step, self.best, self.best_step = ckpt["step"], ckpt["best"], ckpt["best_step"]
+        self.best_ema, self.stale = ckpt.get("best_ema", -math.inf), ckpt["stale"]
+
+    def summary(self) -> dict:
+        """What ``train.json`` records (without ``datasets``)."""
+        cfg, evidence = self.cfg, self.collapse.evidence
+        return {"model": cfg.detector, "steps": self.step, "best": self.best if self.best > -math.inf else None,
+                "best_step": self.best_step, "best_ema": self.best_ema if self.best_ema > -math.inf else None,
+                "select": cfg.select, "stop": self.stop,
+                "collapsed": bool(evidence and len(evidence) >= cfg.collapse.patience),
+                "dead_branches": sorted(self.dead.warned),
+                "data_wait_fraction": self.wait_s / max(self.wait_s + self.compute_s, 1e-9)}
+
+
+def save_on_main(tr: Trainer, name: str, weights: torch.nn.Module | None = None) -> None:
+    """Write checkpoint ``OUT/name`` (:meth:`Trainer.state_dict`) on rank 0 only — torchvision's ``save_on_master`` —
+    atomically (:func:`~facepipe.train.engine.save_checkpoint`: a temp name, then a rename)."""
+    if tr.dist.main:
+        save_checkpoint(tr.out / name, tr.state_dict(weights))
+
+
+def _cycle(loader):
+    """``loader``'s batches pass after pass (a new iterator per pass); ends only when a pass yields nothing."""
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            return
+
+
+def _next_point(cfg: TrainConfig, step: int) -> int:
+    """The next step after ``step`` that validates (every ``eval_every`` and at the end) or checkpoints."""
+    return min(cfg.steps, (step // cfg.eval_every + 1) * cfg.eval_every,
+               (step // cfg.checkpoint_every + 1) * cfg.checkpoint_every)
+
+
+def _thaw_when_due(tr: Trainer) -> None:
+    if tr.cfg.freeze_backbone_steps and tr.step == tr.cfg.freeze_backbone_steps and tr.thawed:
+        for p in tr.thawed:
+            p.requires_grad_(True)
+        log.info("step %d: backbone unfrozen", tr.step)
+
+
+def _step(tr: Trainer, micro: list[dict]):
+    """One optimizer step over the micro-batches; a NaN/inf loss names the step and the last good checkpoint."""
+    cfg = tr.cfg
+    try:
+        return train_step(tr.model, micro if cfg.accumulate > 1 else micro[0], tr.optimizer, amp_dtype=tr.amp,
+                          clip_norm=cfg.clip_norm, loss_weights=cfg.loss_weights, scaler=tr.scaler,
+                          branch_norms=hasattr(tr.core, "branches"))
+    except NonFiniteLoss as e:
+        last = tr.out / "last.pt"
+        raise NonFiniteLoss(f"{e} at step {tr.step + 1}: training stopped; the last good checkpoint is {last}"
+                            + ("" if last.exists() else " (none yet)")) from None
+
+
+def _watch_branches(tr: Trainer, norms: dict[str, float]) -> None:
+    cfg = tr.cfg
+    frozen = cfg.freeze_backbone_steps and tr.step <= cfg.freeze_backbone_steps  # no gradient by design
+    for name in tr.dead.update({} if frozen else norms):
+        log.warning("branch '%s' of %s received no gradient for %d steps in a row: is it connected to the loss?",
+                    name, cfg.detector, cfg.dead_branch_steps)
+
+
+def train_one_interval(tr: Trainer, batches, until: int, bar) -> None:
+    """Optimizer steps until ``tr.step == until`` (the next validation or checkpoint) — torchvision's
+    ``train_one_epoch`` — with the schedule's step, the EMA update, the per-step dvclive metrics and
+    the dead-branch watch. Every step but the last is closed in dvclive (``next_step``); the caller closes the last
+    after validating, so its validation metrics share its step."""
+    cfg = tr.cfg
+    while tr.step < until:
+        _thaw_when_due(tr)
         t0 = time.perf_counter()
-        micro = [next_batch() for _ in range(cfg.accumulate)]
+        micro = [next(batches) for _ in range(cfg.accumulate)]
         t1 = time.perf_counter()
-        try:
-            result = train_step(model, micro if cfg.accumulate > 1 else micro[0], optimizer, amp_dtype=amp,
-                                clip_norm=cfg.clip_norm, loss_weights=cfg.loss_weights, scaler=scaler,
-                                branch_norms=measure_branches)
-        except NonFiniteLoss as e:
-            raise NonFiniteLoss(f"{e} at step {st.step + 1}: training stopped; the last good checkpoint is "
-                                f"{out / 'last.pt'}" + ("" if (out / "last.pt").exists() else " (none yet)")) from None
-        lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
-        scheduler.step()
-        if ema is not None:
-            ema.update(core, step=st.step)
-        st.step += 1
-        wait_s += t1 - t0
-        compute_s += time.perf_counter() - t1
+        result = _step(tr, micro)
+        lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(tr.optimizer.param_groups)}
+        if tr.ema is not None:
+            tr.ema.update(tr.core, step=tr.step)
+        tr.scheduler.step()
+        tr.step += 1
+        tr.wait_s += t1 - t0
+        tr.compute_s += time.perf_counter() - t1
         bar.update(1)
         bar.set_postfix(loss=f"{result.loss:.4f}", refresh=False)
-        if live is not None:
-            live.step = st.step
-        _log_step(live, result, lrs, cfg.log_every, st.step)
-        for name in dead.update({k: v for k, v in result.branch_norms.items()
-                                 if not (cfg.freeze_backbone_steps and st.step <= cfg.freeze_backbone_steps)}):
-            log.warning("branch '%s' of %s received no gradient for %d steps in a row: is it connected to the loss?",
-                        name, cfg.detector, cfg.dead_branch_steps)
-        if st.step % cfg.eval_every == 0 or st.step == cfg.steps:
-            frame, video, diag = validate(model, val_loader, amp)
-            _log_validation(live, "val", frame, video, diag)
-            score = (video if cfg.select == "video_auc" else frame)["auc"]
-            improved = not math.isnan(score) and score > st.best
-            if improved:
-                st.best, st.best_step = score, st.step
-                if dist.main:
-                    save_checkpoint(out / "best.pt", state())
-            if ema is not None:
-                ef, ev, ed = validate(ema.module, val_loader, amp)
-                _log_validation(live, "val_ema", ef, ev, ed)
-                escore = (ev if cfg.select == "video_auc" else ef)["auc"]
-                if not math.isnan(escore) and escore > st.best_ema:
-                    st.best_ema, improved = escore, True
-                    if dist.main:
-                        save_checkpoint(out / "best_ema.pt", state(ema.module))
-            st.stale = 0 if improved else st.stale + 1
-            log.info("step %d: val %s %.4f (best %.4f at %d)", st.step, cfg.select, score, st.best, st.best_step)
-            if collapse.update(st.step, diag):
-                evidence = {"detector": cfg.detector, "step": st.step, "min_std": cfg.collapse.min_std,
-                            "patience": cfg.collapse.patience, "validations": collapse.evidence}
-                if dist.main:
-                    with atomic_path(out / "collapse.json") as tmp:
-                        tmp.write_text(json.dumps(evidence, indent=1))
-                if len(collapse.evidence) == cfg.collapse.patience:  # once per episode; the file keeps growing
-                    log.warning("step %d: the model looks collapsed (val score std %.2g, predicted fake %.0f%%) for "
-                                "%d validations in a row; see %s", st.step, diag["score_std"],
-                                100 * diag["predicted_fake"], len(collapse.evidence), out / "collapse.json")
-                if cfg.collapse.action == "stop":
-                    reason = f"collapse: {len(collapse.evidence)} validations in a row"
-                    break
-            if st.stale >= cfg.patience and st.step >= cfg.min_steps:
-                reason = f"early stop: {st.stale} validations without improvement"
+        if tr.live is not None:
+            tr.live.step = tr.step
+        _log_step(tr.live, result, lrs, cfg.log_every, tr.step)
+        _watch_branches(tr, result.branch_norms)
+        if tr.live is not None and tr.step < until:
+            tr.live.next_step()
+
+
+def _select_score(cfg: TrainConfig, frame: dict, video: dict) -> float:
+    return (video if cfg.select == "video_auc" else frame)["auc"]
+
+
+def _validate_ema(tr: Trainer, val_loader) -> bool:
+    """Validate the EMA weights; keep ``best_ema.pt`` when they improved (returned)."""
+    frame, video, diag = validate(tr.ema.module, val_loader, tr.amp)
+    _log_validation(tr.live, "val_ema", frame, video, diag)
+    score = _select_score(tr.cfg, frame, video)
+    if math.isnan(score) or score <= tr.best_ema:
+        return False
+    tr.best_ema = score
+    save_on_main(tr, "best_ema.pt", tr.ema.module)
+    return True
+
+
+def _watch_collapse(tr: Trainer, diag: dict) -> bool:
+    """Feed the collapse watch; once collapsed (``patience`` validations in a row) write ``collapse.json`` (rank 0),
+    warn once per episode, and return ``True``."""
+    cfg, watch = tr.cfg, tr.collapse
+    if not watch.update(tr.step, diag):
+        return False
+    evidence = {"detector": cfg.detector, "step": tr.step, "min_std": cfg.collapse.min_std,
+                "patience": cfg.collapse.patience, "validations": watch.evidence}
+    if tr.dist.main:
+        with atomic_path(tr.out / "collapse.json") as tmp:
+            tmp.write_text(json.dumps(evidence, indent=1))
+    if len(watch.evidence) == cfg.collapse.patience:  # once per episode; the file keeps growing
+        log.warning("step %d: the model looks collapsed (val score std %.2g, predicted fake %.0f%%) for %d "
+                    "validations in a row; see %s", tr.step, diag["score_std"], 100 * diag["predicted_fake"],
+                    len(watch.evidence), tr.out / "collapse.json")
+    return True
+
+
+def validate_and_select(tr: Trainer, val_loader) -> str | None:
+    """Validate (the model, and the EMA weights) — torchvision's ``evaluate`` — and select: keep ``best.pt`` /
+    ``best_ema.pt`` when ``select`` improved, count validations without improvement, watch for a collapse.
+
+    Returns:
+        Why to stop (a collapse with ``collapse.action: stop``, or early stopping: ``patience`` validations without
+        improvement, not before ``min_steps``), else ``None``.
+    """
+    cfg = tr.cfg
+    frame, video, diag = validate(tr.model, val_loader, tr.amp)
+    _log_validation(tr.live, "val", frame, video, diag)
+    score = _select_score(cfg, frame, video)
+    improved = not math.isnan(score) and score > tr.best
+    if improved:
+        tr.best, tr.best_step = score, tr.step
+        save_on_main(tr, "best.pt")
+    if tr.ema is not None and _validate_ema(tr, val_loader):
+        improved = True
+    tr.stale = 0 if improved else tr.stale + 1
+    log.info("step %d: val %s %.4f (best %.4f at %d)", tr.step, cfg.select, score, tr.best, tr.best_step)
+    if _watch_collapse(tr, diag) and cfg.collapse.action == "stop":
+        return f"collapse: {len(tr.collapse.evidence)} validations in a row"
+    if tr.stale >= cfg.patience and tr.step >= cfg.min_steps:
+        return f"early stop: {tr.stale} validations without improvement"
+    return None
+
+
+def fit(tr: Trainer, train_loader, val_loader, progress: bool = True, resume: bool = False) -> dict:
+    """Train from ``tr.step`` to ``steps`` in intervals (:func:`train_one_interval`), each ended by a validation
+    (:func:`validate_and_select`, every ``eval_every`` steps and at the end) and/or a ``last.pt`` checkpoint (every
+    ``checkpoint_every`` steps), logging to dvclive under ``OUT/dvclive`` (rank 0).
+
+    Returns:
+        The summary (:meth:`Trainer.summary`).
+    """
+    cfg = tr.cfg
+    tr.live = _open_live(tr.out / "dvclive", resume) if tr.dist.main else None
+    bar = tqdm(total=cfg.steps, initial=tr.step, desc=f"train {cfg.detector}", unit="step",
+               disable=not progress or not tr.dist.main)
+    batches = _cycle(train_loader)
+    while tr.step < cfg.steps:
+        train_one_interval(tr, batches, _next_point(cfg, tr.step), bar)
+        if tr.step % cfg.eval_every == 0 or tr.step == cfg.steps:
+            stop = validate_and_select(tr, val_loader)
+            if stop:
+                tr.stop = stop
                 break
-        if dist.main and st.step % cfg.checkpoint_every == 0:
-            save_checkpoint(out / "last.pt", state())
-        if live is not None:
-            live.next_step()
+        if tr.step % cfg.checkpoint_every == 0:
+            save_on_main(tr, "last.pt")
+        if tr.live is not None:
+            tr.live.next_step()
     bar.close()
-    if live is not None:
-        live.end()
-    return {"model": cfg.detector, "steps": st.step, "best": st.best if st.best > -math.inf else None,
-            "best_step": st.best_step, "best_ema": st.best_ema if st.best_ema > -math.inf else None,
-            "select": cfg.select, "stop": reason, "collapsed": bool(collapse.evidence and
-                                                                    len(collapse.evidence) >= cfg.collapse.patience),
-            "dead_branches": sorted(dead.warned), "data_wait_fraction": wait_s / max(wait_s + compute_s, 1e-9)}
+    if tr.live is not None:
+        tr.live.end()
+    return tr.summary()
