@@ -176,9 +176,16 @@ def check_command_line(root, args: list[str]) -> list[str]:
     """Problems of one facepipe command line: unknown sub-commands or options (placeholders like ``DIR`` are
     arguments; ``[--opt VALUE]`` synopsis brackets are read through)."""
     problems, cmd, path = [], root, ["facepipe"]
-    for raw in args:
+    for i, raw in enumerate(args):
         tok = raw.strip("[]()")
         if not tok or tok in ("…", "..."):
+            continue
+        if i and args[i - 1].strip("[") in ("-S", "--set") and len(path) == 2 and "=" in tok:
+            key = tok.split("=", 1)[0].removeprefix("params.yaml:")
+            key = key if key.split(".", 1)[0] in _params_models() else f"{path[1]}.{key}"
+            problem = params_key_problem(key)
+            if problem:
+                problems.append(f"{' '.join(path)} -S: {problem}")
             continue
         if tok.startswith("-") and len(tok) > 1 and not re.match(r"^-\d", tok):
             name = tok.split("=", 1)[0]
@@ -209,6 +216,8 @@ def test_the_cli_check_fails_on_a_wrong_option():
                                                                               "--no-such-option"]
     assert check_command_line(root, ["exctract", "--out", "x"]) == ["facepipe: no command exctract"]
     assert check_command_line(root, ["export", "deepfakebench", "--out", "x"]) == []
+    assert check_command_line(root, ["extract", "-S", "labels.min_score=0.01", "--set", "extract.align.size=9"]) == []
+    assert "min_scor" in check_command_line(root, ["extract", "-S", "labels.min_scor=0.01"])[0]
     cmds = _commands("facepipe --help; facepipe models\n.venv/bin/facepipe shard --out s3://b \\\n  --max-samples 9 "
                      "# tail\nfacepipe extract --out O\n    [--select main|all] [--strict]\n")
     assert [_facepipe_args(c) for c in cmds] == [["--help"], ["models"], ["shard", "--out", "s3://b", "--max-samples",
