@@ -30,6 +30,10 @@ PACKAGE = "facepipe"
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 """The ``facepipe`` package folder whose sources are hashed."""
 
+PACKAGE_DATA = ("*.yaml", "templates/*.j2")
+"""Non-Python files of a package that its code reads, relative to its ``__init__.py`` (pyproject.toml's
+package-data): the evaluation protocols, the explain gallery's Jinja2 template."""
+
 LOCK_NAME = ".lock"
 """The lock file inside a stage's output folder (listed in ``.dvcignore``)."""
 
@@ -91,7 +95,7 @@ def _imports(module: str, path: Path) -> set[str]:
 @lru_cache(maxsize=None)
 def code_closure(module: str) -> tuple[Path, ...]:
     """Every facepipe source file that importing ``module`` (and calling its functions) can execute, and the
-    data files shipped beside a package's ``__init__.py`` (``*.yaml``: the evaluation protocols).
+    data files a package ships beside its ``__init__.py`` (:data:`PACKAGE_DATA`).
 
     Returns:
         Sorted absolute paths.
@@ -114,7 +118,7 @@ def code_closure(module: str) -> tuple[Path, ...]:
         if p is not None:
             todo.extend(_imports(m, p) - seen)
     files = {p for m in seen if (p := module_path(m)) is not None}
-    files |= {d for p in list(files) if p.name == "__init__.py" for d in p.parent.glob("*.yaml")}
+    files |= {d for p in list(files) if p.name == "__init__.py" for pat in PACKAGE_DATA for d in p.parent.glob(pat)}
     return tuple(sorted(files))
 
 
