@@ -32,6 +32,7 @@ from facepipe.explain import (
     resolve_layers,
     summary_means,
     topk_iou,
+    write_gallery,
 )
 from facepipe.models import ModelSpec, create_model, list_models
 
@@ -246,6 +247,81 @@ def test_statistics_against_face_and_mask():
     assert reg[4, 4] and reg[2, 3] and not reg[0, 0] and not reg[1, 4] and not reg[7, 4]
     shifted = face_region(lm, [[1, 0, -4], [0, 1, 0]], 16, 8)  # the affine moves the face 2 px left in the crop
     assert shifted[4, 2] and not shifted[4, 5]
+
+
+def test_the_gallery_escapes_what_it_shows(tmp_path):
+    from html.parser import HTMLParser
+
+    nan = float("nan")
+    key = 'ds_<b>"x\'&y'
+    rows = {"key": [key, "plain"], "dataset": ["d<1>", "d"], "video_id": ["v", "w"], "method": ["<m>", "FaceSwap"],
+            "label": [1, 0], "video_label": [1, 0], "label_source": ["video", "video"], "score": [0.25, 0.75],
+            "face_mass": [nan, 0.5], "face_mass_real": [nan, 0.5], "face_mass_chance": [0.3, 0.3],
+            "has_mask": [True, False], "pointing_hit": [1.0, nan], "pointing_chance": [0.2, nan],
+            "iou_top": [0.1, nan], "real_png": ["a&_real.png", "p_real.png"], "fake_png": ["a_fake.png", "p_fake.png"],
+            "comparison_png": ["a_comparison.png", "p_comparison.png"]}
+    frame = pl.DataFrame(rows, schema=SUMMARY_SCHEMA)
+    means = {"model": "<model>", "explain_method": "gradcam", "n": 2, "n_masked": 1, **summary_means(frame)}
+    page = write_gallery(tmp_path, frame, means).read_text()
+    assert "<b>\"x" not in page and "<model>" not in page and "<m>" not in page  # autoescaped
+
+    class Cards(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cards, self.imgs = [], []
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if tag == "div" and a.get("class") == "card":
+                self.cards.append(a)
+            elif tag == "img":
+                self.imgs.append(a["src"])
+            elif tag == "body":
+                assert a == {"data-loaded": "0", "data-failed": "0"}
+
+    p = Cards()
+    p.feed(page)
+    assert [c["data-key"] for c in p.cards] == [key, "plain"]
+    assert [(c["data-score"], c["data-label"], c["data-facemass"]) for c in p.cards] == [
+        ("0.250000", "1", "-1"), ("0.750000", "0", "0.500")]
+    assert p.imgs == ["a_comparison.png", "a&_real.png", "a_fake.png", "p_comparison.png", "p_real.png", "p_fake.png"]
+    assert "face mass n/a · pointing 1 (chance 0.200) · IoU 0.100</p>" in page
+    assert "face mass 0.500 (chance 0.300)</p>" in page
+
+
+def test_the_gallery_template_is_shipped_and_part_of_the_explain_stage_code():
+    from importlib.resources import files
+
+    from facepipe.stages.contract import closure_relpaths
+
+    assert (files("facepipe.explain") / "templates" / "gallery.html.j2").is_file()
+    closure = closure_relpaths("facepipe.stages.explain")
+    assert "facepipe/explain/templates/gallery.html.j2" in closure  # a template change is a code change
+    assert {f"facepipe/explain/{m}.py" for m in ("__init__", "cam", "attention", "scores", "gallery")} <= set(closure)
+
+
+def test_editing_the_gallery_template_changes_the_explain_stage_fingerprint_only(tmp_path):
+    import sys
+
+    from conftest import ROOT
+
+    copy = tmp_path / "src"
+    shutil.copytree(ROOT / "facepipe", copy / "facepipe", ignore=shutil.ignore_patterns("__pycache__"))
+    script = ("import json, sys; from facepipe.stages import contract; "
+              "print(json.dumps({m: contract.code_hash(m) for m in sys.argv[1:]}))")
+    mods = ["facepipe.stages.explain", "facepipe.stages.evaluate"]
+
+    def hashes() -> dict:
+        r = subprocess.run([sys.executable, "-c", script, *mods], capture_output=True, text=True, check=True,
+                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(copy)})
+        return json.loads(r.stdout)
+
+    before = hashes()
+    with open(copy / "facepipe" / "explain" / "templates" / "gallery.html.j2", "a") as f:
+        f.write("<!-- a template change is a code change -->\n")
+    after = hashes()
+    assert after["facepipe.stages.explain"] != before["facepipe.stages.explain"]
+    assert after["facepipe.stages.evaluate"] == before["facepipe.stages.evaluate"]
 
 
 def _chromium() -> str | None:
