@@ -189,8 +189,8 @@ def test_loader_config_is_a_section_and_make_loader_reports_bad_options(example)
 
 def test_read_index_is_the_one_reader_with_one_error_type(example, tmp_path):
     from facepipe.data.footprint import read_video_table
+    from facepipe.data.hf import hf_features
     from facepipe.data.index import resolve_shards
-    from facepipe.data.schema import hf_features
     from facepipe.report import inspect_shards
 
     assert read_index(example) == read_index(example / "index.json") == json.loads((example / "index.json").read_text())

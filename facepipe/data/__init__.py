@@ -10,16 +10,15 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from facepipe.data.schema import hf_features
-
 _LAZY = {
+    "hf_features": "facepipe.data.hf",
     "make_loader": "facepipe.data.loader", "FaceLoader": "facepipe.data.loader",
     "make_dataset": "facepipe.data.pipeline", "LoaderConfig": "facepipe.data.pipeline",
     "FaceDataset": "facepipe.data.pipeline", "ToDevice": "facepipe.data.device",
     "read_index": "facepipe.data.index", "resolve_shards": "facepipe.data.index", "ShardSet": "facepipe.data.index",
 }
 
-__all__ = ["hf_features", *_LAZY]
+__all__ = [*_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -238,7 +238,7 @@ def decode_sample(sample: dict[str, Any], views: tuple[str, ...] = (), mask: boo
     return out
 
 
-_JSON_TYPES = {
+HF_JSON_TYPES = {
     "key": "string", "label": "int64", "label_name": "string", "video_label": "int64", "label_source": "string",
     "manipulation_score": "float64", "dataset": "string", "method": "string", "split": "string", "video_id": "string",
     "source_ids": ["string"], "frame_index": "int64", "timestamp_s": "float64", "track_id": "int64",
@@ -248,51 +248,7 @@ _JSON_TYPES = {
 }
 
 
-def hf_features(index: str | dict):
-    """``datasets.Features`` of a shard set, for ``datasets.load_dataset("webdataset", data_files=...,
-    features=hf_features(index))``.
-
-    Hugging Face's webdataset builder otherwise infers types from the first five samples, and fails on a later
-    sample whose nullable field (``manipulation_score``, ``crop_landmarks``, ``timestamp_s``) has a value when those
-    five had none ("Couldn't cast array of type double to null").
-
-    Args:
-        index: the set's ``index.json`` (path, folder holding it, or the loaded dict).
-
-    Returns:
-        Features: the crop (``png`` or ``jpg``) and ``mask.png`` as ``Image``, ``json`` as a struct of
-        :data:`META_FIELDS`, ``cls`` int64, each stored view as ``Array3D`` float16 (C, H, W).
-
-    Raises:
-        SchemaError: the index is unreadable or of another schema version (a
-            :class:`~facepipe.errors.ShardIndexError`, from :func:`facepipe.data.index.read_index`), or mixes
-            image formats.
-    """
-    import datasets
-
-    from facepipe.data.index import read_index
-
-    index = read_index(index)
-    fmt = index.get("image_format") or "png"
-    if fmt not in IMAGE_EXTS:
-        raise SchemaError(f"shard set has image format {fmt!r}: Hugging Face needs one image field")
-
-    def typ(t):
-        return [typ(t[0])] if isinstance(t, list) else datasets.Value(t)
-
-    feats = {fmt: datasets.Image(), "json": {k: typ(t) for k, t in _JSON_TYPES.items()},
-             "cls": datasets.Value("int64")}
-    if index.get("masks"):
-        feats[MASK_EXT] = datasets.Image()
-    for v in index.get("views", []):
-        shape = tuple((index.get("view_shapes") or {}).get(v, ()))
-        if len(shape) != 3:
-            raise SchemaError(f"shard index records no (C, H, W) shape for view '{v}'; rebuild with 'facepipe shard'")
-        feats[f"{v}.npy"] = datasets.Array3D(shape=shape, dtype="float16")
-    return datasets.Features(feats)
-
-
 __all__ = ["IMAGE_EXTS", "IdError", "KEY_SEP", "LABEL_NAMES", "MASK_EXT", "META_FIELDS", "SCHEMA_VERSION", "SPLITS",
-           "SchemaError", "check_name", "decode_image", "empty_mask_png", "hf_features", "decode_sample", "encode_sample",
+           "SchemaError", "check_name", "decode_image", "empty_mask_png", "decode_sample", "encode_sample",
            "npy_bytes", "npy_load",
            "parse_key", "sample_key"]
