@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -16,7 +17,7 @@ from facepipe.errors import InputError
 from facepipe.models import create_model
 from facepipe.stages.evaluate import EvaluateConfig
 from facepipe.stages.evaluate import run as run_evaluate
-from facepipe.stages.train import TrainConfig
+from facepipe.stages.train import TrainConfig, build_optimizer
 from facepipe.stages.train import run as run_train
 from facepipe.train.engine import NonFiniteLoss, load_checkpoint, train_step
 
@@ -29,6 +30,7 @@ def _batch():
     return {"image": torch.randn(4, 3, 32, 32), "label": torch.tensor([0, 1, 0, 1])}
 
 
+@pytest.mark.slow
 def test_train_step_updates_clips_and_refuses_nan():
     model = create_model("resnet18")
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -51,6 +53,113 @@ def test_train_step_bf16_autocast_runs_on_cpu():
     assert train_step(model, _batch(), opt, amp_dtype=torch.bfloat16) > 0
 
 
+def _lr_formula(cfg: TrainConfig, t: int, base: float) -> float:
+    """The rate at 0-based step ``t`` of a group with base rate ``base``: what torch's LinearLR + SequentialLR +
+    CosineAnnealingLR / StepLR / ConstantLR computed before the timm scheduler (closed form)."""
+    w = cfg.warmup_steps
+    if t < w:
+        return base * (cfg.warmup_start + (1 - cfg.warmup_start) * t / w)
+    u = t - w
+    if cfg.schedule == "cosine":
+        return base * (1 + math.cos(math.pi * u / max(1, cfg.steps - w))) / 2
+    if cfg.schedule == "step":
+        return base * cfg.gamma ** (u // cfg.step_size)
+    return base
+
+
+def _torch_schedule(cfg: TrainConfig, bases: list[float]):
+    """The schedule facepipe built with torch.optim.lr_scheduler before timm's, on an optimizer of ``bases``."""
+    from torch.optim import lr_scheduler as S
+
+    opt = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": b} for b in bases], lr=bases[0])
+    rest = max(1, cfg.steps - cfg.warmup_steps)
+    main = {"cosine": lambda: S.CosineAnnealingLR(opt, T_max=rest),
+            "step": lambda: S.StepLR(opt, cfg.step_size, cfg.gamma),
+            "constant": lambda: S.ConstantLR(opt, factor=1.0, total_iters=0)}[cfg.schedule]()
+    if cfg.warmup_steps:
+        warm = S.LinearLR(opt, start_factor=cfg.warmup_start, end_factor=1.0, total_iters=cfg.warmup_steps)
+        return opt, S.SequentialLR(opt, [warm, main], milestones=[cfg.warmup_steps])
+    return opt, main
+
+
+@pytest.mark.parametrize("schedule,warmup", [("cosine", 5), ("cosine", 0), ("step", 5), ("step", 0), ("constant", 3)])
+def test_timm_schedule_gives_the_same_rate_at_every_step(schedule, warmup):
+    """Per step and per group (head at lr, backbone at lr * backbone_lr_mult), the timm scheduler's rate equals the
+    closed form and what the torch schedulers of the earlier build_optimizer gave."""
+    cfg = TrainConfig(**{**SMALL, "steps": 23, "lr": 0.01, "backbone_lr_mult": 0.1, "schedule": schedule,
+                         "warmup_steps": warmup, "warmup_start": 0.05, "step_size": 4, "gamma": 0.5})
+    opt, sched = build_optimizer(cfg, create_model("resnet18"))
+    ref_opt, ref = _torch_schedule(cfg, [0.01, 0.001])
+    got, formula, torch_ref = [], [], []
+    for t in range(cfg.steps):
+        rates = {g["name"]: g["lr"] for g in opt.param_groups}  # the rates step t + 1 is taken with
+        got.append([rates["head"], rates["backbone"]])
+        formula.append([_lr_formula(cfg, t, 0.01), _lr_formula(cfg, t, 0.001)])
+        torch_ref.append([g["lr"] for g in ref_opt.param_groups])
+        sched.step_update(t + 1)  # after the optimizer step, as the loop does
+        ref_opt.step()
+        ref.step()
+    assert np.allclose(got, formula, rtol=1e-9, atol=0) and np.allclose(got, torch_ref, rtol=1e-9, atol=0)
+    if schedule == "cosine":
+        assert got[warmup] == pytest.approx([0.01, 0.001]) and got[-1][0] < 1e-4  # warmup reaches lr, then cosine
+
+
+class _Trunk(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pos_embed = torch.nn.Parameter(torch.zeros(1, 4, 8))
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.norm = torch.nn.LayerNorm(8)
+
+    def no_weight_decay(self):  # timm's convention, e.g. a ViT's position embedding
+        return {"pos_embed"}
+
+
+class _Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.backbone = _Trunk()
+        self.bn = torch.nn.BatchNorm1d(8)
+        self.fc = torch.nn.Linear(8, 1)
+
+
+def _decay_of(opt) -> dict[int, tuple[str, float, float]]:
+    return {id(p): (g.get("name"), g["weight_decay"], g["lr"]) for g in opt.param_groups for p in g["params"]}
+
+
+def test_biases_and_norms_get_no_weight_decay():
+    """timm's rule inside each group: conv and linear weights decay; biases, norm weights (every 1-d parameter) and
+    what a module's no_weight_decay() lists do not; the trunk keeps its rate (lr * backbone_lr_mult)."""
+    cfg = TrainConfig(**{**SMALL, "lr": 0.01, "backbone_lr_mult": 0.1, "weight_decay": 0.05})
+    model = create_model("resnet18")
+    opt, _ = build_optimizer(cfg, model)
+    decay = _decay_of(opt)
+    trunk = {id(p) for p in model.backbone.parameters()}
+    assert len(decay) == len(list(model.parameters()))  # every parameter once
+    kinds = set()
+    for name, p in model.named_parameters():
+        group, wd, lr = decay[id(p)]
+        assert (group, lr) == (("backbone", 0.001) if id(p) in trunk else ("head", 0.01)), name
+        assert wd == (0.0 if p.ndim <= 1 else 0.05), name
+        kinds.add((p.ndim, wd))
+    assert {(4, 0.05), (2, 0.05), (1, 0.0)} <= kinds  # conv and linear weights decay, BN weights and biases do not
+    assert len(opt.param_groups) == 4 and {g["weight_decay"] for g in opt.param_groups} == {0.0, 0.05}
+    # a trunk's no_weight_decay() names (timm's convention) are exempt too; BatchNorm and Linear of the head alike
+    net = _Net()
+    decay = _decay_of(build_optimizer(cfg, net)[0])
+    assert decay[id(net.backbone.pos_embed)] == ("backbone", 0.0, 0.001)
+    assert decay[id(net.backbone.conv.weight)] == ("backbone", 0.05, 0.001)
+    assert decay[id(net.backbone.norm.weight)][1] == decay[id(net.bn.weight)][1] == decay[id(net.fc.bias)][1] == 0.0
+    assert decay[id(net.fc.weight)] == ("head", 0.05, 0.01)
+    # a model's own param_groups(lr) keep their rates, split the same way
+    net.param_groups = lambda lr: [{"params": list(net.fc.parameters()), "lr": 2 * lr, "name": "fc"},
+                                   {"params": list(net.backbone.parameters()) + list(net.bn.parameters()), "lr": lr}]
+    decay = _decay_of(build_optimizer(cfg.model_copy(update={"warmup_steps": 2}), net)[0])
+    assert decay[id(net.fc.weight)] == ("fc", 0.05, 0.02 * cfg.warmup_start)
+    assert decay[id(net.fc.bias)] == ("fc", 0.0, 0.02 * cfg.warmup_start)
+
+
+@pytest.mark.slow
 def test_train_selects_on_val_resumes_and_evaluates(example_shards, tmp_path):
     out = tmp_path / "run"
     s = run_train(example_shards, out, TrainConfig(**SMALL), progress=False)
@@ -64,6 +173,10 @@ def test_train_selects_on_val_resumes_and_evaluates(example_shards, tmp_path):
     # resume continues from step 6 to 9, keeping optimizer and schedule
     s2 = run_train(example_shards, out, TrainConfig(**{**SMALL, "steps": 9}), resume=True, progress=False)
     assert s2["steps"] == 9 and load_checkpoint(out / "last.pt")["step"] == 9
+    # the schedule is this run's: steps 1-6 on the 6-step cosine, steps 7-9 on the 9-step one (build_scheduler)
+    lrs = pl.read_csv(out / "dvclive" / "plots" / "metrics" / "train" / "lr.tsv", separator="\t")["lr"].to_list()
+    assert lrs == pytest.approx([_lr_formula(TrainConfig(**SMALL), t, 1e-3) for t in range(6)]
+                                + [_lr_formula(TrainConfig(**{**SMALL, "steps": 9}), t, 1e-3) for t in range(6, 9)])
     with pytest.raises(InputError, match="checkpoint of model 'resnet18', asked to resume 'local'"):
         run_train(example_shards, out, TrainConfig(**{**SMALL, "detector": "local"}), resume=True, progress=False)
     r = run_evaluate(out / "best.pt", [example_shards], tmp_path / "eval", EvaluateConfig(num_workers=0, tta_hflip=True),
@@ -83,8 +196,18 @@ def test_train_selects_on_val_resumes_and_evaluates(example_shards, tmp_path):
 
     assert on_disk["stage_fingerprint"] == evaluate_fingerprint(EvaluateConfig(num_workers=3, tta_hflip=True))
     assert on_disk["stage_fingerprint"] != evaluate_fingerprint(EvaluateConfig(num_workers=0, tta_hflip=False))
+    # a checkpoint of the earlier optimizer (one group per name, biases and norms decayed too) is not resumed
+    old = load_checkpoint(out / "last.pt")
+    g = old["optimizer"]["param_groups"]
+    assert [x["name"] for x in g] == ["head", "head", "backbone", "backbone"]
+    old["optimizer"]["param_groups"] = [{**g[0], "params": g[0]["params"] + g[1]["params"]},
+                                        {**g[2], "params": g[2]["params"] + g[3]["params"]}]
+    torch.save(old, out / "last.pt")
+    with pytest.raises(InputError, match="does not fit this run's parameter groups"):
+        run_train(example_shards, out, TrainConfig(**{**SMALL, "steps": 12}), resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_early_stopping(example_shards, tmp_path):
     cfg = TrainConfig(**{**SMALL, "steps": 50, "eval_every": 1, "patience": 2, "lr": 1e-9})
     s = run_train(example_shards, tmp_path / "run", cfg, progress=False)
@@ -122,6 +245,7 @@ def test_checkpoints_load_without_running_code(tmp_path):
         load_checkpoint(tmp_path / "evil.pt")
 
 
+@pytest.mark.slow
 def test_no_stale_best_checkpoint_survives_a_new_run(example_shards, tmp_path, monkeypatch):
     """Validation that never gives a finite AUC (e.g. a val split of one class) must not leave an earlier run's
     best.pt in place."""
@@ -141,6 +265,7 @@ def test_no_stale_best_checkpoint_survives_a_new_run(example_shards, tmp_path, m
     assert best["step"] == s["steps"] == SMALL["steps"]
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(example_shards, tmp_path):
     out = tmp_path / "run"
     cfg = TrainConfig(**{**SMALL, "steps": 9, "lr": 1e36, "clip_norm": None, "checkpoint_every": 1,
@@ -152,6 +277,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(example_shards, tmp_p
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.integration
 def test_ddp_with_torchrun_on_cpu(example_shards, tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(

@@ -88,10 +88,12 @@ class TrainConfig(Section):
     ``eval_every`` steps selects the best checkpoint on ``select`` (``video_auc`` or ``frame_auc``) of the **val**
     split, never test; training stops after ``patience`` validations without improvement, but not before
     ``min_steps`` (late emergence under mixed precision). ``amp``: ``auto`` (bf16 on CUDA, fp32 on CPU) | ``bf16`` |
-    ``fp16`` (with a GradScaler, checkpointed) | ``off``. ``warmup_steps``: linear warmup from
-    ``warmup_start * lr``, then the schedule. ``ema``: keep an EMA of the weights (timm's ``ModelEmaV3``,
-    ``ema_decay``), validated too, saved as ``best_ema.pt``. ``backbone_lr_mult``: learning-rate factor of the
-    model's trunk; ``freeze_backbone_steps``: the trunk is frozen for that many steps, then trained.
+    ``fp16`` (with a GradScaler, checkpointed) | ``off``. ``optimizer`` (timm's ``create_optimizer_v2``) with
+    ``weight_decay`` on weights only: biases, norm weights and other 1-d parameters get none. ``schedule`` (timm's,
+    per optimizer step, :func:`build_scheduler`): ``warmup_steps`` of linear warmup from ``warmup_start * lr``, then
+    a cosine to 0, ``gamma`` every ``step_size`` steps, or constant. ``ema``: keep an EMA of the weights (timm's
+    ``ModelEmaV3``, ``ema_decay``), validated too, saved as ``best_ema.pt``. ``backbone_lr_mult``: learning-rate
+    factor of the model's trunk; ``freeze_backbone_steps``: the trunk is frozen for that many steps, then trained.
     ``deterministic``: deterministic algorithms and seeds (two CPU runs give identical losses). ``collapse``: the
     collapse watch; ``dead_branch_steps``: warn when a named branch gets no gradient for that many steps in a row.
     ``num_workers`` and ``log_every`` are run settings, not part of the stage fingerprint.
@@ -167,34 +169,97 @@ def backbone_of(model: torch.nn.Module) -> torch.nn.Module | None:
     return None
 
 
-def build_optimizer(cfg: TrainConfig, model: torch.nn.Module):
-    """AdamW/Adam over the trainable parameters — the model's ``param_groups(lr)`` when it defines one, else the trunk
-    at ``lr * backbone_lr_mult`` and the rest at ``lr`` — with linear warmup then a cosine, step or constant
-    schedule (``torch.optim.lr_scheduler``)."""
-    from torch.optim import lr_scheduler as S
+def _no_decay_ids(*modules: torch.nn.Module | None) -> set[int]:
+    """The parameters timm exempts from weight decay in any of ``modules``: :func:`timm.optim.param_groups_weight_decay`'s
+    rule — biases, norm weights and every other 1-d parameter, and the names the module's ``no_weight_decay()`` lists
+    (e.g. a ViT trunk's ``pos_embed`` and ``cls_token``), the same rule ``create_optimizer_v2(filter_bias_and_bn=True)``
+    applies to a whole model."""
+    from timm.optim import param_groups_weight_decay
 
+    ids: set[int] = set()
+    for mod in modules:
+        if mod is None:
+            continue
+        listed = mod.no_weight_decay() if callable(getattr(mod, "no_weight_decay", None)) else ()
+        for group in param_groups_weight_decay(mod, weight_decay=1.0, no_weight_decay_list=listed):
+            if group["weight_decay"] == 0.0:
+                ids.update(id(p) for p in group["params"])
+    return ids
+
+
+def param_groups(cfg: TrainConfig, model: torch.nn.Module) -> list[dict]:
+    """The optimizer's parameter groups: the model's own ``param_groups(lr)`` when it defines one, else the trunk
+    (:func:`backbone_of`, group ``backbone``) at ``lr * backbone_lr_mult`` and the rest (``head``) at ``lr`` — the
+    parameters trainable at creation (a trunk frozen for ``freeze_backbone_steps`` is trained later).
+
+    Each group is split in two of the same name: the parameters that get ``weight_decay`` and those that get none
+    (biases, norm weights and other 1-d parameters, and what ``no_weight_decay()`` lists: :func:`_no_decay_ids`).
+    A group's rate is ``lr`` times its ``lr_scale``, which timm's schedulers apply at every update, so a warmup starts
+    each group at ``warmup_start`` times its own rate."""
     if hasattr(model, "param_groups"):
-        groups = model.param_groups(cfg.lr)
+        base = [dict(g) for g in model.param_groups(cfg.lr)]
     else:
         trunk = backbone_of(model)
         trunk_ids = {id(p) for p in trunk.parameters()} if trunk is not None else set()
-        # parameters frozen for a while are trainable later: include what was trainable at creation
         trainable = [p for p in model.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in trainable if id(p) not in trunk_ids], "lr": cfg.lr, "name": "head"}]
-        if trunk_ids:
-            groups.append({"params": [p for p in trainable if id(p) in trunk_ids], "lr": cfg.lr * cfg.backbone_lr_mult,
-                           "name": "backbone"})
-        groups = [g for g in groups if g["params"]]
-    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rest = max(1, cfg.steps - cfg.warmup_steps)
-    main = {"cosine": lambda: S.CosineAnnealingLR(optimizer, T_max=rest),
-            "step": lambda: S.StepLR(optimizer, cfg.step_size, cfg.gamma),
-            "constant": lambda: S.ConstantLR(optimizer, factor=1.0, total_iters=0)}[cfg.schedule]()
-    if cfg.warmup_steps:
-        warm = S.LinearLR(optimizer, start_factor=cfg.warmup_start, end_factor=1.0, total_iters=cfg.warmup_steps)
-        return optimizer, S.SequentialLR(optimizer, [warm, main], milestones=[cfg.warmup_steps])
-    return optimizer, main
+        base = [{"params": [p for p in trainable if id(p) not in trunk_ids], "lr": cfg.lr, "name": "head"},
+                {"params": [p for p in trainable if id(p) in trunk_ids], "lr": cfg.lr * cfg.backbone_lr_mult,
+                 "name": "backbone"}]
+    exempt = _no_decay_ids(model, backbone_of(model))
+    groups = []
+    for g in base:
+        params = list(g.pop("params"))
+        scale = g.pop("lr_scale", 1.0) * g.pop("lr", cfg.lr) / cfg.lr
+        decay = g.pop("weight_decay", cfg.weight_decay)
+        common = {**g, "lr": cfg.lr, "lr_scale": scale}
+        for wd, part in ((decay, [p for p in params if id(p) not in exempt]),
+                         (0.0, [p for p in params if id(p) in exempt])):
+            if part:
+                groups.append({**common, "params": part, "weight_decay": wd})
+    return groups
+
+
+def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
+    """timm's learning-rate schedule, stepped per optimizer step (``scheduler.step_update(step)`` with the number of
+    steps done) and placed at step 0.
+
+    At step ``t`` (0-based; ``W`` = ``warmup_steps``, ``T`` = ``max(1, steps - W)``) each group's rate is its base
+    rate times: ``warmup_start + (1 - warmup_start) * t / W`` while ``t < W``; then, with ``u = t - W``,
+    ``(1 + cos(pi * u / T)) / 2`` (``cosine``: :class:`timm.scheduler.CosineLRScheduler`, ``lr_min`` 0),
+    ``gamma ** (u // step_size)`` (``step``: :class:`~timm.scheduler.StepLRScheduler`) or 1 (``constant``: a step
+    schedule with ``decay_rate`` 1). That is the curve torch's ``LinearLR`` + ``SequentialLR`` with
+    ``CosineAnnealingLR`` / ``StepLR`` / ``ConstantLR`` gave before (tests/test_train.py compares them step by step).
+
+    One difference: the schedule is a function of the step and this run's parameters, so a resume is placed with
+    ``step_update(step)`` rather than restored from the checkpoint. A resume that raises ``steps`` follows the
+    longer cosine (from the resumed step on), where the restored ``CosineAnnealingLR`` kept the old length and, past
+    it, climbed back up the cosine; timm's cosine stays at ``lr_min`` past its end (never reached in one run)."""
+    from timm.scheduler import CosineLRScheduler, StepLRScheduler
+
+    warm = dict(warmup_t=cfg.warmup_steps, warmup_lr_init=cfg.warmup_start * cfg.lr, warmup_prefix=True,
+                t_in_epochs=False)
+    if cfg.schedule == "cosine":
+        scheduler = CosineLRScheduler(optimizer, t_initial=max(1, cfg.steps - cfg.warmup_steps), lr_min=0.0, **warm)
+    else:
+        step = cfg.schedule == "step"
+        scheduler = StepLRScheduler(optimizer, decay_t=cfg.step_size if step else 1,
+                                    decay_rate=cfg.gamma if step else 1.0, **warm)
+    scheduler.step_update(0)
+    return scheduler
+
+
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module):
+    """AdamW/Adam from timm's ``create_optimizer_v2`` over :func:`param_groups` (its ``param_group_fn``: the
+    trunk/head split with no weight decay on biases and norms inside each group), and :func:`build_scheduler`.
+
+    Returns:
+        ``(optimizer, scheduler)``.
+    """
+    from timm.optim import create_optimizer_v2
+
+    optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                    filter_bias_and_bn=True, param_group_fn=lambda m: param_groups(cfg, m))
+    return optimizer, build_scheduler(cfg, optimizer)
 
 
 def build_loaders(shards, index: dict, cfg: TrainConfig, freq: FreqConfig, size: int, device, step: int, spec):
@@ -516,16 +581,26 @@ class Trainer:
                 "stale": self.stale, **self.record}
 
     def load_state_dict(self, ckpt: dict, path: Path) -> None:
-        """Resume from checkpoint ``ckpt`` (read from ``path``)."""
+        """Resume from checkpoint ``ckpt`` (read from ``path``); the schedule is placed at its step.
+
+        Raises:
+            InputError: its optimizer has other parameter groups (a checkpoint written before the timm optimizer,
+                whose groups had no separate no-weight-decay half).
+        """
         self.core.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except ValueError as e:
+            raise InputError(f"{path}: its optimizer state does not fit this run's parameter groups ({e}); a "
+                             "checkpoint written before biases and norms got their own groups (no weight decay) "
+                             "cannot be resumed: train again without resume") from None
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         if self.ema is not None and ckpt.get("ema"):
             self.ema.module.load_state_dict(ckpt["ema"])
         self.step, self.best, self.best_step = ckpt["step"], ckpt["best"], ckpt["best_step"]
         self.best_ema, self.stale = ckpt.get("best_ema", -math.inf), ckpt["stale"]
+        self.scheduler.step_update(self.step)
 
     def summary(self) -> dict:
         """What ``train.json`` records (without ``datasets``)."""
@@ -592,7 +667,7 @@ def _watch_branches(tr: Trainer, norms: dict[str, float]) -> None:
 
 def train_one_interval(tr: Trainer, batches, until: int, bar) -> None:
     """Optimizer steps until ``tr.step == until`` (the next validation or checkpoint) — torchvision's
-    ``train_one_epoch`` — with the schedule's step, the EMA update, the per-step dvclive metrics and
+    ``train_one_epoch`` — with the EMA update, the schedule's ``step_update``, the per-step dvclive metrics and
     the dead-branch watch. Every step but the last is closed in dvclive (``next_step``); the caller closes the last
     after validating, so its validation metrics share its step."""
     cfg = tr.cfg
@@ -605,8 +680,8 @@ def train_one_interval(tr: Trainer, batches, until: int, bar) -> None:
         lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(tr.optimizer.param_groups)}
         if tr.ema is not None:
             tr.ema.update(tr.core, step=tr.step)
-        tr.scheduler.step()
         tr.step += 1
+        tr.scheduler.step_update(tr.step)
         tr.wait_s += t1 - t0
         tr.compute_s += time.perf_counter() - t1
         bar.update(1)
