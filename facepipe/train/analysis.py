@@ -187,11 +187,8 @@ def extract_features(checkpoint: str | Path, shards: str | Path, split: str, lay
         InputError: unreadable checkpoint or shards, an empty split.
         ConfigError: no layers, an unknown or ambiguous layer name, a layer returning no tensor.
     """
-    from tqdm.auto import tqdm
-
     from facepipe.data.loader import make_loader
-    from facepipe.models import logits_of
-    from facepipe.train.engine import model_from_checkpoint, model_inputs
+    from facepipe.train.engine import model_from_checkpoint
 
     if not layers:
         raise ConfigError("give at least one --layers name (see --list-layers)")
@@ -202,25 +199,8 @@ def extract_features(checkpoint: str | Path, shards: str | Path, split: str, lay
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rec = FeatureRecorder(lm.model, layers, pool)
-    chunks: dict[str, list[np.ndarray]] = {}
-    rows: dict[str, list] = {k: [] for k in ("key", "dataset", "video_id", "method", "label", "video_label",
-                                             "label_source", "score")}
     try:
-        with torch.no_grad():
-            for b in tqdm(loader, desc="features", unit="batch", disable=not progress):
-                score = torch.sigmoid(logits_of(lm.model(model_inputs(lm.model, b))).float())
-                bsz = len(b["key"])
-                for name, t in rec.out.items():
-                    if t.shape[0] != bsz:  # windowed attention: (B * windows, heads, q, k) -> (B, windows, ...)
-                        t = t.reshape(bsz, -1, *t.shape[1:])
-                        rec.layouts[name] = "NW" + rec.layouts[name][1:]
-                    chunks.setdefault(name, []).append(t.cpu().numpy().astype(np.float16))
-                for k in ("key", "dataset", "video_id", "method", "video_label", "label_source"):
-                    rows[k].extend(b[k])
-                rows["label"].extend(b["label"].tolist())
-                rows["score"].extend(score.cpu().tolist())
-                if limit and len(rows["key"]) >= limit:
-                    break
+        chunks, rows = _record_split(lm.model, loader, rec, limit, progress)
     finally:
         rec.close()
     if not rows["key"]:
@@ -243,6 +223,36 @@ def extract_features(checkpoint: str | Path, shards: str | Path, split: str, lay
     with atomic_path(out / "features.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1))
     return result
+
+
+@torch.no_grad()
+def _record_split(model: torch.nn.Module, loader, rec: FeatureRecorder, limit: int | None,
+                  progress: bool) -> tuple[dict[str, list[np.ndarray]], dict[str, list]]:
+    """Run ``model`` over ``loader`` (up to ``limit`` samples) with ``rec``'s hooks: the float16 chunks of every
+    recorded output (windowed attention reshaped to (B, windows, ...)) and the index rows with the model's score."""
+    from tqdm.auto import tqdm
+
+    from facepipe.models import logits_of
+    from facepipe.train.engine import model_inputs
+
+    chunks: dict[str, list[np.ndarray]] = {}
+    rows: dict[str, list] = {k: [] for k in ("key", "dataset", "video_id", "method", "label", "video_label",
+                                             "label_source", "score")}
+    for b in tqdm(loader, desc="features", unit="batch", disable=not progress):
+        score = torch.sigmoid(logits_of(model(model_inputs(model, b))).float())
+        bsz = len(b["key"])
+        for name, t in rec.out.items():
+            if t.shape[0] != bsz:  # windowed attention: (B * windows, heads, q, k) -> (B, windows, ...)
+                t = t.reshape(bsz, -1, *t.shape[1:])
+                rec.layouts[name] = "NW" + rec.layouts[name][1:]
+            chunks.setdefault(name, []).append(t.cpu().numpy().astype(np.float16))
+        for k in ("key", "dataset", "video_id", "method", "video_label", "label_source"):
+            rows[k].extend(b[k])
+        rows["label"].extend(b["label"].tolist())
+        rows["score"].extend(score.cpu().tolist())
+        if limit and len(rows["key"]) >= limit:
+            break
+    return chunks, rows
 
 
 def tsne_plot(embeddings: np.ndarray, index: pl.DataFrame, out_dir: Path, title: str = "", seed: int = 0) -> Path:
