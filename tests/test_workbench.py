@@ -94,6 +94,7 @@ def _curve(out, name: str) -> list[float]:
 # diagnostics
 
 
+@pytest.mark.slow
 def test_a_constant_model_is_caught_within_patience(example_shards, tmp_path, user_models):
     cfg = TrainConfig(**{**SMALL, "detector": f"{user_models}:constant", "steps": 6, "eval_every": 1,
                          "collapse": {"min_std": 1e-3, "patience": 2, "action": "stop"}})
@@ -120,6 +121,7 @@ def test_a_branch_without_gradient_is_named(example_shards, tmp_path, user_model
     assert all(v > 0 for v in _curve(tmp_path / "run", "train/grad_norm_rgb"))
 
 
+@pytest.mark.slow
 def test_logged_gradient_norm_is_clip_grad_norms_return(example_shards, tmp_path, monkeypatch):
     returned = []
     original = torch.nn.utils.clip_grad_norm_
@@ -142,6 +144,7 @@ def test_logged_gradient_norm_is_clip_grad_norms_return(example_shards, tmp_path
         assert (out / "dvclive" / "plots" / "metrics" / f"{name}.tsv").is_file(), name
 
 
+@pytest.mark.slow
 def test_branch_norms_are_measured_before_clipping():
     model = create_model("resnet18")
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
@@ -156,6 +159,7 @@ def test_branch_norms_are_measured_before_clipping():
 # recipes
 
 
+@pytest.mark.slow
 def test_warmup_is_linear_then_cosine(example_shards, tmp_path):
     out = tmp_path / "run"
     cfg = TrainConfig(**{**SMALL, "steps": 8, "eval_every": 8, "lr": 0.01, "warmup_steps": 4, "warmup_start": 0.1})
@@ -175,6 +179,7 @@ def test_backbone_learning_rate_multiplier():
     assert n_backbone == sum(p.numel() for p in model.backbone.parameters())
 
 
+@pytest.mark.slow
 def test_ema_weights_are_validated_and_kept(example_shards, tmp_path):
     out = tmp_path / "run"
     run_train(example_shards, out, TrainConfig(**{**SMALL, "ema": True, "ema_decay": 0.9}), progress=False)
@@ -186,6 +191,7 @@ def test_ema_weights_are_validated_and_kept(example_shards, tmp_path):
     assert len(_curve(out, "val_ema/video_auc")) == 2
 
 
+@pytest.mark.slow
 def test_fp16_scaler_is_logged_checkpointed_and_resumed(example_shards, tmp_path):
     out = tmp_path / "run"
     run_train(example_shards, out, TrainConfig(**{**SMALL, "amp": "fp16"}), progress=False)
@@ -196,6 +202,7 @@ def test_fp16_scaler_is_logged_checkpointed_and_resumed(example_shards, tmp_path
     assert load_checkpoint(out / "last.pt")["step"] == 6 and len(_curve(out, "train/amp_scale")) == 6
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_one_big_batch():
     torch.manual_seed(0)
     batch = {"image": torch.randn(8, 3, 32, 32), "label": torch.tensor([0, 1] * 4)}
@@ -213,6 +220,7 @@ def test_gradient_accumulation_equals_one_big_batch():
     assert len(results[1].logits) == 8
 
 
+@pytest.mark.slow
 def test_freeze_then_unfreeze_the_backbone(example_shards, tmp_path):
     out = tmp_path / "run"
     run_train(example_shards, out, TrainConfig(**{**SMALL, "freeze_backbone_steps": 2}), progress=False)
@@ -223,6 +231,7 @@ def test_freeze_then_unfreeze_the_backbone(example_shards, tmp_path):
     assert ckpt["optimizer"]["state"]  # the backbone's parameters were in the optimizer all along
 
 
+@pytest.mark.slow
 def test_deterministic_runs_repeat_exactly(example_shards, tmp_path):
     losses = []
     for i in range(2):
@@ -234,6 +243,7 @@ def test_deterministic_runs_repeat_exactly(example_shards, tmp_path):
     assert not torch.are_deterministic_algorithms_enabled()  # the process-wide switch is put back
 
 
+@pytest.mark.slow
 def test_min_steps_holds_early_stopping_back(example_shards, tmp_path):
     base = {**SMALL, "steps": 30, "eval_every": 1, "patience": 1, "lr": 1e-9}
     s = run_train(example_shards, tmp_path / "a", TrainConfig(**base), progress=False)
@@ -242,6 +252,7 @@ def test_min_steps_holds_early_stopping_back(example_shards, tmp_path):
     assert s["stop"].startswith("early stop") and s["steps"] == 8
 
 
+@pytest.mark.slow
 def test_training_logs_in_a_git_repo_without_commits(example_shards, tmp_path, monkeypatch):
     import subprocess
 
@@ -273,6 +284,7 @@ def trained(example_shards, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_features_rows_follow_the_keys_with_the_expected_shapes(example_shards, trained, tmp_path):
     out = tmp_path / "feat"
     r = extract_features(trained / "resnet18" / "best.pt", example_shards, "test", ["layer4", "backbone.layer2"],
