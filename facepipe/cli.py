@@ -327,9 +327,10 @@ def train(
     params: Optional[Path] = typer.Option(
         None, "--params", help="params.yaml to read the 'train' (and 'freq', for views) sections from."),
     sets: Optional[list[str]] = typer.Option(None, "-S", "--set", help=SET_HELP),
-    detector: Optional[str] = typer.Option(
-        None, "--detector", "--model",
-        help="Forgery detector: a zoo model (see 'facepipe models'), timm:<name>, or module:factory."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "--detector",
+        help="The forgery detector to train: a zoo model (see 'facepipe models'), timm:<name>, or module:factory "
+             "(--detector: its old name)."),
     imports: Optional[list[str]] = typer.Option(None, "--import",
                                                 help="A Python file registering your own model (repeatable)."),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
@@ -344,7 +345,7 @@ def train(
 
     s_ = _sets(sets, "train", "freq")
     cfg = _configure(TrainConfig, _params_data(params, "train", TrainConfig),
-                     {"detector": detector, "steps": steps, "batch_size": batch_size, "lr": lr,
+                     {"model": model, "steps": steps, "batch_size": batch_size, "lr": lr,
                       "imports": list(imports) if imports else None}, "train", s_["train"])
     freq = _configure(FreqConfig, _params_data(params, "freq", FreqConfig), {}, "freq", s_["freq"])
     s = run(shards, out, cfg, freq, resume=resume, progress=progress)
@@ -551,7 +552,7 @@ def compare(
     metrics: Optional[str] = typer.Option(
         None, help="Comma-separated '<metrics file>:<key>' columns (default: evaluate's video AUC/EER, frame AUC)."),
     by: Optional[str] = typer.Option(
-        None, help="Comma-separated params defining a configuration, e.g. 'params.yaml:train.detector' "
+        None, help="Comma-separated params defining a configuration, e.g. 'params.yaml:train.model' "
                    "(default: every param that varies, except the seed)."),
     out: Optional[Path] = typer.Option(Path("compare"), "--out", help="Folder for compare.csv and compare.md."),
     wait: bool = typer.Option(False, help="First wait until no experiment is queued or running."),

@@ -479,6 +479,6 @@ def test_train_on_deepfakebench_shards_defaults_to_256(example_shards, tmp_path)
     index = json.loads((shards / "index.json").read_text())
     (shards / "index.json").write_text(json.dumps({**index, "preset": "deepfakebench"}))
     assert get_spec("resnet18").input_size != 256
-    cfg = TrainConfig(detector="resnet18", batch_size=4, steps=1, eval_every=1, checkpoint_every=1, num_workers=0)
+    cfg = TrainConfig(model="resnet18", batch_size=4, steps=1, eval_every=1, checkpoint_every=1, num_workers=0)
     run_train(shards, tmp_path / "run", cfg, progress=False)
     assert load_checkpoint(tmp_path / "run" / "last.pt", "resnet18")["image_size"] == 256

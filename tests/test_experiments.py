@@ -53,7 +53,7 @@ def repo(tmp_path_factory) -> Path:
 
 
 def test_the_readme_ablation_grid_runs_and_compares(repo):
-    queued = _run(["dvc", "exp", "run", "--queue", "-S", "train.detector=local,multipole", "-S", "train.seed=0,1"],
+    queued = _run(["dvc", "exp", "run", "--queue", "-S", "train.model=local,multipole", "-S", "train.seed=0,1"],
                   repo)
     assert len(re.findall(r"Queued experiment", queued)) == 4
     _run(["dvc", "queue", "start"], repo)
@@ -63,16 +63,16 @@ def test_the_readme_ablation_grid_runs_and_compares(repo):
 
     rows = experiment_rows(repo)
     assert len(rows) == 4
-    grid = sorted((r["params.yaml:train.detector"], r["params.yaml:train.seed"]) for r in rows)
+    grid = sorted((r["params.yaml:train.model"], r["params.yaml:train.seed"]) for r in rows)
     assert grid == [("local", 0), ("local", 1), ("multipole", 0), ("multipole", 1)]
     assert all(isinstance(r["data/evaluate/metrics.json:video.auc"], float) for r in rows)
 
     table = pl.read_csv(repo / "compare" / "compare.csv")
-    assert table["train.detector"].to_list() == ["local", "multipole"] and table["runs"].to_list() == [2, 2]
+    assert table["train.model"].to_list() == ["local", "multipole"] and table["runs"].to_list() == [2, 2]
     assert {"video.auc mean", "video.auc std", "video.eer mean", "frame.auc std"} <= set(table.columns)
     for det in ("local", "multipole"):
-        aucs = [r["data/evaluate/metrics.json:video.auc"] for r in rows if r["params.yaml:train.detector"] == det]
-        got = table.filter(pl.col("train.detector") == det)
+        aucs = [r["data/evaluate/metrics.json:video.auc"] for r in rows if r["params.yaml:train.model"] == det]
+        got = table.filter(pl.col("train.model") == det)
         assert got["video.auc mean"][0] == pytest.approx(sum(aucs) / 2)
     md = (repo / "compare" / "compare.md").read_text()
     assert md.count("\n") == 4 and "±" in md and "| local | 2 |" in md and "| local | 2 |" in out

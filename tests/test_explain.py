@@ -334,7 +334,7 @@ def checkpoint(example_shards, tmp_path_factory):
     from facepipe.stages.train import run as run_train
 
     out = tmp_path_factory.mktemp("explain_train")
-    run_train(example_shards, out, TrainConfig(detector="resnet18", image_size=64, steps=2, eval_every=2,
+    run_train(example_shards, out, TrainConfig(model="resnet18", image_size=64, steps=2, eval_every=2,
                                                checkpoint_every=2, batch_size=8, num_workers=0), progress=False)
     return out / "best.pt"
 

@@ -63,7 +63,7 @@ def test_evaluate_refuses_a_test_set_that_holds_training_videos(example_shards, 
     assert set(table["split"]) == {"train", "val", "test"} and table["faces"].sum() == json.loads(
         (example_shards / "index.json").read_text())["total"]
     ckpt_dir = tmp_path / "train"
-    run_train(example_shards, ckpt_dir, TrainConfig(detector="resnet18", image_size=64, batch_size=8, steps=2,
+    run_train(example_shards, ckpt_dir, TrainConfig(model="resnet18", image_size=64, batch_size=8, steps=2,
                                                     eval_every=2, checkpoint_every=2, num_workers=0),
               progress=False)
     fp = load_checkpoint(ckpt_dir / "best.pt")["footprint"]

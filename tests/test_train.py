@@ -21,7 +21,7 @@ from facepipe.stages.train import TrainConfig, build_optimizer
 from facepipe.stages.train import run as run_train
 from facepipe.train.engine import NonFiniteLoss, load_checkpoint, train_step
 
-SMALL = dict(detector="resnet18", image_size=64, batch_size=8, steps=6, eval_every=3, checkpoint_every=3,
+SMALL = dict(model="resnet18", image_size=64, batch_size=8, steps=6, eval_every=3, checkpoint_every=3,
              num_workers=0, lr=1e-3)
 
 
@@ -178,7 +178,7 @@ def test_train_selects_on_val_resumes_and_evaluates(example_shards, tmp_path):
     assert lrs == pytest.approx([_lr_formula(TrainConfig(**SMALL), t, 1e-3) for t in range(6)]
                                 + [_lr_formula(TrainConfig(**{**SMALL, "steps": 9}), t, 1e-3) for t in range(6, 9)])
     with pytest.raises(InputError, match="checkpoint of model 'resnet18', asked to resume 'local'"):
-        run_train(example_shards, out, TrainConfig(**{**SMALL, "detector": "local"}), resume=True, progress=False)
+        run_train(example_shards, out, TrainConfig(**{**SMALL, "model": "local"}), resume=True, progress=False)
     r = run_evaluate(out / "best.pt", [example_shards], tmp_path / "eval", EvaluateConfig(num_workers=0, tta_hflip=True),
                      progress=False)
     preds = pl.read_parquet(tmp_path / "eval" / "predictions.parquet")

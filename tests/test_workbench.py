@@ -22,7 +22,7 @@ from facepipe.stages.train import run as run_train
 from facepipe.train.analysis import extract_features, layer_table
 from facepipe.train.engine import load_checkpoint, model_from_checkpoint, predict, train_step
 
-SMALL = dict(detector="resnet18", image_size=64, batch_size=8, steps=4, eval_every=2, checkpoint_every=2,
+SMALL = dict(model="resnet18", image_size=64, batch_size=8, steps=4, eval_every=2, checkpoint_every=2,
              num_workers=0, lr=1e-3)
 
 USER_MODELS = '''
@@ -96,7 +96,7 @@ def _curve(out, name: str) -> list[float]:
 
 @pytest.mark.slow
 def test_a_constant_model_is_caught_within_patience(example_shards, tmp_path, user_models):
-    cfg = TrainConfig(**{**SMALL, "detector": f"{user_models}:constant", "steps": 6, "eval_every": 1,
+    cfg = TrainConfig(**{**SMALL, "model": f"{user_models}:constant", "steps": 6, "eval_every": 1,
                          "collapse": {"min_std": 1e-3, "patience": 2, "action": "stop"}})
     s = run_train(example_shards, tmp_path / "stop", cfg, progress=False)
     assert s["stop"].startswith("collapse") and s["steps"] == 2 and s["collapsed"]
@@ -111,7 +111,7 @@ def test_a_constant_model_is_caught_within_patience(example_shards, tmp_path, us
 
 
 def test_a_branch_without_gradient_is_named(example_shards, tmp_path, user_models, caplog):
-    cfg = TrainConfig(**{**SMALL, "detector": f"{user_models}:two_branch", "dead_branch_steps": 3})
+    cfg = TrainConfig(**{**SMALL, "model": f"{user_models}:two_branch", "dead_branch_steps": 3})
     with caplog.at_level(logging.WARNING, logger="facepipe.stages.train"):
         s = run_train(example_shards, tmp_path / "run", cfg, progress=False)
     warned = [r.getMessage() for r in caplog.records if "received no gradient" in r.getMessage()]
@@ -263,9 +263,13 @@ def test_training_logs_in_a_git_repo_without_commits(example_shards, tmp_path, m
     assert _curve(tmp_path / "run", "train/loss") and (tmp_path / "run" / "dvclive" / "metrics.json").is_file()
 
 
-def test_old_key_names_are_accepted_and_both_are_refused():
-    assert TrainConfig.model_validate({"model": "local", "model_options": {"dim": 32}}).detector == "local"
-    with pytest.raises(ValueError):
+def test_old_key_names_are_accepted_with_a_warning_and_both_are_refused():
+    cfg = TrainConfig.model_validate({"model": "local", "model_options": {"dim": 32}})
+    assert (cfg.model, cfg.model_options) == ("local", {"dim": 32})
+    with pytest.warns(FutureWarning, match="renamed to train.model"):
+        old = TrainConfig.model_validate({"detector": "local", "detector_options": {"dim": 32}})
+    assert old == cfg and "detector" not in old.model_dump()  # fingerprints and checkpoints say 'model'
+    with pytest.raises(ValueError), pytest.warns(FutureWarning):
         TrainConfig.model_validate({"model": "local", "detector": "resnet18"})
 
 
@@ -278,8 +282,8 @@ def trained(example_shards, tmp_path_factory):
     out = tmp_path_factory.mktemp("features")
     run_train(example_shards, out / "resnet18", TrainConfig(**{**SMALL, "image_size": 224, "steps": 1, "eval_every": 1,
                                                                "batch_size": 4}), progress=False)
-    run_train(example_shards, out / "local", TrainConfig(**{**SMALL, "detector": "local", "steps": 1, "eval_every": 1,
-                                                            "detector_options": {"dim": 32, "depth": 1}}),
+    run_train(example_shards, out / "local", TrainConfig(**{**SMALL, "model": "local", "steps": 1, "eval_every": 1,
+                                                            "model_options": {"dim": 32, "depth": 1}}),
               progress=False)
     return out
 

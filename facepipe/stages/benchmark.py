@@ -118,7 +118,7 @@ def run(out_dir: str | Path, cfg: BenchmarkConfig, test_shards: list[str | Path]
     with contract.stage_lock(out, STAGE):
         for m in models or []:
             tdir = out / "models" / _slug(m) / "train"
-            tcfg = (train_cfg or train.TrainConfig()).model_copy(update={"detector": m})
+            tcfg = (train_cfg or train.TrainConfig()).model_copy(update={"model": m})
             train.run(train_shards, tdir, tcfg, freq, progress=progress)
             runs.append((m, tdir / "best.pt", tdir))
         for c in checkpoints or []:

@@ -27,13 +27,14 @@ import os
 import random
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Union
 
 import numpy as np
 import torch
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from tqdm.auto import tqdm
 
 from facepipe import __version__
@@ -76,8 +77,9 @@ class CollapseConfig(Section):
 class TrainConfig(Section):
     """Parameters of the ``train`` stage (section ``train``).
 
-    ``detector``: the forgery detector — a zoo model (``facepipe models``), ``timm:<name>`` or
-    ``package.module:factory`` — with ``detector_options`` (``model`` / ``model_options`` are accepted too);
+    ``model``: the forgery detector — a zoo model (``facepipe models``), ``timm:<name>`` or
+    ``package.module:factory`` — with ``model_options`` (the old names ``detector`` / ``detector_options`` are
+    accepted for one release with a ``FutureWarning``: "detector" is the face detector of ``extract``);
     ``imports``: Python files whose ``@register_model`` factories to load first (a user's own model,
     ``--import FILE``). ``pretrained``: ``false``, ``true`` (local caches only) or a weights file.
     ``loss_weights``: weight of each auxiliary loss the model returns (default: the model spec's, else 1).
@@ -99,8 +101,8 @@ class TrainConfig(Section):
     ``num_workers`` and ``log_every`` are run settings, not part of the stage fingerprint.
     """
 
-    detector: str = Field("resnet18", validation_alias=AliasChoices("detector", "model"))
-    detector_options: dict = Field({}, validation_alias=AliasChoices("detector_options", "model_options"))
+    model: str = Field("resnet18", validation_alias=AliasChoices("model", "detector"))
+    model_options: dict = Field({}, validation_alias=AliasChoices("model_options", "detector_options"))
     imports: tuple[str, ...] = ()
     loss_weights: dict[str, float] = {}
     pretrained: Union[bool, str] = False
@@ -137,6 +139,18 @@ class TrainConfig(Section):
     collapse: CollapseConfig = CollapseConfig()
     dead_branch_steps: int = Field(50, ge=1)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data):
+        """``detector`` / ``detector_options`` (before issue 22) still work, with a FutureWarning."""
+        if isinstance(data, dict):
+            old = [k for k in ("detector", "detector_options") if k in data]
+            if old:
+                warnings.warn(f"train.{', train.'.join(old)}: renamed to train.model / train.model_options "
+                              "('detector' is the face detector of extract); the old names go in the next release",
+                              FutureWarning, stacklevel=2)
+        return data
+
 
 def fingerprint(cfg: TrainConfig, freq: FreqConfig) -> str:
     """Parameters (with the view parameters), stage version and code."""
@@ -145,15 +159,15 @@ def fingerprint(cfg: TrainConfig, freq: FreqConfig) -> str:
 
 
 def build_model(cfg: TrainConfig, size: int | None = None) -> torch.nn.Module:
-    """The model ``cfg.detector`` with its options; the training size goes to the spec's ``size_options``."""
+    """The model ``cfg.model`` with its options; the training size goes to the spec's ``size_options``."""
     from facepipe.models import create_model, get_spec, import_model_file
 
     for f in cfg.imports:
         import_model_file(f)
-    spec = get_spec(cfg.detector)
+    spec = get_spec(cfg.model)
     size = size or cfg.image_size or spec.input_size
-    extra = {k: size for k in spec.size_options if k not in cfg.detector_options}
-    return create_model(cfg.detector, pretrained=cfg.pretrained, **extra, **cfg.detector_options)
+    extra = {k: size for k in spec.size_options if k not in cfg.model_options}
+    return create_model(cfg.model, pretrained=cfg.pretrained, **extra, **cfg.model_options)
 
 
 def backbone_of(model: torch.nn.Module) -> torch.nn.Module | None:
@@ -343,7 +357,7 @@ def set_determinism(seed: int, deterministic: bool) -> None:
 
 def run(shards: str | Path, out_dir: str | Path, cfg: TrainConfig, freq: FreqConfig | None = None,
         resume: bool = False, progress: bool = True) -> dict:
-    """Train ``cfg.detector`` on the train split of ``shards``; select on the val split.
+    """Train ``cfg.model`` on the train split of ``shards``; select on the val split.
 
     Args:
         shards: shard folder (``index.json``) with train and val splits.
@@ -376,10 +390,10 @@ def _train_size(cfg: TrainConfig, index: dict) -> int:
 
     for f in cfg.imports:
         import_model_file(f)
-    size = cfg.image_size or get_spec(cfg.detector).input_size
+    size = cfg.image_size or get_spec(cfg.model).input_size
     if cfg.image_size is None and str(index.get("preset") or "").startswith("deepfakebench") and size != 256:
         log.info("shards made with preset %s: training at DeepfakeBench's resolution 256 (not %s's %d; set "
-                 "train.image_size to override)", index["preset"], cfg.detector, size)
+                 "train.image_size to override)", index["preset"], cfg.model, size)
         size = 256
     return size
 
@@ -394,7 +408,7 @@ def _record(cfg: TrainConfig, freq: FreqConfig, shards, index: dict, size: int) 
         log.warning("%s: shard set without videos.parquet (written by an older facepipe): the checkpoint cannot "
                     "record its training videos, so evaluate cannot check test sets against them; rerun "
                     "'facepipe shard'", shards)
-    return {"params": cfg.model_dump(), "freq": freq.model_dump(), "model_name": cfg.detector, "image_size": size,
+    return {"params": cfg.model_dump(), "freq": freq.model_dump(), "model_name": cfg.model, "image_size": size,
             "datasets": sorted({d for s in index["splits"]["train"]["shards"] for d in s["datasets"]}),
             "footprint": None if seen is None else training_footprint(seen),
             "imports": [str(Path(f).resolve()) for f in cfg.imports],
@@ -433,7 +447,7 @@ def _resume_or_clean(tr: Trainer, resume: bool) -> None:
     cfg = tr.cfg
     if resume:
         path = tr.out / "last.pt"
-        tr.load_state_dict(load_checkpoint(path, cfg.detector), path)
+        tr.load_state_dict(load_checkpoint(path, cfg.model), path)
         log.info("resumed from %s at step %d (best %.4f at %d)", path, tr.step, tr.best, tr.best_step)
     elif tr.dist.main:
         for stale in ("best.pt", "last.pt", "best_ema.pt", "collapse.json"):  # never an earlier run's file
@@ -605,7 +619,7 @@ class Trainer:
     def summary(self) -> dict:
         """What ``train.json`` records (without ``datasets``)."""
         cfg, evidence = self.cfg, self.collapse.evidence
-        return {"model": cfg.detector, "steps": self.step, "best": self.best if self.best > -math.inf else None,
+        return {"model": cfg.model, "steps": self.step, "best": self.best if self.best > -math.inf else None,
                 "best_step": self.best_step, "best_ema": self.best_ema if self.best_ema > -math.inf else None,
                 "select": cfg.select, "stop": self.stop,
                 "collapsed": bool(evidence and len(evidence) >= cfg.collapse.patience),
@@ -662,7 +676,7 @@ def _watch_branches(tr: Trainer, norms: dict[str, float]) -> None:
     frozen = cfg.freeze_backbone_steps and tr.step <= cfg.freeze_backbone_steps  # no gradient by design
     for name in tr.dead.update({} if frozen else norms):
         log.warning("branch '%s' of %s received no gradient for %d steps in a row: is it connected to the loss?",
-                    name, cfg.detector, cfg.dead_branch_steps)
+                    name, cfg.model, cfg.dead_branch_steps)
 
 
 def train_one_interval(tr: Trainer, batches, until: int, bar) -> None:
@@ -716,7 +730,7 @@ def _watch_collapse(tr: Trainer, diag: dict) -> bool:
     cfg, watch = tr.cfg, tr.collapse
     if not watch.update(tr.step, diag):
         return False
-    evidence = {"detector": cfg.detector, "step": tr.step, "min_std": cfg.collapse.min_std,
+    evidence = {"model": cfg.model, "step": tr.step, "min_std": cfg.collapse.min_std,
                 "patience": cfg.collapse.patience, "validations": watch.evidence}
     if tr.dist.main:
         with atomic_path(tr.out / "collapse.json") as tmp:
@@ -765,7 +779,7 @@ def fit(tr: Trainer, train_loader, val_loader, progress: bool = True, resume: bo
     """
     cfg = tr.cfg
     tr.live = _open_live(tr.out / "dvclive", resume) if tr.dist.main else None
-    bar = tqdm(total=cfg.steps, initial=tr.step, desc=f"train {cfg.detector}", unit="step",
+    bar = tqdm(total=cfg.steps, initial=tr.step, desc=f"train {cfg.model}", unit="step",
                disable=not progress or not tr.dist.main)
     batches = _cycle(train_loader)
     while tr.step < cfg.steps:

@@ -353,7 +353,7 @@ def model_from_checkpoint(path: str | Path, device: str | torch.device | None = 
     spec = get_spec(name)
     size = ckpt.get("image_size") or spec.input_size
     params = ckpt["params"]
-    opts = dict(params.get("detector_options", params.get("model_options")) or {})
+    opts = dict(params.get("model_options", params.get("detector_options")) or {})  # detector_options: older checkpoints
     opts.update({k: size for k in spec.size_options if k not in opts})
     model = create_model(name, **opts)
     model.load_state_dict(ckpt["model"])
