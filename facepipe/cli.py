@@ -328,9 +328,9 @@ def train(
         None, "--params", help="params.yaml to read the 'train' (and 'freq', for views) sections from."),
     sets: Optional[list[str]] = typer.Option(None, "-S", "--set", help=SET_HELP),
     model: Optional[str] = typer.Option(
-        None, "--model", "--detector",
-        help="The forgery detector to train: a zoo model (see 'facepipe models'), timm:<name>, or module:factory "
-             "(--detector: its old name)."),
+        None, "--model",
+        help="The forgery detector to train: a zoo model (see 'facepipe models'), timm:<name>, or module:factory."),
+    old_model: Optional[str] = typer.Option(None, "--detector", hidden=True, help="Old name of --model."),
     imports: Optional[list[str]] = typer.Option(None, "--import",
                                                 help="A Python file registering your own model (repeatable)."),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
@@ -343,6 +343,12 @@ def train(
     from facepipe.freq.config import FreqConfig
     from facepipe.stages.train import TrainConfig, run
 
+    if old_model is not None:
+        import warnings
+
+        warnings.warn("facepipe train --detector: renamed to --model ('detector' is extract's face detector); the old "
+                      "name goes in the next release", FutureWarning, stacklevel=1)
+        model = model or old_model
     s_ = _sets(sets, "train", "freq")
     cfg = _configure(TrainConfig, _params_data(params, "train", TrainConfig),
                      {"model": model, "steps": steps, "batch_size": batch_size, "lr": lr,

@@ -68,3 +68,10 @@ def test_s_sets_nested_parameters_after_params_and_named_options(tmp_path, face_
     r = CliRunner().invoke(app, ["extract", "--video-dir", str(face_video_dir), "--out", str(out),
                                  "-S", "align.size=big"])
     assert isinstance(r.exception, ConfigError) and "align.size" in str(r.exception)
+
+
+def test_train_detector_flag_is_the_old_name_of_model(tmp_path):
+    with pytest.warns(FutureWarning, match="renamed to --model"):
+        r = CliRunner().invoke(app, ["train", "--shards", str(tmp_path), "--out", str(tmp_path / "o"),
+                                     "--detector", "resnet18", "-S", "no_such_key=1"])
+    assert "no_such_key" in str(r.exception)  # configured as far as validation: the flag was taken
