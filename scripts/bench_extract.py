@@ -170,7 +170,7 @@ def row_stage(d: Path, n: int, workers: int, device: str, min_face_frac: float =
     from facepipe.stages.extract import ExtractConfig, run
 
     cfg = ExtractConfig.model_validate({"sampling": {"num_frames": n}, "workers": workers, "engine": engine,
-                                        "detector": {"device": device, "min_face_frac": min_face_frac}})
+                                        "face_detector": {"device": device, "min_face_frac": min_face_frac}})
     with tempfile.TemporaryDirectory() as out, Meter() as m:
         s = run(d, out, cfg, progress=False)
         sampled = int(pl.read_parquet(Path(out) / "videos.parquet")["frames_sampled"].fill_null(0).sum())

@@ -108,7 +108,7 @@ def small_cfg() -> ExtractConfig:
     """Fast settings for tests: 8 uniform frames, 128 px crops, mtcnn, every track kept, in this process."""
     return ExtractConfig.model_validate({
         "sampling": {"strategy": "uniform", "num_frames": 8},
-        "detector": {"name": "mtcnn"},
+        "face_detector": {"name": "mtcnn"},
         "align": {"size": 128},
         "track": {"select": "all"},
         "workers": 0,
@@ -148,7 +148,7 @@ def example_shards(tmp_path_factory) -> Path:
     videos = build_example(root / "videos", seconds=0.6)
     man = build_manifest("csv", videos, "example", ManifestConfig())
     man.write_parquet(root / "manifest.parquet")
-    cfg = ExtractConfig.model_validate({"sampling": {"num_frames": 6}, "detector": {"name": "mtcnn"},
+    cfg = ExtractConfig.model_validate({"sampling": {"num_frames": 6}, "face_detector": {"name": "mtcnn"},
                                         "align": {"size": 64}, "workers": 0})
     extract.run(videos, root / "extract", cfg, progress=False, manifest=root / "manifest.parquet")
     shard.run(root / "shards", shard.ShardConfig(inputs=(shard.ShardInput(

@@ -26,9 +26,9 @@ STAGE_COMMANDS = {
 
 def test_parse_sets_follows_dvc_exp_run_s():
     got = parse_sets(["align.size=128", "extract.labels.min_score=0.01", "params.yaml:workers=0", "views=[dct, srm]",
-                      "freq.dct_log=false", "ray_address=null", "detector.model_root=/m=x"], ("extract", "freq"))
+                      "freq.dct_log=false", "ray_address=null", "face_detector.model_root=/m=x"], ("extract", "freq"))
     assert got == {"extract": [("align.size", 128), ("labels.min_score", 0.01), ("workers", 0),
-                               ("views", ["dct", "srm"]), ("ray_address", None), ("detector.model_root", "/m=x")],
+                               ("views", ["dct", "srm"]), ("ray_address", None), ("face_detector.model_root", "/m=x")],
                    "freq": [("dct_log", False)]}
     for bad in ("align.size", "=3", ".a=1", "a..b=1", "a.=1"):
         with pytest.raises(ConfigError, match="expected KEY=VALUE"):
@@ -75,3 +75,16 @@ def test_train_detector_flag_is_the_old_name_of_model(tmp_path):
         r = CliRunner().invoke(app, ["train", "--shards", str(tmp_path), "--out", str(tmp_path / "o"),
                                      "--detector", "resnet18", "-S", "no_such_key=1"])
     assert "no_such_key" in str(r.exception)  # configured as far as validation: the flag was taken
+
+
+def test_extract_detector_is_the_old_name_of_face_detector(tmp_path):
+    cfg = ExtractConfig.model_validate({"face_detector": {"name": "mtcnn", "min_score": 0.9}})
+    with pytest.warns(FutureWarning, match="renamed to extract.face_detector"):
+        old = ExtractConfig.model_validate({"detector": {"name": "mtcnn", "min_score": 0.9}})
+    assert old == cfg and "detector" not in old.model_dump()  # fingerprints say face_detector
+    with pytest.raises(ValueError), pytest.warns(FutureWarning):
+        ExtractConfig.model_validate({"face_detector": {"name": "mtcnn"}, "detector": {"name": "scrfd"}})
+    with pytest.warns(FutureWarning, match="renamed to --face-detector"):
+        r = CliRunner().invoke(app, ["extract", "--video-dir", str(tmp_path), "--out", str(tmp_path / "o"),
+                                     "--detector", "mtcnn", "-S", "no_such_key=1"])
+    assert "no_such_key" in str(r.exception)

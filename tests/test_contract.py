@@ -150,7 +150,7 @@ KILL_SCRIPT = """
 import sys
 from facepipe.stages.extract import ExtractConfig, run
 if __name__ == "__main__":  # spawned workers import this file
-    cfg = ExtractConfig.model_validate({"sampling": {"num_frames": 8}, "detector": {"name": "mtcnn"},
+    cfg = ExtractConfig.model_validate({"sampling": {"num_frames": 8}, "face_detector": {"name": "mtcnn"},
                                         "align": {"size": 96}, "workers": int(sys.argv[3])})
     run(sys.argv[1], sys.argv[2], cfg, progress=False)
 """

@@ -54,7 +54,7 @@ def two_datasets(tmp_path_factory, t1):
     write_video(b / "tom.mp4", camera_frames(canvas, (480, 270), 12, (240, 130, 1.0), (250, 135, 1.1)), fps=10)
     write_video(b / "tom_swap.mp4", camera_frames(canvas[:, ::-1], (480, 270), 12, (240, 130, 1.0),
                                                   (230, 140, 1.1)), fps=10)
-    cfg = ExtractConfig.model_validate({"sampling": {"num_frames": 6}, "detector": {"name": "mtcnn"},
+    cfg = ExtractConfig.model_validate({"sampling": {"num_frames": 6}, "face_detector": {"name": "mtcnn"},
                                         "align": {"size": 64}, "track": {"select": "all"}, "workers": 0})
     inputs = []
     for name, vids, rows in [
@@ -478,7 +478,7 @@ def test_shard_refuses_stale_or_unlabelled_extracts(two_datasets, tmp_path):
     with pytest.raises(InputError, match=r"video labels of 1 video\(s\) differ .* the extract output is stale"):
         run_shard(tmp_path / "s", cfg.model_copy(update={"inputs": (inp,)}), progress=False)
     ex = tmp_path / "nolabels"
-    cfg_x = ExtractConfig.model_validate({"sampling": {"num_frames": 2}, "detector": {"name": "mtcnn"},
+    cfg_x = ExtractConfig.model_validate({"sampling": {"num_frames": 2}, "face_detector": {"name": "mtcnn"},
                                           "align": {"size": 64}, "workers": 0})
     run_extract(root / "groupset" / "videos", ex, cfg_x, progress=False)  # no manifest: faces have no labels
     inp = cfg.inputs[0].model_copy(update={"extract": str(ex), "freq": None})
@@ -579,7 +579,7 @@ def test_jpeg_shards_decode_in_workers_and_on_the_device_alike(two_datasets, tmp
     """JPEG crops (extract.output.format: jpg): the index records the format; decoding the batch on the loader's
     device (torchvision; nvJPEG on CUDA, here libjpeg-turbo on the CPU) gives the workers' images."""
     root, _, _ = two_datasets
-    cfg = ExtractConfig.model_validate({"sampling": {"num_frames": 6}, "detector": {"name": "mtcnn"},
+    cfg = ExtractConfig.model_validate({"sampling": {"num_frames": 6}, "face_detector": {"name": "mtcnn"},
                                         "align": {"size": 64}, "workers": 0, "output": {"format": "jpg"}})
     run_extract(root / "groupset" / "videos", tmp_path / "ex", cfg, progress=False,
                 manifest=root / "groupset" / "manifest.csv")

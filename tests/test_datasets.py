@@ -284,7 +284,7 @@ def test_wilddeepfake_sequences_and_extract_reads_them(tmp_path, t1):
     assert df.select("path", "label", "split").rows() == [("fake_test/9/2", 1, "test"), ("real_train/7/1", 0, "train")]
     man = tmp_path / "m.parquet"
     df.write_parquet(man)
-    cfg = ExtractConfig.model_validate({"sampling": {"num_frames": 3}, "detector": {"name": "mtcnn"},
+    cfg = ExtractConfig.model_validate({"sampling": {"num_frames": 3}, "face_detector": {"name": "mtcnn"},
                                         "align": {"size": 64}, "workers": 0})
     run_extract(tmp_path, tmp_path / "out", cfg, progress=False, manifest=man)
     v = pl.read_parquet(tmp_path / "out" / "videos.parquet")
@@ -373,7 +373,7 @@ def test_extract_with_a_manifest_processes_only_listed_videos(tmp_path, tiny):
     df = build_manifest("ffpp", tmp_path / "ff", "ffpp", ManifestConfig(methods=("Deepfakes",)))
     man = tmp_path / "m.parquet"
     df.write_parquet(man)
-    cfg = ExtractConfig.model_validate({"sampling": {"num_frames": 2}, "detector": {"name": "mtcnn"},
+    cfg = ExtractConfig.model_validate({"sampling": {"num_frames": 2}, "face_detector": {"name": "mtcnn"},
                                         "align": {"size": 64}, "workers": 0})
     s = run_extract(tmp_path / "ff", tmp_path / "out", cfg, progress=False, manifest=man)
     v = pl.read_parquet(tmp_path / "out" / "videos.parquet")

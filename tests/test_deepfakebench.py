@@ -118,9 +118,9 @@ def test_preset_frame_count_from_the_header(real_manifest):
 def test_preset_overrides_its_sections():
     from facepipe.stages.extract import ExtractConfig
 
-    cfg = ExtractConfig.model_validate({"align": {"preset": "deepfakebench"}, "detector": {"name": "mtcnn"},
+    cfg = ExtractConfig.model_validate({"align": {"preset": "deepfakebench"}, "face_detector": {"name": "mtcnn"},
                                         "sampling": {"num_frames": 8}, "track": {"select": "all"}})
-    assert (cfg.detector.name, cfg.detector.min_score, cfg.sampling.frame_count, cfg.sampling.num_frames,
+    assert (cfg.face_detector.name, cfg.face_detector.min_score, cfg.sampling.frame_count, cfg.sampling.num_frames,
             cfg.track.select, cfg.align.size, cfg.align.margin) == ("dlib_hog", 0.0, "header", 8, "largest", 256, 1.3)
 
 
@@ -373,7 +373,7 @@ def test_preset_records_its_predictor_and_loads_the_81_point_one(tom_clip, t1, t
 
     def run(out, **detector):
         cfg = ExtractConfig.model_validate({"align": {"preset": "deepfakebench"}, "sampling": {"num_frames": 3},
-                                            "detector": detector, "workers": 0})
+                                            "face_detector": detector, "workers": 0})
         extract.run(tom_clip / "videos", out, cfg, progress=False)
         return pl.read_parquet(out / "faces.parquet")
 
@@ -405,7 +405,7 @@ def test_dlib_81_path_errors_are_clear(tom_clip, tmp_path):
 
     for path, words in [(tmp_path / "nowhere" / "shape_predictor_81_face_landmarks.dat", "no such file"),
                         (predictor_path(), "a 68-point shape predictor")]:
-        cfg = ExtractConfig.model_validate({"align": {"preset": "deepfakebench"}, "detector": {"dlib_81": str(path)},
+        cfg = ExtractConfig.model_validate({"align": {"preset": "deepfakebench"}, "face_detector": {"dlib_81": str(path)},
                                             "workers": 0})
         with pytest.raises(DetectorError, match=words) as e:
             extract.run(tom_clip / "videos", tmp_path / "out", cfg, progress=False)

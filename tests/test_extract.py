@@ -213,7 +213,7 @@ def test_decode_error_video_gives_no_shard_face_unless_asked(tmp_path):
     keep = [ln for ln in lines[1:] if ln.startswith(("broken/truncated.mp4,", "friends/left_pan.mp4,"))]
     (videos / "manifest.csv").write_text("\n".join([lines[0], *keep]) + "\n")
     build_manifest("csv", videos, "example", ManifestConfig()).write_parquet(tmp_path / "manifest.parquet")
-    cfg = ExtractConfig.model_validate({"sampling": {"num_frames": 6}, "detector": {"name": "mtcnn"},
+    cfg = ExtractConfig.model_validate({"sampling": {"num_frames": 6}, "face_detector": {"name": "mtcnn"},
                                         "align": {"size": 64}, "workers": 0})
     run_extract(videos, tmp_path / "extract", cfg, progress=False, manifest=tmp_path / "manifest.parquet")
     vid = video_id_for("broken/truncated.mp4")

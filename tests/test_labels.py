@@ -18,7 +18,7 @@ from facepipe.stages.extract import ExtractConfig
 from facepipe.stages.extract import run as run_extract
 from tests.conftest import REAL, needs_real
 
-CFG = ExtractConfig.model_validate({"sampling": {"num_frames": 6}, "detector": {"name": "mtcnn", "max_side": 960},
+CFG = ExtractConfig.model_validate({"sampling": {"num_frames": 6}, "face_detector": {"name": "mtcnn", "max_side": 960},
                                     "align": {"size": 96}, "workers": 0})
 ALL = CFG.model_copy(update={"track": CFG.track.model_copy(update={"select": "all"})})
 """Every track kept (``track.select: all``), for the tests of per-face labels of several people."""

@@ -16,7 +16,7 @@ N = 8
 
 
 def _cfg(rotations: bool) -> ExtractConfig:
-    return ExtractConfig.model_validate({"sampling": {"num_frames": N}, "detector": {"name": "mtcnn",
+    return ExtractConfig.model_validate({"sampling": {"num_frames": N}, "face_detector": {"name": "mtcnn",
                                          "rotations": rotations}, "align": {"size": 128}, "workers": 0})
 
 

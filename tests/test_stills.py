@@ -17,7 +17,7 @@ from facepipe.errors import VideoError
 from facepipe.stages.extract import ExtractConfig, run
 from facepipe.video import FrameSampler, SamplingConfig, probe, read_image
 
-CFG = ExtractConfig.model_validate({"detector": {"name": "mtcnn"}, "workers": 0, "track": {"select": "all"}})
+CFG = ExtractConfig.model_validate({"face_detector": {"name": "mtcnn"}, "workers": 0, "track": {"select": "all"}})
 """Every face of a photo is kept (the default ``track.select: main`` keeps the largest one only)."""
 
 

@@ -4,9 +4,10 @@ stage fingerprint."""
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Literal, Optional
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import AliasChoices, BaseModel, Field, model_validator
 
 from facepipe.config import Section
 from facepipe.faces.config import AlignConfig, DetectorConfig, LabelConfig, TrackConfig
@@ -48,7 +49,7 @@ class OutputConfig(Section):
 
 DEEPFAKEBENCH_PRESET = {
     "sampling": {"strategy": "uniform", "frame_count": "header"},
-    "detector": {"name": "dlib_hog", "max_side": 100_000, "min_score": 0.0, "rotations": False},
+    "face_detector": {"name": "dlib_hog", "max_side": 100_000, "min_score": 0.0, "rotations": False},
     "align": {"mode": "arcface", "size": 256, "margin": 1.3},
     "track": {"select": "largest", "min_share": 0.0, "min_mean_score": 0.0},
 }
@@ -56,7 +57,7 @@ DEEPFAKEBENCH_PRESET = {
 DeepfakeBench's ``preprocess.py`` draws its indices from the header's frame count, detects with dlib on the full
 frame without a score threshold, aligns at 256 px with margin 1.3, and keeps the largest face of every frame
 without tracking (see :class:`~facepipe.faces.config.AlignConfig`). Its 81-point shape predictor is not
-shipped: ``detector.dlib_81`` names it, else the 68-point model stands in (:func:`preset_label`)."""
+shipped: ``face_detector.dlib_81`` names it, else the 68-point model stands in (:func:`preset_label`)."""
 
 
 def preset_label(cfg: "ExtractConfig", detector) -> str | None:
@@ -78,7 +79,7 @@ class ExtractConfig(Section):
     ``workers`` (processes; 0 = in this process), ``timeout_s`` (per video; a task holding an original
     and its fakes gets it once per video), ``file_fingerprint`` (``stat`` = size + mtime, ``sha256`` =
     content), ``extensions`` (what ``--video-dir`` discovery picks up), ``engine`` and ``ray_address`` are run
-    settings: they are not part of the stage fingerprint, and neither is ``detector.device``.
+    settings: they are not part of the stage fingerprint, and neither is ``face_detector.device``.
 
     ``engine``: ``local`` runs the per-video work in ``workers`` processes of this machine; ``ray`` runs it as Ray
     actors on the cluster at ``ray_address`` (``None``: ``RAY_ADDRESS`` or a Ray instance started for the run), one
@@ -87,7 +88,7 @@ class ExtractConfig(Section):
     """
 
     sampling: SamplingConfig = SamplingConfig()
-    detector: DetectorConfig = DetectorConfig()
+    face_detector: DetectorConfig = Field(DetectorConfig(), validation_alias=AliasChoices("face_detector", "detector"))
     align: AlignConfig = AlignConfig()
     track: TrackConfig = TrackConfig()
     labels: LabelConfig = LabelConfig()
@@ -106,6 +107,11 @@ class ExtractConfig(Section):
         is logged as overridden."""
         if not isinstance(data, dict):
             return data
+        if "detector" in data:
+            warnings.warn("extract.detector: renamed to extract.face_detector (the forgery model is train.model); "
+                          "the old name goes in the next release", FutureWarning, stacklevel=2)
+            if "face_detector" not in data:
+                data = {("face_detector" if k == "detector" else k): v for k, v in data.items()}
         align = _plain(data.get("align"))
         if align.get("preset") != "deepfakebench":
             return data
@@ -130,7 +136,7 @@ class ExtractConfig(Section):
         """The parameters that change results (run settings left out)."""
         return self.model_dump(exclude={"extensions": True, "workers": True, "timeout_s": True,
                                         "file_fingerprint": True, "engine": True, "ray_address": True,
-                                        "detector": {"device", "dlib_81"}})
+                                        "face_detector": {"device", "dlib_81"}})
 
 
 def fingerprint(cfg: ExtractConfig, detector_id: str) -> str:

@@ -132,7 +132,7 @@ def run(video_dir: str | Path, out_dir: str | Path, cfg: ExtractConfig, *, progr
     jobs = _inputs(video_dir, cfg, manifest)
     workers = cfg.workers
     threads = max(1, (os.cpu_count() or 1) // max(1, workers)) if workers else 0
-    detector = create_face_detector(cfg.detector, threads=threads)  # also checks the detector before any work
+    detector = create_face_detector(cfg.face_detector, threads=threads)  # also checks the detector before any work
     stage_fp = fingerprint(cfg, detector.id)
     log.info("detector %s, stage fingerprint %s, %d videos, %d workers", detector.id, stage_fp, len(jobs), workers)
     out = Path(out_dir)

@@ -177,7 +177,7 @@ class RayBackend:
     """Ray actors (one detector each) taking tasks from the driver's queue, one task per idle actor.
 
     Each actor reserves ``num_cpus`` = the cluster's CPUs / actors (at least 1; onnxruntime uses as many threads),
-    and a share of a GPU when the cluster has GPUs and ``detector.device`` is not ``cpu`` (the detector then runs
+    and a share of a GPU when the cluster has GPUs and ``face_detector.device`` is not ``cpu`` (the detector then runs
     on onnxruntime's CUDA provider). An actor decodes its videos itself: 32 decoded 1080p frames are ~200 MB, more
     than the video file, so decoding where the detector runs moves the least data. Videos and ``out`` must be at
     the same paths on every node (a shared file system); actors write part files there exactly as local workers
@@ -192,7 +192,7 @@ class RayBackend:
         res = ray.cluster_resources()
         cpus = max(1, int(res.get("CPU", 1)))
         actors_n = cfg.workers or cpus
-        gpus = res.get("GPU", 0) if cfg.detector.device != "cpu" else 0
+        gpus = res.get("GPU", 0) if cfg.face_detector.device != "cpu" else 0
         threads = max(1, cpus // actors_n)
         opts = {"num_cpus": threads, "max_restarts": 0}
         if gpus:

@@ -39,7 +39,7 @@ def init_worker(cfg: ExtractConfig, threads: int, log_level: int) -> None:
 
     logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
     cv2.setNumThreads(1)
-    _WORKER["detector"] = create_face_detector(cfg.detector, threads=threads)
+    _WORKER["detector"] = create_face_detector(cfg.face_detector, threads=threads)
     _WORKER["cfg"] = cfg
 
 
