@@ -88,3 +88,13 @@ def test_extract_detector_is_the_old_name_of_face_detector(tmp_path):
         r = CliRunner().invoke(app, ["extract", "--video-dir", str(tmp_path), "--out", str(tmp_path / "o"),
                                      "--detector", "mtcnn", "-S", "no_such_key=1"])
     assert "no_such_key" in str(r.exception)
+
+
+def test_extract_flag_map_names_real_options_and_parameters():
+    import inspect
+
+    from facepipe.cli.pipeline import EXTRACT_FLAGS, extract
+
+    options = set(inspect.signature(extract).parameters)
+    assert set(EXTRACT_FLAGS) <= options
+    assert set(EXTRACT_FLAGS.values()) | {"face_detector.dlib_81"} <= field_paths(ExtractConfig)

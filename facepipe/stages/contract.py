@@ -3,7 +3,7 @@ and the end-of-stage status summary.
 
 A stage's *code closure* is every ``facepipe`` module it can import (module-level and function-level
 imports alike, found by parsing the source, nothing is imported) plus the package ``__init__`` files
-that importing them runs. The command line (``facepipe/cli.py``) is not part of any closure: it only turns
+that importing them runs. The command line (``facepipe/cli/``) is not part of any closure: it only turns
 options into the stage's parameter model, which the fingerprint covers. ``dvc.yaml`` lists exactly these
 files as the stage's code ``deps`` (a test compares the two), and :func:`fingerprint` hashes their bytes
 together with the stage's parameters and version, so a change DVC sees is a change the stage's per-item

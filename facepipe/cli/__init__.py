@@ -1,0 +1,67 @@
+"""``facepipe`` command line: thin commands, one per stage. Errors reach the user as one line, exit 1.
+
+One module per command group: :mod:`~facepipe.cli.pipeline` (the stages, in pipeline order), :mod:`~facepipe.cli.info`
+(listings, inspect), :mod:`~facepipe.cli.workbench` (features, compare), :mod:`~facepipe.cli.interop` (export, import);
+:mod:`~facepipe.cli._common` holds the one config path (``--params``, named options, ``-S``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+
+import typer
+
+from facepipe import __version__
+from facepipe.cli import info, interop, pipeline, workbench
+from facepipe.errors import FacepipeError
+
+app = typer.Typer(
+    name="facepipe",
+    help="Reproducible, fast data preparation for face-forgery (deepfake) detection research.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+_STATE = {"verbose": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"facepipe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging and full tracebacks on errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    _STATE["verbose"] = verbose
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        logging.getLogger("facepipe").setLevel(logging.INFO)
+
+
+for _group in (pipeline.app, info.app, workbench.app):  # merged: their commands are facepipe's own
+    app.add_typer(_group)
+app.add_typer(interop.export_app, name="export")
+app.add_typer(interop.import_app, name="import")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except FacepipeError as e:
+        if _STATE["verbose"]:
+            traceback.print_exc()
+        typer.echo(f"facepipe: error: {e}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo("facepipe: interrupted", err=True)
+        sys.exit(130)
