@@ -98,3 +98,18 @@ def test_extract_flag_map_names_real_options_and_parameters():
     options = set(inspect.signature(extract).parameters)
     assert set(EXTRACT_FLAGS) <= options
     assert set(EXTRACT_FLAGS.values()) | {"face_detector.dlib_81"} <= field_paths(ExtractConfig)
+
+
+def test_one_key_value_parser_for_every_pair_option():
+    from facepipe.cli._common import key_values
+    from facepipe.errors import InputError
+
+    assert key_values(["a=1", " b = x=y ", "a=2"], "--option") == {"a": "2", "b": "x=y"}
+    assert key_values(["dataset=d,extract=e, manifest=m"], "--input", sep=",") == {
+        "dataset": "d", "extract": "e", "manifest": "m"}
+    for bad in ("a", "=1", "a=", " = "):
+        with pytest.raises(InputError, match=f"--alias '{bad}': expected PROTOCOL_NAME=DATASET"):
+            key_values([bad], "--alias", "PROTOCOL_NAME=DATASET")
+    r = CliRunner().invoke(app, ["manifest", "--out", "m.parquet", "--dataset", "x", "--adapter", "csv",
+                                 "--root", ".", "--option", "file"])
+    assert "--option 'file': expected KEY=VALUE" in str(r.exception)

@@ -43,6 +43,26 @@ def _sets(items: Optional[list[str]], *sections: str) -> dict:
     return parse_sets(items, sections)
 
 
+def key_values(items, option: str, form: str = "KEY=VALUE", sep: str | None = None) -> dict[str, str]:
+    """The one parser of ``KEY=VALUE`` options (``--option``, ``--alias``, ``--adapter``, ``--method-map``,
+    ``--dataset-name``, the fields of ``--input``): every item (or, with ``sep``, every ``sep``-separated part of
+    one item) must have a non-empty key and value; surrounding spaces are stripped; later keys win.
+
+    Raises:
+        InputError: naming the option, the expected form and the offending text.
+    """
+    from facepipe.errors import InputError
+
+    out: dict[str, str] = {}
+    texts = [p for t in (items or ()) for p in (t.split(sep) if sep else [t])]
+    for t in texts:
+        k, eq, v = t.partition("=")
+        if not eq or not k.strip() or not v.strip():
+            raise InputError(f"{option} '{t}': expected {form}")
+        out[k.strip()] = v.strip()
+    return out
+
+
 def _csv_list(text: Optional[str]) -> Optional[list[str]]:
     return None if text is None else [v.strip() for v in text.split(",") if v.strip()]
 

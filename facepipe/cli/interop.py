@@ -7,23 +7,13 @@ from typing import Optional
 
 import typer
 
-from facepipe.cli._common import _csv_list
+from facepipe.cli._common import _csv_list, key_values
 from facepipe.errors import InputError
 
 export_app = typer.Typer(help="Write facepipe data in another tool's layout.", no_args_is_help=True,
                          rich_markup_mode=None)
 import_app = typer.Typer(help="Turn another tool's preprocessed data into facepipe shards.", no_args_is_help=True,
                          rich_markup_mode=None)
-
-
-def _pairs(items: Optional[list[str]], what: str) -> dict[str, str]:
-    out = {}
-    for t in items or []:
-        k, sep, v = t.partition("=")
-        if not sep or not k or not v:
-            raise InputError(f"{what} must be NAME=VALUE, got {t!r}")
-        out[k.strip()] = v.strip()
-    return out
 
 
 @export_app.command("deepfakebench")
@@ -53,8 +43,8 @@ def export_deepfakebench(
     faces = (dfb.faces_from_shards(shards) if shards is not None else
              dfb.faces_from_extract(extract, manifest, dataset))
     s = dfb.export(faces, out, path_prefix=path_prefix, compression=compression,
-                   adapters=_pairs(adapter, "--adapter"), progress=progress,
-                   method_map=_pairs(method_map, "--method-map"))
+                   adapters=key_values(adapter, "--adapter", "DATASET=ADAPTER"), progress=progress,
+                   method_map=key_values(method_map, "--method-map", "METHOD=NAME"))
     typer.echo(f"export: {s.frames} frames, {s.masks} masks, {s.landmarks} landmark files -> {out}/rgb")
     for (name, label, split), n in sorted(s.videos.items()):
         typer.echo(f"  {name} {label} {split}: {n} videos")
@@ -86,7 +76,8 @@ def import_deepfakebench(
     s = dfb.import_json([str(j) for j in json_files], root, out,
                         label_dict=dfb.load_label_dict(label_dict) if label_dict else None,
                         compression=compression, only=_csv_list(labels),
-                        dataset_names=_pairs(dataset_name, "--dataset-name"), path_prefix=path_prefix,
+                        dataset_names=key_values(dataset_name, "--dataset-name", "DFB_NAME=DATASET"),
+                        path_prefix=path_prefix,
                         max_samples=max_samples, seed=seed, progress=progress)
     typer.echo(f"import: {s.frames} frames ({s.masks} masks, {s.landmarks} landmark files) of "
                f"{sum(s.videos.values())} videos -> {out}/{s.shards.version}")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from facepipe.cli._common import SET_HELP, _auc_text, _configure, _csv_list, _params_data, _sets
+from facepipe.cli._common import SET_HELP, _auc_text, _configure, _csv_list, _params_data, _sets, key_values
 from facepipe.errors import FacepipeError, InputError
 
 app = typer.Typer()
@@ -53,11 +53,7 @@ def manifest(
         options.update(entry.options)
     if adapter is None or root is None:
         raise FacepipeError("give --adapter and --root, or --params with a datasets.<name> entry")
-    for kv in option or []:
-        if "=" not in kv:
-            raise FacepipeError(f"--option '{kv}': expected KEY=VALUE")
-        k, v = kv.split("=", 1)
-        options[k] = v
+    options.update(key_values(option, "--option"))
     data["options"] = options
     cfg = _configure(ManifestConfig, data, {"split_mode": split_mode, "compression": compression}, "manifest",
                      _sets(sets, "manifest")["manifest"])
@@ -205,16 +201,6 @@ def freq(
                f"{s.seconds:.1f}s -> {out}")
 
 
-def _parse_input(text: str) -> dict:
-    fields = {}
-    for part in text.split(","):
-        if "=" not in part:
-            raise FacepipeError(f"--input '{text}': expected dataset=NAME,extract=DIR,manifest=FILE[,freq=DIR]")
-        k, v = part.split("=", 1)
-        fields[k.strip()] = v.strip()
-    return fields
-
-
 @app.command(rich_help_panel=PANEL)
 def shard(
     out: str = typer.Option(..., "--out", help="Output folder or s3://bucket/prefix for the shards and index.json."),
@@ -236,7 +222,8 @@ def shard(
 
     data = _params_data(params, "shard", ShardConfig)
     if inputs:
-        data["inputs"] = [_parse_input(t) for t in inputs]
+        data["inputs"] = [key_values([t], "--input", "dataset=NAME,extract=DIR,manifest=FILE[,freq=DIR]", ",")
+                          for t in inputs]
     elif not data["inputs"] and params:
         from facepipe.config import dataset_keys
 
@@ -362,11 +349,7 @@ def benchmark(
 
     data = _params_data(params, "benchmark", BenchmarkConfig)
     aliases = dict(data.get("aliases") or {})
-    for a in alias or []:
-        name, sep, ds = a.partition("=")
-        if not sep or not name or not ds:
-            raise InputError(f"--alias '{a}': expected PROTOCOL_NAME=DATASET")
-        aliases[name] = ds
+    aliases.update(key_values(alias, "--alias", "PROTOCOL_NAME=DATASET"))
     data["aliases"] = aliases
     s_ = _sets(sets, "benchmark", "train", "evaluate", "freq")
     cfg = _configure(BenchmarkConfig, data, {
