@@ -117,3 +117,17 @@ def test_a_circle_is_found_also_when_one_side_imports_inside_a_function(tmp_path
     assert cycle is not None and set(cycle) == {"pkg.sub.a", "pkg.sub.b"}
     (pkg / "sub" / "b.py").write_text("import os\n")
     assert find_cycle(import_graph(pkg)) is None
+
+
+TOP_LAYERS = ("facepipe.stages", "facepipe.cli", "facepipe.deepfakebench", "facepipe.__main__")
+"""The stages, and what drives them (the command line; the DeepfakeBench import, which hands its tables to the
+shard stage). Every other module is a lower layer."""
+
+
+def test_dependencies_point_one_way_no_lower_layer_imports_the_stages():
+    graph = import_graph()
+    upward = sorted(f"{m} -> {d}" for m, deps in graph.items() for d in deps
+                    if d.startswith("facepipe.stages") and not m.startswith(TOP_LAYERS))
+    assert upward == []
+    assert not any(d.startswith(("facepipe.cli", "facepipe.deepfakebench")) for m, deps in graph.items()
+                   if m.startswith("facepipe.stages") for d in deps)  # and the stages never import their drivers
