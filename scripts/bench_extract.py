@@ -278,7 +278,7 @@ def decoders(files: list[Path], n: int) -> list[tuple[str, float, float, str]]:
     return rows
 
 
-def main() -> None:
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dir", type=Path)
     ap.add_argument("--num-frames", type=int, default=N_FRAMES)
@@ -294,13 +294,12 @@ def main() -> None:
                     help="run every row this many times, interleaved; report each row's median-wall run and the "
                          "spread of the ratios")
     ap.add_argument("--skip-decoders", action="store_true", help="leave out the decoder table")
-    args = ap.parse_args()
-    from facepipe.stages.extract import ExtractConfig, discover_videos
+    return ap.parse_args()
 
-    files = [Path(j.path) for j in discover_videos(args.dir, ExtractConfig().extensions)]
+
+def _plan(args: argparse.Namespace, files: list[Path]) -> list[tuple[str, object]]:
+    """The rows to run: (name, a function returning (Meter, sampled frames, faces))."""
     n, w = args.num_frames, args.workers
-    print(f"# {len(files)} files under {args.dir}; N={n}; {platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {sys.version.split()[0]}; device {args.device}; {args.repeat} run(s) per row")
     plan = [(f"facepipe extract ({w} workers)", lambda: row_stage(args.dir, n, w, args.device))]
     if args.min_face_frac:
         plan.append((f"facepipe extract, min_face_frac {args.min_face_frac} ({w} workers)",
@@ -313,51 +312,78 @@ def main() -> None:
     plan += [(f"cv2 read-all + MTCNN ({w} procs)", lambda: row_pool(files, n, w, args.device, job_cv2_mtcnn)),
              (f"floor: decode sampled + MTCNN ({w} procs)", lambda: row_pool(files, n, w, args.device, job_floor)),
              (f"decode sampled only ({w} procs)", lambda: row_pool(files, n, w, args.device, job_decode))]
+    return plan
+
+
+def _run(plan: list, repeat: int) -> tuple[dict[str, list], list]:
+    """Every row ``repeat`` times, interleaved (a slow spell of the machine hits every row alike).
+
+    Returns:
+        (every run per row name; per row its median-wall run as (name, Meter, sampled, faces), with the lowest
+        peak memory of its runs: a row's first run has the least left over from earlier rows).
+    """
     runs: dict[str, list] = {name: [] for name, _ in plan}
-    for r in range(args.repeat):  # interleaved, so that a slow spell of the machine hits every row alike
+    for r in range(repeat):
         for name, fn in plan:
             runs[name].append(fn())
-            print(f"  run {r + 1}/{args.repeat}: {name}: {runs[name][-1][0].wall:.1f} s", file=sys.stderr)
+            print(f"  run {r + 1}/{repeat}: {name}: {runs[name][-1][0].wall:.1f} s", file=sys.stderr)
     rows = [(name, *sorted(runs[name], key=lambda x: x[0].wall)[len(runs[name]) // 2]) for name, _ in plan]
-    for name, m, *_ in rows:  # memory: the lowest run (a row's first run has the least left over from earlier rows)
+    for name, m, *_ in rows:
         m.peak = min(x[0].peak for x in runs[name])
+    return runs, rows
 
+
+def _ratio(runs: dict[str, list], a: str, b: str) -> str:
+    """Median (min-max over the paired runs) of wall(a) / wall(b)."""
+    q = sorted(x[0].wall / y[0].wall for x, y in zip(runs[a], runs[b]))
+    return f"{q[len(q) // 2]:.2f}x" + (f" (runs: {q[0]:.2f}-{q[-1]:.2f})" if len(q) > 1 else "")
+
+
+def _report(plan: list, runs: dict[str, list], rows: list, n_files: int) -> None:
+    """The table of rows and the ratios: each stage row against DeepfakeBench, Ray scaling, stage / floor."""
     print("\n| method | wall s | CPU s | videos/s | sampled frames/s | faces/s | peak RSS (all procs) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, m, sampled, faces in rows:
-        print(f"| {name} | {m.wall:.1f} | {m.cpu:.1f} | {len(files) / m.wall:.2f} | {sampled / m.wall:.1f} | "
+        print(f"| {name} | {m.wall:.1f} | {m.cpu:.1f} | {n_files / m.wall:.2f} | {sampled / m.wall:.1f} | "
               f"{faces / m.wall:.1f} | {m.peak / 2**30:.2f} GB |")
-    if args.repeat > 1:
+    if len(next(iter(runs.values()))) > 1:
         print("\nwall s of every run: " + "; ".join(
             f"{name}: {', '.join(f'{x[0].wall:.1f}' for x in runs[name])}" for name, _ in plan))
-
-    def ratio(a: str, b: str) -> str:
-        """Median (min-max over the paired runs) of wall(a) / wall(b)."""
-        q = sorted(x[0].wall / y[0].wall for x, y in zip(runs[a], runs[b]))
-        return f"{q[len(q) // 2]:.2f}x" + (f" (runs: {q[0]:.2f}-{q[-1]:.2f})" if len(q) > 1 else "")
-
     names = [name for name, _ in plan]
     by = {name.split(" (")[0]: name for name in names}
     stage = names[0]
     if "DeepfakeBench preprocess" in by:
         for name in names:
             if name.startswith("facepipe extract"):
-                print(f"{name} vs DeepfakeBench: {ratio(by['DeepfakeBench preprocess'], name)} faster (wall)")
+                print(f"{name} vs DeepfakeBench: {_ratio(runs, by['DeepfakeBench preprocess'], name)} faster (wall)")
     ray_rows = [name for name in names if "--engine ray" in name]
     for name in ray_rows[1:]:
-        print(f"Ray scaling: {name} has {ratio(ray_rows[0], name)} the throughput of {ray_rows[0]}")
+        print(f"Ray scaling: {name} has {_ratio(runs, ray_rows[0], name)} the throughput of {ray_rows[0]}")
     floor, dec = by["floor: decode sampled + MTCNN"], by["decode sampled only"]
     fm, dm, sm = (dict((r[0], r[1]) for r in rows)[k] for k in (floor, dec, stage))
-    print(f"stage / floor: {ratio(stage, floor)} (wall), {sm.cpu / fm.cpu:.2f} (CPU, median runs)")
+    print(f"stage / floor: {_ratio(runs, stage, floor)} (wall), {sm.cpu / fm.cpu:.2f} (CPU, median runs)")
     print(f"floor CPU shares: decode {dm.cpu / fm.cpu:.0%}, detection {(fm.cpu - dm.cpu) / fm.cpu:.0%} "
           f"(both include process start-up); the stage's own work on top of the floor (alignment, PNG, tracking, "
           f"labels, tables): {sm.cpu - fm.cpu:+.1f} CPU s, within this machine's run-to-run noise when small")
+
+
+def main() -> None:
+    args = _args()
+    from facepipe.stages.extract import ExtractConfig, discover_videos
+
+    files = [Path(j.path) for j in discover_videos(args.dir, ExtractConfig().extensions)]
+    print(f"# {len(files)} files under {args.dir}; N={args.num_frames}; {platform.machine()}, {os.cpu_count()} "
+          f"cores, Python {sys.version.split()[0]}; device {args.device}; {args.repeat} run(s) per row")
+    plan = _plan(args, files)
+    runs, rows = _run(plan, args.repeat)
+    _report(plan, runs, rows, len(files))
     if args.skip_decoders:
         return
     print("\n| decoder (N uniform frames, 1 process, 1 thread) | wall s | CPU s | note |")
     print("|---|---:|---:|---|")
-    for name, wall, cpu, note in decoders(files, n):
+    for name, wall, cpu, note in decoders(files, args.num_frames):
         print(f"| {name} | {wall:.1f} | {cpu:.1f} | {note} |")
+
 
 if __name__ == "__main__":
     main()

@@ -324,6 +324,27 @@ def build_manifest(adapter: str, root: str | Path, dataset: str, cfg: ManifestCo
     ad = get_adapter(adapter)
     check_name("dataset", dataset)
     root = Path(root)
+    rows = _scan(ad, adapter, root, cfg, report)
+    rows, seen = _present_rows(rows, adapter, root, cfg)
+    orphans = [(r.path, s) for r in rows for s in r.sources if ":" not in s and s not in seen]
+    if orphans:
+        msg = (f"{root / orphans[0][0]}: fake whose original {orphans[0][1]} is missing "
+               f"({len(orphans)} such fakes)")
+        if cfg.missing_originals == "error":
+            raise InputError(msg + "; set manifest.missing_originals: warn to keep them")
+        log.warning(msg)
+    splits = _splits(rows, adapter, root, cfg)
+    df = _manifest_table(rows, seen, splits, dataset)
+    dup = df.group_by("video_id").len().filter(pl.col("len") > 1)
+    if dup.height:
+        raise InputError(f"{root}: two files map to video id '{dup['video_id'][0]}'")
+    _check_manifest(df, ad, f"{root} ({adapter})", cfg)
+    return df
+
+
+def _scan(ad: Adapter, adapter: str, root: Path, cfg: ManifestConfig, report: Optional[dict]) -> list[Row]:
+    """The adapter's rows of ``root`` less those the official protocol leaves out (logged, and recorded in
+    ``report["excluded"]`` when ``report`` is given)."""
     if not root.is_dir():
         raise layout_error(adapter, root, "folder does not exist")
     rows = ad.scan(root, cfg)
@@ -338,6 +359,15 @@ def build_manifest(adapter: str, root: str | Path, dataset: str, cfg: ManifestCo
     rows = [r for r in rows if r.exclude is None]
     if not rows:
         raise layout_error(adapter, root, "every video is left out by the protocol")
+    return rows
+
+
+def _present_rows(rows: list[Row], adapter: str, root: Path, cfg: ManifestConfig) -> tuple[list[Row], dict]:
+    """Refuse a file listed twice; drop (``missing_files: warn``) or refuse listed files that do not exist.
+
+    Returns:
+        (the rows, ``{path: row}``).
+    """
     seen: dict[str, Row] = {}
     for r in rows:
         if r.path in seen:
@@ -358,13 +388,11 @@ def build_manifest(adapter: str, root: str | Path, dataset: str, cfg: ManifestCo
         seen = {r.path: r for r in rows}
         if not rows:
             raise layout_error(adapter, root, "no listed video is present")
-    orphans = [(r.path, s) for r in rows for s in r.sources if ":" not in s and s not in seen]
-    if orphans:
-        msg = (f"{root / orphans[0][0]}: fake whose original {orphans[0][1]} is missing "
-               f"({len(orphans)} such fakes)")
-        if cfg.missing_originals == "error":
-            raise InputError(msg + "; set manifest.missing_originals: warn to keep them")
-        log.warning(msg)
+    return rows, seen
+
+
+def _splits(rows: list[Row], adapter: str, root: Path, cfg: ManifestConfig) -> list[str]:
+    """Each row's split: the layout's own (official mode) kept, the rest assigned by :func:`group_split`."""
     if cfg.split_mode == "group":
         for r in rows:
             r.split = None
@@ -372,11 +400,15 @@ def build_manifest(adapter: str, root: str | Path, dataset: str, cfg: ManifestCo
     bad = {s for s in fixed.values() if s not in SPLITS}
     if bad:
         raise InputError(f"{root}: unknown split(s) {sorted(bad)} from the {adapter} layout")
-    splits = group_split(components(rows), fixed, [r.label for r in rows], cfg.fractions, cfg.seed,
-                         cfg.max_group_share, [r.path for r in rows],
-                         [r.candidates if cfg.split_mode == "official" else None for r in rows])
+    return group_split(components(rows), fixed, [r.label for r in rows], cfg.fractions, cfg.seed,
+                       cfg.max_group_share, [r.path for r in rows],
+                       [r.candidates if cfg.split_mode == "official" else None for r in rows])
+
+
+def _manifest_table(rows: list[Row], seen: dict, splits: list[str], dataset: str) -> pl.DataFrame:
+    """The rows as a :data:`MANIFEST_SCHEMA` table sorted by path (sources as video ids)."""
     ids = {r.path: r.video_id or video_id_for(r.path) for r in rows}
-    df = pl.DataFrame({
+    return pl.DataFrame({
         "dataset": [dataset] * len(rows),
         "video_id": [ids[r.path] for r in rows],
         "path": [r.path for r in rows],
@@ -389,10 +421,11 @@ def build_manifest(adapter: str, root: str | Path, dataset: str, cfg: ManifestCo
         "mask_path": [r.mask_path for r in rows],
         "protocol_note": [r.protocol_note for r in rows],
     }, schema=MANIFEST_SCHEMA).sort("path")
-    dup = df.group_by("video_id").len().filter(pl.col("len") > 1)
-    if dup.height:
-        raise InputError(f"{root}: two files map to video id '{dup['video_id'][0]}'")
-    where = f"{root} ({adapter})"
+
+
+def _check_manifest(df: pl.DataFrame, ad: Adapter, where: str, cfg: ManifestConfig) -> None:
+    """Leakage of originals (an error) and identities (``identity_leakage``) across splits; val and test hold both
+    classes when the dataset has both (``both_classes``)."""
     check_leakage(df, where, identities=False, mode="error")
     mode = cfg.identity_leakage
     if mode == "auto":
@@ -410,7 +443,6 @@ def build_manifest(adapter: str, root: str | Path, dataset: str, cfg: ManifestCo
                 raise InputError(f"{where}: the {s} split has no {lacking} video ({report[s]['real']} real, "
                                  f"{report[s]['fake']} fake): metrics there would be undefined; change "
                                  "manifest.fractions or seed, or set manifest.both_classes: false")
-    return df
 
 
 def exclusions(rows: list[Row], n_examples: int = 3) -> dict[str, dict]:

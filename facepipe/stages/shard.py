@@ -229,6 +229,28 @@ def run(out_dir: str | Path, cfg: ShardConfig, progress: bool = True) -> ShardSu
     import webdataset as wds
 
     t0 = time.perf_counter()
+    allrows, stored, view_params, left_out = _gather(cfg)
+    stage_fp = fingerprint(cfg)
+    version = SET_PREFIX + contract.item_key(stage_fp, _inputs_hash(cfg))
+    summary = ShardSummary(version=version, left_out=dict(left_out))
+    if storage.is_remote(out_dir):
+        _publish_remote(str(out_dir), version, stage_fp, allrows, stored, view_params, cfg, summary, progress, wds)
+    else:
+        _publish_local(Path(out_dir), version, stage_fp, allrows, stored, view_params, cfg, summary, progress, wds)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _gather(cfg: ShardConfig) -> tuple[pl.DataFrame, tuple[str, ...], dict | None, Counter]:
+    """Every input's samples in one table sorted by key, after the leakage checks.
+
+    Returns:
+        (the rows, with their ``key``; the views stored per sample; the freq parameters they were computed with,
+        or None; faces left out per ``"<dataset>:<status>"``).
+
+    Raises:
+        InputError: as :func:`run`.
+    """
     if not cfg.inputs:
         raise InputError("shard: no inputs (give at least one dataset=NAME,extract=DIR,manifest=FILE)")
     names = [i.dataset for i in cfg.inputs]
@@ -245,14 +267,7 @@ def run(out_dir: str | Path, cfg: ShardConfig, progress: bool = True) -> ShardSu
         raise InputError(f"shard: datasets store different views {dict(zip(names, stored_sets))}; "
                          "pick common ones with shard.views")
     stored = stored_sets[0]
-    view_params = None
-    if stored:
-        found = {i.dataset: pl.read_parquet_metadata(Path(i.freq) / "views.parquet").get("facepipe_freq_params")
-                 for i in cfg.inputs}
-        if len(set(found.values())) > 1 or None in found.values():
-            raise InputError(f"shard: the datasets' views were computed with different freq parameters {found}; "
-                             "rerun 'facepipe freq' with one freq section")
-        view_params = json.loads(next(iter(found.values())))
+    view_params = _view_params(cfg) if stored else None
     allrows = pl.concat(parts, how="diagonal_relaxed")
     if allrows.height == 0:
         raise InputError("shard: the inputs hold no faces" + (
@@ -266,15 +281,23 @@ def run(out_dir: str | Path, cfg: ShardConfig, progress: bool = True) -> ShardSu
         pl.struct("dataset", "video_id", "frame_index", "track_id")
         .map_elements(lambda r: sample_key(r["dataset"], r["video_id"], r["frame_index"], r["track_id"]),
                       return_dtype=pl.String).alias("key")).sort("key")
+    return allrows, stored, view_params, left_out
 
-    stage_fp = fingerprint(cfg)
-    version = SET_PREFIX + contract.item_key(stage_fp, _inputs_hash(cfg))
-    summary = ShardSummary(version=version, left_out=dict(left_out))
-    if storage.is_remote(out_dir):
-        _publish_remote(str(out_dir), version, stage_fp, allrows, stored, view_params, cfg, summary, progress, wds)
-        summary.seconds = time.perf_counter() - t0
-        return summary
-    out = Path(out_dir)
+
+def _view_params(cfg: ShardConfig) -> dict:
+    """The freq parameters every input's stored views were computed with (one set for all, else InputError)."""
+    found = {i.dataset: pl.read_parquet_metadata(Path(i.freq) / "views.parquet").get("facepipe_freq_params")
+             for i in cfg.inputs}
+    if len(set(found.values())) > 1 or None in found.values():
+        raise InputError(f"shard: the datasets' views were computed with different freq parameters {found}; "
+                         "rerun 'facepipe freq' with one freq section")
+    return json.loads(next(iter(found.values())))
+
+
+def _publish_local(out: Path, version: str, stage_fp: str, allrows: pl.DataFrame, stored: tuple[str, ...],
+                   view_params: dict | None, cfg: ShardConfig, summary: ShardSummary, progress: bool, wds) -> None:
+    """Write the set in a staging folder under ``out``, move it to ``out/<version>``, then publish ``index.json``
+    (the one atomic step readers see) and remove older sets. Holds the stage lock of ``out`` throughout."""
     with contract.stage_lock(out, STAGE):
         for stale in out.glob(".staging-*"):  # left by a killed run
             shutil.rmtree(stale, ignore_errors=True)
@@ -299,8 +322,6 @@ def run(out_dir: str | Path, cfg: ShardConfig, progress: bool = True) -> ShardSu
             if old.name != version and (old.name.startswith(SET_PREFIX) and old.is_dir()
                                         or old.suffix == ".tar" or old.name == META_NAME):
                 shutil.rmtree(old) if old.is_dir() else old.unlink()
-    summary.seconds = time.perf_counter() - t0
-    return summary
 
 
 def _write_videos(stage: Path, version: str, allrows: pl.DataFrame, index: dict) -> None:
