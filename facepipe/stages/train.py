@@ -188,7 +188,10 @@ def _no_decay_ids(*modules: torch.nn.Module | None) -> set[int]:
     rule — biases, norm weights and every other 1-d parameter, and the names the module's ``no_weight_decay()`` lists
     (e.g. a ViT trunk's ``pos_embed`` and ``cls_token``), the same rule ``create_optimizer_v2(filter_bias_and_bn=True)``
     applies to a whole model."""
-    from timm.optim import param_groups_weight_decay
+    try:
+        from timm.optim import param_groups_weight_decay
+    except ImportError:  # timm < 1.0.10 (the floor, 1.0.9) keeps it in optim_factory only
+        from timm.optim.optim_factory import param_groups_weight_decay
 
     ids: set[int] = set()
     for mod in modules:
