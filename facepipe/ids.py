@@ -85,6 +85,13 @@ def sample_key(dataset: str, video_id: str, frame_index: int, track_id: int) -> 
                          f"{int(frame_index):06d}", str(int(track_id))])
 
 
+def clip_key(dataset: str, video_id: str, clip_id: int, track_id: int) -> str:
+    """``<dataset>__<video_id>__c<clip>__<track>``: the key of a clip sample (``sampling.mode: clips``), one per
+    (video, clip, track of the clip)."""
+    return KEY_SEP.join([check_name("dataset", dataset), check_name("video_id", video_id), f"c{int(clip_id)}",
+                         str(int(track_id))])
+
+
 def parse_key(key: str) -> tuple[str, str, int, int]:
     """Inverse of :func:`sample_key`.
 
@@ -111,4 +118,4 @@ def qualify(dataset: str, ref: str) -> tuple[str, str]:
 
 __all__ = ["FACE_LABEL_NAMES", "IMAGE_EXTS", "KEY_SEP", "LABEL_NAMES", "LABEL_SOURCES", "UNCERTAIN_LABEL",
            "IdError", "SPLITS", "VIDEO_EXTS",
-           "check_name", "parse_key", "qualify", "sample_key", "video_id_for"]
+           "check_name", "clip_key", "parse_key", "qualify", "sample_key", "video_id_for"]

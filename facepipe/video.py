@@ -41,18 +41,36 @@ log = logging.getLogger(__name__)
 class SamplingConfig(Section):
     """Which frames of a video are decoded (``extract.sampling``).
 
+    ``mode: frames`` (default) samples isolated frames by ``strategy``:
+
     ``uniform``: ``num_frames`` indices spread evenly over the *decodable* frames, first and last
     included (``numpy.linspace`` rounded down), as in the FF++ / DeepfakeBench preprocessing (32 frames
     per video is the field's default). ``stride``: every ``stride``-th frame. ``fps``: ``fps`` frames per
     second of video time. ``max_frames`` caps ``stride`` and ``fps`` (evenly thinned when exceeded).
+
+    ``mode: clips`` samples ``num_clips`` clips of ``clip_length`` frames, ``frame_step`` frames apart within a
+    clip (1 = consecutive), for the video forgery detectors that read clips (FTCN, AltFreezing: 32 consecutive
+    frames; TALL: 4; LipForensics: 25). The clips' start frames are spread evenly over the decodable frames, first
+    and last possible start included, as torchcodec's ``clips_at_regular_indices`` places them (see
+    :func:`clip_indices`); clips overlap when the video is shorter than ``num_clips`` clips. ``strategy`` and its
+    options are not used in this mode.
     """
 
+    mode: Literal["frames", "clips"] = "frames"
     strategy: Literal["uniform", "stride", "fps"] = "uniform"
     num_frames: int = Field(32, ge=1)
     stride: int = Field(10, ge=1)
     fps: float = Field(1.0, gt=0)
     max_frames: Optional[int] = Field(None, ge=1)
     frame_count: Literal["decodable", "header"] = "decodable"
+    num_clips: int = Field(4, ge=1)
+    clip_length: int = Field(16, ge=1)
+    frame_step: int = Field(1, ge=1)
+
+    @property
+    def clip_span(self) -> int:
+        """Source frames one clip covers, first to last inclusive: ``(clip_length - 1) * frame_step + 1``."""
+        return (self.clip_length - 1) * self.frame_step + 1
 
 
 @dataclass(frozen=True)
@@ -326,6 +344,29 @@ def header_frame_count(info: VideoInfo) -> int:
     return int(np.floor(info.duration_s * info.fps + 0.5)) if info.duration_s > 0 and info.fps > 0 else 0
 
 
+def clip_indices(n_frames: int, cfg: SamplingConfig) -> np.ndarray:
+    """The frames of each clip (``mode: clips``) of a video of ``n_frames`` decodable frames.
+
+    Clip ``k`` starts at ``floor(linspace(0, n_frames - span, num_clips))[k]`` (``span`` =
+    :attr:`SamplingConfig.clip_span`): starts spread evenly from the first frame to the last start at which a whole
+    clip fits, torchcodec's ``clips_at_regular_indices`` rule over the whole video; a start repeated by the rounding
+    (a video barely longer than a clip) is kept once, so fewer than ``num_clips`` clips may come back.
+
+    Args:
+        n_frames: number of decodable frames (>= 0).
+        cfg: ``num_clips``, ``clip_length``, ``frame_step``.
+
+    Returns:
+        (K, clip_length) int64 source frame indices, each row increasing by ``frame_step``; K = 0 when the video is
+        shorter than one clip (``n_frames < span``).
+    """
+    span = cfg.clip_span
+    if n_frames < span:
+        return np.zeros((0, cfg.clip_length), dtype=np.int64)
+    starts = np.unique(np.linspace(0, n_frames - span, cfg.num_clips).astype(np.int64))
+    return starts[:, None] + np.arange(cfg.clip_length, dtype=np.int64)[None, :] * cfg.frame_step
+
+
 def sample_indices(n_frames: int, fps: float, cfg: SamplingConfig) -> np.ndarray:
     """Frame indices to decode from a video of ``n_frames`` decodable frames.
 
@@ -336,10 +377,13 @@ def sample_indices(n_frames: int, fps: float, cfg: SamplingConfig) -> np.ndarray
 
     Returns:
         (K,) int64, strictly increasing, each in ``[0, n_frames)``; empty when ``n_frames == 0``.
-        ``uniform`` returns ``min(num_frames, n_frames)`` indices including the first and last frame.
+        ``uniform`` returns ``min(num_frames, n_frames)`` indices including the first and last frame; ``mode:
+        clips`` the union of :func:`clip_indices` (empty when the video is shorter than one clip).
     """
     if n_frames <= 0:
         return np.zeros(0, dtype=np.int64)
+    if cfg.mode == "clips":  # every clip's frames, each decoded once (clips may share frames)
+        return np.unique(clip_indices(n_frames, cfg))
     if cfg.strategy == "uniform":
         if n_frames <= cfg.num_frames:
             return np.arange(n_frames, dtype=np.int64)
@@ -368,7 +412,9 @@ class FrameSampler:
     continues after the last delivered frame (with the default ``uniform`` 32 frames there is a single
     chunk, so the sample is exactly the one drawn over the decodable frames).
 
-    After iteration, ``frames_decodable`` and ``decode_error`` describe the file.
+    After iteration, ``frames_decodable`` and ``decode_error`` describe the file. With ``mode: clips``, ``clips``
+    is the clip plan ((K, clip_length) int64 frame indices, :func:`clip_indices`) from the moment the first chunk
+    is yielded; it is drawn again, like the sample, when the frames that decode are recounted.
 
     Args:
         path: the video file.
@@ -377,7 +423,8 @@ class FrameSampler:
         chunk_size: frames per chunk (memory: ``chunk_size * H * W * 3`` bytes).
 
     Raises:
-        VideoError: (while iterating) no frame decodes at all.
+        VideoError: (while iterating) no frame decodes at all; ``unsupported`` with ``mode: clips`` for a still
+            image or a video shorter than one clip.
     """
 
     def __init__(self, path: str | Path, info: VideoInfo, cfg: SamplingConfig, chunk_size: int = 64) -> None:
@@ -388,11 +435,14 @@ class FrameSampler:
         self.frames_decodable = 0
         self.decode_error: str | None = None
         self.n_sampled = 0
+        self.clips = np.zeros((0, cfg.clip_length), dtype=np.int64)
 
     def __iter__(self) -> Iterator[SampledFrames]:
         if Path(self.path).is_dir():
             yield from self._images()
             return
+        if is_still(self.path) and self.cfg.mode == "clips":
+            raise VideoError(f"{self.path}: a still image has no clips (sampling.mode clips)", status="unsupported")
         if is_still(self.path):  # one frame, whatever the sampling
             img, _, _ = read_image(self.path)
             self.frames_decodable = 1
@@ -522,6 +572,13 @@ class FrameSampler:
         """The sample over ``decodable`` frames, or over the header's count (``frame_count: header``) cut to the
         decodable ones."""
         fps = self.info.fps if fps is None else fps
+        if self.cfg.mode == "clips":  # clips lie within the decodable frames, whatever the header says
+            self.clips = clip_indices(decodable, self.cfg)
+            if not len(self.clips):
+                raise VideoError(f"{self.path}: {decodable} decodable frame(s), fewer than one clip spans "
+                                 f"(clip_length {self.cfg.clip_length}, frame_step {self.cfg.frame_step}: "
+                                 f"{self.cfg.clip_span} frames)", status="unsupported")
+            return np.unique(self.clips)
         if self.cfg.frame_count == "header":
             idx = sample_indices(header_frame_count(self.info) or decodable, fps, self.cfg)
             return idx[idx < decodable]

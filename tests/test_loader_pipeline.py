@@ -211,3 +211,17 @@ def test_read_index_is_the_one_reader_with_one_error_type(example, tmp_path):
                 reader(folder)
             assert str(folder / "index.json") in str(e.value), (case, reader)
             assert isinstance(e.value, InputError) and isinstance(e.value, SchemaError)
+
+
+def test_index_counts_keep_undecided_faces_apart(tmp_path):
+    """An index cell 'dataset:uncertain' (label -1) is counted as -1, not as real: class balancing and dataset
+    weights would otherwise take undecided fakes for reals (they were mapped to 0 before)."""
+    from facepipe.data.index import resolve_shards
+    from facepipe.data.schema import SCHEMA_VERSION
+
+    index = {"schema_version": SCHEMA_VERSION, "splits": {"train": {"samples": 9, "shards": [
+        {"url": "set-x/train-000000.tar", "samples": 9, "cells": {"d:real": 4, "d:fake": 3, "d:uncertain": 2}}]}}}
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    s = resolve_shards(tmp_path, "train")
+    assert s.cells == {("d", 0): 4, ("d", 1): 3, ("d", -1): 2}
+    assert s.sample_kind == "frame" and s.clip_length is None

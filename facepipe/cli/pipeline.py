@@ -69,7 +69,9 @@ def manifest(
 
 EXTRACT_FLAGS = {
     "sampling": "sampling.strategy", "num_frames": "sampling.num_frames", "stride": "sampling.stride",
-    "fps": "sampling.fps", "max_frames": "sampling.max_frames", "face_detector": "face_detector.name",
+    "fps": "sampling.fps", "max_frames": "sampling.max_frames", "num_clips": "sampling.num_clips",
+    "clip_length": "sampling.clip_length", "frame_step": "sampling.frame_step", "clip_transform": "align.clip_transform",
+    "face_detector": "face_detector.name",
     "model_root": "face_detector.model_root", "max_side": "face_detector.max_side",
     "min_face": "face_detector.min_face_px", "min_face_frac": "face_detector.min_face_frac",
     "min_score": "face_detector.min_score", "device": "face_detector.device", "align": "align.mode",
@@ -90,11 +92,21 @@ def extract(
     sets: Optional[list[str]] = typer.Option(None, "-S", "--set", help=SET_HELP),
     manifest: Optional[Path] = typer.Option(
         None, "--manifest", help="Only the videos this manifest lists, with its labels and originals (per-face labels)."),
-    sampling: Optional[str] = typer.Option(None, help="Frame sampling: uniform | stride | fps."),
+    sampling: Optional[str] = typer.Option(
+        None, help="Frame sampling: uniform | stride | fps (isolated frames), or clips (clips of consecutive frames, "
+                   "sampling.mode clips)."),
     num_frames: Optional[int] = typer.Option(None, help="uniform: frames per video (default 32)."),
     stride: Optional[int] = typer.Option(None, help="stride: keep every k-th frame."),
     fps: Optional[float] = typer.Option(None, help="fps: frames per second of video."),
     max_frames: Optional[int] = typer.Option(None, help="stride/fps: at most this many frames per video."),
+    num_clips: Optional[int] = typer.Option(None, help="clips: clips per video, start frames spread evenly "
+                                                       "(default 4)."),
+    clip_length: Optional[int] = typer.Option(None, help="clips: frames per clip (default 16)."),
+    frame_step: Optional[int] = typer.Option(None, help="clips: source frames between a clip's frames (default 1: "
+                                                        "consecutive)."),
+    clip_transform: Optional[str] = typer.Option(
+        None, help="clips: clip (one crop transform per track and clip, fitted over its landmarks; default) | frame "
+                   "(one per frame)."),
     face_detector: Optional[str] = typer.Option(
         None, "--face-detector",
         help="Face detector: auto | mtcnn | scrfd | dlib_hog (retinaface: an old name of scrfd)."),
@@ -141,20 +153,29 @@ def extract(
     """
     from facepipe.stages.extract import ExtractConfig, run
 
-    if old_face_detector is not None:
+    cfg = _configure(ExtractConfig, _params_data(params, "extract", ExtractConfig), _extract_overrides(locals()),
+                     "extract", _sets(sets, "extract")["extract"])
+    s = run(video_dir, out, cfg, progress=progress, manifest=manifest)
+    _report_extract(s, out, contact_sheet, strict)
+
+
+def _extract_overrides(given: dict) -> dict:
+    """``facepipe extract``'s named options as ExtractConfig keys (:data:`EXTRACT_FLAGS`; ``None`` = not given):
+    ``--sampling clips`` sets ``sampling.mode`` (the other values are frame strategies), ``--detector`` is the old
+    name of ``--face-detector`` (a FutureWarning), ``--dlib-81`` a path string."""
+    if given["old_face_detector"] is not None:
         import warnings
 
         warnings.warn("facepipe extract --detector: renamed to --face-detector (the forgery model is train's "
                       "--model); the old name goes in the next release", FutureWarning, stacklevel=1)
-        face_detector = face_detector or old_face_detector
-
-    given = locals()
+        given = {**given, "face_detector": given["face_detector"] or given["old_face_detector"]}
     overrides = {key: given[flag] for flag, key in EXTRACT_FLAGS.items()}
-    overrides["face_detector.dlib_81"] = None if dlib_81 is None else str(dlib_81)
-    cfg = _configure(ExtractConfig, _params_data(params, "extract", ExtractConfig), overrides, "extract",
-                     _sets(sets, "extract")["extract"])
-    s = run(video_dir, out, cfg, progress=progress, manifest=manifest)
-    _report_extract(s, out, contact_sheet, strict)
+    sampling = given["sampling"]
+    overrides["sampling.mode"] = None if sampling is None else "clips" if sampling == "clips" else "frames"
+    if sampling == "clips":  # a mode, not a frame strategy
+        overrides["sampling.strategy"] = None
+    overrides["face_detector.dlib_81"] = None if given["dlib_81"] is None else str(given["dlib_81"])
+    return overrides
 
 
 def _report_extract(s, out: Path, contact_sheet: bool, strict: bool) -> None:

@@ -84,7 +84,27 @@ class ToDevice:
             b[v] = t
 
     def __call__(self, b: dict) -> dict:
-        """``b`` with ``image`` (B, 3, H, W) float32 normalised, its views, ``mask`` and ``label`` on the device."""
+        """``b`` with ``image`` (B, 3, H, W) float32 normalised, its views, ``mask`` and ``label`` on the device.
+        Clip batches (``image_u8`` (B, T, H, W, 3)): ``image`` (B, T, 3, H, W), views (B, T, C, H, W) computed per
+        frame, ``mask`` (B, T, 1, H, W)."""
+        u8 = b.get("image_u8")
+        if u8 is not None and u8.dim() == 5:
+            return self._clips(b)
+        return self._frames(b)
+
+    def _clips(self, b: dict) -> dict:
+        """A clip batch through :meth:`_frames` as B*T frames, then back to (B, T, ...)."""
+        bsz, t = b["image_u8"].shape[:2]
+        b["image_u8"] = b["image_u8"].flatten(0, 1)
+        if "mask_u8" in b:
+            b["mask_u8"] = b["mask_u8"].flatten(0, 1)
+        b = self._frames(b)
+        for k in ("image", "mask", *self.views):
+            if k in b:
+                b[k] = b[k].unflatten(0, (bsz, t))
+        return b
+
+    def _frames(self, b: dict) -> dict:
         from facepipe.freq import compute_views_torch
 
         x = self._images(b)

@@ -18,6 +18,7 @@ from typing import Sequence
 from facepipe.data import storage
 from facepipe.data.schema import SCHEMA_VERSION
 from facepipe.errors import InputError, ShardIndexError
+from facepipe.ids import FACE_LABEL_NAMES
 
 INDEX_NAME = "index.json"
 _SPLIT_KEYS = ("samples", "shards")
@@ -35,6 +36,9 @@ class ShardSet:
     view_params: dict | None = None  # the freq parameters the stored views were computed with
     crop_size: int | None = None
     image_format: str | None = None  # png | jpg | mixed (None: not recorded)
+    sample_kind: str | None = None  # frame | clip (None: not recorded, e.g. a list of URLs)
+    clip_length: int | None = None  # clip sets: frames per clip, and source frames between them
+    frame_step: int | None = None
 
 
 def index_location(source: str | os.PathLike) -> str:
@@ -130,12 +134,14 @@ def _from_index(src: str, split: str | None) -> ShardSet:
     base = src.rsplit("/", 1)[0] if "/" in src else "."
     urls = tuple(f"{base}/{s['url']}" for s in info["shards"])
     cells: Counter = Counter()
+    label_of = {name: lab for lab, name in FACE_LABEL_NAMES.items()}  # real 0, fake 1, uncertain -1
     for s in info["shards"]:
         for cell, n in s["cells"].items():
             d, lab = cell.rsplit(":", 1)
-            cells[(d, 1 if lab == "fake" else 0)] += n
+            cells[(d, label_of[lab])] += n
     return ShardSet(urls, int(info["samples"]), dict(cells), tuple(index.get("views", ())),
-                    index.get("view_params"), index.get("crop_size"), index.get("image_format"))
+                    index.get("view_params"), index.get("crop_size"), index.get("image_format"),
+                    index.get("sample_kind", "frame"), index.get("clip_length"), index.get("frame_step"))
 
 
 def resolve_shards(source: str | os.PathLike | Sequence[str], split: str | None = "train") -> ShardSet:

@@ -143,6 +143,7 @@ def make_loader(
     masks: bool = False,
     multiprocessing_context: str | None = None,
     decode: str = "auto",
+    clips: bool | None = None,
 ) -> FaceLoader:
     """Stream facepipe shards as training batches: :class:`LoaderConfig` from the keyword arguments, then
     :func:`make_dataset` and a :class:`FaceLoader` (one persistent ``DataLoader``) over it. Every argument but
@@ -160,7 +161,9 @@ def make_loader(
         float32, and lists ``key``, ``dataset``, ``video_id``, ``method``, ``split``, ``frame_index``,
         ``track_id``, ``video_label``, ``label_source``, ``manipulation_score``, ``landmarks`` (5 x,y points in
         source-frame pixels), ``affine`` (the 2x3 source -> crop matrix) and ``crop_size`` (the stored crop's side;
-        the batch's images are resized from it to ``image_size``).
+        the batch's images are resized from it to ``image_size``). A clip set (``clips``, or the index's
+        ``sample_kind: clip``): ``image`` (B, T, 3, H, W), views (B, T, C', H', W'), ``label`` (B,) the clip's, and
+        the lists of :data:`~facepipe.data.pipeline.CLIP_META_KEYS`.
 
     Raises:
         ShardIndexError / InputError: see :func:`resolve_shards`.

@@ -42,7 +42,7 @@ from pydantic import Field, field_validator
 from facepipe.config import Section, validate_section
 from facepipe.data import storage
 from facepipe.data.index import ShardSet, resolve_shards
-from facepipe.data.schema import SchemaError, decode_sample
+from facepipe.data.schema import SchemaError, decode_clip_sample, decode_sample
 from facepipe.errors import ConfigError
 from facepipe.freq.config import FreqConfig
 
@@ -53,6 +53,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 META_KEYS = ("key", "dataset", "video_id", "method", "split", "frame_index", "track_id", "video_label", "label_source",
              "manipulation_score", "landmarks", "affine", "crop_size")
+CLIP_META_KEYS = ("key", "dataset", "video_id", "method", "split", "clip_id", "clip_start", "track_id", "video_label",
+                  "label_source", "frame_indices", "timestamps_s", "frame_labels", "frame_label_sources",
+                  "manipulation_scores", "gaps", "landmarks", "affines", "crop_size")
+"""The metadata lists of a clip batch (one entry per clip; the per-frame fields are lists of ``clip_length``)."""
 _SLOTS = 256  # per-worker skip counters in the shared state (worker id modulo this)
 
 
@@ -103,6 +107,12 @@ class LoaderConfig(Section):
             (bilinear, antialiased) to ``image_size``; needs JPEG shards (``extract.output.format: jpg``) and no
             augmentation (albumentations runs on the CPU). ``auto``: ``device`` when ``device`` is CUDA, the
             index records JPEG crops and ``augment`` is off, else ``workers``.
+        clips: read a clip set (``extract.sampling.mode: clips``; the index says ``sample_kind: clip``): each
+            sample is one (video, clip, track) and batches carry ``image`` (B, T, 3, H, W), ``mask`` (B, T, 1, H,
+            W), views (B, T, C, H, W) computed per frame, ``label`` (B,) the clip's label, and per-frame lists
+            (:data:`CLIP_META_KEYS`). The augmentation draws its parameters once per clip and applies them to
+            every frame (albumentations' additional targets), so a clip stays a clip. ``None`` (default): what the
+            index says; ``True`` / ``False`` refuse a set of the other kind.
     """
 
     batch_size: int = Field(32, ge=1)
@@ -129,6 +139,7 @@ class LoaderConfig(Section):
     masks: bool = False
     multiprocessing_context: str | None = None
     decode: Literal["auto", "workers", "device"] = "auto"
+    clips: bool | None = None
 
     @field_validator("freq", mode="before")
     @classmethod
@@ -205,7 +216,8 @@ class FaceDataset(wds.DataPipeline):
 
     Each batch: ``label`` (B,) int64, ``image_u8`` (B, H, W, 3) uint8 (``image_jpeg``, a list of encoded JPEG
     tensors, when decoding on the device), ``mask_u8`` (B, H, W) uint8 with ``masks``, each stored view
-    (B, C, H, W) float16, and the lists of :data:`META_KEYS`.
+    (B, C, H, W) float16, and the lists of :data:`META_KEYS`. A clip set (``clips``): ``image_u8`` (B, T, H, W, 3),
+    ``mask_u8`` (B, T, H, W), and the lists of :data:`CLIP_META_KEYS`.
 
     Attributes:
         cfg: the :class:`LoaderConfig`.
@@ -219,8 +231,8 @@ class FaceDataset(wds.DataPipeline):
 
     def __init__(self, cfg: LoaderConfig, shardset: ShardSet, *, rank: int, world_size: int, explicit_node: bool,
                  compute_views: bool, device_decode: bool, accept: dict[tuple[str, int], float] | None,
-                 epoch_batches: int | None) -> None:
-        self.cfg, self.shardset = cfg, shardset
+                 epoch_batches: int | None, clips: bool = False) -> None:
+        self.cfg, self.shardset, self.clips = cfg, shardset, clips
         self.rank, self.world_size, self.explicit_node = rank, world_size, explicit_node
         self.compute_views, self.device_decode, self.accept = compute_views, device_decode, accept
         self.epoch_batches = epoch_batches
@@ -344,10 +356,28 @@ class FaceDataset(wds.DataPipeline):
         if cfg.image_size:
             import albumentations as A
 
-            return A.Resize(cfg.image_size, cfg.image_size)
+            return A.Compose([A.Resize(cfg.image_size, cfg.image_size)])
         return None
 
+    def _decode_clip(self, s: dict, t: Callable | None) -> dict:
+        """A clip sample decoded, its frames (and masks) transformed with one draw of the parameters."""
+        d = decode_clip_sample(s, mask=self.cfg.masks)
+        if t is None:
+            return d
+        frames, n = d["frames"], len(d["frames"])
+        t = _clip_transform(t, n, self.cfg.masks)
+        args = {"image": frames[0], **{f"image{i}": frames[i] for i in range(1, n)}}
+        if self.cfg.masks:
+            args.update({"mask": d["masks"][0], **{f"mask{i}": d["masks"][i] for i in range(1, n)}})
+        res = t(**args)
+        d["frames"] = np.stack([res["image"]] + [res[f"image{i}"] for i in range(1, n)])
+        if self.cfg.masks:
+            d["masks"] = np.stack([res["mask"]] + [res[f"mask{i}"] for i in range(1, n)])
+        return d
+
     def _decode_one(self, s: dict, t: Callable | None) -> dict:
+        if self.clips:
+            return self._decode_clip(s, t)
         masks, size = self.cfg.masks, self.cfg.image_size
         d = decode_sample(s, self.stored_views, mask=masks, image=not self.device_decode)
         if self.device_decode:
@@ -378,6 +408,8 @@ class FaceDataset(wds.DataPipeline):
             yield d
 
     def _collate(self, samples: list[dict]) -> dict[str, Any]:
+        if self.clips:
+            return self._collate_clips(samples)
         out: dict[str, Any] = {"label": torch.tensor([s["label"] for s in samples], dtype=torch.long)}
         if self.device_decode:  # encoded JPEGs, decoded as one batch on the loader's device
             out["image_jpeg"] = [torch.frombuffer(bytearray(s["image_bytes"]), dtype=torch.uint8) for s in samples]
@@ -390,6 +422,39 @@ class FaceDataset(wds.DataPipeline):
         for v in self.stored_views:
             out[v] = torch.from_numpy(np.stack([s[v] for s in samples]).astype(np.float16))
         return out
+
+
+    def _collate_clips(self, samples: list[dict]) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
+            "image_u8": torch.from_numpy(np.stack([s["frames"] for s in samples])),  # (B, T, H, W, 3) uint8
+        }
+        if self.cfg.masks:
+            out["mask_u8"] = torch.from_numpy(np.stack([s["masks"] for s in samples]))  # (B, T, H, W) uint8
+        for k in CLIP_META_KEYS:
+            out[k] = [s["meta"].get(k) for s in samples]
+        return out
+
+
+def _clip_transform(t: Callable, n: int, masks: bool) -> Callable:
+    """``t`` applied with the same parameters to the ``n`` frames of a clip (and their masks): an albumentations
+    ``Compose`` given ``image1 .. image{n-1}`` (and ``mask1 ..``) as additional targets.
+
+    Raises:
+        ConfigError: ``t`` is not an albumentations ``Compose`` (a plain callable cannot promise one draw per clip).
+    """
+    if not hasattr(t, "add_targets"):
+        raise ConfigError("clips: augment must be True or an albumentations Compose (its additional targets apply "
+                          "one draw of the parameters to every frame of a clip); got "
+                          f"{type(t).__name__}")
+    have = getattr(t, "additional_targets", {}) or {}
+    want = {f"image{i}": "image" for i in range(1, n)}
+    if masks:
+        want.update({f"mask{i}": "mask" for i in range(1, n)})
+    missing = {k: v for k, v in want.items() if k not in have}
+    if missing:
+        t.add_targets(missing)
+    return t
 
 
 # -- make_dataset: the checks and plans, one small function each --
@@ -448,6 +513,8 @@ def _compute_views(cfg: LoaderConfig, shardset: ShardSet) -> bool:
 def _device_decode(cfg: LoaderConfig, shardset: ShardSet, compute: bool) -> bool:
     """Whether JPEG crops are decoded on the device (``decode``; ``auto``: on CUDA when nothing prevents it)."""
     if cfg.decode == "device":
+        if shardset.sample_kind == "clip":
+            raise ConfigError("decode='device' reads frame sets; clip sets decode in the workers")
         if cfg.augment:
             raise ConfigError("decode='device' cannot augment (albumentations runs on the CPU in the workers); "
                               "use decode='workers' or augment=False")
@@ -458,7 +525,19 @@ def _device_decode(cfg: LoaderConfig, shardset: ShardSet, compute: bool) -> bool
             raise ConfigError("decode='device' with stored views: use view_source='compute'")
         return True
     return (cfg.decode == "auto" and torch.device(cfg.device).type == "cuda" and not cfg.augment
-            and shardset.image_format == "jpg" and compute)
+            and shardset.image_format == "jpg" and compute and shardset.sample_kind != "clip")
+
+
+def _clips(cfg: LoaderConfig, shardset: ShardSet) -> bool:
+    """Whether the set is read as clips: ``clips`` given, checked against the index's ``sample_kind``, else that."""
+    kind = shardset.sample_kind
+    if cfg.clips and kind == "frame":
+        raise ConfigError("clips=True, but this shard set holds frame samples: extract with "
+                          "extract.sampling.mode clips (facepipe extract --sampling clips) and shard again")
+    if cfg.clips is False and kind == "clip":
+        raise ConfigError(f"clips=False, but this shard set holds clips of {shardset.clip_length} frames "
+                          "(sampling.mode clips): read it with clips=True")
+    return bool(cfg.clips) if cfg.clips is not None else kind == "clip"
 
 
 def _acceptance(cells: dict[tuple[str, int], float], weights: dict[str, float] | None,
@@ -519,6 +598,9 @@ def make_dataset(source: str | os.PathLike | Sequence[str], split: str = "train"
         split: split to read from an index.
         cfg: the options (:class:`LoaderConfig`; defaults when ``None``).
 
+    A clip set (``sample_kind: clip`` in the index, or ``cfg.clips``) gives clip batches: see
+    :attr:`LoaderConfig.clips`.
+
     Returns:
         A :class:`FaceDataset`. Use it as::
 
@@ -544,8 +626,8 @@ def make_dataset(source: str | os.PathLike | Sequence[str], split: str = "train"
     accept = _thinning(cfg, shardset)
     return FaceDataset(cfg, shardset, rank=rank, world_size=world_size, explicit_node=explicit,
                        compute_views=compute, device_decode=device_decode, accept=accept,
-                       epoch_batches=_epoch_batches(cfg, shardset, accept, world_size))
+                       epoch_batches=_epoch_batches(cfg, shardset, accept, world_size), clips=_clips(cfg, shardset))
 
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "META_KEYS", "FaceDataset", "LoaderConfig", "default_augmentation",
-           "loader_config", "make_dataset"]
+__all__ = ["CLIP_META_KEYS", "IMAGENET_MEAN", "IMAGENET_STD", "META_KEYS", "FaceDataset", "LoaderConfig",
+           "default_augmentation", "loader_config", "make_dataset"]

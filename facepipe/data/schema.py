@@ -13,12 +13,26 @@ A sample is a group of tar members sharing a key::
 Keys contain no dots (webdataset splits the member name at the first dot) and the parts never contain
 ``__``. Writer, loader, inspect and tests all go through this module.
 
+A *clip* sample (a set extracted with ``sampling.mode: clips``; the index says ``"sample_kind": "clip"``) is one
+(video, clip, track) of T consecutive crops::
+
+    <dataset>__<video_id>__c<clip>__<track>.<t:02d>.png       crop t of the clip (t = 0 .. T-1), as extract wrote it
+    <dataset>__<video_id>__c<clip>__<track>.<t:02d>.mask.png  (shards with masks) its difference mask
+    <dataset>__<video_id>__c<clip>__<track>.json              metadata (CLIP_META_FIELDS): per-frame lists
+    <dataset>__<video_id>__c<clip>__<track>.cls               the clip's label (:func:`clip_label`)
+
+The frames are stored as the crops extract wrote (PNG, or JPEG with ``output.format: jpg``), not re-encoded: a
+16-frame clip of 256 px PNG crops is T times a frame sample's bytes (README: clip benchmark), against 3 MB for one
+uncompressed uint8 ``.npy``; each frame decodes like a frame sample's crop. Stored views are not written for clip
+sets (the loader computes views per frame).
+
 Every sample of a set carries the same members (Hugging Face ``datasets``' webdataset builder requires it).
 
 Version history: 1 — video labels only; 2 — per-face ``label`` with ``video_label``, ``label_source``,
 ``manipulation_score`` and the ``mask.png`` member; 3 — ``mask.png`` on every sample (zeros where none) with
 ``has_mask``, ``preset`` and ``crop_landmarks``; 4 — ``label`` -1 (``label_name`` ``uncertain``) for faces of fakes
-that match their original (``label_source`` ``original_diff_uncertain``; losses and frame metrics leave them out).
+that match their original (``label_source`` ``original_diff_uncertain``; losses and frame metrics leave them out);
+5 — clip samples.
 """
 
 from __future__ import annotations
@@ -43,7 +57,7 @@ from facepipe.ids import (
     sample_key,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 IMAGE_EXTS = ("png", "jpg")
 MASK_EXT = "mask.png"
 META_FIELDS = (
@@ -61,6 +75,151 @@ video ids a fake was made from (empty for reals). ``preset``: the alignment pres
 ``null``); ``crop_landmarks``: dlib's 68 (or DeepfakeBench's 81) landmarks in crop pixels, or ``null``;
 ``has_mask``: the ``mask.png`` member is a real difference mask (else all zeros: a real face, or a fake without
 an original to compare with)."""
+
+
+CLIP_META_FIELDS = (
+    "key", "label", "label_name", "video_label", "label_source", "dataset", "method", "split", "video_id",
+    "source_ids", "clip_id", "clip_start", "clip_length", "frame_step", "track_id", "frame_indices", "timestamps_s",
+    "boxes", "landmarks", "affines", "frame_labels", "frame_label_sources", "manipulation_scores", "gaps",
+    "has_masks", "crop_size", "crop_mode", "detector", "detector_version", "schema_version", "preset",
+)
+"""Fields of a clip sample's ``json`` member. Per frame of the clip (lists of length ``clip_length``, in frame
+order): ``frame_indices`` (source frames, ``clip_start + t * frame_step``), ``timestamps_s``, ``boxes`` (x1, y1, x2,
+y2), ``landmarks`` (5, 2), ``affines`` (2, 3) source->crop (all equal with ``align.clip_transform: clip``),
+``frame_labels`` and ``frame_label_sources`` (each face's own label, as a frame sample's ``label``),
+``manipulation_scores``, ``gaps`` (the track had no detection there: box and landmarks interpolated),
+``has_masks``. ``label`` is the clip's (:func:`clip_label`), ``label_source`` that of its deciding frames."""
+
+
+def clip_label(frame_labels: list[int], frame_sources: list[str]) -> tuple[int, str]:
+    """A clip's label from its frames' face labels: fake (1) when any frame's face is fake (the track is manipulated
+    in the clip), else real (0) when any is real, else undecided (-1, every frame ``original_diff_uncertain``: left
+    out of losses and metrics like an undecided frame sample).
+
+    Returns:
+        (label, the ``label_source`` of the first frame with that label).
+    """
+    for want in (1, 0, UNCERTAIN_LABEL):
+        for lab, src in zip(frame_labels, frame_sources):
+            if int(lab) == want:
+                return want, src
+    raise SchemaError("a clip has no frame")
+
+
+def encode_clip_sample(key: str, images: list[bytes], image_ext: str, meta: dict[str, Any],
+                       masks: list[bytes | None] | None = None) -> dict[str, Any]:
+    """Build the member dict of a clip sample (all values bytes; see the module docstring).
+
+    Args:
+        key: from :func:`~facepipe.ids.clip_key`.
+        images: the T encoded crops (PNG or JPEG), in frame order, stored as they are.
+        image_ext: ``png`` or ``jpg``.
+        meta: the :data:`CLIP_META_FIELDS` (``key``, ``label``, ``label_name``, ``label_source``, ``has_masks`` and
+            ``schema_version`` are filled in; ``label`` from :func:`clip_label`).
+        masks: the set carries masks: per frame PNG bytes of its (H, W) uint8 difference mask or ``None`` (an
+            all-zero mask of ``crop_size`` is stored then); ``None`` for a set without masks.
+
+    Raises:
+        SchemaError: an unknown image extension, missing fields, per-frame lists whose length is not the clip's,
+            or bad labels / label sources.
+    """
+    if image_ext not in IMAGE_EXTS:
+        raise SchemaError(f"{key}: image extension must be one of {IMAGE_EXTS}, got {image_ext}")
+    n = len(images)
+    label, source = clip_label(meta["frame_labels"], meta["frame_label_sources"])
+    meta = {"preset": None, **meta, "key": key, "schema_version": SCHEMA_VERSION, "label": label,
+            "label_source": source, "label_name": FACE_LABEL_NAMES[label],
+            "has_masks": [m is not None for m in masks] if masks is not None else [False] * n}
+    missing = [f for f in CLIP_META_FIELDS if f not in meta]
+    if missing:
+        raise SchemaError(f"{key}: metadata lacks {missing}")
+    per_frame = ("frame_indices", "timestamps_s", "boxes", "landmarks", "affines", "frame_labels",
+                 "frame_label_sources", "manipulation_scores", "gaps")
+    bad = [f for f in per_frame if len(meta[f]) != n]
+    if n != meta["clip_length"] or bad:
+        raise SchemaError(f"{key}: {n} frames for clip_length {meta['clip_length']}; per-frame lists of another "
+                          f"length: {bad}")
+    if meta["video_label"] not in LABEL_NAMES:
+        raise SchemaError(f"{key}: video_label must be 0 (real) or 1 (fake), got {meta['video_label']!r}")
+    for lab, src in zip(meta["frame_labels"], meta["frame_label_sources"]):
+        if lab not in FACE_LABEL_NAMES or (lab == UNCERTAIN_LABEL) != (src == "original_diff_uncertain") \
+                or src not in LABEL_SOURCES:
+            raise SchemaError(f"{key}: frame label {lab!r} with label_source {src!r}")
+    out: dict[str, Any] = {"__key__": key, "json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode(),
+                           "cls": str(label).encode()}
+    for t, img in enumerate(images):
+        out[f"{t:02d}.{image_ext}"] = img
+        if masks is not None:
+            out[f"{t:02d}.{MASK_EXT}"] = masks[t] if masks[t] is not None else empty_mask_png(meta["crop_size"])
+    return out
+
+
+def decode_clip_sample(sample: dict[str, Any], mask: bool = False) -> dict[str, Any]:
+    """Check and decode one raw clip sample (see the module docstring).
+
+    Returns:
+        ``{"key", "frames": (T, H, W, 3) uint8 RGB, "meta": dict, "label": int, "masks": (T, H, W) uint8 (with
+        ``mask``; zeros for frames without one)}``.
+
+    Raises:
+        SchemaError: naming the shard and key: a missing field or frame, a schema-version mismatch, a label
+            disagreeing between ``cls`` and ``json``, a frame or mask that does not decode.
+    """
+    import cv2
+
+    key = sample.get("__key__", "?")
+    where = f"{sample.get('__url__', '?')}: sample {key}"
+    meta = _meta(sample, where)
+    if "clip_length" not in meta:
+        raise SchemaError(f"{where}: a frame sample where a clip sample was expected (read it with decode_sample)")
+    n = int(meta["clip_length"])
+    ext = next((e for e in IMAGE_EXTS if f"00.{e}" in sample), None)
+    if ext is None:
+        raise SchemaError(f"{where}: missing clip frame '00.png' / '00.jpg'")
+    label = _cls(sample, meta, where)
+    frames = []
+    for t in range(n):
+        data = sample.get(f"{t:02d}.{ext}")
+        img = None if data is None else decode_image(data, ext)
+        if img is None:
+            raise SchemaError(f"{where}: clip frame {t} ({t:02d}.{ext}) is missing or does not decode")
+        frames.append(img)
+    out: dict[str, Any] = {"key": key, "meta": meta, "label": label, "frames": np.stack(frames)}
+    if mask:
+        ms = []
+        for t in range(n):
+            data = sample.get(f"{t:02d}.{MASK_EXT}")
+            m = (np.zeros(frames[t].shape[:2], np.uint8) if data is None else
+                 cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE))
+            if m is None or m.shape != frames[t].shape[:2]:
+                raise SchemaError(f"{where}: mask of clip frame {t} does not decode or does not match its size")
+            ms.append(m)
+        out["masks"] = np.stack(ms)
+    return out
+
+
+def _meta(sample: dict[str, Any], where: str) -> dict:
+    """The sample's parsed ``json`` member, its schema version checked."""
+    if "json" not in sample:
+        raise SchemaError(f"{where}: missing field 'json'")
+    try:
+        meta = json.loads(sample["json"])
+    except ValueError as e:
+        raise SchemaError(f"{where}: json does not parse: {e}") from None
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise SchemaError(f"{where}: schema version {meta.get('schema_version')} but this facepipe reads "
+                          f"{SCHEMA_VERSION}; rebuild the shards with 'facepipe shard'")
+    return meta
+
+
+def _cls(sample: dict[str, Any], meta: dict, where: str) -> int:
+    """The ``cls`` member's label, checked against the json's."""
+    if "cls" not in sample:
+        raise SchemaError(f"{where}: missing field 'cls'")
+    label = int(sample["cls"])
+    if label != meta.get("label"):
+        raise SchemaError(f"{where}: cls {label} disagrees with json label {meta.get('label')}")
+    return label
 
 
 def npy_bytes(a: np.ndarray) -> bytes:
@@ -194,23 +353,12 @@ def decode_sample(sample: dict[str, Any], views: tuple[str, ...] = (), mask: boo
 
     key = sample.get("__key__", "?")
     where = f"{sample.get('__url__', '?')}: sample {key}"
-    if "json" not in sample:
-        raise SchemaError(f"{where}: missing field 'json'")
-    try:
-        meta = json.loads(sample["json"])
-    except ValueError as e:
-        raise SchemaError(f"{where}: json does not parse: {e}") from None
-    if meta.get("schema_version") != SCHEMA_VERSION:
-        raise SchemaError(f"{where}: schema version {meta.get('schema_version')} but this facepipe reads "
-                          f"{SCHEMA_VERSION}; rebuild the shards with 'facepipe shard'")
+    meta = _meta(sample, where)
     ext = next((e for e in IMAGE_EXTS if e in sample), None)
     if ext is None:
-        raise SchemaError(f"{where}: missing image field (one of {IMAGE_EXTS})")
-    if "cls" not in sample:
-        raise SchemaError(f"{where}: missing field 'cls'")
-    label = int(sample["cls"])
-    if label != meta.get("label"):
-        raise SchemaError(f"{where}: cls {label} disagrees with json label {meta.get('label')}")
+        hint = " (a clip sample: read clip sets with make_loader(..., clips=True))" if "clip_length" in meta else ""
+        raise SchemaError(f"{where}: missing image field (one of {IMAGE_EXTS}){hint}")
+    label = _cls(sample, meta, where)
     out: dict[str, Any] = {"key": key, "meta": meta, "label": label}
     if image:
         img = decode_image(sample[ext], ext)
@@ -248,7 +396,8 @@ HF_JSON_TYPES = {
 }
 
 
-__all__ = ["IMAGE_EXTS", "IdError", "KEY_SEP", "LABEL_NAMES", "MASK_EXT", "META_FIELDS", "SCHEMA_VERSION", "SPLITS",
-           "SchemaError", "check_name", "decode_image", "empty_mask_png", "decode_sample", "encode_sample",
+__all__ = ["CLIP_META_FIELDS", "IMAGE_EXTS", "IdError", "KEY_SEP", "LABEL_NAMES", "MASK_EXT", "META_FIELDS",
+           "SCHEMA_VERSION", "SPLITS", "SchemaError", "check_name", "clip_label", "decode_clip_sample", "decode_image",
+           "empty_mask_png", "decode_sample", "encode_clip_sample", "encode_sample",
            "npy_bytes", "npy_load",
            "parse_key", "sample_key"]

@@ -223,7 +223,7 @@ def _face_row(r: dict, path: Path, stem: str, crop: int, stage: Path, summary: I
         "video_label": r["label"], "label_source": "video", "manipulation_score": None,
         "mask_path": None if mask_rel is None else str(mask_rel),
         "preset": "deepfakebench-68" if crop_lm is not None and len(crop_lm) == 68 else "deepfakebench",
-        "crop_landmarks": crop_lm,
+        "crop_landmarks": crop_lm, "gap": False,
     }
 
 

@@ -54,7 +54,11 @@ def similarity_matrix(landmarks: np.ndarray, size: int, margin: float = 1.0) -> 
         ValueError: the landmarks are degenerate (all on one point, or not finite), so no transform exists.
     """
     src = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
-    dst = arcface_template(size, margin)
+    return _umeyama(src, arcface_template(size, margin))
+
+
+def _umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The least-squares similarity (2, 3) mapping the (N, 2) points ``src`` onto ``dst`` (Umeyama 1991)."""
     if not np.all(np.isfinite(src)):
         raise ValueError(f"degenerate landmarks, no similarity transform: {src.tolist()}")
     n = len(src)
@@ -112,6 +116,35 @@ def face_matrix(box: np.ndarray, landmarks: np.ndarray, cfg: AlignConfig) -> np.
     if cfg.mode == "arcface":
         return similarity_matrix(landmarks, cfg.size, cfg.margin)
     return box_matrix(box, cfg.size, cfg.margin)
+
+
+def clip_matrix(boxes: np.ndarray, landmarks: np.ndarray, cfg: AlignConfig) -> np.ndarray:
+    """One source->crop matrix for every frame of a clip (``sampling.mode: clips``, ``align.clip_transform: clip``):
+    a stable crop without per-frame jitter, as FTCN (Zheng et al., ICCV 2021) and AltFreezing (Wang et al., CVPR
+    2023) crop a clip once for all its frames.
+
+    ``arcface``: the least-squares similarity taking the five landmarks of every frame onto the template at once
+    (Umeyama over the N x 5 point pairs; equal to :func:`similarity_matrix` for N = 1). ``box``: the square of
+    :func:`box_matrix` around the mean box of the clip.
+
+    Args:
+        boxes: (N, 4) float ``x1, y1, x2, y2``, source-frame pixels, the track's detected frames of the clip.
+        landmarks: (N, 5, 2) float, source-frame pixels, :data:`~facepipe.faces.types.LANDMARK_ORDER`.
+        cfg: ``mode``, ``size``, ``margin``.
+
+    Returns:
+        (2, 3) float64 matrix mapping source pixels to crop pixels.
+
+    Raises:
+        ValueError: no frame given, or degenerate landmarks.
+    """
+    lm = np.asarray(landmarks, dtype=np.float64).reshape(-1, 5, 2)
+    if not len(lm):
+        raise ValueError("no frame to fit a clip's transform on")
+    if cfg.mode == "arcface":
+        dst = np.tile(arcface_template(cfg.size, cfg.margin), (len(lm), 1))
+        return _umeyama(lm.reshape(-1, 2), dst)
+    return box_matrix(np.asarray(boxes, dtype=np.float64).reshape(-1, 4).mean(axis=0), cfg.size, cfg.margin)
 
 
 def warp_crop(frame: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:

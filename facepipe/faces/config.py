@@ -81,12 +81,17 @@ class AlignConfig(Section):
     ``detector.dlib_81`` (``--dlib-81 PATH``) and face rows and shard samples say ``preset: deepfakebench`` (81 crop
     landmarks). Without it dlib's 68-point model stands in (same five parts, 68 crop landmarks) and they say
     ``preset: deepfakebench-68``: close to DeepfakeBench's crops, not identical to them.
+
+    ``clip_transform`` (``sampling.mode: clips`` only): ``clip`` (default) fits one transform per (track, clip) over
+    the landmarks of all its frames (:func:`facepipe.faces.align.clip_matrix`; FTCN's stable crop, no per-frame
+    jitter), ``frame`` aligns every frame on its own landmarks as in frame mode.
     """
 
     preset: Optional[Literal["deepfakebench"]] = None
     mode: Literal["arcface", "box"] = "arcface"
     size: int = Field(256, ge=32, le=2048)
     margin: float = Field(1.3, ge=1.0, le=4.0)
+    clip_transform: Literal["clip", "frame"] = "clip"
 
 
 class TrackConfig(Section):
@@ -114,6 +119,13 @@ class TrackConfig(Section):
     original only their largest, "small or background face => real" was a shortcut and frame AUC partly
     measured face size (DeepfakeBench keeps the largest face in both classes). With ``all``, fakes without a
     usable original keep every track only under ``labels.policy: all`` (``main`` then drops their other tracks).
+
+    Clips (``sampling.mode: clips``): tracks are linked within each clip, over its consecutive frames. A frame of
+    the clip where a track has no detection is a *gap*: the frame is kept (its box and landmarks interpolated
+    from the track's nearest detected frames, ``gap: true`` on its row), never renumbered or dropped. A (track,
+    clip) with more than ``max_gap_share`` of its frames in gaps, or whose detections' mean score is below
+    ``min_mean_score``, is dropped and counted (``n_clips_dropped``); ``min_share`` does not apply. ``select``
+    then applies per clip (track 0 of a clip = its largest summed face area).
     """
 
     select: Literal["main", "all", "largest"] = "main"
@@ -122,6 +134,7 @@ class TrackConfig(Section):
     max_gap: int = Field(2, ge=0)
     min_share: float = Field(0.2, ge=0.0, le=1.0)
     min_mean_score: float = Field(0.98, ge=0.0, le=1.0)
+    max_gap_share: float = Field(0.25, ge=0.0, le=1.0)
 
 
 class LabelConfig(Section):

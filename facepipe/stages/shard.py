@@ -49,9 +49,9 @@ from facepipe._io import atomic_path
 from facepipe.config import Section
 from facepipe.data import storage
 from facepipe.data.footprint import VIDEOS_NAME, video_table
-from facepipe.data.schema import SCHEMA_VERSION, SPLITS, encode_sample
+from facepipe.data.schema import SCHEMA_VERSION, SPLITS, encode_clip_sample, encode_sample
 from facepipe.errors import InputError
-from facepipe.ids import FACE_LABEL_NAMES, sample_key
+from facepipe.ids import FACE_LABEL_NAMES, clip_key, sample_key
 from facepipe.manifest import check_leakage, read_manifest
 from facepipe.stages import contract
 
@@ -277,11 +277,74 @@ def _gather(cfg: ShardConfig) -> tuple[pl.DataFrame, tuple[str, ...], dict | Non
     check_leakage(allman, "shard inputs", identities=False, scope="within")
     check_leakage(allman, "shard inputs (across datasets)", identities=True, mode=cfg.cross_dataset_leakage,
                   scope="across")
+    if _is_clip_set(allrows):
+        if stored:
+            raise InputError(f"shard: views {list(stored)} asked for on clip faces (sampling.mode clips): clip sets "
+                             "store no views (the loader computes them per frame); set shard.views: [] or drop the "
+                             "freq input")
+        allrows = clip_rows(allrows).with_columns(
+            pl.struct("dataset", "video_id", "clip_id", "track_id")
+            .map_elements(lambda r: clip_key(r["dataset"], r["video_id"], r["clip_id"], r["track_id"]),
+                          return_dtype=pl.String).alias("key")).sort("key")
+        return allrows, stored, view_params, left_out
     allrows = allrows.with_columns(
         pl.struct("dataset", "video_id", "frame_index", "track_id")
         .map_elements(lambda r: sample_key(r["dataset"], r["video_id"], r["frame_index"], r["track_id"]),
                       return_dtype=pl.String).alias("key")).sort("key")
     return allrows, stored, view_params, left_out
+
+
+def _is_clip_set(rows: pl.DataFrame) -> bool:
+    """Whether the faces come from clip mode (every row has a ``clip_id``); a mix is an InputError."""
+    if "clip_id" not in rows.columns:
+        return False
+    n_clip = rows.height - rows["clip_id"].null_count()
+    if 0 < n_clip < rows.height:
+        raise InputError(f"shard: {n_clip} of {rows.height} faces come from clip mode (sampling.mode clips), the "
+                         "others from frame mode: a set holds one kind; shard them into separate folders")
+    return n_clip > 0
+
+
+_CLIP_FRAME_COLUMNS = ("frame_index", "timestamp_s", "box", "landmarks", "affine", "label", "label_source",
+                       "manipulation_score", "gap", "crop_path", "mask_path")
+"""The face-row columns a clip row keeps per frame (lists in frame order)."""
+
+
+def clip_rows(faces: pl.DataFrame) -> pl.DataFrame:
+    """One row per (dataset, video, clip, track) of clip-mode face rows: the per-frame columns as lists in frame
+    order (``frame_labels``, ``frame_label_sources`` for the faces' labels), the others as in the faces (one value
+    per clip), the clip's ``label`` and ``label_source`` (:func:`facepipe.data.schema.clip_label`), and
+    ``clip_length`` / ``frame_step``.
+
+    Raises:
+        InputError: clips of different lengths or frame steps in one set, or a clip whose frames are not evenly
+            spaced (a stale or hand-edited ``faces.parquet``).
+    """
+    keys = ["dataset", "video_id", "clip_id", "track_id"]
+    per_frame = [c for c in _CLIP_FRAME_COLUMNS if c in faces.columns]
+    once = [c for c in faces.columns if c not in per_frame and c not in keys]
+    src = {lab: pl.col("label_source").filter(pl.col("label") == lab).first().alias(f"_src{lab}")
+           for lab in (1, 0, -1)}
+    out = (faces.sort("frame_index").group_by(keys, maintain_order=True)
+           .agg(*[pl.col(c) for c in per_frame], *[pl.col(c).first() for c in once], *src.values(),
+                (pl.col("frame_index").diff().drop_nulls().unique().alias("_steps")))
+           .rename({"label": "frame_labels", "label_source": "frame_label_sources"}))
+    out = out.with_columns(
+        pl.when(pl.col("frame_labels").list.contains(1)).then(1)
+        .when(pl.col("frame_labels").list.contains(0)).then(0).otherwise(-1).cast(pl.Int8).alias("label"),
+        pl.col("frame_index").list.len().alias("clip_length"))
+    out = out.with_columns(
+        pl.when(pl.col("label") == 1).then(pl.col("_src1")).when(pl.col("label") == 0).then(pl.col("_src0"))
+        .otherwise(pl.col("_src-1")).alias("label_source"))
+    lengths = out["clip_length"].unique().to_list()
+    steps = out["_steps"].explode().drop_nulls().unique().to_list()
+    uneven = out.filter(pl.col("_steps").list.len() > 1)
+    if len(lengths) > 1 or len(steps) > 1 or uneven.height:
+        raise InputError(f"shard: clips of lengths {sorted(lengths)} and frame steps {sorted(steps)} "
+                         f"({uneven.height} clip(s) unevenly spaced): one set holds clips of one length and step; "
+                         "rerun 'facepipe extract' or shard them apart")
+    return out.with_columns(pl.lit(int(steps[0]) if steps else 1).alias("frame_step")).drop(
+        "_src1", "_src0", "_src-1", "_steps")
 
 
 def _view_params(cfg: ShardConfig) -> dict:
@@ -336,7 +399,8 @@ def _describe(index: dict, allrows: pl.DataFrame, view_params: dict | None) -> N
     """Set-wide facts readers need before opening a shard: view parameters, crop size, image format, and the
     alignment preset when every sample has the same one (``deepfakebench``, ``deepfakebench-68``; else null)."""
     sizes = allrows["crop_size"].unique().to_list()
-    formats = sorted({Path(c).suffix.lstrip(".").lower().replace("jpeg", "jpg") for c in allrows["crop_path"]})
+    paths = allrows["crop_path"].explode() if allrows["crop_path"].dtype == pl.List(pl.String) else allrows["crop_path"]
+    formats = sorted({Path(c).suffix.lstrip(".").lower().replace("jpeg", "jpg") for c in paths})
     presets = allrows["preset"].unique().to_list() if "preset" in allrows.columns else [None]
     index.update(view_params=view_params, crop_size=sizes[0] if len(sizes) == 1 else None,
                  image_format=formats[0] if len(formats) == 1 else "mixed",
@@ -388,7 +452,10 @@ def _write_set(stage: Path, version: str, allrows: pl.DataFrame, stored: tuple[s
     """Write the split tars under ``stage`` and return the index. ``post(fname)``, when given, is called with each
     tar as soon as it is closed (the remote writer uploads it); the tar is deleted locally afterwards."""
     index = {"schema_version": SCHEMA_VERSION, "version": version, "total": 0, "views": list(stored),
-             "masks": cfg.masks, "splits": {}}
+             "masks": cfg.masks, "splits": {}, "sample_kind": "frame"}
+    if "clip_length" in allrows.columns:
+        index.update(sample_kind="clip", clip_length=int(allrows["clip_length"][0]),
+                     frame_step=int(allrows["frame_step"][0]))
     # Open npz files are cached for this run only: a later freq run may rewrite them under the same names.
     npz = lru_cache(maxsize=64)(lambda path: np.load(path, allow_pickle=False))
     bar = tqdm(total=allrows.height, unit="sample", desc="shard", disable=not progress)
@@ -411,8 +478,9 @@ def _write_set(stage: Path, version: str, allrows: pl.DataFrame, stored: tuple[s
                                    maxsize=cfg.max_bytes, verbose=0, mtime=0, user="facepipe",
                                    group="facepipe", mode=0o444, post=closed)
             try:
+                make = _clip_sample if index["sample_kind"] == "clip" else _sample
                 for r in rows.iter_rows(named=True):
-                    sample = _sample(r, stored, npz, cfg.masks)
+                    sample = make(r, stored, npz, cfg.masks)
                     if stored and "view_shapes" not in index:
                         index["view_shapes"] = {v: list(npz_shape(sample[f"{v}.npy"])) for v in stored}
                     sink.write(sample)
@@ -506,3 +574,28 @@ def _sample(r: dict, views: tuple[str, ...], npz, masks: bool) -> dict:
     }
     ext = crop.suffix.lstrip(".").lower()
     return encode_sample(r["key"], image, "jpg" if ext == "jpeg" else ext, meta, arrays, mask, masks=masks)
+
+
+def _clip_sample(r: dict, views: tuple[str, ...], npz, masks: bool) -> dict:
+    """A clip row of :func:`clip_rows` as a clip sample (:func:`facepipe.data.schema.encode_clip_sample`)."""
+    root = Path(r["_root"])
+    try:
+        images = [(root / c).read_bytes() for c in r["crop_path"]]
+        frame_masks = ([(root / m).read_bytes() if m else None for m in r["mask_path"]] if masks else None)
+    except OSError as e:
+        raise InputError(f"{e.filename}: cannot read: {e.strerror}") from None
+    meta = {
+        "video_label": int(r["video_label"]), "dataset": r["dataset"], "method": r["method"], "split": r["split"],
+        "video_id": r["video_id"], "source_ids": list(r["source_ids"] or []), "clip_id": int(r["clip_id"]),
+        "clip_start": int(r["clip_start"]), "clip_length": int(r["clip_length"]), "frame_step": int(r["frame_step"]),
+        "track_id": int(r["track_id"]), "frame_indices": [int(i) for i in r["frame_index"]],
+        "timestamps_s": [None if t is None else float(t) for t in r["timestamp_s"]],
+        "boxes": [list(b) for b in r["box"]], "landmarks": [[list(p) for p in lm] for lm in r["landmarks"]],
+        "affines": [[list(p) for p in a] for a in r["affine"]], "frame_labels": [int(x) for x in r["frame_labels"]],
+        "frame_label_sources": list(r["frame_label_sources"]),
+        "manipulation_scores": [None if x is None else round(float(x), 6) for x in r["manipulation_score"]],
+        "gaps": [bool(g) for g in r["gap"]], "crop_size": int(r["crop_size"]), "crop_mode": r["crop_mode"],
+        "detector": r["detector"], "detector_version": r["detector_version"], "preset": r.get("preset"),
+    }
+    ext = Path(r["crop_path"][0]).suffix.lstrip(".").lower()
+    return encode_clip_sample(r["key"], images, "jpg" if ext == "jpeg" else ext, meta, frame_masks)

@@ -127,6 +127,15 @@ class ExtractConfig(Section):
             data[section] = {**given, **values}
         return data
 
+    @model_validator(mode="after")
+    def _clips_without_preset(self):
+        """DeepfakeBench's preprocessing samples isolated frames: ``preset: deepfakebench`` with ``sampling.mode:
+        clips`` is refused."""
+        if self.sampling.mode == "clips" and self.align.preset == "deepfakebench":
+            raise ValueError("extract.align.preset deepfakebench samples isolated frames, as DeepfakeBench's "
+                             "preprocessing does; it cannot be combined with extract.sampling.mode clips")
+        return self
+
     @property
     def preset(self) -> str | None:
         """The alignment preset in force (``deepfakebench``) or ``None``."""

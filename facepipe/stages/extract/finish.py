@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from facepipe import _faults
+from facepipe.stages.extract.clips import process_clips
 from facepipe.stages.extract.config import ExtractConfig, preset_label
 from facepipe.stages.extract.pair import pair_verdict
 from facepipe.stages.extract.state import KeptFace, VideoState
@@ -55,8 +56,10 @@ def _face_labels(st: VideoState, cfg: ExtractConfig, faces: list[Placed], scores
 
     if cfg.preset == "deepfakebench" and st.job.label is not None:
         return [(int(st.job.label), "video")] * len(faces)
-    return assign_labels(st.job.label, [t for _, _, t in faces], [k.face.area_px for _, k, _ in faces], scores,
-                         cfg.labels)
+    # clips: a face its frame could not judge takes the median of its own (track, clip); the policy's main track is
+    # track 0 of every clip
+    tracks = [t if k.clip_id is None or scores is None else (k.clip_id, t) for _, k, t in faces]
+    return assign_labels(st.job.label, tracks, [k.face.area_px for _, k, _ in faces], scores, cfg.labels)
 
 
 def _face_rows(st: VideoState, cfg: ExtractConfig, detector, faces: list[Placed], labels, scores) -> list[dict]:
@@ -70,7 +73,7 @@ def _face_rows(st: VideoState, cfg: ExtractConfig, detector, faces: list[Placed]
     for ((fidx, ts), k, tid), (label, source) in zip(faces, labels):
         if st.job.label is not None and label is None:
             continue
-        name = f"{fidx:06d}_{tid}"
+        name = f"{fidx:06d}_{tid}" if k.clip_id is None else f"{fidx:06d}_c{k.clip_id}_{tid}"
         os.replace(st.tmp_dir / f"{k.name}.{ext}", st.tmp_dir / f"{name}.{ext}")
         mask_path = None
         if k.mask and (source in ("original_diff", "original_diff_uncertain") or dfb and scores is not None):
@@ -78,7 +81,8 @@ def _face_rows(st: VideoState, cfg: ExtractConfig, detector, faces: list[Placed]
             mask_path = f"faces/{vid}/{name}_mask.png"
         rows.append({
             "video_id": vid, "frame_index": fidx, "timestamp_s": ts, "track_id": int(tid),
-            "box": k.face.box.tolist(), "landmarks": k.face.landmarks.tolist(), "score": k.face.score,
+            "box": k.face.box.tolist(), "landmarks": k.face.landmarks.tolist(),
+            "score": None if k.gap else k.face.score,
             "face_size_px": k.face.size_px, "affine": k.matrix.tolist(),
             "crop_path": f"faces/{vid}/{name}.{ext}", "crop_mode": cfg.align.mode,
             "crop_size": cfg.align.size, "detector": detector.name, "detector_version": detector.version,
@@ -86,6 +90,7 @@ def _face_rows(st: VideoState, cfg: ExtractConfig, detector, faces: list[Placed]
             "manipulation_score": None if scores is None else k.score, "mask_path": mask_path,
             "preset": preset_label(cfg, detector),
             "crop_landmarks": None if k.crop_landmarks is None else k.crop_landmarks.tolist(),
+            "clip_id": k.clip_id, "clip_start": k.clip_start, "gap": k.gap,
         })
     for leftover in st.tmp_dir.glob("*_f*"):  # provisional crops and masks of dropped faces
         leftover.unlink()
@@ -96,6 +101,9 @@ def _count(st: VideoState, cfg: ExtractConfig, flat: list[Placed], faces_out: li
     """The video row's face and track counts and its ``label_source``."""
     label = st.job.label
     tracks_out = {r["track_id"] for r in faces_out}
+    if cfg.sampling.mode == "clips":
+        st.row.update(n_clips=len({(r["clip_id"], r["track_id"]) for r in faces_out}),
+                      n_clips_dropped=sum(st.clips_dropped.values()))
     st.row.update(n_faces=len(faces_out), n_tracks=len(tracks_out),
                   n_tracks_dropped=len({t for _, _, t in flat}) - len(tracks_out),
                   n_faces_dropped=len(flat) - len(faces_out) + st.redetect_dropped,
@@ -118,6 +126,9 @@ def _status(st: VideoState, detector, faces_out: list[dict], flat: list[Placed])
         row.update(status="ok", message=msg)
     elif flat:
         row.update(status="no_face", message=f"{len(flat)} face(s) found, none kept (track quality or label policy)")
+    elif st.clips_dropped:
+        row.update(status="no_face", message="no (track, clip) kept: " + "; ".join(
+            f"{n} {why}" for why, n in sorted(st.clips_dropped.items())))
     elif st.redetect_dropped:
         row.update(status="no_face", message=f"{st.redetect_dropped} face(s) found, none re-detected on its crop "
                                              "(preset deepfakebench drops those frames)")
@@ -129,7 +140,12 @@ def _status(st: VideoState, detector, faces_out: list[dict], flat: list[Placed])
 def finish(st: VideoState, cfg: ExtractConfig, detector) -> list[dict]:
     """Tracks, track quality, labels, final file names; fills the row; returns the face rows."""
     st.row.update(frames_decoded=st.sampler.frames_decodable, frames_sampled=st.sampler.n_sampled)
-    flat, kept, dropped = _select_tracks(st, cfg)
+    if cfg.sampling.mode == "clips":  # tracks were made per clip (facepipe.stages.extract.clips)
+        process_clips(st, cfg, final=True)
+        flat = [(fm, k, k.track) for fm, kept_ in zip(st.frame_meta, st.per_frame) for k in kept_]
+        kept, dropped = flat, dict(st.clips_dropped)
+    else:
+        flat, kept, dropped = _select_tracks(st, cfg)
     scores = pair_verdict(st, cfg, [k for _, k, _ in kept])
     if st.row["pair_check"] is None and st.pair_note:
         st.row["pair_check"] = st.pair_note
@@ -137,7 +153,7 @@ def finish(st: VideoState, cfg: ExtractConfig, detector) -> list[dict]:
     _count(st, cfg, flat, faces_out, scores)
     if dropped:
         log.info("%s: dropped %d track(s): %s", st.job.rel, len(dropped),
-                 "; ".join(f"{t}: {why}" for t, why in sorted(dropped.items())))
+                 "; ".join(f"{t}: {why}" for t, why in sorted(dropped.items(), key=str)))
     _status(st, detector, faces_out, flat)
     return faces_out
 

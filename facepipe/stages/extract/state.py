@@ -25,6 +25,10 @@ class KeptFace:
     diff: np.ndarray | None = None  # compared with the original: its box's difference values (working pixels)
     diff_crop: np.ndarray | None = None  # and its difference map warped like the crop (masks)
     frame_thr: float = float("nan")  # its frame's background threshold
+    clip_id: int | None = None  # clip mode: the clip, its first frame, the track within it, an interpolated frame
+    clip_start: int | None = None
+    track: int | None = None
+    gap: bool = False
 
 
 @dataclass
@@ -48,3 +52,7 @@ class VideoState:
     reference: object = None  # the VideoJob of the original compared with
     done: bool = False
     redetect_dropped: int = 0  # preset deepfakebench: faces whose crop had no re-detected face
+    clip_buf: dict = field(default_factory=dict)  # clip mode: frame index -> ClipFrame until its clips are done
+    clips_done: set = field(default_factory=set)  # clip mode: start frames of the clips processed or given up
+    n_clips: int = 0  # clip mode: (track, clip) pairs kept
+    clips_dropped: dict = field(default_factory=dict)  # clip mode: reason -> (track, clip) pairs dropped

@@ -38,6 +38,9 @@ FACE_SCHEMA = {
     "mask_path": pl.String,
     "preset": pl.String,
     "crop_landmarks": pl.List(pl.Array(pl.Float32, 2)),
+    "clip_id": pl.Int32,
+    "clip_start": pl.Int64,
+    "gap": pl.Boolean,
 }
 """``faces.parquet``: ``box`` x1,y1,x2,y2 and ``landmarks`` (5, 2) x,y in upright source-frame pixels;
 ``affine`` the (2, 3) source->crop matrix (``cv2.warpAffine(frame, affine, (crop_size, crop_size))``
@@ -49,7 +52,11 @@ the face box that differs from the original beyond the frame's background differ
 original), ``mask_path`` that difference warped like the crop (fakes compared with their original). ``preset`` the
 alignment preset (``deepfakebench`` with DeepfakeBench's 81-point predictor, ``deepfakebench-68`` with the 68-point
 stand-in, or null); ``crop_landmarks`` (preset ``deepfakebench``) dlib's 81 (or 68) landmarks
-re-detected on the crop, crop pixels (integers, as DeepfakeBench saves them), else null."""
+re-detected on the crop, crop pixels (integers, as DeepfakeBench saves them), else null. Clip mode
+(``sampling.mode: clips``): ``clip_id`` the clip (0, 1, ... in the video's clip plan), ``clip_start`` its first
+source frame, ``track_id`` the track within the clip (0 = its largest), ``gap`` true on a frame where the track had
+no detection (box and landmarks interpolated, ``score`` null); ``frame_index`` and ``timestamp_s`` stay the
+source frame's. In frame mode ``clip_id`` and ``clip_start`` are null and ``gap`` false."""
 
 VIDEO_SCHEMA = {
     "video_id": pl.String,
@@ -81,6 +88,8 @@ VIDEO_SCHEMA = {
     "file_sha256": pl.String,
     "item_key": pl.String,
     "detector": pl.String,
+    "n_clips": pl.Int32,
+    "n_clips_dropped": pl.Int32,
 }
 """``videos.parquet``: ``path`` relative to ``--video-dir``; ``status`` one of :data:`STATUSES`;
 ``frames_decoded`` frames that really decode (can be fewer than ``frames_header``); ``width``/``height``
@@ -88,7 +97,8 @@ displayed size after ``rotation`` (degrees, FFmpeg's sign convention); ``n_track
 ``n_faces_dropped`` removed by track quality or the label policy; ``label_source`` how this video's face
 labels were decided; ``original_id`` the original compared with; ``pair_check`` why the pair was or was
 not compared; ``background_diff`` the median background difference of the pair (grey levels);
-``item_key`` the cache key the row was made under (with the stage fingerprint inside)."""
+``item_key`` the cache key the row was made under (with the stage fingerprint inside); ``n_clips`` /
+``n_clips_dropped`` (clip mode, else null) the (track, clip) pairs kept and dropped."""
 
 
 def new_video_row(job: VideoJob, key: str, sha: str | None, detector_id: str) -> dict:
@@ -172,7 +182,7 @@ def consolidate(out: Path, jobs: list[VideoJob]) -> list[dict]:
     videos = pl.DataFrame(rows, schema=VIDEO_SCHEMA).sort("video_id") if rows else pl.DataFrame(schema=VIDEO_SCHEMA)
     faces = (pl.concat([pl.read_parquet(f) for f in face_files], how="vertical")
              if face_files else pl.DataFrame(schema=FACE_SCHEMA))
-    faces = faces.sort(["video_id", "frame_index", "track_id"])
+    faces = faces.sort(["video_id", "frame_index", "track_id", "clip_id"], nulls_last=False)
     meta = {"facepipe_version": __version__, "stage_version": str(STAGE_VERSION)}
     for df, name in ((videos, "videos.parquet"), (faces, "faces.parquet")):
         with atomic_path(out / name) as tmp:

@@ -20,6 +20,7 @@ import cv2
 
 from facepipe import _faults
 from facepipe.errors import VideoError
+from facepipe.stages.extract.clips import add_clip_chunk
 from facepipe.stages.extract.config import ExtractConfig
 from facepipe.stages.extract.crops import detect_and_crop
 from facepipe.stages.extract.finish import finish, publish
@@ -202,9 +203,10 @@ class _TaskRun:
                 dets = self.detector.detect_many([c.frames for _, c in round_])
             except Exception as e:  # noqa: BLE001
                 log.warning("batched detection failed (%s: %s); detecting video by video", type(e).__name__, e)
+        step = add_clip_chunk if self.cfg.sampling.mode == "clips" else detect_and_crop
         for (st, chunk), det in zip(round_, dets):
             try:
-                detect_and_crop(st, chunk, self.detector, self.cfg, ref_chunk if st.compare else None, det)
+                step(st, chunk, self.detector, self.cfg, ref_chunk if st.compare else None, det)
             except Exception as e:  # noqa: BLE001  a bug, a full disk: recorded, never cached
                 self.unexpected(st, e)
                 active.remove(st)
