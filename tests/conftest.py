@@ -155,3 +155,24 @@ def example_shards(tmp_path_factory) -> Path:
         dataset="example", extract=str(root / "extract"), manifest=str(root / "manifest.parquet")),), max_samples=16),
         progress=False)
     return root / "shards"
+
+
+@pytest.fixture(scope="session")
+def example_clip_shards(tmp_path_factory) -> Path:
+    """The bundled example (1.2 s clips) extracted in clip mode (2 clips of 4 consecutive frames, 64 px) and
+    sharded: a clip set for the video models."""
+    from facepipe.datasets import ManifestConfig, build_manifest
+    from facepipe.stages import extract, shard
+    from facepipe.stages.example import build_example
+
+    root = tmp_path_factory.mktemp("example_clips")
+    videos = build_example(root / "videos", seconds=1.2)
+    man = build_manifest("csv", videos, "example", ManifestConfig())
+    man.write_parquet(root / "manifest.parquet")
+    cfg = ExtractConfig.model_validate({"sampling": {"mode": "clips", "num_clips": 2, "clip_length": 4},
+                                        "face_detector": {"name": "mtcnn"}, "align": {"size": 64}, "workers": 0})
+    extract.run(videos, root / "extract", cfg, progress=False, manifest=root / "manifest.parquet")
+    shard.run(root / "shards", shard.ShardConfig(inputs=(shard.ShardInput(
+        dataset="example", extract=str(root / "extract"), manifest=str(root / "manifest.parquet")),), max_samples=4),
+        progress=False)
+    return root / "shards"

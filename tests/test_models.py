@@ -39,6 +39,10 @@ TINY = {
     "f3net": ({"input_size": 128}, 128),
     "f3net_fad": ({"input_size": 128}, 128),
     "srm": ({"input_size": 128}, 128),
+    "tall": ({**TINY_SWIN, "window_size": 2}, 64),
+    "ftcn": ({"clip_length": 4, "width": 8, "blocks": (1, 1, 1), "heads": 2, "dim_head": 8, "mlp_dim": 32}, 64),
+    "r3d_18": ({}, 32),
+    "clip_pool": ({"backbone": "resnet18"}, 32),
 }
 
 
@@ -48,7 +52,12 @@ forward runs in the fast set (tests/test_registries.py)."""
 
 
 def _batch(model, size: int, n: int = 4) -> dict:
+    """A batch of ``n`` random inputs of ``size`` px for ``model``: images and its views, or clips (n, T, 3, size,
+    size) of the length a clip model is built for (4 when any)."""
     torch.manual_seed(0)
+    if model.spec.sample_kind == "clip":
+        t = getattr(model, "clip_length", None) or 4
+        return {"image": torch.randn(n, t, 3, size, size), "label": torch.tensor([0, 1] * (n // 2))}
     x = {"image": torch.randn(n, 3, size, size), "label": torch.tensor([0, 1] * (n // 2))}
     for v in model.spec.views:
         x.update(compute_views_torch([v], torch.rand(n, 3, size, size)))

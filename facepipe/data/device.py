@@ -41,13 +41,16 @@ class ToDevice:
         views such as ``dct`` or ``fft`` must not be flipped themselves).
 
         Args:
-            image: (B, 3, H, W) float, normalised with this mean and std.
+            image: (B, 3, H, W) float, normalised with this mean and std; or a clip batch (B, T, 3, H, W).
 
         Returns:
-            view name -> (B, C', H', W') float32.
+            view name -> (B, C', H', W') float32 ((B, T, C', H', W') for clips).
         """
         from facepipe.freq import compute_views_torch
 
+        if image.dim() == 5:  # a clip batch (B, T, 3, H, W): the views of every frame
+            views = self.views_of(image.flatten(0, 1))
+            return {k: v.unflatten(0, image.shape[:2]) for k, v in views.items()}
         return compute_views_torch(self.views, (image * self.std + self.mean).float(), self.freq_cfg)
 
     def _decode_jpegs(self, jpegs: list[torch.Tensor]) -> torch.Tensor:

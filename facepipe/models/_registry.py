@@ -8,6 +8,10 @@ factories share are :mod:`facepipe.models._builders`.
     out = model({"image": (B, 3, H, W) float, <view>: (B, C', H', W') float, ["label": (B,) int64]})
     out: (B,) logits, or {"logit": (B,), "losses": {name: scalar tensor}, "features": ...}
 
+A *clip* model (``ModelSpec.sample_kind == "clip"``: the video detectors of :mod:`facepipe.models.video`) reads
+``{"image": (B, T, 3, H, W), <view>: (B, T, C', H', W')}`` from a clip set (``extract.sampling.mode: clips``) and
+returns one logit per clip; ``facepipe train`` refuses to feed it frame shards, and a frame model clip shards.
+
 ``losses`` are auxiliary training losses (reconstruction, contrastive, metric ...), added to the BCE on the
 logit with the weights ``train.loss_weights`` gives (default: the spec's ``loss_weights``, else 1) and each
 logged on its own. A model whose losses need the labels says so (``ModelSpec.uses_labels``); it gets
@@ -59,6 +63,8 @@ class ModelSpec:
         loss_weights: default weights of its auxiliary losses (``train.loss_weights`` overrides).
         target_layer: module name of the feature map the Grad-CAM family uses by default.
         explain: default explanation method (``gradcam`` | ``attn_grad``).
+        sample_kind: ``frame`` (one face crop per sample) or ``clip`` (a clip of consecutive crops per sample).
+        clip_length: the frames per clip the architecture is built for (clip models; ``None`` = any length).
     """
 
     name: str
@@ -76,6 +82,8 @@ class ModelSpec:
     loss_weights: dict = field(default_factory=dict)
     target_layer: str | None = None
     explain: str = "gradcam"
+    sample_kind: str = "frame"
+    clip_length: int | None = None
 
     @property
     def views(self) -> tuple[str, ...]:

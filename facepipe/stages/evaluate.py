@@ -137,7 +137,7 @@ def run(checkpoint: str | Path, shards: list[str | Path], out_dir: str | Path, c
     """
     from facepipe.data.loader import make_loader
     from facepipe.metrics import metric_table, roc_points, video_scores
-    from facepipe.train.engine import model_from_checkpoint, predict
+    from facepipe.train.engine import check_sample_kind, model_from_checkpoint, predict
 
     if not shards:
         raise InputError("evaluate: no shard set given")
@@ -150,6 +150,7 @@ def run(checkpoint: str | Path, shards: list[str | Path], out_dir: str | Path, c
         loader = make_loader(src, cfg.split, cfg.batch_size, cfg.num_workers, shuffle=False, rank=0, world_size=1,
                              image_size=size, views=spec.views, view_source="compute", freq=freq, mean=spec.mean,
                              std=spec.std, device=device)
+        check_sample_kind(model, loader.shardset.sample_kind, loader.shardset.clip_length, str(src))
         frames.append(predict(model, loader, amp_dtype=amp, tta_hflip=cfg.tta_hflip, progress=progress,
                               desc=f"evaluate {Path(str(src)).name}"))
     preds = pl.concat(frames)

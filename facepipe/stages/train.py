@@ -49,6 +49,7 @@ from facepipe.train.engine import (
     Dist,
     NonFiniteLoss,
     amp_dtype_for,
+    check_sample_kind,
     load_checkpoint,
     predict,
     save_checkpoint,
@@ -284,7 +285,7 @@ def build_loaders(shards, index: dict, cfg: TrainConfig, freq: FreqConfig, size:
     from facepipe.data.loader import make_loader
 
     kw = dict(image_size=size, views=spec.views, view_source="compute", freq=freq, mean=spec.mean, std=spec.std,
-              device=device)
+              device=device, clips=spec.sample_kind == "clip")
     train = make_loader(shards, "train", cfg.batch_size, cfg.num_workers, resampled=True,
                         epoch_samples=index["splits"]["train"]["samples"], seed=cfg.seed + step, augment=cfg.augment,
                         class_balance=cfg.class_balance, dataset_weights=cfg.dataset_weights, **kw)
@@ -483,6 +484,7 @@ def _run(shards, out_dir, cfg: TrainConfig, freq: FreqConfig, resume: bool, prog
     set_determinism(cfg.seed, cfg.deterministic)
     record = _record(cfg, freq, shards, index, size)
     tr = build_trainer(cfg, out, size, record, dist, device)
+    check_sample_kind(tr.model, index.get("sample_kind"), index.get("clip_length"), str(shards))
     with contract.stage_lock(out, STAGE) if dist.main else contextlib.nullcontext():
         _resume_or_clean(tr, resume)
         train_loader, val_loader = build_loaders(shards, index, cfg, freq, size, device, tr.step, tr.core.spec)

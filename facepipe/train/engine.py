@@ -56,6 +56,35 @@ def model_inputs(model: torch.nn.Module, batch: dict, training: bool = False) ->
     return out
 
 
+def check_sample_kind(model: torch.nn.Module, kind: str | None, clip_length: int | None, where: str) -> None:
+    """Refuse a shard set whose samples are not what the model reads: clips for a clip model (``spec.sample_kind``
+    ``clip``), single frames for a frame model, and clips of the length the model was built for (its
+    ``clip_length`` attribute, when it has one).
+
+    Raises:
+        InputError: naming the set, the model and what to do.
+    """
+    spec = _spec_of(model)
+    kind = kind or "frame"
+    if spec.sample_kind == "clip" and kind != "clip":
+        raise InputError(f"{where}: model '{spec.name}' reads clips of consecutive frames, this shard set holds single "
+                         "frames: extract with extract.sampling.mode clips (facepipe extract --sampling clips "
+                         f"--clip-length {spec.clip_length or 16}) and shard again")
+    if spec.sample_kind != "clip" and kind == "clip":
+        raise InputError(f"{where}: model '{spec.name}' reads single face crops, this shard set holds clips of "
+                         f"{clip_length} frames: use a clip model ({', '.join(_clip_models())}) or a frame set")
+    want = getattr(_core(model), "clip_length", None)
+    if kind == "clip" and want and clip_length and int(want) != int(clip_length):
+        raise InputError(f"{where}: model '{spec.name}' is built for clips of {want} frames, the set holds clips of "
+                         f"{clip_length} (extract.sampling.clip_length, or the model's options)")
+
+
+def _clip_models() -> list[str]:
+    from facepipe.models import get_spec, list_models
+
+    return [n for n in list_models() if get_spec(n).sample_kind == "clip"]
+
+
 @dataclass
 class StepResult:
     """What one :func:`train_step` did.
@@ -210,10 +239,12 @@ def train_step(model: torch.nn.Module, batch: dict | list[dict], optimizer: torc
 PREDICTION_SCHEMA = {"key": pl.String, "dataset": pl.String, "video_id": pl.String, "method": pl.String,
                      "split": pl.String, "frame_index": pl.Int64, "track_id": pl.Int64, "label": pl.Int64,
                      "video_label": pl.Int64, "label_source": pl.String, "face_size": pl.Float64,
-                     "score": pl.Float64}
+                     "score": pl.Float64, "clip_id": pl.Int64}
 """One row per face: its key and metadata, ``label`` (the face's), ``video_label``, ``face_size`` (the crop side
 in source-frame pixels: ``crop_size`` over the scale of the source->crop ``affine``; DeepfakeBench's video
-aggregation keeps the largest face of a frame) and the fake probability."""
+aggregation keeps the largest face of a frame) and the fake probability. For a clip set, one row per clip: its
+``clip_id``, ``frame_index`` its first frame, ``label`` the clip's, ``face_size`` from its first frame (``clip_id``
+is null for frame sets)."""
 
 
 def face_sizes(affines: list, crop_sizes: list) -> list[float | None]:
@@ -245,6 +276,10 @@ def predict(model: torch.nn.Module, loader, *, amp_dtype: torch.dtype | None = N
     model.eval()
     rows: dict[str, list] = {k: [] for k in PREDICTION_SCHEMA}
     for b in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
+        if "clip_id" in b:  # a clip batch: one row per clip, placed at its first frame
+            b = {**b, "frame_index": b["clip_start"], "affine": [a[0] for a in b["affines"]]}
+        else:
+            b = {**b, "clip_id": [None] * len(b["key"])}
         x = model_inputs(model, b)
         device_type = b["label"].device.type
         with torch.autocast(device_type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
@@ -255,7 +290,8 @@ def predict(model: torch.nn.Module, loader, *, amp_dtype: torch.dtype | None = N
                     views = loader.views_of(flipped["image"])
                     flipped.update({k: views[k] for k in x if k != "image"})
                 p = (p + torch.sigmoid(logits_of(model(flipped)).float())) / 2
-        for k in ("key", "dataset", "video_id", "method", "split", "frame_index", "track_id", "label_source"):
+        for k in ("key", "dataset", "video_id", "method", "split", "frame_index", "track_id", "label_source",
+                  "clip_id"):
             rows[k].extend(b[k])
         rows["label"].extend(b["label"].tolist())
         rows["video_label"].extend(b["video_label"])
