@@ -286,3 +286,23 @@ def test_ffpp_pairs_in_clip_mode_through_the_cli(tmp_path):
             assert set(r_["label"]) == {1} and set(r_["label_source"]) == {"original_diff"}
     nt = faces.filter(pl.col("video_id") == "NeuralTextures_004_982")
     assert (nt["label"] == 1).sum() >= 28 and (nt["label"] == 0).sum() == 0  # compared; undecided faces are -1
+
+
+def test_clip_contact_sheets(face_video_dir, tmp_path):
+    """`facepipe inspect` on a clip set and extract's contact sheet in clip mode: one row per clip, its frames
+    left to right (consecutive indices captioned), every clip counted."""
+    import cv2
+    from typer.testing import CliRunner
+
+    from facepipe.cli import app
+    from facepipe.report import MAX_CLIP_TILES, contact_sheet
+
+    out = _clip_shards(face_video_dir, tmp_path, masks=False)
+    n_clips = pl.read_parquet(tmp_path / "ex" / "faces.parquet").select("video_id", "clip_id", "track_id").unique()
+    r = CliRunner().invoke(app, ["inspect", str(out), "--n", "3"])
+    assert r.exit_code == 0, r.output
+    assert f"total: {n_clips.height} samples" in r.output
+    sheet = cv2.imread(str(out / "contact_sheet.png"))
+    assert sheet.shape[0] == 3 * (96 + 24) and sheet.shape[1] == 4 * 96 <= MAX_CLIP_TILES * 96
+    ex_sheet = cv2.imread(str(contact_sheet(tmp_path / "ex")))
+    assert ex_sheet.shape[0] == n_clips.height * (96 + 24)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import polars as pl
 import pytest
 import torch
 
@@ -75,11 +76,23 @@ def test_clip_models_train_two_steps_and_evaluate(name, example_clip_shards, tmp
     m = run_evaluate(tmp_path / "run" / "best.pt", [example_clip_shards], tmp_path / "eval",
                      EvaluateConfig(split="test", num_workers=0), progress=False)
     assert m["video"]["n"] >= 2 and m["frame"]["n"] >= m["video"]["n"]  # clip level, then the mean over clips
-    import polars as pl
 
     preds = pl.read_parquet(tmp_path / "eval" / "predictions.parquet")
     assert preds["clip_id"].null_count() == 0 and preds["key"].str.contains("__c").all()
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["video"]["n"] == m["video"]["n"]
+    # Grad-CAM over the frames of each clip: maps per frame laid side by side, statistics over the clip
+    import numpy as np
+
+    from facepipe.explain import explain
+
+    e = explain(tmp_path / "run" / "best.pt", example_clip_shards, tmp_path / "explain", n=2, progress=False)
+    maps = np.load(tmp_path / "explain" / "maps.npz")
+    assert e["n"] == 2 and e["explain_method"] == "gradcam"
+    assert maps["fake"].shape == (2, 64, 4 * 64) and np.isfinite(maps["fake"].astype(np.float32)).all()
+    assert maps["fake"].max() > 0  # not a blank map
+    summary = pl.read_parquet(tmp_path / "explain" / "summary.parquet")
+    assert summary["face_mass_chance"].is_between(0.05, 0.95).all()
+    assert all((tmp_path / "explain" / f).is_file() for f in summary["comparison_png"])
 
 
 @pytest.mark.slow

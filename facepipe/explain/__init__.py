@@ -69,8 +69,10 @@ from facepipe.explain.attention import (
 )
 from facepipe.explain.cam import (
     LAYER_SETS,
+    ClipModel,
     ImageModel,
     LogitTarget,
+    clip_gradcam_maps,
     gradcam_maps,
     target_layer_names,
     tokens_to_grid,
@@ -115,6 +117,9 @@ def explain_batch(wrapper: ImageModel, x: torch.Tensor, method: str | None = Non
     """Real and fake maps of a batch with ``method`` (default: the model's ``ModelSpec.explain``) on ``layers``
     (default ``auto``: :func:`resolve_layers`, all blocks for the attention methods).
 
+    A clip batch (B, T, 3, H, W) of a video model gives (B, T, H, W) maps (:func:`clip_gradcam_maps`; Grad-CAM
+    methods only).
+
     Returns:
         ``(real, fake, logits)``: (B, H, W) float32 in [0, 1] at the input size, and (B,) fake logits.
 
@@ -126,6 +131,12 @@ def explain_batch(wrapper: ImageModel, x: torch.Tensor, method: str | None = Non
     if fusion not in HEAD_FUSIONS:
         raise ConfigError(f"head fusion must be one of {HEAD_FUSIONS}, got {fusion!r}")
     wrapper.eval()
+    if x.dim() == 5:  # a clip batch of a video model: Grad-CAM over the frames of each clip
+        if method not in ("gradcam", "gradcam++"):
+            raise ConfigError(f"model '{wrapper.spec.name}' reads clips: explain it with gradcam or gradcam++ "
+                              f"(Grad-CAM over the frames of a clip), not {method}")
+        return clip_gradcam_maps(wrapper.model, x, target_layer_names(wrapper.model, layers),
+                                 plus_plus=method == "gradcam++")
     if method in ("gradcam", "gradcam++"):
         return gradcam_maps(wrapper, x, target_layer_names(wrapper.model, layers), plus_plus=method == "gradcam++")
     return attention_maps(wrapper, x, method, layers, fusion)
@@ -199,9 +210,10 @@ class _Run:
 
 
 def _face(run: _Run, b: dict, i: int, rgb01: np.ndarray, real: np.ndarray, fake: np.ndarray, logit: float,
-          mask: np.ndarray, size: int) -> dict:
+          mask: np.ndarray, size: int, region: np.ndarray | None | str = "landmarks") -> dict:
     """Write one face's images (maps over the crop, the comparison figure) and return its summary row (sample
-    ``i`` of batch ``b``; ``size``: the model's input side)."""
+    ``i`` of batch ``b``; ``size``: the model's input side; ``region``: the face region, by default from the
+    sample's landmarks)."""
     key = b["key"][i]
     score = float(1 / (1 + math.exp(-float(logit))))
     label = int(b["label"][i])
@@ -211,16 +223,45 @@ def _face(run: _Run, b: dict, i: int, rgb01: np.ndarray, real: np.ndarray, fake:
     _save_png(run.out / f"{stem}_real.png", _overlay(rgb01, real))
     _save_png(run.out / f"{stem}_fake.png", _overlay(rgb01, fake))
     _comparison(run.out / f"{stem}_comparison.png", rgb01, real, fake, caption, run.method == "rollout")
-    region = face_region(b["landmarks"][i], b["affine"][i], b["crop_size"][i], size)
+    if isinstance(region, str):
+        region = face_region(b["landmarks"][i], b["affine"][i], b["crop_size"][i], size)
     return {"key": key, "dataset": b["dataset"][i], "video_id": b["video_id"][i], "method": b["method"][i],
             "label": label, "video_label": int(b["video_label"][i]), "label_source": b["label_source"][i],
             "score": score, **face_scores(real, fake, region, mask, run.top_percent),
             "real_png": f"{stem}_real.png", "fake_png": f"{stem}_fake.png", "comparison_png": f"{stem}_comparison.png"}
 
 
+def _strip(a: np.ndarray) -> np.ndarray:
+    """(T, H, W[, C]) -> (H, T * W[, C]): a clip's frames side by side."""
+    return np.concatenate(list(a), axis=1)
+
+
+def _clip_region(b: dict, i: int, size: int) -> np.ndarray | None:
+    """The face regions of clip ``i``'s frames side by side (None when a frame has no landmarks)."""
+    regions = [face_region(lm, a, b["crop_size"][i], size) for lm, a in zip(b["landmarks"][i], b["affines"][i])]
+    return None if any(r is None for r in regions) else _strip(np.stack(regions))
+
+
+def _batch_clips(run: _Run, b: dict, sel: list[int]) -> Iterator[tuple[dict, np.ndarray, np.ndarray]]:
+    """:func:`_batch_faces` for a clip batch: each clip's frames, maps, masks and face regions laid side by side as
+    one strip (H, T * W), so the images, the face mass and the pointing game cover the whole clip."""
+    x = b["image"][sel]  # (n, T, 3, H, W)
+    real, fake, logit = explain_batch(run.wrapper, x, run.method, run.layers, run.head_fusion)
+    imgs = np.clip(x.detach().cpu().numpy() * run.std[None] + run.mean[None], 0, 1).transpose(0, 1, 3, 4, 2)
+    masks = b["mask"][sel, :, 0].cpu().numpy() > 0.5
+    size = x.shape[-1]
+    for j, i in enumerate(sel):
+        row = _face(run, {**b, "affine": [None] * len(b["key"])}, i, _strip(imgs[j]), _strip(real[j]),
+                    _strip(fake[j]), logit[j], _strip(masks[j]), size, region=_clip_region(b, i, size))
+        yield row, _strip(real[j]), _strip(fake[j])
+
+
 def _batch_faces(run: _Run, b: dict, sel: list[int]) -> Iterator[tuple[dict, np.ndarray, np.ndarray]]:
     """The maps of the selected samples ``sel`` of a loader batch: per face its summary row and its real and fake
     maps (images written as it goes)."""
+    if b["image"].dim() == 5:
+        yield from _batch_clips(run, b, sel)
+        return
     x = b["image"][sel]
     real, fake, logit = explain_batch(run.wrapper, x, run.method, run.layers, run.head_fusion)
     imgs = np.clip(x.detach().cpu().numpy() * run.std + run.mean, 0, 1).transpose(0, 2, 3, 1)
@@ -292,7 +333,9 @@ def explain(checkpoint: str | Path, shards: str | Path, out_dir: str | Path, *, 
     ``top_percent`` % with the mask); ``summary.json`` (means, each chance level averaged over the same faces as its
     statistic: ``face_mass_chance``, ``face_mass_fake_faces_chance``, ``face_mass_real_faces_chance``,
     ``pointing_game_chance``) and ``gallery.html`` (every sample, sortable by score, label, face mass).
-    Files are written under temporary names and renamed.
+    Files are written under temporary names and renamed. A video model on a clip set: each sample is a clip, its
+    maps Grad-CAM over the clip's frames (:func:`clip_gradcam_maps`), its images, maps and statistics over the
+    frames laid side by side (``maps.npz``: (N, H, T * W)).
 
     Args:
         checkpoint: a ``facepipe train`` checkpoint.
@@ -311,15 +354,17 @@ def explain(checkpoint: str | Path, shards: str | Path, out_dir: str | Path, *, 
         ConfigError: a method the model does not support (names those that work), unknown layers.
     """
     from facepipe.data.loader import make_loader
-    from facepipe.train.engine import model_from_checkpoint
+    from facepipe.train.engine import check_sample_kind, model_from_checkpoint
 
     lm = model_from_checkpoint(checkpoint)
-    method = method or lm.spec.explain
+    clips = lm.spec.sample_kind == "clip"
+    method = method or ("gradcam" if clips else lm.spec.explain)
     layers = resolve_layers(method, layers)
     wrapper = ImageModel(lm.model, lm.freq).to(lm.device)
     wanted = sorted(set(keys)) if keys else choose_keys(shards, split, n, seed)
     loader = make_loader(shards, split, batch_size, 0, shuffle=False, rank=0, world_size=1, image_size=lm.size,
                          views=(), freq=lm.freq, mean=lm.spec.mean, std=lm.spec.std, device=lm.device, masks=True)
+    check_sample_kind(lm.model, loader.shardset.sample_kind, loader.shardset.clip_length, str(shards))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     run = _Run(lm, wrapper, method, layers, head_fusion, top_percent, out,
@@ -333,8 +378,8 @@ def explain(checkpoint: str | Path, shards: str | Path, out_dir: str | Path, *, 
 
 
 __all__ = ["DEFAULT_LAYERS", "FACE_SCALE", "HEAD_FUSIONS", "LAYER_SETS", "METHODS", "SUMMARY_SCHEMA", "AttentionSite",
-           "AttentionTap", "ImageModel", "LogitTarget", "area_share", "attention_maps", "attention_rollout",
-           "attention_sites", "choose_keys", "explain", "explain_batch", "face_mass", "face_region", "face_scores",
-           "fuse_heads", "gradcam_maps", "gradient_weighted_relevance", "pointing_hit", "relevance_to_grid",
-           "render_gallery", "resolve_layers", "summary_means", "target_layer_names", "tokens_to_grid", "topk_iou",
-           "write_gallery"]
+           "AttentionTap", "ClipModel", "ImageModel", "LogitTarget", "area_share", "attention_maps",
+           "attention_rollout", "attention_sites", "choose_keys", "clip_gradcam_maps", "explain", "explain_batch",
+           "face_mass", "face_region", "face_scores", "fuse_heads", "gradcam_maps", "gradient_weighted_relevance",
+           "pointing_hit", "relevance_to_grid", "render_gallery", "resolve_layers", "summary_means",
+           "target_layer_names", "tokens_to_grid", "topk_iou", "write_gallery"]

@@ -212,3 +212,123 @@ def gradcam_maps(wrapper: ImageModel, x: torch.Tensor, layer_names: list[str], p
     return real.astype(np.float32), fake.astype(np.float32), logits
 
 
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# clips (video models): Grad-CAM over the frames of a clip
+
+
+class ClipModel(nn.Module):
+    """A clip model (``ModelSpec.sample_kind == "clip"``) as grad-cam's 3D layout sees it: (B, 3, T, H, W) normalised
+    clips -> (B, 1) fake logits (the model itself reads (B, T, 3, H, W))."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.spec = model.spec
+
+    def forward(self, x5: torch.Tensor) -> torch.Tensor:
+        from facepipe.models import logits_of
+
+        return logits_of(self.model({"image": x5.transpose(1, 2)})).float().unsqueeze(1)
+
+
+class _Thumbnail(nn.Module):
+    """TALL as a 2D image model: its thumbnail in, the fake logit out (the Swin's maps live on the thumbnail)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.spec = model.spec
+
+    def forward(self, thumb: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_thumbnail(thumb).float().unsqueeze(1)
+
+
+def _untile(maps: np.ndarray, rows: int, cols: int, hw: tuple[int, int]) -> np.ndarray:
+    """(B, S, S) thumbnail maps -> (B, rows * cols, H, W): each frame's tile, row by row, resized to the frame."""
+    import cv2
+
+    b, s, _ = maps.shape
+    th, tw = s // rows, s // cols
+    out = np.empty((b, rows * cols, *hw), np.float32)
+    for i in range(b):
+        for r in range(rows):
+            for c in range(cols):
+                tile = maps[i, r * th:(r + 1) * th, c * tw:(c + 1) * tw]
+                out[i, r * cols + c] = cv2.resize(tile, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
+    return out
+
+
+def _clip_transform(model: nn.Module, mods: list[nn.Module], x5: torch.Tensor):
+    """grad-cam's ``reshape_transform`` giving every target layer's output as (B, C, T', h, w): 3D maps as they are;
+    per-frame 2D maps of a backbone run on B*T frames (``clip_pool``) regrouped by clip (channels-last permuted)."""
+    from facepipe.train.analysis import _first_tensor, feature_layout
+
+    t = x5.shape[2]
+    got: dict[int, tuple] = {}
+    hooks = [m.register_forward_hook(lambda m_, i, o, k=k: got.__setitem__(
+        k, (_first_tensor(o).dim(), _first_tensor(o).shape[0], feature_layout(m_, _first_tensor(o)))))
+        for k, m in enumerate(mods)]
+    try:
+        with torch.no_grad():
+            ClipModel(model)(x5[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    if len(got) != len(mods):
+        raise ConfigError("a target layer is not called in the forward pass")
+    kinds = {v for v in got.values()}
+    if len(kinds) > 1:
+        raise ConfigError(f"target layers mix output layouts {sorted(kinds)}: choose layers of one kind")
+    ndim, batch, layout = kinds.pop()
+    if ndim == 5:
+        return None
+    if ndim == 4 and batch == t and layout in ("NCHW", "NHWC"):
+        def transform(a):
+            a = a[0] if isinstance(a, (tuple, list)) else a
+            a = a.permute(0, 3, 1, 2) if layout == "NHWC" else a
+            return a.unflatten(0, (-1, t)).transpose(1, 2)  # (B*T, C, h, w) -> (B, C, T, h, w)
+
+        return transform
+    raise ConfigError(f"target layer output ({ndim}-d, layout {layout}) is not a per-frame or 3D feature map: "
+                      "choose another layer")
+
+
+def clip_gradcam_maps(model: nn.Module, x: torch.Tensor, layer_names: list[str], plus_plus: bool = False
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Grad-CAM (or Grad-CAM++) over the frames of each clip, for the fake logit and its negation.
+
+    3D feature maps (``r3d_18``, ``ftcn``) and per-frame maps regrouped by clip (``clip_pool``) go through
+    grad-cam's 3D path (channel weights = gradients averaged over time and space, the map resized to T x H x W,
+    scaled per clip); TALL's Swin maps live on its thumbnail and are cut back into its frames.
+
+    Args:
+        model: a clip model of the zoo.
+        x: (B, T, 3, H, W) float32 normalised clips.
+        layer_names: full module names of the target layers.
+
+    Returns:
+        ``(real, fake, logits)``: (B, T, H, W) float32 maps in [0, 1] and (B,) fake logits.
+    """
+    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
+
+    from facepipe.models import get_layer
+
+    mods = [get_layer(model, n) for n in layer_names]
+    if hasattr(model, "thumbnail"):  # TALL
+        with torch.no_grad():
+            thumbs = model.thumbnail(x)
+        real, fake, logits = gradcam_maps(_Thumbnail(model), thumbs, layer_names, plus_plus)
+        hw = tuple(x.shape[-2:])
+        return _untile(real, model.rows, model.cols, hw), _untile(fake, model.rows, model.cols, hw), logits
+    x5 = x.transpose(1, 2).contiguous()
+    wrapper = ClipModel(model)
+    cls = GradCAMPlusPlus if plus_plus else GradCAM
+    b = x.shape[0]
+    with cls(model=wrapper, target_layers=mods, reshape_transform=_clip_transform(model, mods, x5)) as cam:
+        cam.compute_input_gradient = True
+        fake = cam(input_tensor=x5, targets=[LogitTarget(1.0)] * b)
+        logits = cam.outputs.detach().float().reshape(-1).cpu().numpy()
+        real = cam(input_tensor=x5, targets=[LogitTarget(-1.0)] * b)
+    return np.clip(real, 0, 1).astype(np.float32), np.clip(fake, 0, 1).astype(np.float32), logits

@@ -202,11 +202,15 @@ class TALL(FrozenAwareModule):
         hole = (yy >= y0) & (yy < y0 + 2 * half) & (xx >= x0) & (xx < x0 + 2 * half)  # (B, H, W)
         return x.masked_fill(hole[:, None, None], 0.0)
 
+    def forward_thumbnail(self, thumb: torch.Tensor) -> torch.Tensor:
+        """(B, 3, img_size, img_size) thumbnails -> (B,) logits (what explanations take the gradient of)."""
+        return self.head(self.backbone(thumb)).squeeze(1)
+
     def forward(self, inputs: dict) -> torch.Tensor:
         x = _clip(inputs, "tall")
         if self.training and self.cutout > 0:
             x = self._cutout(x)
-        return self.head(self.backbone(self.thumbnail(x))).squeeze(1)
+        return self.forward_thumbnail(self.thumbnail(x))
 
     def branches(self) -> dict[str, nn.Module]:
         return {"backbone": self.backbone, "head": self.head}
