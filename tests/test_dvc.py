@@ -153,3 +153,27 @@ def test_dag_shows_the_graph(repo):
     for stage in ("example", "manifest@example", "extract@example", "freq@example", "shard", "train", "evaluate",
                   "benchmark", "explain"):
         assert stage in dag
+
+
+CLIP_VARIANT = ["-S", "extract.sampling.mode=clips", "-S", "extract.sampling.num_clips=2",
+                "-S", "extract.sampling.clip_length=4", "-S", "train.model=r3d_18", "-S", "freq.views=[]"]
+"""The clip variant of the pipeline (issue 23): one params switch, the same stages (docs: Clips and video models)."""
+
+
+def test_the_clip_variant_runs_the_whole_chain(repo):
+    """`dvc exp run -S extract.sampling.mode=clips ... -S train.model=r3d_18`: extract writes clips, shard a clip set,
+    a video model trains, evaluate scores clips and videos, the benchmark fills its table, explain maps clips.
+    Last in this module: the experiment leaves its parameters in the workspace."""
+    out = _run(["dvc", "exp", "run", *CLIP_VARIANT], repo)
+    assert {"extract@example", "shard", "train", "evaluate", "benchmark", "explain"} <= _ran(out)
+    index = json.loads((repo / "data" / "shards" / "index.json").read_text())
+    assert (index["sample_kind"], index["clip_length"]) == ("clip", 4)
+    faces = pl.read_parquet(repo / "data" / "datasets" / "example" / "extract" / "faces.parquet")
+    assert faces["clip_id"].null_count() == 0
+    preds = pl.read_parquet(repo / "data" / "evaluate" / "predictions.parquet")
+    assert preds.height > 0 and preds["clip_id"].null_count() == 0
+    metrics = json.loads((repo / "data" / "evaluate" / "metrics.json").read_text())
+    assert metrics["model"] == "r3d_18" and metrics["video"]["n"] >= 2
+    gallery = repo / "data" / "explain" / "gallery"
+    assert len(list(gallery.glob("*__c*_comparison.png"))) == 4
+    assert (repo / "data" / "benchmark" / "benchmark.md").is_file()
