@@ -275,12 +275,14 @@ def models_page() -> None:
                   "`facepipe models` prints the same list). Names also resolve as `timm:<name>` and "
                   "`package.module:factory`, and `facepipe train --import FILE` registers your own "
                   "(see [Training and evaluation](../concepts/training.md)).\n\n")
-        out.write("| name | family | inputs | input px | paper | default explanation | Grad-CAM layer |\n"
-                  "|---|---|---|---:|---|---|---|\n")
+        out.write("| name | family | reads | inputs | input px | paper | default explanation | Grad-CAM layer |\n"
+                  "|---|---|---|---|---:|---|---|---|\n")
         for n in names:
             s = get_spec(n)
-            out.write(f"| [`{n}`](#{n}) | {s.family} | {', '.join(s.inputs)} | {s.input_size} | {_cell(s.paper)} | "
-                      f"{s.explain} | {_code(s.target_layer or '')} |\n")
+            reads = "frames" if s.sample_kind == "frame" else f"clips ({s.clip_length or 'any'} frames)"
+            out.write(f"| [`{n}`](#{n}) | {s.family} | {reads} | {', '.join(s.inputs)} | {s.input_size} | "
+                      f"{_cell(s.paper)} | {s.explain if s.sample_kind == 'frame' else 'gradcam'} | "
+                      f"{_code(s.target_layer or '')} |\n")
         out.write("\n")
         for n in names:
             s = get_spec(n)
@@ -289,6 +291,10 @@ def models_page() -> None:
                 out.write(f"**Faithful to / differs:** {' '.join(s.faithful.split())}\n\n")
             out.write(f"- family `{s.family}`, inputs {', '.join(f'`{i}`' for i in s.inputs)}, "
                       f"{s.input_size} px, mean {tuple(s.mean)}, std {tuple(s.std)}\n")
+            if s.sample_kind == "clip":
+                out.write(f"- reads clips (a clip set: [Clips and video models](../concepts/clips.md)) of "
+                          f"{s.clip_length or 'any number of'} frames; explained by Grad-CAM over the clip's "
+                          "frames\n")
             if s.timm_name:
                 out.write(f"- timm backbone `{s.timm_name}`\n")
             if s.defaults:

@@ -89,10 +89,12 @@ def test_the_docs_have_snippets_and_only_the_declared_skips():
 
 
 @pytest.fixture()
-def docs_workdir(tmp_path, example_shards, monkeypatch):
-    """A working directory like the repository's after ``dvc repro``: ``data/shards`` is the example's shard set."""
+def docs_workdir(tmp_path, example_shards, example_clip_shards, monkeypatch):
+    """A working directory like the repository's after ``dvc repro``: ``data/shards`` is the example's shard set,
+    ``data/clip_shards`` its clip set (the pipeline's clip variant)."""
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "shards").symlink_to(example_shards, target_is_directory=True)
+    (tmp_path / "data" / "clip_shards").symlink_to(example_clip_shards, target_is_directory=True)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
