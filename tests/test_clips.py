@@ -286,6 +286,16 @@ def test_ffpp_pairs_in_clip_mode_through_the_cli(tmp_path):
             assert set(r_["label"]) == {1} and set(r_["label_source"]) == {"original_diff"}
     nt = faces.filter(pl.col("video_id") == "NeuralTextures_004_982")
     assert (nt["label"] == 1).sum() >= 28 and (nt["label"] == 0).sum() == 0  # compared; undecided faces are -1
+    # ... and `facepipe shard` + make_loader(clips=True) stream (B, 16, 3, H, W)
+    from facepipe.data import make_loader
+
+    r = CliRunner().invoke(app, ["shard", "--out", str(tmp_path / "shards"), "--input",
+                                 f"dataset=ffpp,extract={tmp_path / 'out'},manifest={tmp_path / 'm.csv'}",
+                                 "--no-progress"])
+    assert r.exit_code == 0, r.output
+    b = next(iter(make_loader(tmp_path / "shards", "test", batch_size=2, num_workers=0, clips=True, image_size=112,
+                              shuffle=False)))
+    assert b["image"].shape == (2, 16, 3, 112, 112) and [len(f) for f in b["frame_indices"]] == [16, 16]
 
 
 def test_clip_contact_sheets(face_video_dir, tmp_path):
@@ -306,3 +316,47 @@ def test_clip_contact_sheets(face_video_dir, tmp_path):
     assert sheet.shape[0] == 3 * (96 + 24) and sheet.shape[1] == 4 * 96 <= MAX_CLIP_TILES * 96
     ex_sheet = cv2.imread(str(contact_sheet(tmp_path / "ex")))
     assert ex_sheet.shape[0] == n_clips.height * (96 + 24)
+
+
+def test_landmarks68_in_crop_pixels_agree_with_the_five_points(face_video_dir, tmp_path):
+    """extract.landmarks68: dlib's 68 points of every face in crop pixels, in frame and in clip mode; the five points
+    they imply (eye centres from 36-41 / 42-47, nose tip 30, mouth corners 48 / 54) lie within 6 % of the crop side
+    of the detector's five landmarks mapped into the crop; they travel into clip samples and clip batches."""
+    from facepipe.faces.align import transform_points
+
+    d = tmp_path / "v"
+    d.mkdir()
+    (d / "single.mp4").symlink_to(face_video_dir / "single.mp4")
+    for name, sampling in (("frames", {"num_frames": 4}), ("clips", {"mode": "clips", "num_clips": 1,
+                                                                      "clip_length": 4})):
+        cfg = ExtractConfig.model_validate({**CLIPS, "sampling": sampling, "align": {"size": 128},
+                                            "landmarks68": True})
+        run_extract(d, tmp_path / name, cfg, progress=False)
+        faces = pl.read_parquet(tmp_path / name / "faces.parquet")
+        assert faces.height == 4
+        for r in faces.iter_rows(named=True):
+            lm68 = np.asarray(r["crop_landmarks"], np.float64)
+            assert lm68.shape == (68, 2) and (lm68 > -5).all() and (lm68 < 133).all()
+            five = np.stack([lm68[36:42].mean(0), lm68[42:48].mean(0), lm68[30], lm68[48], lm68[54]])
+            det = transform_points(np.asarray(r["landmarks"]), np.asarray(r["affine"]))
+            assert np.abs(five - det).max() < 0.06 * 128, (name, np.abs(five - det).max())
+    plain = run_extract(d, tmp_path / "plain", ExtractConfig.model_validate(CLIPS), progress=False)
+    assert plain.statuses["ok"] == 1
+    assert pl.read_parquet(tmp_path / "plain" / "faces.parquet")["crop_landmarks"].null_count() == 8
+
+
+def test_landmarks68_reach_clip_samples_and_batches(tmp_path, face_video_dir):
+    from facepipe.data import make_loader
+    from facepipe.stages import shard
+
+    d = tmp_path / "v"
+    d.mkdir()
+    (d / "single.mp4").symlink_to(face_video_dir / "single.mp4")
+    man = tmp_path / "m.csv"
+    man.write_text("path,label,split\nsingle.mp4,real,train\n")
+    cfg = ExtractConfig.model_validate({**CLIPS, "landmarks68": True})
+    run_extract(d, tmp_path / "ex", cfg, progress=False, manifest=man)
+    shard.run(tmp_path / "sh", shard.ShardConfig(inputs=(shard.ShardInput(dataset="toy", extract=str(tmp_path / "ex"),
+                                                                         manifest=str(man)),)), progress=False)
+    b = next(iter(make_loader(tmp_path / "sh", "train", batch_size=2, num_workers=0)))
+    assert len(b["crop_landmarks"][0]) == 4 and np.asarray(b["crop_landmarks"][0][0]).shape == (68, 2)

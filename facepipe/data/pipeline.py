@@ -52,10 +52,10 @@ storage.register_schemes()  # s3:// (and gs:// with gcsfs) in webdataset's gopen
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 META_KEYS = ("key", "dataset", "video_id", "method", "split", "frame_index", "track_id", "video_label", "label_source",
-             "manipulation_score", "landmarks", "affine", "crop_size")
+             "manipulation_score", "landmarks", "affine", "crop_size", "crop_landmarks")
 CLIP_META_KEYS = ("key", "dataset", "video_id", "method", "split", "clip_id", "clip_start", "track_id", "video_label",
                   "label_source", "frame_indices", "timestamps_s", "frame_labels", "frame_label_sources",
-                  "manipulation_scores", "gaps", "landmarks", "affines", "crop_size")
+                  "manipulation_scores", "gaps", "landmarks", "affines", "crop_size", "crop_landmarks")
 """The metadata lists of a clip batch (one entry per clip; the per-frame fields are lists of ``clip_length``)."""
 _SLOTS = 256  # per-worker skip counters in the shared state (worker id modulo this)
 

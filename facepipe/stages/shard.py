@@ -306,7 +306,7 @@ def _is_clip_set(rows: pl.DataFrame) -> bool:
 
 
 _CLIP_FRAME_COLUMNS = ("frame_index", "timestamp_s", "box", "landmarks", "affine", "label", "label_source",
-                       "manipulation_score", "gap", "crop_path", "mask_path")
+                       "manipulation_score", "gap", "crop_path", "mask_path", "crop_landmarks")
 """The face-row columns a clip row keeps per frame (lists in frame order)."""
 
 
@@ -596,6 +596,7 @@ def _clip_sample(r: dict, views: tuple[str, ...], npz, masks: bool) -> dict:
         "manipulation_scores": [None if x is None else round(float(x), 6) for x in r["manipulation_score"]],
         "gaps": [bool(g) for g in r["gap"]], "crop_size": int(r["crop_size"]), "crop_mode": r["crop_mode"],
         "detector": r["detector"], "detector_version": r["detector_version"], "preset": r.get("preset"),
+        "crop_landmarks": [None if c is None else [list(p) for p in c] for c in r["crop_landmarks"]],
     }
     ext = Path(r["crop_path"][0]).suffix.lstrip(".").lower()
     return encode_clip_sample(r["key"], images, "jpg" if ext == "jpeg" else ext, meta, frame_masks)

@@ -20,7 +20,7 @@ import numpy as np
 from facepipe import _faults
 from facepipe.faces.types import Face
 from facepipe.stages.extract.config import ExtractConfig
-from facepipe.stages.extract.crops import _compare_frame, _still_comparable, encode_image
+from facepipe.stages.extract.crops import _compare_frame, _still_comparable, encode_image, landmarks68
 from facepipe.stages.extract.state import KeptFace, VideoState
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,9 @@ def _one_clip(st: VideoState, k: int, idx: np.ndarray, cfg: ExtractConfig) -> No
             crop = warp_crop(cf.frame, mats[t], cfg.align.size)
             (st.tmp_dir / f"{name}.{ext}").write_bytes(encode_image(crop, ext, cfg.output.jpeg_quality,
                                                                     cfg.output.jpeg_subsampling))
-            kept.append(KeptFace(faces[t], mats[t], name, clip_id=k, clip_start=start, track=j, gap=gaps[t]))
+            lm68 = landmarks68(crop, faces[t].box, mats[t]) if cfg.landmarks68 else None
+            kept.append(KeptFace(faces[t], mats[t], name, crop_landmarks=lm68, clip_id=k, clip_start=start, track=j,
+                                 gap=gaps[t]))
         if kept and st.compare and cf.ref is not None:
             _compare_frame(st, fidx, cf.frame, cf.ref, kept, cfg)
         st.per_frame.append(kept)

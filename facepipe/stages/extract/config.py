@@ -81,6 +81,11 @@ class ExtractConfig(Section):
     content), ``extensions`` (what ``--video-dir`` discovery picks up), ``engine`` and ``ray_address`` are run
     settings: they are not part of the stage fingerprint, and neither is ``face_detector.device``.
 
+    ``landmarks68``: also store dlib's 68 landmarks of every face in crop pixels (``crop_landmarks``;
+    :func:`facepipe.faces.dlib68.crop_landmarks68`), for mouth-crop methods and self-blended images; needs
+    ``facepipe[deepfakebench]`` (dlib). Under ``preset: deepfakebench`` the preset's own re-detected landmarks fill
+    the column.
+
     ``engine``: ``local`` runs the per-video work in ``workers`` processes of this machine; ``ray`` runs it as Ray
     actors on the cluster at ``ray_address`` (``None``: ``RAY_ADDRESS`` or a Ray instance started for the run), one
     actor per ``workers`` (0: one per CPU of the cluster), with the same outputs, statuses and resume (see
@@ -99,6 +104,7 @@ class ExtractConfig(Section):
     file_fingerprint: Literal["stat", "sha256"] = "stat"
     engine: Literal["local", "ray"] = "local"
     ray_address: Optional[str] = None
+    landmarks68: bool = False
 
     @model_validator(mode="before")
     @classmethod

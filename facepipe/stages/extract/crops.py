@@ -77,7 +77,7 @@ def _crop_faces(st: VideoState, frame, fidx, faces, detector, cfg: ExtractConfig
             log.warning("%s frame %d: face skipped: %s", st.job.rel, fidx, e)
             continue
         crop = warp_crop(frame, m, cfg.align.size)
-        crop_lm = None
+        crop_lm = landmarks68(crop, face.box, m) if cfg.landmarks68 and not dfb else None
         if dfb:  # landmarks re-detected on the BGR crop; a crop without a face drops the frame
             bgr = np.ascontiguousarray(crop[..., ::-1])
             rects = detector.rects(bgr, by_area=False)
@@ -91,6 +91,16 @@ def _crop_faces(st: VideoState, frame, fidx, faces, detector, cfg: ExtractConfig
                                                                 cfg.output.jpeg_subsampling))
         kept.append(KeptFace(face, m, name, crop_landmarks=crop_lm))
     return kept
+
+
+def landmarks68(crop: np.ndarray, box: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """dlib's 68 landmarks of a crop (``extract.landmarks68``), the face box mapped into the crop as fallback."""
+    from facepipe.faces.align import transform_points
+    from facepipe.faces.dlib68 import crop_landmarks68
+
+    x1, y1, x2, y2 = (float(v) for v in box)
+    corners = transform_points(np.array([[x1, y1], [x2, y1], [x1, y2], [x2, y2]]), matrix)
+    return crop_landmarks68(crop, np.concatenate([corners.min(0), corners.max(0)]))
 
 
 def _compare_frame(st: VideoState, fidx, frame, ref_frame, kept: list[KeptFace], cfg: ExtractConfig) -> None:

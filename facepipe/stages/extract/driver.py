@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
@@ -133,6 +134,10 @@ def run(video_dir: str | Path, out_dir: str | Path, cfg: ExtractConfig, *, progr
     workers = cfg.workers
     threads = max(1, (os.cpu_count() or 1) // max(1, workers)) if workers else 0
     detector = create_face_detector(cfg.face_detector, threads=threads)  # also checks the detector before any work
+    if cfg.landmarks68 and cfg.preset != "deepfakebench":  # and the 68-point model, before any video
+        from facepipe.faces.dlib68 import crop_landmarks68
+
+        crop_landmarks68(np.zeros((32, 32, 3), np.uint8), np.array([4.0, 4.0, 28.0, 28.0]))
     stage_fp = fingerprint(cfg, detector.id)
     log.info("detector %s, stage fingerprint %s, %d videos, %d workers", detector.id, stage_fp, len(jobs), workers)
     out = Path(out_dir)

@@ -52,7 +52,8 @@ the face box that differs from the original beyond the frame's background differ
 original), ``mask_path`` that difference warped like the crop (fakes compared with their original). ``preset`` the
 alignment preset (``deepfakebench`` with DeepfakeBench's 81-point predictor, ``deepfakebench-68`` with the 68-point
 stand-in, or null); ``crop_landmarks`` (preset ``deepfakebench``) dlib's 81 (or 68) landmarks
-re-detected on the crop, crop pixels (integers, as DeepfakeBench saves them), else null. Clip mode
+re-detected on the crop, crop pixels (integers, as DeepfakeBench saves them), or (``extract.landmarks68``) dlib's
+68 landmarks of the crop, else null. Clip mode
 (``sampling.mode: clips``): ``clip_id`` the clip (0, 1, ... in the video's clip plan), ``clip_start`` its first
 source frame, ``track_id`` the track within the clip (0 = its largest), ``gap`` true on a frame where the track had
 no detection (box and landmarks interpolated, ``score`` null); ``frame_index`` and ``timestamp_s`` stay the
