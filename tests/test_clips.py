@@ -360,3 +360,21 @@ def test_landmarks68_reach_clip_samples_and_batches(tmp_path, face_video_dir):
                                                                          manifest=str(man)),)), progress=False)
     b = next(iter(make_loader(tmp_path / "sh", "train", batch_size=2, num_workers=0)))
     assert len(b["crop_landmarks"][0]) == 4 and np.asarray(b["crop_landmarks"][0][0]).shape == (68, 2)
+
+
+def test_hugging_face_datasets_loads_a_clip_set(face_video_dir, tmp_path, monkeypatch):
+    """datasets' webdataset builder reads a clip set with hf_features: T image members per sample and the per-frame
+    json lists."""
+    datasets = pytest.importorskip("datasets")
+    from facepipe.data import hf_features
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    out = _clip_shards(face_video_dir, tmp_path)
+    index = json.loads((out / "index.json").read_text())
+    files = {"train": [str(out / s["url"]) for s in index["splits"]["train"]["shards"]]}
+    ds = datasets.load_dataset("webdataset", data_files=files, cache_dir=str(tmp_path / "hf"),
+                               features=hf_features(out))
+    assert ds["train"].num_rows == index["splits"]["train"]["samples"]
+    row = ds["train"][0]
+    assert row["00.png"].size == (64, 64) and row["03.mask.png"].size == (64, 64)
+    assert len(row["json"]["frame_indices"]) == 4 and row["cls"] == row["json"]["label"]

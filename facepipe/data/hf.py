@@ -6,7 +6,7 @@ Above both the schema and the index in the import graph (it reads the index, typ
 from __future__ import annotations
 
 from facepipe.data.index import read_index
-from facepipe.data.schema import HF_JSON_TYPES, IMAGE_EXTS, MASK_EXT, SchemaError
+from facepipe.data.schema import HF_CLIP_JSON_TYPES, HF_JSON_TYPES, IMAGE_EXTS, MASK_EXT, SchemaError
 
 
 def hf_features(index: str | dict):
@@ -22,7 +22,9 @@ def hf_features(index: str | dict):
 
     Returns:
         Features: the crop (``png`` or ``jpg``) and ``mask.png`` as ``Image``, ``json`` as a struct of
-        :data:`META_FIELDS`, ``cls`` int64, each stored view as ``Array3D`` float16 (C, H, W).
+        :data:`META_FIELDS`, ``cls`` int64, each stored view as ``Array3D`` float16 (C, H, W). A clip set: its
+        frames ``00.png`` … and masks ``00.mask.png`` … as ``Image``, ``json`` as a struct of
+        :data:`CLIP_META_FIELDS`.
 
     Raises:
         SchemaError: the index is unreadable or of another schema version (a
@@ -39,6 +41,13 @@ def hf_features(index: str | dict):
     def typ(t):
         return [typ(t[0])] if isinstance(t, list) else datasets.Value(t)
 
+    if index.get("sample_kind") == "clip":  # T image members (and masks) per sample
+        n = int(index["clip_length"])
+        feats = {f"{t:02d}.{fmt}": datasets.Image() for t in range(n)}
+        feats.update({"json": {k: typ(t) for k, t in HF_CLIP_JSON_TYPES.items()}, "cls": datasets.Value("int64")})
+        if index.get("masks"):
+            feats.update({f"{t:02d}.{MASK_EXT}": datasets.Image() for t in range(n)})
+        return datasets.Features(feats)
     feats = {fmt: datasets.Image(), "json": {k: typ(t) for k, t in HF_JSON_TYPES.items()},
              "cls": datasets.Value("int64")}
     if index.get("masks"):

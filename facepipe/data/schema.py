@@ -398,9 +398,20 @@ HF_JSON_TYPES = {
     "preset": "string", "crop_landmarks": [["float64"]], "has_mask": "bool",
 }
 
+HF_CLIP_JSON_TYPES = {
+    "key": "string", "label": "int64", "label_name": "string", "video_label": "int64", "label_source": "string",
+    "dataset": "string", "method": "string", "split": "string", "video_id": "string", "source_ids": ["string"],
+    "clip_id": "int64", "clip_start": "int64", "clip_length": "int64", "frame_step": "int64", "track_id": "int64",
+    "frame_indices": ["int64"], "timestamps_s": ["float64"], "boxes": [["float64"]], "landmarks": [[["float64"]]],
+    "affines": [[["float64"]]], "frame_labels": ["int64"], "frame_label_sources": ["string"],
+    "manipulation_scores": ["float64"], "gaps": ["bool"], "has_masks": ["bool"], "crop_size": "int64",
+    "crop_mode": "string", "detector": "string", "detector_version": "string", "schema_version": "int64",
+    "preset": "string", "crop_landmarks": [[["float64"]]],
+}
+"""Hugging Face ``datasets`` types of a clip sample's ``json`` fields (:data:`CLIP_META_FIELDS`)."""
 
-__all__ = ["CLIP_META_FIELDS", "IMAGE_EXTS", "IdError", "KEY_SEP", "LABEL_NAMES", "MASK_EXT", "META_FIELDS",
-           "SCHEMA_VERSION", "SPLITS", "SchemaError", "check_name", "clip_label", "decode_clip_sample", "decode_image",
-           "empty_mask_png", "decode_sample", "encode_clip_sample", "encode_sample",
-           "npy_bytes", "npy_load",
-           "parse_key", "sample_key"]
+
+__all__ = ["CLIP_META_FIELDS", "HF_CLIP_JSON_TYPES", "IMAGE_EXTS", "IdError", "KEY_SEP", "LABEL_NAMES", "MASK_EXT",
+           "META_FIELDS", "SCHEMA_VERSION", "SPLITS", "SchemaError", "check_name", "clip_label",
+           "decode_clip_sample", "decode_image", "empty_mask_png", "decode_sample", "encode_clip_sample",
+           "encode_sample", "npy_bytes", "npy_load", "parse_key", "sample_key"]
