@@ -14,7 +14,8 @@ DIR holds the videos (e.g. the six shared FF++ / DFDC clips). Prints markdown ta
    the two eye landmarks) in crop coordinates at 224 px, and the crop's centre in source pixels scaled to 224 px
    per face size; the median over all consecutive triples of the norm of the second difference
    ``p[t+1] - 2 p[t] + p[t-1]``. A stable crop has a crop centre that does not move within a clip.
-3. Loader: ``make_loader(clips=True)`` over the clip set and ``make_loader`` over a frame set of the same crops
+3. Clip members: bytes and decode time of a clip as T PNG members, one uint8 ``.npy`` or one lossless video member.
+4. Loader: ``make_loader(clips=True)`` over the clip set and ``make_loader`` over a frame set of the same crops
    (2 workers, whole passes, start-up included): clips/s, frames/s, samples/s.
 """
 
@@ -157,6 +158,78 @@ def bench_loader(extract: Path, work: Path, workers: int, repeat: int) -> None:
               f"{size[name] / max(1, n) / 1e3:.0f} kB |")
 
 
+def _video_bytes(frames: np.ndarray, codec: str, pix_fmt: str, options: dict) -> bytes:
+    """A lossless video member: the clip's frames encoded with PyAV into an in-memory Matroska file."""
+    import io
+
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="matroska") as c:
+        st = c.add_stream(codec, rate=25)
+        st.width, st.height, st.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
+        st.options = options
+        for f in frames:
+            for pkt in st.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(pkt)
+        for pkt in st.encode():
+            c.mux(pkt)
+    return buf.getvalue()
+
+
+def _video_frames(data: bytes) -> np.ndarray:
+    import io
+
+    import av
+
+    with av.open(io.BytesIO(data)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def bench_members(extract: Path, n_clips: int = 8) -> None:
+    """Bytes and decode time (one thread) of a clip stored as T PNG members (facepipe's choice), one uint8 ``.npy``,
+    or one lossless video member (FFV1; H.264 RGB at qp 0), on clips of the clip run; every form decodes to the same
+    pixels (checked)."""
+    import io
+
+    import cv2
+
+    from facepipe.data.schema import decode_image
+
+    cv2.setNumThreads(1)
+    faces = pl.read_parquet(extract / "faces.parquet").sort("frame_index")
+    groups = faces.partition_by(["video_id", "clip_id", "track_id"])[:n_clips]
+    forms: dict[str, list] = {"T PNG members (as extract wrote them)": [], "one uint8 .npy": [],
+                              "FFV1 (lossless video member)": [], "H.264 RGB qp 0 (lossless video member)": []}
+    for g in groups:
+        pngs = [(extract / p).read_bytes() for p in g["crop_path"]]
+        frames = np.stack([decode_image(b, "png") for b in pngs])
+        npy = io.BytesIO()
+        np.save(npy, frames, allow_pickle=False)
+        encoded = {"T PNG members (as extract wrote them)": pngs, "one uint8 .npy": npy.getvalue(),
+                   "FFV1 (lossless video member)": _video_bytes(frames, "ffv1", "bgr0", {}),
+                   "H.264 RGB qp 0 (lossless video member)": _video_bytes(frames, "libx264rgb", "rgb24",
+                                                                          {"qp": "0", "preset": "veryfast"})}
+        decoders = {"T PNG members (as extract wrote them)": lambda v: np.stack([decode_image(b, "png") for b in v]),
+                    "one uint8 .npy": lambda v: np.load(io.BytesIO(v), allow_pickle=False),
+                    "FFV1 (lossless video member)": _video_frames,
+                    "H.264 RGB qp 0 (lossless video member)": _video_frames}
+        for name, data in encoded.items():
+            t0 = time.perf_counter()
+            for _ in range(3):
+                got = decoders[name](data)
+            dt = (time.perf_counter() - t0) / 3
+            assert np.array_equal(got, frames), f"{name}: not lossless"
+            size = sum(len(b) for b in data) if isinstance(data, list) else len(data)
+            forms[name].append((size, dt))
+    t, side = len(groups[0]), int(groups[0]["crop_size"][0])
+    print(f"\n| clip member ({t} x {side} px crops, {len(groups)} clips, one thread) | bytes per clip | decode ms per "
+          "clip |")
+    print("|---|---:|---:|")
+    for name, rows in forms.items():
+        print(f"| {name} | {np.mean([r[0] for r in rows]) / 1e3:.0f} kB | {np.mean([r[1] for r in rows]) * 1e3:.1f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dir", type=Path)
@@ -177,6 +250,7 @@ def main() -> None:
         else:
             clip_ex = bench_extract(args.dir, work, args.num_clips, args.clip_length, args.workers, args.repeat)
         bench_stability(args.dir, work, args.num_clips, args.clip_length, args.workers)
+        bench_members(clip_ex)
         bench_loader(clip_ex, work, args.workers, args.repeat)
 
 
