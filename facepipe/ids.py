@@ -22,11 +22,12 @@ UNCERTAIN_LABEL = -1
 ``original_diff_uncertain``): kept, but left out of losses and frame-level metrics."""
 FACE_LABEL_NAMES = {**LABEL_NAMES, UNCERTAIN_LABEL: "uncertain"}
 """Face labels (a video's label is 0 or 1)."""
-LABEL_SOURCES = ("original_diff", "original_diff_uncertain", "policy", "video")
+LABEL_SOURCES = ("original_diff", "original_diff_uncertain", "policy", "video", "sbi")
 """How a face's label was decided: ``original_diff`` (compared with the original at the same frame),
 ``original_diff_uncertain`` (compared, below the pair's noise: label -1, ``labels.unmanipulated: ignore``),
 ``policy`` (a fake without a usable original: the track policy decided), ``video`` (a real video: every
-face is real)."""
+face is real), ``sbi`` (a self-blended fake the loader made from a real face: :mod:`facepipe.data.sbi`; never
+stored in shards)."""
 
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")

@@ -16,6 +16,7 @@ _LAZY = {
     "make_dataset": "facepipe.data.pipeline", "LoaderConfig": "facepipe.data.pipeline",
     "FaceDataset": "facepipe.data.pipeline", "ToDevice": "facepipe.data.device",
     "read_index": "facepipe.data.index", "resolve_shards": "facepipe.data.index", "ShardSet": "facepipe.data.index",
+    "SBIConfig": "facepipe.data.sbi",
 }
 
 __all__ = [*_LAZY]

@@ -39,6 +39,7 @@ class ShardSet:
     sample_kind: str | None = None  # frame | clip (None: not recorded, e.g. a list of URLs)
     clip_length: int | None = None  # clip sets: frames per clip, and source frames between them
     frame_step: int | None = None
+    crop_landmarks: int | None = None  # points of every sample's crop_landmarks (68 / 81), None when not all have them
 
 
 def index_location(source: str | os.PathLike) -> str:
@@ -141,7 +142,8 @@ def _from_index(src: str, split: str | None) -> ShardSet:
             cells[(d, label_of[lab])] += n
     return ShardSet(urls, int(info["samples"]), dict(cells), tuple(index.get("views", ())),
                     index.get("view_params"), index.get("crop_size"), index.get("image_format"),
-                    index.get("sample_kind", "frame"), index.get("clip_length"), index.get("frame_step"))
+                    index.get("sample_kind", "frame"), index.get("clip_length"), index.get("frame_step"),
+                    index.get("crop_landmarks"))
 
 
 def resolve_shards(source: str | os.PathLike | Sequence[str], split: str | None = "train") -> ShardSet:

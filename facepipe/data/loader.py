@@ -33,6 +33,7 @@ from facepipe.data.pipeline import (
     default_augmentation,
     make_dataset,
 )
+from facepipe.data.sbi import SBIConfig
 from facepipe.freq.config import FreqConfig
 
 
@@ -144,6 +145,7 @@ def make_loader(
     multiprocessing_context: str | None = None,
     decode: str = "auto",
     clips: bool | None = None,
+    sbi: SBIConfig | dict | None = None,
 ) -> FaceLoader:
     """Stream facepipe shards as training batches: :class:`LoaderConfig` from the keyword arguments, then
     :func:`make_dataset` and a :class:`FaceLoader` (one persistent ``DataLoader``) over it. Every argument but

@@ -42,6 +42,7 @@ from pydantic import Field, field_validator
 from facepipe.config import Section, validate_section
 from facepipe.data import storage
 from facepipe.data.index import ShardSet, resolve_shards
+from facepipe.data.sbi import SBIConfig
 from facepipe.data.schema import SchemaError, decode_clip_sample, decode_sample
 from facepipe.errors import ConfigError
 from facepipe.freq.config import FreqConfig
@@ -113,6 +114,10 @@ class LoaderConfig(Section):
             (:data:`CLIP_META_KEYS`). The augmentation draws its parameters once per clip and applies them to
             every frame (albumentations' additional targets), so a clip stays a clip. ``None`` (default): what the
             index says; ``True`` / ``False`` refuse a set of the other kind.
+        sbi: self-blended images on the fly (:class:`facepipe.data.sbi.SBIConfig`; Shiohara & Yamasaki, CVPR
+            2022): real faces give self-blended fakes (``label`` 1, ``label_source`` ``sbi``, the blend mask as
+            ``mask``), made before the augmentation; needs frame shards with 68-point landmarks
+            (``extract.landmarks68``). ``reals_only`` leaves the set's own fakes out.
     """
 
     batch_size: int = Field(32, ge=1)
@@ -140,6 +145,7 @@ class LoaderConfig(Section):
     multiprocessing_context: str | None = None
     decode: Literal["auto", "workers", "device"] = "auto"
     clips: bool | None = None
+    sbi: SBIConfig | None = None
 
     @field_validator("freq", mode="before")
     @classmethod
@@ -396,16 +402,49 @@ class FaceDataset(wds.DataPipeline):
                 d["mask"] = res["mask"]
         return d
 
+    def _self_blend(self, s: dict, t: Callable | None, blender) -> list[dict]:
+        """A real sample and/or its self-blended fake (:mod:`facepipe.data.sbi`), each transformed; other samples
+        as they are."""
+        d = decode_sample(s, self.stored_views, mask=self.cfg.masks)
+        out = [d]
+        if d["label"] == 0:
+            lm = d["meta"].get("crop_landmarks")
+            if lm is None:
+                raise SchemaError(f"{s.get('__url__', '?')}: sample {d['key']} has no 68-point landmarks: sbi needs "
+                                  "shards extracted with extract.landmarks68: true")
+            sbi = self.cfg.sbi
+            if sbi.mode == "pair" or blender.rng.random() < sbi.p:
+                target, fake, m = blender(d["image"], np.asarray(lm))
+                f = {**d, "image": fake, "label": 1,
+                     "meta": {**d["meta"], "label": 1, "label_name": "fake", "label_source": "sbi"}}
+                if self.cfg.masks:
+                    f["mask"] = np.round(m * 255).astype(np.uint8)
+                out = [{**d, "image": target}, f] if sbi.mode == "pair" else [f]
+        return [self._transformed(x, t) for x in out]
+
+    def _transformed(self, d: dict, t: Callable | None) -> dict:
+        if t is not None:
+            res = t(image=d["image"], mask=d["mask"]) if self.cfg.masks else t(image=d["image"])
+            d["image"] = res["image"]
+            if self.cfg.masks:
+                d["mask"] = res["mask"]
+        return d
+
     def _decode(self, src: Iterator[dict]) -> Iterator[dict]:
         t = self._transform()
+        blender = None
+        if self.cfg.sbi is not None:
+            from facepipe.data.sbi import SelfBlender
+
+            blender = SelfBlender(int(self._rng(4).integers(2**31)))
         for s in src:
             try:
-                d = self._decode_one(s, t)
+                ds = self._self_blend(s, t, blender) if blender is not None else [self._decode_one(s, t)]
             except Exception as e:  # noqa: BLE001  the handler re-raises, skips (counted) or stops the pass
                 if self._handle(e):
                     continue
                 return
-            yield d
+            yield from ds
 
     def _collate(self, samples: list[dict]) -> dict[str, Any]:
         if self.clips:
@@ -568,11 +607,28 @@ def _acceptance(cells: dict[tuple[str, int], float], weights: dict[str, float] |
 
 
 def _thinning(cfg: LoaderConfig, shardset: ShardSet) -> dict[tuple[str, int], float] | None:
-    if not (cfg.dataset_weights or cfg.class_balance):
+    reals_only = cfg.sbi is not None and cfg.sbi.reals_only
+    if not (cfg.dataset_weights or cfg.class_balance or reals_only):
         return None
     if shardset.cells is None:
-        raise ConfigError("dataset_weights / class_balance need the shard index's counts: pass index.json")
-    return _acceptance(shardset.cells, cfg.dataset_weights, cfg.class_balance)
+        raise ConfigError("dataset_weights / class_balance / sbi.reals_only need the shard index's counts: pass "
+                          "index.json")
+    if not reals_only:
+        return _acceptance(shardset.cells, cfg.dataset_weights, cfg.class_balance)
+    reals = {c: n for c, n in shardset.cells.items() if c[1] == 0}  # the set's own fakes left out
+    accept = (_acceptance(reals, cfg.dataset_weights, False) if cfg.dataset_weights else {c: 1.0 for c in reals})
+    return {**{c: 0.0 for c in shardset.cells}, **accept}
+
+
+def _check_sbi(cfg: LoaderConfig, shardset: ShardSet, clips: bool, device_decode: bool) -> None:
+    """SBI needs frame samples decoded in the workers, with 68 (or 81) landmarks per face (when the index says)."""
+    if cfg.sbi is None:
+        return
+    if clips or device_decode:
+        raise ConfigError("sbi blends single frames in the loader's workers: not with clip sets or decode='device'")
+    if shardset.sample_kind is not None and shardset.crop_landmarks not in (68, 81):
+        raise ConfigError("sbi needs 68-point landmarks per face and this shard set has none: extract with "
+                          "extract.landmarks68: true (pip install 'facepipe[deepfakebench]') and shard again")
 
 
 def _epoch_batches(cfg: LoaderConfig, shardset: ShardSet, accept: dict | None, world_size: int) -> int | None:
@@ -582,9 +638,13 @@ def _epoch_batches(cfg: LoaderConfig, shardset: ShardSet, accept: dict | None, w
             raise ConfigError("resampled=True needs epoch_samples (or an index to take the split size from)")
         return None
     per_rank = total / world_size
-    if accept is not None:
-        cells = shardset.cells
-        per_rank *= sum(cells[c] * accept[c] for c in cells) / max(1, sum(cells.values()))
+    pair = cfg.sbi is not None and cfg.sbi.mode == "pair"
+    if accept is not None or pair:
+        cells = shardset.cells or {("", 0): 1}
+        acc = accept or {c: 1.0 for c in cells}
+        # SBI pairs: every accepted real sample comes with its self-blended fake
+        per_rank *= sum(cells[c] * acc[c] * (2 if pair and c[1] == 0 else 1) for c in cells) / max(
+            1, sum(cells.values()))
     return int(per_rank // cfg.batch_size) if cfg.drop_last else int(np.ceil(per_rank / cfg.batch_size))
 
 
@@ -624,6 +684,7 @@ def make_dataset(source: str | os.PathLike | Sequence[str], split: str = "train"
     compute = _compute_views(cfg, shardset)
     device_decode = _device_decode(cfg, shardset, compute)
     accept = _thinning(cfg, shardset)
+    _check_sbi(cfg, shardset, _clips(cfg, shardset), device_decode)
     return FaceDataset(cfg, shardset, rank=rank, world_size=world_size, explicit_node=explicit,
                        compute_views=compute, device_decode=device_decode, accept=accept,
                        epoch_batches=_epoch_batches(cfg, shardset, accept, world_size), clips=_clips(cfg, shardset))

@@ -402,9 +402,14 @@ def _describe(index: dict, allrows: pl.DataFrame, view_params: dict | None) -> N
     paths = allrows["crop_path"].explode() if allrows["crop_path"].dtype == pl.List(pl.String) else allrows["crop_path"]
     formats = sorted({Path(c).suffix.lstrip(".").lower().replace("jpeg", "jpg") for c in paths})
     presets = allrows["preset"].unique().to_list() if "preset" in allrows.columns else [None]
+    points = None  # every frame sample's crop landmarks have this many points (SBI needs 68)
+    if allrows["crop_landmarks"].dtype != pl.List(pl.List(pl.Array(pl.Float32, 2))) and \
+            allrows["crop_landmarks"].null_count() == 0:
+        counts = allrows["crop_landmarks"].list.len().unique().to_list()
+        points = int(counts[0]) if len(counts) == 1 else None
     index.update(view_params=view_params, crop_size=sizes[0] if len(sizes) == 1 else None,
                  image_format=formats[0] if len(formats) == 1 else "mixed",
-                 preset=presets[0] if len(presets) == 1 else None)
+                 preset=presets[0] if len(presets) == 1 else None, crop_landmarks=points)
 
 
 def _meta_json(cfg: ShardConfig, stored: tuple[str, ...], stage_fp: str, version: str) -> str:

@@ -41,6 +41,7 @@ from facepipe import __version__
 from facepipe._io import atomic_path
 from facepipe.config import Section
 from facepipe.data.index import read_index
+from facepipe.data.sbi import SBIConfig
 from facepipe.data.schema import SCHEMA_VERSION
 from facepipe.errors import InputError
 from facepipe.freq.config import FreqConfig
@@ -97,6 +98,10 @@ class TrainConfig(Section):
     a cosine to 0, ``gamma`` every ``step_size`` steps, or constant. ``ema``: keep an EMA of the weights (timm's
     ``ModelEmaV3``, ``ema_decay``), validated too, saved as ``best_ema.pt``. ``backbone_lr_mult``: learning-rate
     factor of the model's trunk; ``freeze_backbone_steps``: the trunk is frozen for that many steps, then trained.
+    ``sbi``: self-blended images made on the fly from the train split's real faces (Shiohara & Yamasaki, CVPR 2022;
+    :class:`facepipe.data.sbi.SBIConfig`: pairs of a real and its self-blended fake, the set's own fakes left out
+    with ``reals_only``); needs shards extracted with ``extract.landmarks68``; validation stays on the val split's
+    own faces; ``class_balance`` does not apply (pairs are balanced).
     ``deterministic``: deterministic algorithms and seeds (two CPU runs give identical losses). ``collapse``: the
     collapse watch; ``dead_branch_steps``: warn when a named branch gets no gradient for that many steps in a row.
     ``num_workers`` and ``log_every`` are run settings, not part of the stage fingerprint.
@@ -137,6 +142,7 @@ class TrainConfig(Section):
     dataset_weights: Optional[dict[str, float]] = None
     patience: int = Field(5, ge=1)
     select: Literal["video_auc", "frame_auc"] = "video_auc"
+    sbi: Optional[SBIConfig] = None
     collapse: CollapseConfig = CollapseConfig()
     dead_branch_steps: int = Field(50, ge=1)
 
@@ -288,7 +294,8 @@ def build_loaders(shards, index: dict, cfg: TrainConfig, freq: FreqConfig, size:
               device=device, clips=spec.sample_kind == "clip")
     train = make_loader(shards, "train", cfg.batch_size, cfg.num_workers, resampled=True,
                         epoch_samples=index["splits"]["train"]["samples"], seed=cfg.seed + step, augment=cfg.augment,
-                        class_balance=cfg.class_balance, dataset_weights=cfg.dataset_weights, **kw)
+                        class_balance=cfg.class_balance and cfg.sbi is None, dataset_weights=cfg.dataset_weights,
+                        sbi=cfg.sbi, **kw)
     val = make_loader(shards, "val", cfg.batch_size, cfg.num_workers, shuffle=False, rank=0, world_size=1, **kw)
     return train, val
 
