@@ -173,3 +173,16 @@ def test_bad_protocol_files_name_the_key(tmp_path):
     p.write_text("name: x\ntitle: t\ncitation: c\ntrain: [a]\ncolumns: [{name: a, dataset: a, video_id_regex: '('}]\n")
     with pytest.raises(FacepipeError, match=re.escape("not a regular expression")):
         load_protocol(p)
+
+
+def test_the_table_marks_test_time_augmentation():
+    """benchmark.md says when every score is a TTA score (evaluate.tta), and not otherwise."""
+    from facepipe.stages.benchmark import markdown
+
+    col = {"frame_auc": 0.9, "video_auc": 0.95, "frame_auc_ci": None, "video_auc_ci": None, "n_real_videos": 2,
+           "n_fake_videos": 2, "n_real_frames": 8, "n_fake_frames": 8}
+    result = {"title": "t", "protocol": "p", "citation": "c", "notes": "", "video_aggregation": "mean",
+              "columns": [{"name": "A"}], "models": {"m": {"columns": {"A": col}, "deviations": []}}}
+    assert "Test-time augmentation" not in markdown({**result, "tta": "none"})
+    md = markdown({**result, "tta": "flip, scales 0.9/1/1.1 (mean of probabilities)"})
+    assert "**Test-time augmentation: flip, scales 0.9/1/1.1 (mean of probabilities)**" in md

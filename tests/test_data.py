@@ -575,6 +575,48 @@ def test_tta_recomputes_spectral_views_of_the_flipped_image(two_datasets):
     assert not np.allclose(old.numpy(), tta[:6], atol=1e-3) and np.allclose(plain, tta, atol=1e-5)
 
 
+def test_tta_scales_average_probabilities_over_rescaled_images_with_their_own_views(two_datasets):
+    """evaluate.tta.scales (issue 24 item 3): each scale resizes the image about its centre (cropped or padded
+    back), its views are recomputed from it, and the score is the mean of the versions' probabilities."""
+    from torch import nn
+
+    from facepipe.models._registry import ModelSpec
+    from facepipe.train.engine import _rescale, predict
+
+    _, _, out = two_datasets
+
+    class Probe(nn.Module):
+        spec = ModelSpec("probe", inputs=("image", "srm"))
+
+        def forward(self, x):
+            return x["srm"].mean(dim=(1, 2, 3)) + x["image"][:, :, :8, :8].mean(dim=(1, 2, 3))
+
+    loader = make_loader(out, "test", batch_size=6, num_workers=0, shuffle=False, views=("srm",),
+                         view_source="compute")
+    got = predict(Probe(), loader, tta_hflip=True, tta_scales=(0.8, 1.0, 1.25))["score"].to_numpy()[:6]
+    b = next(iter(loader))
+    ps = []
+    for s in (0.8, 1.0, 1.25):
+        for flip in (False, True):
+            img = _rescale(b["image"].flip(-1) if flip else b["image"], s)
+            ps.append(torch.sigmoid(Probe()({"image": img, "srm": loader.views_of(img)["srm"]})))
+    np.testing.assert_allclose(got, torch.stack(ps).mean(0).numpy(), rtol=1e-5)
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    assert _rescale(x, 0.5)[0, 0, 0].tolist() == [0, 0, 0, 0] and _rescale(x, 2.0).shape == x.shape
+    assert not np.allclose(got, predict(Probe(), loader)["score"].to_numpy()[:6])
+
+
+def test_tta_hflip_is_the_old_name_of_tta_flip():
+    from facepipe.stages.evaluate import EvaluateConfig
+
+    with pytest.warns(FutureWarning, match="tta.flip"):
+        cfg = EvaluateConfig.model_validate({"tta_hflip": True})
+    assert cfg.tta.flip and cfg.tta.describe() == "flip (mean of probabilities)"
+    assert EvaluateConfig(tta={"scales": [0.9, 1.0, 1.1]}).tta.describe() == "scales 0.9/1/1.1 (mean of probabilities)"
+    with pytest.raises(Exception, match="positive"):
+        EvaluateConfig(tta={"scales": [0.0]})
+
+
 def test_jpeg_shards_decode_in_workers_and_on_the_device_alike(two_datasets, tmp_path):
     """JPEG crops (extract.output.format: jpg): the index records the format; decoding the batch on the loader's
     device (torchvision; nvJPEG on CUDA, here libjpeg-turbo on the CPU) gives the workers' images."""

@@ -78,10 +78,10 @@ def test_repro_builds_everything_then_does_nothing(repo):
 def test_one_parameter_reruns_only_what_depends_on_it(repo):
     _run(["dvc", "repro"], repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["evaluate"]["tta_hflip"] = True
+    params["evaluate"]["tta"]["flip"] = True
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert _ran(_run(["dvc", "repro"], repo)) == {"evaluate", "benchmark"}
-    assert json.loads((repo / "data" / "evaluate" / "metrics.json").read_text())["tta_hflip"] is True
+    assert json.loads((repo / "data" / "evaluate" / "metrics.json").read_text())["tta"]["flip"] is True
     params["shard"]["max_samples"] = 50
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert _ran(_run(["dvc", "repro"], repo)) == {"shard", "train", "evaluate", "benchmark", "explain"}

@@ -179,7 +179,8 @@ def test_train_selects_on_val_resumes_and_evaluates(example_shards, tmp_path):
                                 + [_lr_formula(TrainConfig(**{**SMALL, "steps": 9}), t, 1e-3) for t in range(6, 9)])
     with pytest.raises(InputError, match="checkpoint of model 'resnet18', asked to resume 'local'"):
         run_train(example_shards, out, TrainConfig(**{**SMALL, "model": "local"}), resume=True, progress=False)
-    r = run_evaluate(out / "best.pt", [example_shards], tmp_path / "eval", EvaluateConfig(num_workers=0, tta_hflip=True),
+    r = run_evaluate(out / "best.pt", [example_shards], tmp_path / "eval",
+                     EvaluateConfig(num_workers=0, tta={"flip": True}),
                      progress=False)
     preds = pl.read_parquet(tmp_path / "eval" / "predictions.parquet")
     test_n = json.loads((example_shards / "index.json").read_text())["splits"]["test"]["samples"]
@@ -194,8 +195,8 @@ def test_train_selects_on_val_resumes_and_evaluates(example_shards, tmp_path):
     # the stage's fingerprint (parameters + code) is recorded; run settings such as num_workers stay out of it
     from facepipe.stages.evaluate import fingerprint as evaluate_fingerprint
 
-    assert on_disk["stage_fingerprint"] == evaluate_fingerprint(EvaluateConfig(num_workers=3, tta_hflip=True))
-    assert on_disk["stage_fingerprint"] != evaluate_fingerprint(EvaluateConfig(num_workers=0, tta_hflip=False))
+    assert on_disk["stage_fingerprint"] == evaluate_fingerprint(EvaluateConfig(num_workers=3, tta={"flip": True}))
+    assert on_disk["stage_fingerprint"] != evaluate_fingerprint(EvaluateConfig(num_workers=0, tta={"flip": False}))
     # a checkpoint of the earlier optimizer (one group per name, biases and norms decayed too) is not resumed
     old = load_checkpoint(out / "last.pt")
     g = old["optimizer"]["param_groups"]

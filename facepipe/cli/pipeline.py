@@ -310,7 +310,11 @@ def evaluate(
     params: Optional[Path] = typer.Option(None, "--params", help="params.yaml to read the 'evaluate' section from."),
     sets: Optional[list[str]] = typer.Option(None, "-S", "--set", help=SET_HELP),
     split: Optional[str] = typer.Option(None, help="Split to evaluate (default test)."),
-    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Horizontal-flip test-time augmentation."),
+    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Horizontal-flip test-time augmentation "
+                                                                  "(evaluate.tta.flip)."),
+    tta_scales: Optional[str] = typer.Option(
+        None, "--tta-scales", help="Comma-separated test-time scales, e.g. 0.9,1.0,1.1 (evaluate.tta.scales; "
+                                   "probabilities averaged)."),
     drop_overlap: Optional[bool] = typer.Option(
         None, "--drop-overlap/--refuse-overlap",
         help="Test videos the checkpoint was trained on (same video, linked originals, people across datasets): "
@@ -324,7 +328,8 @@ def evaluate(
     from facepipe.stages.evaluate import EvaluateConfig, run
 
     cfg = _configure(EvaluateConfig, _params_data(params, "evaluate", EvaluateConfig),
-                     {"split": split, "tta_hflip": tta, "video_agg": video_agg,
+                     {"split": split, "tta.flip": tta, "video_agg": video_agg,
+                      "tta.scales": None if tta_scales is None else [float(x) for x in tta_scales.split(",")],
                       "overlap": None if drop_overlap is None else ("drop" if drop_overlap else "error")}, "evaluate",
                      _sets(sets, "evaluate")["evaluate"])
     r = run(checkpoint, list(shards), out, cfg, progress=progress)

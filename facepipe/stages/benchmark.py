@@ -129,7 +129,8 @@ def run(out_dir: str | Path, cfg: BenchmarkConfig, test_shards: list[str | Path]
                   "train": list(proto.train), "video_aggregation": proto.video_aggregation,
                   "ci": {"level": 0.95, "resamples": cfg.ci_resamples, "seed": cfg.ci_seed,
                          "over": "videos (stratified bootstrap)"},
-                  "columns": [c.model_dump() for c in proto.columns], "models": {}}
+                  "columns": [c.model_dump() for c in proto.columns], "models": {},
+                  "tta": ecfg.tta.describe()}
         for label, ckpt_path, _ in runs:
             result["models"].update(_one_model(label, ckpt_path, proto, test_shards, ecfg, cfg, out, result, progress))
         _write(out, result)
@@ -200,6 +201,8 @@ def markdown(result: dict) -> str:
     protocol's citation, notes and every deviation."""
     cols = [c["name"] for c in result["columns"]]
     lines = [f"# {result['title']}", "", f"Protocol `{result['protocol']}`: {result['citation']}", ""]
+    if result.get("tta", "none") != "none":
+        lines += [f"**Test-time augmentation: {result['tta']}** (every score below).", ""]
     for level in ("frame", "video"):
         agg = f", aggregation `{result['video_aggregation']}`" if level == "video" else ""
         lines += [f"**{level.capitalize()}-level AUC** (95 % bootstrap interval over videos{agg}; none where a class "
@@ -265,6 +268,7 @@ def _write(out: Path, result: dict) -> None:
                             f"{c}:{level}_auc_high": ci[1]})
             row.update({f"{c}:n_videos": cm["n_videos"], f"{c}:n_frames": cm["n_frames"]})
         row["deviations"] = "; ".join(m["deviations"])
+        row["tta"] = result.get("tta", "none")
         row["citation"] = result["citation"]
         rows.append(row)
     headline = {label: {c: {"frame_auc": m["columns"][c]["frame_auc"], "video_auc": m["columns"][c]["video_auc"],

@@ -20,11 +20,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Literal
 
 import polars as pl
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from facepipe._io import atomic_path
 from facepipe.config import Section
@@ -37,11 +38,42 @@ STAGE = "evaluate"
 STAGE_VERSION = 3
 
 
+class TTAConfig(Section):
+    """Test-time augmentation (``evaluate.tta``): the fake probability of a face (or clip) is the mean, in
+    probability space, over every version of its image: each scale of ``scales`` (the image resized by that factor
+    about its centre, then centre-cropped or zero-padded, i.e. mean-padded after normalisation, back to the input
+    size), each also horizontally flipped with ``flip``. Frequency views are recomputed from every augmented image,
+    as the loader computes them (a flipped spectrum is not the spectrum of the flipped image)."""
+
+    flip: bool = False
+    scales: tuple[float, ...] = (1.0,)
+
+    @field_validator("scales")
+    @classmethod
+    def _positive(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not v or any(x <= 0 for x in v):
+            raise ValueError(f"scales must be positive factors, at least one (got {list(v)})")
+        return v
+
+    @property
+    def active(self) -> bool:
+        """Whether any augmentation is applied."""
+        return self.flip or tuple(self.scales) != (1.0,)
+
+    def describe(self) -> str:
+        """A short text for tables: ``none`` or e.g. ``flip, scales 0.9/1.0/1.1 (mean of probabilities)``."""
+        if not self.active:
+            return "none"
+        parts = (["flip"] if self.flip else []) + (
+            [f"scales {'/'.join(f'{x:g}' for x in self.scales)}"] if tuple(self.scales) != (1.0,) else [])
+        return ", ".join(parts) + " (mean of probabilities)"
+
+
 class EvaluateConfig(Section):
     """Parameters of the ``evaluate`` stage (section ``evaluate``): split, video aggregation (``mean`` |
     ``max`` | ``topk`` with ``topk`` | ``deepfakebench``: DeepfakeBench's mean over frames of the largest face,
-    see :data:`facepipe.metrics.VIDEO_AGGREGATIONS`), horizontal-flip test-time augmentation (views recomputed
-    from the flipped image), ``overlap`` (``error`` | ``drop``: test videos the checkpoint has seen),
+    see :data:`facepipe.metrics.VIDEO_AGGREGATIONS`), test-time augmentation (``tta``: :class:`TTAConfig`),
+    ``overlap`` (``error`` | ``drop``: test videos the checkpoint has seen),
     ``reference_reals`` (``{dataset or dataset/method: dataset}``: whose reals a dataset's fakes are scored
     against), ``ci_resamples`` (bootstrap resamples of each AUC's 95 % interval; 0 = none) and ``ci_seed``,
     batch size, workers."""
@@ -49,13 +81,29 @@ class EvaluateConfig(Section):
     split: str = "test"
     video_agg: Literal["mean", "max", "topk", "deepfakebench"] = "mean"
     topk: int = Field(5, ge=1)
-    tta_hflip: bool = False
+    tta: TTAConfig = TTAConfig()
     overlap: Literal["error", "drop"] = "error"
     reference_reals: dict[str, str] = {}
     ci_resamples: int = Field(1000, ge=0)
     ci_seed: int = 0
     batch_size: int = Field(64, ge=1)
     num_workers: int = Field(2, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data):
+        """``tta_hflip`` is the old name of ``tta.flip`` (a FutureWarning; both at once are refused)."""
+        if isinstance(data, dict) and "tta_hflip" in data:
+            warnings.warn("evaluate.tta_hflip: renamed to evaluate.tta.flip (with evaluate.tta.scales); the old "
+                          "name goes in the next release", FutureWarning, stacklevel=2)
+            data = dict(data)
+            flip = data.pop("tta_hflip")
+            tta = data.get("tta") or {}
+            tta = tta.model_dump() if hasattr(tta, "model_dump") else dict(tta)
+            if "flip" in tta:
+                raise ValueError("evaluate: tta_hflip and tta.flip given: use tta.flip")
+            data["tta"] = {**tta, "flip": flip}
+        return data
 
 
 def fingerprint(cfg: EvaluateConfig) -> str:
@@ -151,7 +199,8 @@ def run(checkpoint: str | Path, shards: list[str | Path], out_dir: str | Path, c
                              image_size=size, views=spec.views, view_source="compute", freq=freq, mean=spec.mean,
                              std=spec.std, device=device)
         check_sample_kind(model, loader.shardset.sample_kind, loader.shardset.clip_length, str(src))
-        frames.append(predict(model, loader, amp_dtype=amp, tta_hflip=cfg.tta_hflip, progress=progress,
+        frames.append(predict(model, loader, amp_dtype=amp, tta_hflip=cfg.tta.flip, tta_scales=cfg.tta.scales,
+                              progress=progress,
                               desc=f"evaluate {Path(str(src)).name}"))
     preds = pl.concat(frames)
     if overlap["videos"] and cfg.overlap == "drop":
@@ -170,7 +219,8 @@ def run(checkpoint: str | Path, shards: list[str | Path], out_dir: str | Path, c
     overlap.pop("_table", None)
     result = {"checkpoint": str(checkpoint), "model": name, "step": ckpt.get("step"), "split": cfg.split,
               "stage_fingerprint": fingerprint(cfg),
-              "video_agg": cfg.video_agg, "tta_hflip": cfg.tta_hflip, "overlap": overlap, **table,
+              "video_agg": cfg.video_agg, "tta": {**cfg.tta.model_dump(), "description": cfg.tta.describe()},
+              "overlap": overlap, **table,
               "cross_dataset": cross}
     out = Path(out_dir)
     with contract.stage_lock(out, STAGE):

@@ -261,14 +261,43 @@ def face_sizes(affines: list, crop_sizes: list) -> list[float | None]:
 
 
 @torch.no_grad()
+def _rescale(image: torch.Tensor, s: float) -> torch.Tensor:
+    """``image`` (..., H, W) resized by ``s`` about its centre (bilinear), then centre-cropped or zero-padded back to
+    (H, W) (zero = the mean colour of a normalised image)."""
+    if s == 1.0:
+        return image
+    h, w = image.shape[-2:]
+    flat = image.reshape(-1, *image.shape[-3:])
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    r = torch.nn.functional.interpolate(flat, size=(nh, nw), mode="bilinear", align_corners=False)
+    if s > 1:
+        top, left = (nh - h) // 2, (nw - w) // 2
+        r = r[..., top:top + h, left:left + w]
+    else:
+        top, left = (h - nh) // 2, (w - nw) // 2
+        r = torch.nn.functional.pad(r, (left, w - nw - left, top, h - nh - top))
+    return r.reshape(image.shape)
+
+
+def _augmented(x: dict, loader, flip: bool, scale: float) -> dict:
+    """A batch's model inputs with the image flipped and/or rescaled and every view recomputed from it."""
+    image = _rescale(x["image"].flip(-1) if flip else x["image"], scale)
+    out = {"image": image}
+    if len(x) > 1:
+        views = loader.views_of(image)
+        out.update({k: views[k] for k in x if k != "image"})
+    return out
+
+
 def predict(model: torch.nn.Module, loader, *, amp_dtype: torch.dtype | None = None, tta_hflip: bool = False,
-            progress: bool = False, desc: str = "predict") -> pl.DataFrame:
+            tta_scales: tuple[float, ...] = (1.0,), progress: bool = False, desc: str = "predict") -> pl.DataFrame:
     """Fake probabilities for every sample of ``loader`` (a :class:`facepipe.data.loader.FaceLoader`).
 
-    With ``tta_hflip`` the probability is the mean over the batch and its horizontal flip. The flipped
-    batch's frequency views are recomputed from the flipped image (``loader.views_of``), exactly as the
-    loader computes them: flipping a spectrum (``dct``, ``fft``, ``block_dct``) is not the spectrum of the
-    flipped image.
+    Test-time augmentation (:class:`facepipe.stages.evaluate.TTAConfig`): the probability is the mean over every
+    scale of ``tta_scales`` (resized about the centre, cropped or padded back) and, with ``tta_hflip``, each
+    also flipped. Every augmented batch's frequency views are recomputed from its image (``loader.views_of``),
+    exactly as the loader computes them: flipping a spectrum (``dct``, ``fft``, ``block_dct``) is not the spectrum
+    of the flipped image.
 
     Returns:
         One row per sample, :data:`PREDICTION_SCHEMA`.
@@ -282,14 +311,10 @@ def predict(model: torch.nn.Module, loader, *, amp_dtype: torch.dtype | None = N
             b = {**b, "clip_id": [None] * len(b["key"])}
         x = model_inputs(model, b)
         device_type = b["label"].device.type
+        versions = [(f, s) for s in tta_scales for f in ((False, True) if tta_hflip else (False,))]
         with torch.autocast(device_type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-            p = torch.sigmoid(logits_of(model(x)).float())
-            if tta_hflip:
-                flipped = {"image": x["image"].flip(-1)}
-                if len(x) > 1:
-                    views = loader.views_of(flipped["image"])
-                    flipped.update({k: views[k] for k in x if k != "image"})
-                p = (p + torch.sigmoid(logits_of(model(flipped)).float())) / 2
+            p = sum(torch.sigmoid(logits_of(model(x if (f, s) == (False, 1.0) else _augmented(x, loader, f, s))).float())
+                    for f, s in versions) / len(versions)
         for k in ("key", "dataset", "video_id", "method", "split", "frame_index", "track_id", "label_source",
                   "clip_id"):
             rows[k].extend(b[k])
