@@ -29,6 +29,7 @@ TINY = {
     "swin_t": (TINY_SWIN, 64),
     "clip_linear": ({**TINY_CLIP, "embed_dim": 16}, 32),
     "rine": ({**TINY_CLIP, "proj_dim": 16, "nproj": 1}, 32),
+    "effort": ({**TINY_CLIP}, 32),
     "vit_freq_adapter": ({"fuse_blocks": [0, 1], "bottleneck": 8, **TINY_VIT}, 32),
     "vit_hybrid": ({"mixer": "multipole", "kernel_size": 2, **TINY_VIT, "patch_size": 4}, 32),
     "multipole": ({"input_size": 64, "dim": 32, "depth": 1, "heads": 2, "dim_head": 16, "kernel_size": 3}, 64),

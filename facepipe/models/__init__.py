@@ -8,7 +8,7 @@ model follows), :mod:`facepipe.models._factory` (``create_model``: name resoluti
 :mod:`facepipe.models._builders` (what the factories share: timm backbones, freezing, layer lookup).
 """
 
-from facepipe.models import baselines, clip, frequency, multipole, recce, video, vit  # noqa: F401  (registration)
+from facepipe.models import baselines, clip, effort, frequency, multipole, recce, video, vit  # noqa: F401  (registration)
 from facepipe.models._builders import get_layer, logits_of
 from facepipe.models._factory import create_model, get_spec, import_model_file
 from facepipe.models._registry import ModelSpec, list_models, register_model
