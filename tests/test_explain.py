@@ -156,6 +156,12 @@ def test_every_member_explains_with_its_default_method(name):
     torch.manual_seed(0)
     model = create_model(name, **kw)
     w = ImageModel(model)
+    if model.spec.sample_kind == "clip":  # Grad-CAM over the frames of a clip: (B, T, H, W) maps
+        t = getattr(model, "clip_length", None) or 4
+        real, fake, logits = explain_batch(w, torch.randn(2, t, 3, size, size), "gradcam")
+        assert real.shape == fake.shape == (2, t, size, size) and logits.shape == (2,)
+        assert np.isfinite(fake).all() and 0 <= fake.min() and fake.max() <= 1 and fake.max() > 0
+        return
     x = torch.randn(2, 3, size, size)
     real, fake, logits = explain_batch(w, x)
     assert real.shape == fake.shape == (2, size, size) and logits.shape == (2,)
