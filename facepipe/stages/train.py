@@ -46,6 +46,7 @@ from facepipe.data.schema import SCHEMA_VERSION
 from facepipe.errors import InputError
 from facepipe.freq.config import FreqConfig
 from facepipe.stages import contract
+from facepipe.train.consistency import ConsistencyConfig
 from facepipe.train.engine import (
     Dist,
     NonFiniteLoss,
@@ -102,6 +103,9 @@ class TrainConfig(Section):
     :class:`facepipe.data.sbi.SBIConfig`: pairs of a real and its self-blended fake, the set's own fakes left out
     with ``reals_only``); needs shards extracted with ``extract.landmarks68``; validation stays on the val split's
     own faces; ``class_balance`` does not apply (pairs are balanced).
+    ``consistency``: a global-local multi-view consistency term (:class:`facepipe.train.consistency.ConsistencyConfig`,
+    the researcher's notes' recipe: K local crops per face pulled towards the whole crop's pooled feature, InfoNCE or
+    cosine), logged as ``train/loss_consistency``; timm-backbone models, one process.
     ``deterministic``: deterministic algorithms and seeds (two CPU runs give identical losses). ``collapse``: the
     collapse watch; ``dead_branch_steps``: warn when a named branch gets no gradient for that many steps in a row.
     ``num_workers`` and ``log_every`` are run settings, not part of the stage fingerprint.
@@ -143,6 +147,7 @@ class TrainConfig(Section):
     patience: int = Field(5, ge=1)
     select: Literal["video_auc", "frame_auc"] = "video_auc"
     sbi: Optional[SBIConfig] = None
+    consistency: Optional[ConsistencyConfig] = None
     collapse: CollapseConfig = CollapseConfig()
     dead_branch_steps: int = Field(50, ge=1)
 
@@ -676,7 +681,7 @@ def _step(tr: Trainer, micro: list[dict]):
     try:
         return train_step(tr.model, micro if cfg.accumulate > 1 else micro[0], tr.optimizer, amp_dtype=tr.amp,
                           clip_norm=cfg.clip_norm, loss_weights=cfg.loss_weights, scaler=tr.scaler,
-                          branch_norms=hasattr(tr.core, "branches"))
+                          branch_norms=hasattr(tr.core, "branches"), consistency=cfg.consistency)
     except NonFiniteLoss as e:
         last = tr.out / "last.pt"
         raise NonFiniteLoss(f"{e} at step {tr.step + 1}: training stopped; the last good checkpoint is {last}"

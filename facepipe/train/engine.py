@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from facepipe._io import atomic_path
 from facepipe.data.schema import SCHEMA_VERSION
-from facepipe.errors import FacepipeError, InputError
+from facepipe.errors import ConfigError, FacepipeError, InputError
 from facepipe.models import logits_of
 
 log = logging.getLogger(__name__)
@@ -156,10 +156,31 @@ def certain(batch: dict) -> dict:
     return out
 
 
+def _loss_weights(model: torch.nn.Module, given: dict[str, float] | None, consistency) -> dict[str, float]:
+    """The auxiliary losses' weights: the spec's, then ``given``, and the consistency term's (not under DDP)."""
+    weights = {**_spec_of(model).loss_weights, **(given or {})}
+    if consistency is not None:
+        if hasattr(model, "no_sync"):
+            raise ConfigError("train.consistency runs outside the model's forward and is not supported under DDP "
+                              "(torchrun) yet; train on one process")
+        weights["consistency"] = consistency.weight
+    return weights
+
+
+def _training_forward(model: torch.nn.Module, b: dict, consistency):
+    """The model's output on a training batch (with the consistency term when configured)."""
+    inputs = model_inputs(model, b, training=True)
+    if consistency is None:
+        return model(inputs)
+    from facepipe.train.consistency import consistent_forward
+
+    return consistent_forward(_core(model), inputs, consistency)
+
+
 def train_step(model: torch.nn.Module, batch: dict | list[dict], optimizer: torch.optim.Optimizer, *,
                amp_dtype: torch.dtype | None = None, clip_norm: float | None = 1.0,
                loss_weights: dict[str, float] | None = None, scaler: torch.amp.GradScaler | None = None,
-               branch_norms: bool = False) -> StepResult:
+               branch_norms: bool = False, consistency=None) -> StepResult:
     """One optimisation step: for each micro-batch, forward (autocast when ``amp_dtype``), BCE-with-logits on the
     logit plus the model's auxiliary losses (``{"logit", "losses"}`` outputs) weighted by ``loss_weights`` (default:
     the model spec's ``loss_weights``, else 1), backward of ``loss / n``; then (fp16: unscale) gradient norm and
@@ -175,6 +196,8 @@ def train_step(model: torch.nn.Module, batch: dict | list[dict], optimizer: torc
         loss_weights: weight per auxiliary loss name.
         scaler: a ``torch.amp.GradScaler`` for fp16 (its scale is reported).
         branch_norms: also measure each named branch's gradient norm.
+        consistency: a :class:`facepipe.train.consistency.ConsistencyConfig`: add the global-local consistency term
+            (``consistency``, weighted by its ``weight``); not under DDP (``torchrun``).
 
     Returns:
         A :class:`StepResult` (``float(result)`` is the total loss).
@@ -190,7 +213,7 @@ def train_step(model: torch.nn.Module, batch: dict | list[dict], optimizer: torc
         return StepResult(0.0, {}, 0.0, empty, empty.long(), {}, scaler.get_scale() if scaler is not None else None,
                           True)
     n = len(micro)
-    weights = {**_spec_of(model).loss_weights, **(loss_weights or {})}
+    weights = _loss_weights(model, loss_weights, consistency)
     optimizer.zero_grad(set_to_none=True)
     sums: dict[str, float] = {}
     total_sum = 0.0
@@ -200,7 +223,7 @@ def train_step(model: torch.nn.Module, batch: dict | list[dict], optimizer: torc
         with sync:
             device_type = b["label"].device.type
             with torch.autocast(device_type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-                out = model(model_inputs(model, b, training=True))
+                out = _training_forward(model, b, consistency)
             logits = logits_of(out).float()
             labels = b["label"]
             terms = {"bce": F.binary_cross_entropy_with_logits(logits, labels.float())}
