@@ -106,3 +106,24 @@ def test_frame_and_clip_sets_are_refused_to_the_other_kind_of_model(example_shar
     with pytest.raises(InputError, match="built for clips of 32 frames, the set holds clips of 4"):
         run_train(example_clip_shards, tmp_path / "c", TrainConfig(model="ftcn", steps=1, num_workers=0),
                   progress=False)
+
+
+@pytest.mark.slow
+def test_clip_sets_balance_and_split_like_frame_sets(example_clip_shards):
+    """class_balance, resampled streams and rank splitting work on clips as on frames."""
+    from facepipe.data import make_loader
+
+    index = json.loads((example_clip_shards / "index.json").read_text())
+    val = index["splits"]["val"]
+    assert len(val["shards"]) >= 2  # two ranks need two shards
+    keys = []
+    for rank in (0, 1):
+        dl = make_loader(example_clip_shards, "val", batch_size=4, num_workers=0, shuffle=False, rank=rank,
+                         world_size=2)
+        keys.append([k for b in dl for k in b["key"]])
+    assert not set(keys[0]) & set(keys[1]) and len(keys[0]) + len(keys[1]) == val["samples"]
+    fake_share = sum(sh["labels"].get("fake", 0) for sh in val["shards"]) / val["samples"]
+    dl = make_loader(example_clip_shards, "val", batch_size=8, num_workers=0, resampled=True, epoch_samples=240,
+                     class_balance=True, seed=1)
+    labels = torch.cat([b["label"] for b in dl])
+    assert fake_share < 0.4 and len(labels) >= 40 and 0.35 < labels.float().mean().item() < 0.65
