@@ -23,6 +23,7 @@ target. Random choices come from a generator seeded per (seed, rank, worker, epo
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Literal
 
 import cv2
@@ -130,19 +131,18 @@ def _colour_transform(seed: int):
                                  val_shift_limit=(-0.3, 0.3), p=1),
             A.RandomBrightnessContrast(brightness_limit=(-0.1, 0.1), contrast_limit=(-0.1, 0.1), p=1),
         ], p=1),
-        A.OneOf([_RandomDownScale(p=1), A.Sharpen(alpha=(0.2, 0.5), lightness=(0.5, 1.0), p=1)], p=1),
+        A.OneOf([_downscale_class()(p=1), A.Sharpen(alpha=(0.2, 0.5), lightness=(0.5, 1.0), p=1)], p=1),
     ], p=1, seed=seed)
 
 
-class _RandomDownScale:
-    """Placeholder replaced at import (an albumentations ``ImageOnlyTransform`` needs albumentations loaded)."""
-
-
-def _make_downscale():
+@lru_cache(maxsize=1)
+def _downscale_class():
+    """The reference's ``RandomDownScale`` as an albumentations transform (defined on first use: albumentations is
+    imported lazily)."""
     import albumentations as A
 
     class RandomDownScale(A.ImageOnlyTransform):
-        """Down-scale by 2 or 4 (nearest neighbour) and back up (bilinear): the reference's ``RandomDownScale``."""
+        """Down-scale by 2 or 4 (nearest neighbour) and back up (bilinear)."""
 
         def get_params_dependent_on_data(self, params, data):
             return {"ratio": int(self.py_random.choice([2, 4]))}
@@ -173,9 +173,6 @@ class SelfBlender:
     """
 
     def __init__(self, seed: int) -> None:
-        global _RandomDownScale
-        if not hasattr(_RandomDownScale, "apply"):
-            _RandomDownScale = _make_downscale()
         self.rng = np.random.default_rng(seed)
         self.colour = _colour_transform(int(self.rng.integers(2**31)))
         self.affine, self.elastic = _geometry(int(self.rng.integers(2**31)))
