@@ -395,12 +395,7 @@ class FaceDataset(wds.DataPipeline):
 
                 d["mask"] = cv2.resize(d["mask"], (size,) * 2, interpolation=cv2.INTER_LINEAR)
             return d
-        if t is not None:
-            res = t(image=d["image"], mask=d["mask"]) if masks else t(image=d["image"])
-            d["image"] = res["image"]
-            if masks:
-                d["mask"] = res["mask"]
-        return d
+        return self._transformed(d, t)
 
     def _self_blend(self, s: dict, t: Callable | None, blender) -> list[dict]:
         """A real sample and/or its self-blended fake (:mod:`facepipe.data.sbi`), each transformed; other samples
@@ -423,6 +418,7 @@ class FaceDataset(wds.DataPipeline):
         return [self._transformed(x, t) for x in out]
 
     def _transformed(self, d: dict, t: Callable | None) -> dict:
+        """``d``'s image (and mask) through the per-sample transform ``t`` (none: as it is)."""
         if t is not None:
             res = t(image=d["image"], mask=d["mask"]) if self.cfg.masks else t(image=d["image"])
             d["image"] = res["image"]

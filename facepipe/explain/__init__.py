@@ -251,8 +251,8 @@ def _batch_clips(run: _Run, b: dict, sel: list[int]) -> Iterator[tuple[dict, np.
     masks = b["mask"][sel, :, 0].cpu().numpy() > 0.5
     size = x.shape[-1]
     for j, i in enumerate(sel):
-        row = _face(run, {**b, "affine": [None] * len(b["key"])}, i, _strip(imgs[j]), _strip(real[j]),
-                    _strip(fake[j]), logit[j], _strip(masks[j]), size, region=_clip_region(b, i, size))
+        row = _face(run, b, i, _strip(imgs[j]), _strip(real[j]), _strip(fake[j]), logit[j], _strip(masks[j]), size,
+                    region=_clip_region(b, i, size))
         yield row, _strip(real[j]), _strip(fake[j])
 
 
