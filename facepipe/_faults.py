@@ -4,7 +4,8 @@ Inactive unless the environment variable ``FACEPIPE_TEST_FAULT`` is set, e.g.
 ``FACEPIPE_TEST_FAULT="hang:videoA,crash:videoB,enospc:videoC"``: the extract worker then sleeps forever
 on ``videoA``, kills its own process on ``videoB`` and fails its first crop write of ``videoC`` with
 ``ENOSPC`` (as a full disk does); ``killrun:videoD`` kills the whole run (``SIGKILL`` to its process group, driver
-and workers) right after ``videoD``'s part file is written: a kill -9 at a known point, with no timing in the test.
+and workers) right after ``videoD``'s part file is written: a kill -9 at a known point, with no timing in the test;
+``killtrain:6`` kills a training process right after its ``last.pt`` of step 6 is written.
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ def at_part(video_id: str) -> None:
     """Called after a video's part file is written: ``killrun`` sends ``SIGKILL`` to the run's process group."""
     if _faults().get(video_id) == "killrun":
         os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+def at_checkpoint(step: int) -> None:
+    """Called after ``train`` wrote ``last.pt`` at ``step``: ``killtrain`` sends ``SIGKILL`` to this process."""
+    if _faults().get(str(step)) == "killtrain":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def at_write(video_id: str) -> None:

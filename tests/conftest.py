@@ -139,7 +139,8 @@ def real_run(tmp_path_factory, real_manifest):
 
 @pytest.fixture(scope="session")
 def example_shards(tmp_path_factory) -> Path:
-    """The bundled example (short clips) through manifest -> extract -> shard, 64 px crops, no stored views."""
+    """The bundled example (short clips) through manifest -> extract -> shard, 64 px crops, no stored views; shards of
+    ``layout: mixed`` (the loader's recorded orders in test_loader_pipeline.py were taken on them)."""
     from facepipe.datasets import ManifestConfig, build_manifest
     from facepipe.stages import extract, shard
     from facepipe.stages.example import build_example
@@ -152,9 +153,23 @@ def example_shards(tmp_path_factory) -> Path:
                                         "align": {"size": 64}, "workers": 0})
     extract.run(videos, root / "extract", cfg, progress=False, manifest=root / "manifest.parquet")
     shard.run(root / "shards", shard.ShardConfig(inputs=(shard.ShardInput(
-        dataset="example", extract=str(root / "extract"), manifest=str(root / "manifest.parquet")),), max_samples=16),
-        progress=False)
+        dataset="example", extract=str(root / "extract"), manifest=str(root / "manifest.parquet")),), max_samples=16,
+        layout="mixed"), progress=False)
     return root / "shards"
+
+
+@pytest.fixture(scope="session")
+def example_cell_shards(example_shards, tmp_path_factory) -> Path:
+    """The same example faces as :func:`example_shards` in ``layout: cells`` shards of at most 4 samples (one series
+    per (dataset, label) cell: the cell mixer's input)."""
+    from facepipe.stages import shard
+
+    root = example_shards.parent
+    out = tmp_path_factory.mktemp("example_cells") / "shards"
+    shard.run(out, shard.ShardConfig(inputs=(shard.ShardInput(
+        dataset="example", extract=str(root / "extract"), manifest=str(root / "manifest.parquet")),), max_samples=4),
+        progress=False)
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -117,3 +117,23 @@ def test_training_with_sbi(lm_shards, tmp_path):
     assert load_checkpoint(tmp_path / "run" / "last.pt")["params"]["sbi"] == {"mode": "pair", "p": 0.5,
                                                                               "reals_only": True}
     assert json.loads((tmp_path / "run" / "train.json").read_text())["steps"] == 2
+
+
+def test_a_resumed_pass_continues_inside_a_real_and_fake_pair(lm_shards):
+    """Batches of 3 split a (real, self-blended fake) pair: the state records the half delivered, and the resumed
+    pass starts with the pair's fake, blended exactly as the uninterrupted pass blended it."""
+    kw = dict(batch_size=3, num_workers=0, seed=2, sbi=SBIConfig())
+
+    def items(batches):
+        return [(k, s, round(float(x.double().sum()), 3))
+                for b in batches for k, s, x in zip(b["key"], b["label_source"], b["image"])]
+
+    full = items(make_loader(lm_shards / "shards", "train", **kw))
+    killed = make_loader(lm_shards / "shards", "train", **kw)
+    it = iter(killed)
+    first = items([next(it)])
+    state = killed.state_dict()
+    assert list(state["positions"].values()) == [[1, 1]]  # one real consumed, the fake of the next delivered
+    resumed = make_loader(lm_shards / "shards", "train", **kw)
+    resumed.load_state_dict(state)
+    assert first + items(resumed) == full

@@ -26,11 +26,21 @@ def inspect(
     shards: Path = typer.Argument(..., help="Shard folder (or its index.json)."),
     n: int = typer.Option(32, help="Samples on the contact sheet."),
     out: Optional[Path] = typer.Option(None, "--out", help="Contact sheet PNG (default SHARDS/contact_sheet.png)."),
+    bias: bool = typer.Option(False, "--bias", help="Run the shortcut probe: can nuisance features (JPEG quality, "
+                              "blockiness, source resolution and bitrate, face size, sharpness, brightness) alone "
+                              "tell real from fake? Table + histograms PNG (default SHARDS/bias.png)."),
+    max_samples: int = typer.Option(2000, help="--bias: faces per split (drawn with --seed); 0 = all."),
+    seed: int = typer.Option(0, help="--bias: the draw and the cross-validation folds."),
 ) -> None:
-    """Count samples per split/dataset/label/method by reading every shard; write a contact sheet."""
+    """Count samples per split/dataset/label/method by reading every shard; write a contact sheet. With --bias, the
+    shortcut probe instead."""
     import polars as pl
 
     from facepipe.report import inspect_shards
+
+    if bias:
+        _inspect_bias(shards, out, max_samples, seed)
+        return
 
     counts, sheet, problems = inspect_shards(shards, n=n, out_png=out)
     with pl.Config(tbl_rows=200, tbl_hide_dataframe_shape=True, tbl_formatting="ASCII_MARKDOWN"):
@@ -42,6 +52,18 @@ def inspect(
         typer.echo(f"problem: {p}", err=True)
     if problems:
         raise FacepipeError(f"{len(problems)} problem(s) found in {shards}")
+
+
+def _inspect_bias(shards: Path, out: Optional[Path], max_samples: int, seed: int) -> None:
+    from facepipe.data.bias import format_report, histograms, probe_table, read_features, warnings_of
+
+    table = read_features(shards, max_samples=max_samples or None, seed=seed)
+    report = probe_table(table, seed=seed)
+    typer.echo(format_report(report))
+    png = histograms(table, out or (shards if shards.is_dir() else shards.parent) / "bias.png")
+    typer.echo(f"histograms: {png}")
+    for line in warnings_of(report, str(shards)):
+        typer.echo(f"warning: {line}", err=True)
 
 
 @app.command()

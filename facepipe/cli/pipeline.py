@@ -260,6 +260,12 @@ def shard(
     typer.echo("shard: " + ", ".join(f"{k} {s.samples[k]} samples in {s.shards[k]} shards" for k in s.samples)
                + f"; {s.bytes / 1e6:.1f} MB in {s.seconds:.1f}s -> {out}/{s.version}")
     typer.echo("faces by label source: " + ", ".join(f"{k}={v}" for k, v in sorted(s.label_sources.items())))
+    if s.bias:
+        typer.echo("shortcut probe (nuisance features only, cross-validated AUC): " + ", ".join(
+            f"{split} {'n/a' if r['overall']['auc'] is None else format(r['overall']['auc'], '.2f')} "
+            f"(n = {r['overall']['n']})" for split, r in s.bias.items()))
+    for line in s.bias_warnings:
+        typer.echo(f"warning: {line}", err=True)
 
 
 @app.command(rich_help_panel=PANEL)

@@ -40,6 +40,14 @@ class ShardSet:
     clip_length: int | None = None  # clip sets: frames per clip, and source frames between them
     frame_step: int | None = None
     crop_landmarks: int | None = None  # points of every sample's crop_landmarks (68 / 81), None when not all have them
+    shard_cells: tuple[dict[tuple[str, int], int], ...] | None = None  # per URL: (dataset, label) -> samples
+
+    def cell_of_shard(self) -> tuple[tuple[str, int], ...] | None:
+        """Each shard's one (dataset, label) cell when every shard holds a single cell (``shard.layout: cells``),
+        else ``None`` (a ``mixed`` set, or no index)."""
+        if self.shard_cells is None or any(len(c) != 1 for c in self.shard_cells):
+            return None
+        return tuple(next(iter(c)) for c in self.shard_cells)
 
 
 def index_location(source: str | os.PathLike) -> str:
@@ -136,14 +144,18 @@ def _from_index(src: str, split: str | None) -> ShardSet:
     urls = tuple(f"{base}/{s['url']}" for s in info["shards"])
     cells: Counter = Counter()
     label_of = {name: lab for lab, name in FACE_LABEL_NAMES.items()}  # real 0, fake 1, uncertain -1
+    per_shard = []
     for s in info["shards"]:
+        here = {}
         for cell, n in s["cells"].items():
             d, lab = cell.rsplit(":", 1)
+            here[(d, label_of[lab])] = int(n)
             cells[(d, label_of[lab])] += n
+        per_shard.append(here)
     return ShardSet(urls, int(info["samples"]), dict(cells), tuple(index.get("views", ())),
                     index.get("view_params"), index.get("crop_size"), index.get("image_format"),
                     index.get("sample_kind", "frame"), index.get("clip_length"), index.get("frame_step"),
-                    index.get("crop_landmarks"))
+                    index.get("crop_landmarks"), tuple(per_shard))
 
 
 def resolve_shards(source: str | os.PathLike | Sequence[str], split: str | None = "train") -> ShardSet:

@@ -14,7 +14,10 @@ and augmentation seeds) instead of building a new pipeline and new workers.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+from collections import Counter
 from itertools import islice
 from typing import Callable, Iterator, Sequence
 
@@ -34,7 +37,12 @@ from facepipe.data.pipeline import (
     make_dataset,
 )
 from facepipe.data.sbi import SBIConfig
+from facepipe.errors import ConfigError
 from facepipe.freq.config import FreqConfig
+from facepipe.ids import FACE_LABEL_NAMES
+
+log = logging.getLogger(__name__)
+STATE_VERSION = 1
 
 
 def _as_is(batch: dict) -> dict:
@@ -57,6 +65,9 @@ class FaceLoader:
         shardset: the resolved shards.
         epoch: the epoch of the pass under way (or the last one); passes count up from 0, or from what
             :meth:`set_epoch` chose.
+        shares: the realised share of each ``"<dataset>:<real|fake|uncertain>"`` in the pass under way (or the last
+            one), counted over the batches delivered (self-blended fakes count as fake); logged when a pass ends.
+        history: one ``{"epoch", "samples", "shares"}`` per finished pass.
         compute_views: views are computed on the device (else read from the shards).
         to_device: the :class:`~facepipe.data.device.ToDevice` applied to every batch.
     """
@@ -76,6 +87,12 @@ class FaceLoader:
         self.epoch = 0
         self._next_epoch = 0
         self._loader: torch.utils.data.DataLoader | None = None  # made on the first pass, kept for every other
+        self._positions: dict[int, tuple[int, int]] = {}  # worker -> (samples consumed, outputs of the next)
+        self._counts: Counter = Counter()  # "<dataset>:<label>" -> samples delivered this pass
+        self._batches = 0  # batches delivered this pass
+        self._in_pass = False
+        self._resume: dict | None = None  # a loaded state, used by the next pass
+        self.history: list[dict] = []
 
     @property
     def loader(self) -> torch.utils.data.DataLoader:
@@ -96,6 +113,61 @@ class FaceLoader:
     def set_epoch(self, epoch: int) -> None:
         """Make the next pass epoch ``epoch`` (the passes after it count up from there)."""
         self._next_epoch = int(epoch)
+        self._resume = None
+
+    @property
+    def shares(self) -> dict[str, float]:
+        n = sum(self._counts.values())
+        return {k: v / n for k, v in sorted(self._counts.items())} if n else {}
+
+    def _identity(self) -> dict:
+        ds = self.dataset
+        digest = hashlib.sha256("\n".join(self.shardset.urls).encode()).hexdigest()[:16]
+        return {"shards": digest, "seed": self.cfg.seed, "rank": ds.rank, "world_size": ds.world_size,
+                "num_workers": self.cfg.num_workers, "resampled": self.cfg.resampled,
+                "dataset_weights": self.cfg.dataset_weights, "class_balance": self.cfg.class_balance,
+                "epoch_samples": self.cfg.epoch_samples, "shuffle": self.cfg.shuffle,
+                "shuffle_buffer": self.cfg.shuffle_buffer}
+
+    def state_dict(self) -> dict:
+        """Where this rank's stream stands, to continue exactly there after a restart (:meth:`load_state_dict`).
+
+        Returns:
+            A JSON-able dict: ``epoch`` (the pass to run next, or the one under way), ``positions`` (worker ->
+            [samples of its stream consumed, outputs of the next sample delivered]) and ``batches`` of the pass
+            under way (empty / 0 between passes), its realised ``counts``, and what the positions depend on
+            (shard list digest, seed, rank, world size, workers, weights, shuffling). Take it between batches:
+            the batch last yielded counts as consumed.
+        """
+        state = {"version": STATE_VERSION, **self._identity(), "epoch": self._next_epoch, "positions": {},
+                 "batches": 0, "counts": {}}
+        if self._in_pass:
+            state.update(epoch=self.epoch, positions={str(w): list(p) for w, p in self._positions.items()},
+                         batches=self._batches, counts=dict(self._counts))
+        elif self._resume is not None:
+            state.update(self._resume)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict`: the next pass is its epoch, each worker's stream resumed after the
+        samples already delivered, so the two runs together deliver each sample of the epoch exactly once (the
+        augmentation and self-blending draws too, for albumentations pipelines). The shard order, mixing and
+        shuffle buffer are replayed up to the position, reading (not decoding) the samples before it.
+
+        Raises:
+            ConfigError: the state is from another shard list, seed, rank, world size, number of workers, weighting
+                or shuffling (the positions would point elsewhere), or another state version.
+        """
+        if state.get("version") != STATE_VERSION:
+            raise ConfigError(f"loader state version {state.get('version')}, this facepipe reads {STATE_VERSION}")
+        mine = self._identity()
+        differ = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
+        if differ:
+            raise ConfigError("the loader state does not fit this loader: "
+                              + ", ".join(f"{k} {a!r} there, {b!r} here" for k, (a, b) in differ.items()))
+        self._next_epoch = int(state["epoch"])
+        self._resume = {"epoch": int(state["epoch"]), "positions": dict(state.get("positions") or {}),
+                        "batches": int(state.get("batches", 0)), "counts": dict(state.get("counts") or {})}
 
     def __len__(self) -> int:
         if self.epoch_batches is None:
@@ -107,13 +179,27 @@ class FaceLoader:
         return self.to_device.views_of(image)
 
     def __iter__(self) -> Iterator[dict]:
+        resume, self._resume = self._resume or {}, None
         self.epoch, self._next_epoch = self._next_epoch, self._next_epoch + 1
-        self.dataset.set_epoch(self.epoch)
-        batches: Iterator[dict] = iter(self.loader)
+        self._positions = {int(w): (int(p[0]), int(p[1])) for w, p in resume.get("positions", {}).items()}
+        self._counts = Counter(resume.get("counts", {}))
+        self._batches = int(resume.get("batches", 0))
+        self.dataset.set_epoch(self.epoch, self._positions)
+        with torch.random.fork_rng(devices=[]):  # the DataLoader draws its base seed: leave the caller's RNG as it was
+            batches: Iterator[dict] = iter(self.loader)
         if self.epoch_batches is not None and self.cfg.resampled:
-            batches = islice(batches, self.epoch_batches)
+            batches = islice(batches, max(0, self.epoch_batches - self._batches))
+        self._in_pass = True
         for b in batches:
+            w, consumed, pending = b.pop("_position")
+            self._positions[int(w)] = (int(consumed), int(pending))
+            self._counts.update(f"{d}:{FACE_LABEL_NAMES[int(lab)]}" for d, lab in zip(b["dataset"], b["label"]))
+            self._batches += 1
             yield self.to_device(b)
+        self._in_pass = False
+        self.history.append({"epoch": self.epoch, "samples": sum(self._counts.values()), "shares": self.shares})
+        log.info("epoch %d: %d samples, realised shares %s", self.epoch, sum(self._counts.values()),
+                 ", ".join(f"{k} {v:.3f}" for k, v in self.shares.items()))
 
 
 def make_loader(

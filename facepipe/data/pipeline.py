@@ -8,8 +8,18 @@ The pipeline is a list of webdataset stages::
       -> tar members -> samples  [handler]
       -> dataset-weight / class-balance thinning (seeded rejection sampling from the index's counts)
       -> sample shuffle buffer
-      -> decode + check schema + albumentations augmentation (seeded per rank, worker and epoch)  [handler]
-      -> batches of uint8 images + labels + metadata (+ stored views)
+      -> decode + check schema + albumentations augmentation (seeded per sample)  [handler]
+      -> batches of uint8 images + labels + metadata (+ stored views) + the worker's stream position
+
+or, on a ``shard.layout: cells`` set (one shard series per (dataset, label)), the cell mixer
+(:mod:`facepipe.data.mixer`) in place of the first five stages: one stream per cell, its shards dealt over ranks
+and workers, mixed by quota (weights up- and down-weight without reading samples only to drop them).
+
+Exact resumption: every batch carries ``_position`` (worker, samples of its stream consumed, outputs of the next
+sample already delivered); :meth:`FaceDataset.set_epoch` takes those positions back and each worker replays its
+stream up to them without decoding (the shard order, mixing and shuffle buffer are seeded by (seed, rank, worker,
+epoch); augmentation and self-blending by (seed, rank, worker, epoch, place in the stream)), so a resumed pass
+continues with the next sample (:meth:`facepipe.data.FaceLoader.state_dict`).
 
 then, in the training process, :class:`facepipe.data.device.ToDevice` moves them to the device (frequency views
 computed there, normalisation).
@@ -42,6 +52,7 @@ from pydantic import Field, field_validator
 from facepipe.config import Section, validate_section
 from facepipe.data import storage
 from facepipe.data.index import ShardSet, resolve_shards
+from facepipe.data.mixer import MixPlan, mix
 from facepipe.data.sbi import SBIConfig
 from facepipe.data.schema import SchemaError, decode_clip_sample, decode_sample
 from facepipe.errors import ConfigError
@@ -75,7 +86,8 @@ class LoaderConfig(Section):
         resampled: draw shards with replacement forever (no epochs); each pass then stops after
             ``epoch_samples`` samples (default: the split's size from the index) per rank.
         epoch_samples: samples per pass (resampled mode) across all ranks.
-        seed: seeds shard order, shuffle buffer, thinning and augmentation (mixed with rank, worker, epoch).
+        seed: seeds shard order, mixing, shuffle buffer, thinning (mixed with rank, worker, epoch) and
+            augmentation (also with the sample's place in the worker's stream).
         augment: ``True`` for :func:`default_augmentation`, a callable ``f(image=...) -> {"image": ...}``
             (e.g. an ``albumentations.Compose``), or ``False``.
         image_size: output side in pixels (isotropic resize + pad when augmenting, resize otherwise);
@@ -90,8 +102,10 @@ class LoaderConfig(Section):
         mean, std: per-channel normalisation of the [0, 1] RGB image.
         device: where batches (and computed views) go.
         dataset_weights: target share of each dataset in the stream, e.g. ``{"ffpp": 1, "dfdc": 1}``;
-            needs the index's counts.
-        class_balance: equalise real and fake within each dataset (seeded rejection sampling).
+            needs the index's counts. On a ``shard.layout: cells`` set, cell streams mixed by quota
+            (:mod:`facepipe.data.mixer`: up- and down-weighting, every epoch exact); on a ``mixed`` set, seeded
+            rejection sampling (down-weighting only: samples are read and dropped).
+        class_balance: equalise real and fake within each dataset (as ``dataset_weights``).
         handler: ``warn`` (skip and count broken samples/shards), ``raise``, or a webdataset handler function
             (``webdataset.handlers.warn_and_continue``, ``reraise_exception``, ...: ``True`` skips and counts,
             ``False`` stops the pass; a module-level function when workers are spawned).
@@ -237,23 +251,34 @@ class FaceDataset(wds.DataPipeline):
 
     def __init__(self, cfg: LoaderConfig, shardset: ShardSet, *, rank: int, world_size: int, explicit_node: bool,
                  compute_views: bool, device_decode: bool, accept: dict[tuple[str, int], float] | None,
-                 epoch_batches: int | None, clips: bool = False) -> None:
-        self.cfg, self.shardset, self.clips = cfg, shardset, clips
+                 epoch_batches: int | None, clips: bool = False, plan: MixPlan | None = None) -> None:
+        self.cfg, self.shardset, self.clips, self.plan = cfg, shardset, clips, plan
         self.rank, self.world_size, self.explicit_node = rank, world_size, explicit_node
         self.compute_views, self.device_decode, self.accept = compute_views, device_decode, accept
         self.epoch_batches = epoch_batches
         self.stored_views = () if compute_views else tuple(cfg.views)
         self.view_size = None if compute_views else (cfg.image_size or shardset.crop_size)
-        self.epoch, self._generation = 0, 0
-        # [epoch, generation (bumped by set_epoch), skipped samples per worker slot], shared with the workers
-        self._shared = torch.zeros(2 + _SLOTS, dtype=torch.int64).share_memory_()
+        self.epoch, self._generation, self._resume_at = 0, 0, (0, 0)
+        # [epoch, generation (bumped by set_epoch), skipped samples per worker slot, resume position per worker slot
+        # (samples consumed, outputs of the next delivered)], shared with the workers
+        self._shared = torch.zeros(2 + 3 * _SLOTS, dtype=torch.int64).share_memory_()
         super().__init__(*self._stages())
 
     # -- epochs and error counts --
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, positions: dict[int, tuple[int, int]] | None = None) -> None:
         """Seed the next pass (shard order, resampling, thinning, shuffling, augmentation) with ``epoch`` and reset
-        :attr:`errors`; call it before iterating (the workers read it when the pass starts)."""
+        :attr:`errors`; call it before iterating (the workers read it when the pass starts).
+
+        Args:
+            epoch: the pass's epoch.
+            positions: resume the pass: worker id -> (samples of its stream consumed, outputs of the next sample
+                already delivered), as the batches' ``_position`` said; each worker replays its stream to there
+                without decoding and goes on with the next sample.
+        """
         self._shared[2:] = 0
+        for w, (consumed, pending) in (positions or {}).items():
+            base = 2 + _SLOTS + 2 * (int(w) % _SLOTS)
+            self._shared[base], self._shared[base + 1] = int(consumed), int(pending)
         self._shared[1] += 1
         self._shared[0] = int(epoch)
         self.epoch = int(epoch)
@@ -266,6 +291,8 @@ class FaceDataset(wds.DataPipeline):
 
     def __iter__(self) -> Iterator[dict]:
         self.epoch, self._generation = int(self._shared[0]), int(self._shared[1])
+        base = 2 + _SLOTS + 2 * (_worker()[0] % _SLOTS)
+        self._resume_at = (int(self._shared[base]), int(self._shared[base + 1]))
         return super().__iter__()
 
     @property
@@ -292,15 +319,18 @@ class FaceDataset(wds.DataPipeline):
     # -- stages --
     def _stages(self) -> list:
         cfg = self.cfg
-        if cfg.resampled:
-            stages: list = [self._resampled_shards]
+        if self.plan is not None:
+            stages: list = [self._mixed]
+        elif cfg.resampled:
+            stages = [self._resampled_shards]
         else:
             stages = [wds.SimpleShardList(list(self.shardset.urls))]
             if cfg.shuffle:
                 stages.append(self._shard_order)
             stages.append(self._nodes)
-        stages += [wds.split_by_worker, wds.tarfile_to_samples(handler=self._handle, select_files=self._wanted),
-                   self._select]
+        if self.plan is None:
+            stages += [wds.split_by_worker, wds.tarfile_to_samples(handler=self._handle, select_files=self._wanted),
+                       self._select]
         if cfg.shuffle and cfg.shuffle_buffer > 1:
             stages.append(self._shuffle)
         stages += [self._decode, wds.batched(cfg.batch_size, collation_fn=self._collate, partial=not cfg.drop_last)]
@@ -326,6 +356,13 @@ class FaceDataset(wds.DataPipeline):
         if self.explicit_node:
             return islice(src, self.rank, None, self.world_size)
         return wds.split_by_node(src)
+
+    def _mixed(self, src: Iterator | None = None) -> Iterator[dict]:
+        """This (rank, worker)'s cell streams mixed by quota (:mod:`facepipe.data.mixer`)."""
+        w, nw = _worker()
+        streams = self.plan.streams(self.rank, self.world_size, w, nw, self.cfg.resampled)
+        read = wds.tarfile_to_samples(handler=self._handle, select_files=self._wanted)
+        return mix(streams, read, _seed(self.cfg.seed, self.rank, w, self._pass, 21), self.cfg.shuffle)
 
     def _resampled_shards(self, src: Iterator | None = None) -> Iterator[dict]:
         """Shards drawn with replacement, a new draw every pass (epoch), independently per rank and worker."""
@@ -426,25 +463,48 @@ class FaceDataset(wds.DataPipeline):
                 d["mask"] = res["mask"]
         return d
 
+    def _reseed(self, t: Callable | None, blender, i: int) -> None:
+        """Seed the augmentation (an albumentations ``Compose``) and the self-blender for the ``i``-th sample of this
+        worker's stream: the same draws whether the pass ran through or was resumed."""
+        w = _worker()[0]
+        if hasattr(t, "set_random_seed"):
+            t.set_random_seed(_seed(self.cfg.seed, self.rank, w, self._pass, 5, i))
+        if blender is not None:
+            blender.reseed(_seed(self.cfg.seed, self.rank, w, self._pass, 6, i))
+
     def _decode(self, src: Iterator[dict]) -> Iterator[dict]:
+        """Decoded samples, each tagged ``_pos`` = (its input's place in the stream, its place among that input's
+        outputs, their number); a resumed pass skips the inputs before its position undecoded."""
         t = self._transform()
         blender = None
         if self.cfg.sbi is not None:
             from facepipe.data.sbi import SelfBlender
 
-            blender = SelfBlender(int(self._rng(4).integers(2**31)))
-        for s in src:
+            blender = SelfBlender(0)
+        skip_in, skip_out = self._resume_at
+        for i, s in enumerate(src):
+            if i < skip_in:
+                continue
+            self._reseed(t, blender, i)
             try:
                 ds = self._self_blend(s, t, blender) if blender is not None else [self._decode_one(s, t)]
             except Exception as e:  # noqa: BLE001  the handler re-raises, skips (counted) or stops the pass
                 if self._handle(e):
                     continue
                 return
-            yield from ds
+            for j, d in enumerate(ds):
+                if i > skip_in or j >= skip_out:
+                    d["_pos"] = (i, j, len(ds))
+                    yield d
 
     def _collate(self, samples: list[dict]) -> dict[str, Any]:
-        if self.clips:
-            return self._collate_clips(samples)
+        out = self._collate_clips(samples) if self.clips else self._collate_frames(samples)
+        i, j, n = samples[-1]["_pos"]
+        # (worker, samples of its stream consumed, outputs of the next one delivered) once this batch is consumed
+        out["_position"] = (_worker()[0], i + 1, 0) if j + 1 == n else (_worker()[0], i, j + 1)
+        return out
+
+    def _collate_frames(self, samples: list[dict]) -> dict[str, Any]:
         out: dict[str, Any] = {"label": torch.tensor([s["label"] for s in samples], dtype=torch.long)}
         if self.device_decode:  # encoded JPEGs, decoded as one batch on the loader's device
             out["image_jpeg"] = [torch.frombuffer(bytearray(s["image_bytes"]), dtype=torch.uint8) for s in samples]
@@ -506,8 +566,8 @@ def _node(cfg: LoaderConfig) -> tuple[int, int, bool]:
     return rank, world_size, explicit
 
 
-def _check_shard_count(shardset: ShardSet, cfg: LoaderConfig, world_size: int) -> None:
-    n = len(shardset.urls)
+def _check_shard_count(shardset: ShardSet, cfg: LoaderConfig, world_size: int, plan: MixPlan | None) -> None:
+    n = len(shardset.urls) if plan is None else len(plan.shards)
     if cfg.resampled:
         return
     if n < world_size:
@@ -602,13 +662,25 @@ def _acceptance(cells: dict[tuple[str, int], float], weights: dict[str, float] |
     return {**{c: r / top for c, r in ratio.items()}, **undecided}
 
 
-def _thinning(cfg: LoaderConfig, shardset: ShardSet) -> dict[tuple[str, int], float] | None:
+def _mix_plan(cfg: LoaderConfig, shardset: ShardSet) -> MixPlan | None:
+    """The cell mixer's plan on a ``shard.layout: cells`` set (every shard one (dataset, label) cell), else ``None``."""
+    if shardset.cell_of_shard() is None:
+        return None
     reals_only = cfg.sbi is not None and cfg.sbi.reals_only
-    if not (cfg.dataset_weights or cfg.class_balance or reals_only):
+    return MixPlan.build(shardset.urls, shardset.shard_cells, cfg.dataset_weights, cfg.class_balance, reals_only,
+                         cfg.epoch_samples)
+
+
+def _thinning(cfg: LoaderConfig, shardset: ShardSet, plan: MixPlan | None) -> dict[tuple[str, int], float] | None:
+    reals_only = cfg.sbi is not None and cfg.sbi.reals_only
+    if plan is not None or not (cfg.dataset_weights or cfg.class_balance or reals_only):
         return None
     if shardset.cells is None:
         raise ConfigError("dataset_weights / class_balance / sbi.reals_only need the shard index's counts: pass "
                           "index.json")
+    log.info("dataset_weights / class_balance / sbi.reals_only on a shard set of mixed shards: samples are read and "
+             "dropped (rejection), and no share can rise above its own; write the set with shard.layout: cells for "
+             "the cell mixer")
     if not reals_only:
         return _acceptance(shardset.cells, cfg.dataset_weights, cfg.class_balance)
     reals = {c: n for c, n in shardset.cells.items() if c[1] == 0}  # the set's own fakes left out
@@ -627,6 +699,24 @@ def _check_sbi(cfg: LoaderConfig, shardset: ShardSet, clips: bool, device_decode
                           "extract.landmarks68: true (pip install 'facepipe[deepfakebench]') and shard again")
 
 
+def _batches(cfg: LoaderConfig, samples: float) -> int:
+    return int(samples // cfg.batch_size) if cfg.drop_last else int(np.ceil(samples / cfg.batch_size))
+
+
+def _mixed_epoch_batches(cfg: LoaderConfig, plan: MixPlan, rank: int, world_size: int) -> int:
+    """Batches per pass of rank ``rank`` under the cell mixer: exact per worker (each batches its own quotas), SBI
+    pairs doubling the real cells; resampled: ``epoch_samples`` (default the quotas' sum) over the ranks."""
+    pair = cfg.sbi is not None and cfg.sbi.mode == "pair"
+    if cfg.resampled:
+        total = cfg.epoch_samples or sum(plan.quotas.values())
+        return _batches(cfg, total / world_size * (1 + (sum(s for c, s in plan.shares.items() if c[1] == 0)
+                                                        if pair else 0)))
+    workers = max(1, cfg.num_workers)
+    return sum(_batches(cfg, sum((s.quota or 0) * (2 if pair and s.cell[1] == 0 else 1)
+                                 for s in plan.streams(rank, world_size, w, workers, False)))
+               for w in range(workers))
+
+
 def _epoch_batches(cfg: LoaderConfig, shardset: ShardSet, accept: dict | None, world_size: int) -> int | None:
     total = cfg.epoch_samples or shardset.samples
     if total is None:
@@ -641,7 +731,7 @@ def _epoch_batches(cfg: LoaderConfig, shardset: ShardSet, accept: dict | None, w
         # SBI pairs: every accepted real sample comes with its self-blended fake
         per_rank *= sum(cells[c] * acc[c] * (2 if pair and c[1] == 0 else 1) for c in cells) / max(
             1, sum(cells.values()))
-    return int(per_rank // cfg.batch_size) if cfg.drop_last else int(np.ceil(per_rank / cfg.batch_size))
+    return _batches(cfg, per_rank)
 
 
 def make_dataset(source: str | os.PathLike | Sequence[str], split: str = "train",
@@ -676,14 +766,17 @@ def make_dataset(source: str | os.PathLike | Sequence[str], split: str = "train"
     cfg = cfg if cfg is not None else LoaderConfig()
     shardset = resolve_shards(source, split)
     rank, world_size, explicit = _node(cfg)
-    _check_shard_count(shardset, cfg, world_size)
+    plan = _mix_plan(cfg, shardset)
+    _check_shard_count(shardset, cfg, world_size, plan)
     compute = _compute_views(cfg, shardset)
     device_decode = _device_decode(cfg, shardset, compute)
-    accept = _thinning(cfg, shardset)
+    accept = _thinning(cfg, shardset, plan)
     _check_sbi(cfg, shardset, _clips(cfg, shardset), device_decode)
+    batches = (_epoch_batches(cfg, shardset, accept, world_size) if plan is None
+               else _mixed_epoch_batches(cfg, plan, rank, world_size))
     return FaceDataset(cfg, shardset, rank=rank, world_size=world_size, explicit_node=explicit,
                        compute_views=compute, device_decode=device_decode, accept=accept,
-                       epoch_batches=_epoch_batches(cfg, shardset, accept, world_size), clips=_clips(cfg, shardset))
+                       epoch_batches=batches, clips=_clips(cfg, shardset), plan=plan)
 
 
 __all__ = ["CLIP_META_KEYS", "IMAGENET_MEAN", "IMAGENET_STD", "META_KEYS", "FaceDataset", "LoaderConfig",

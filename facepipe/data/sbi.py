@@ -166,7 +166,7 @@ def _geometry(seed: int):
 
 
 class SelfBlender:
-    """Makes self-blended images with a seeded generator (one per loader pass and worker).
+    """Makes self-blended images with a seeded generator (the loader reseeds it per sample: :meth:`reseed`).
 
     Args:
         seed: seeds every random choice (numpy and albumentations).
@@ -176,6 +176,15 @@ class SelfBlender:
         self.rng = np.random.default_rng(seed)
         self.colour = _colour_transform(int(self.rng.integers(2**31)))
         self.affine, self.elastic = _geometry(int(self.rng.integers(2**31)))
+
+    def reseed(self, seed: int) -> None:
+        """Restart every random choice from ``seed`` (the loader seeds each sample by its place in the stream, so a
+        resumed pass blends each sample as an uninterrupted one would)."""
+        self.rng = np.random.default_rng(seed)
+        self.colour.set_random_seed(int(self.rng.integers(2**31)))
+        s = int(self.rng.integers(2**31))
+        self.affine.set_random_seed(s)
+        self.elastic.set_random_seed(s + 1)
 
     def __call__(self, image: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One self-blended image.

@@ -5,7 +5,9 @@ Layout of ``OUT``::
     index.json             THE pointer: the published set's version, and every shard with its samples, bytes
                            and counts by dataset, label, method, label source and (dataset, label) cell;
                            ``videos`` names the set's video table
-    set-<version>/         the shard set: train-000000.tar ... val-... test-..., _meta.json (schema
+    set-<version>/         the shard set: train-<dataset>-<label>-000000.tar ... val-... test-... (one
+                           series per (dataset, label) cell; ``layout: mixed``: train-000000.tar ...),
+                           _meta.json (schema
                            version, facepipe version, parameters, inputs, stage fingerprint), videos.parquet
                            (one row per video: split, label, method, originals, people)
     stats.json, counts.csv samples, videos, fake share and bytes per sample per split (DVC metrics) and samples
@@ -58,7 +60,7 @@ from facepipe.stages import contract
 log = logging.getLogger(__name__)
 
 STAGE = "shard"
-STAGE_VERSION = 4
+STAGE_VERSION = 5
 INDEX_NAME = "index.json"
 META_NAME = "_meta.json"
 STATS_NAME = "stats.json"
@@ -75,6 +77,16 @@ class ShardInput(Section):
     freq: Optional[str] = None
 
 
+class ReencodeConfig(Section):
+    """``shard.reencode``: every crop of both classes re-encoded identically before sharding, so compression
+    differences between real and fake sources ("Fake or JPEG?", Grönquist et al., 2021: detectors learn the JPEG
+    quality of the classes instead of the forgery) are levelled. ``format`` ``jpg`` (OpenCV's libjpeg, 4:2:0) at
+    ``quality``. Masks are not re-encoded; stored views (computed from the original crops) are refused."""
+
+    format: Literal["jpg"] = "jpg"
+    quality: int = Field(90, ge=1, le=100)
+
+
 class ShardConfig(Section):
     """Parameters of the ``shard`` stage (section ``shard``).
 
@@ -88,6 +100,18 @@ class ShardConfig(Section):
     ``decode_error`` video (a truncated or damaged file; extract keeps the faces of its decodable frames) goes into
     no shard unless ``decode_error`` is listed here. Faces left out are counted per status
     (:attr:`ShardSummary.left_out`) and logged.
+
+    ``layout``: ``cells`` (default) writes each (dataset, label) cell of a split to its own shards
+    (``train-<dataset>-<real|fake|uncertain>-000000.tar``, samples shuffled within the cell), so the loader reads
+    one stream per cell and mixes them by weight (:mod:`facepipe.data.mixer`: ``dataset_weights`` and
+    ``class_balance`` up- and down-weight without reading samples only to drop them, every epoch exact); ``mixed``
+    shuffles datasets and labels together into ``train-000000.tar`` ... (the loader can then only thin by
+    rejection).
+
+    ``reencode``: :class:`ReencodeConfig` (``null``: crops as extract wrote them). ``bias_probe``: samples per split
+    (drawn with ``seed``) on which the shortcut probe (:mod:`facepipe.data.bias`) runs after writing: a warning when
+    nuisance features alone (JPEG quality, blockiness, source resolution and bitrate, face size, sharpness,
+    brightness) tell the classes apart; ``0`` turns it off.
     """
 
     inputs: tuple[ShardInput, ...] = ()
@@ -98,6 +122,9 @@ class ShardConfig(Section):
     masks: bool = True
     cross_dataset_leakage: Literal["error", "warn"] = "error"
     statuses: tuple[Literal["ok", "decode_error"], ...] = ("ok",)
+    layout: Literal["cells", "mixed"] = "cells"
+    reencode: Optional[ReencodeConfig] = None
+    bias_probe: int = Field(2000, ge=0)
 
 
 def fingerprint(cfg: ShardConfig) -> str:
@@ -178,7 +205,11 @@ def _by_status(faces: pl.DataFrame, ex: Path, dataset: str, statuses: tuple[str,
     if not vp.is_file():
         raise InputError(f"{vp}: not found (run 'facepipe extract' first; shards take faces of videos whose status "
                          "is ok)")
-    status = pl.read_parquet(vp, columns=["video_id", "status"])
+    status = pl.read_parquet(vp, columns=["video_id", "status", "width", "height", "file_size", "duration_s", "codec"])
+    status = status.select(
+        "video_id", "status", pl.col("width").alias("source_width"), pl.col("height").alias("source_height"),
+        (pl.col("file_size") * 8 / 1000 / pl.col("duration_s")).round(1).alias("source_kbps"),
+        pl.col("codec").alias("source_codec"))
     rows = faces.join(status, on="video_id", how="left").with_columns(pl.col("status").fill_null("no video row"))
     out = rows.filter(pl.col("status").is_in(list(statuses)))
     dropped = rows.filter(~pl.col("status").is_in(list(statuses)))
@@ -201,6 +232,8 @@ class ShardSummary:
     bytes: int = 0
     seconds: float = 0.0
     version: str = ""
+    bias: dict = field(default_factory=dict)  # the shortcut probe's report (facepipe.data.bias.probe_table)
+    bias_warnings: list = field(default_factory=list)
 
 
 def _inputs_hash(cfg: ShardConfig) -> str:
@@ -237,8 +270,39 @@ def run(out_dir: str | Path, cfg: ShardConfig, progress: bool = True) -> ShardSu
         _publish_remote(str(out_dir), version, stage_fp, allrows, stored, view_params, cfg, summary, progress, wds)
     else:
         _publish_local(Path(out_dir), version, stage_fp, allrows, stored, view_params, cfg, summary, progress, wds)
+    summary.bias, summary.bias_warnings = _probe(allrows, cfg)
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _probe(allrows: pl.DataFrame, cfg: ShardConfig) -> tuple[dict, list[str]]:
+    """The shortcut probe (:mod:`facepipe.data.bias`) on ``cfg.bias_probe`` faces per split (drawn with the seed,
+    re-encoded as the shards are), its warnings logged; nothing for clip sets or ``bias_probe: 0``."""
+    if not cfg.bias_probe or "clip_length" in allrows.columns:
+        return {}, []
+    from facepipe.data.bias import face_features, features_frame, probe_table, warnings_of
+
+    rows = []
+    for split in SPLITS:
+        sub = allrows.filter(pl.col("split") == split)
+        if sub.height > cfg.bias_probe:
+            sub = sub.sample(cfg.bias_probe, seed=cfg.seed)
+        for r in sub.iter_rows(named=True):
+            crop = Path(r["_root"]) / r["crop_path"]
+            ext = crop.suffix.lstrip(".").lower().replace("jpeg", "jpg")
+            try:
+                image, ext = reencoded(crop.read_bytes(), ext, cfg.reencode, str(crop))
+                feats = face_features(image, ext, {"box": list(r["box"]), "source": _source(r), "key": r["key"]})
+            except (OSError, ValueError, InputError) as e:
+                log.debug("shortcut probe: %s left out (%s)", crop, e)
+                continue
+            rows.append({**feats, "label": r["label"], "dataset": r["dataset"], "video_id": r["video_id"],
+                         "split": split})
+    report = probe_table(features_frame(rows), seed=cfg.seed)
+    lines = warnings_of(report, "shard")
+    for line in lines:
+        log.warning(line)
+    return report, lines
 
 
 def _gather(cfg: ShardConfig) -> tuple[pl.DataFrame, tuple[str, ...], dict | None, Counter]:
@@ -267,6 +331,9 @@ def _gather(cfg: ShardConfig) -> tuple[pl.DataFrame, tuple[str, ...], dict | Non
         raise InputError(f"shard: datasets store different views {dict(zip(names, stored_sets))}; "
                          "pick common ones with shard.views")
     stored = stored_sets[0]
+    if stored and cfg.reencode is not None:
+        raise InputError(f"shard.reencode: the stored views {list(stored)} were computed from the original crops, not "
+                         "the re-encoded ones; set shard.views: [] and let the loader compute views")
     view_params = _view_params(cfg) if stored else None
     allrows = pl.concat(parts, how="diagonal_relaxed")
     if allrows.height == 0:
@@ -369,7 +436,7 @@ def _publish_local(out: Path, version: str, stage_fp: str, allrows: pl.DataFrame
         try:
             index = _write_set(stage, version, allrows, stored, cfg, summary, progress, wds)
             _write_videos(stage, version, allrows, index)
-            _describe(index, allrows, view_params)
+            _describe(index, allrows, view_params, cfg.reencode)
             (stage / META_NAME).write_text(_meta_json(cfg, stored, stage_fp, version))
             final = out / version
             if final.exists():
@@ -395,7 +462,8 @@ def _write_videos(stage: Path, version: str, allrows: pl.DataFrame, index: dict)
     index["videos"] = f"{version}/{VIDEOS_NAME}"
 
 
-def _describe(index: dict, allrows: pl.DataFrame, view_params: dict | None) -> None:
+def _describe(index: dict, allrows: pl.DataFrame, view_params: dict | None,
+              reencode: ReencodeConfig | None = None) -> None:
     """Set-wide facts readers need before opening a shard: view parameters, crop size, image format, and the
     alignment preset when every sample has the same one (``deepfakebench``, ``deepfakebench-68``; else null)."""
     sizes = allrows["crop_size"].unique().to_list()
@@ -407,6 +475,8 @@ def _describe(index: dict, allrows: pl.DataFrame, view_params: dict | None) -> N
             allrows["crop_landmarks"].null_count() == 0:
         counts = allrows["crop_landmarks"].list.len().unique().to_list()
         points = int(counts[0]) if len(counts) == 1 else None
+    if reencode is not None:
+        formats = [reencode.format]
     index.update(view_params=view_params, crop_size=sizes[0] if len(sizes) == 1 else None,
                  image_format=formats[0] if len(formats) == 1 else "mixed",
                  preset=presets[0] if len(presets) == 1 else None, crop_landmarks=points)
@@ -439,7 +509,7 @@ def _publish_remote(url: str, version: str, stage_fp: str, allrows: pl.DataFrame
         index = _write_set(stage, version, allrows, stored, cfg, summary, progress, wds, post=upload)
         _write_videos(stage, version, allrows, index)
         remote.put(stage / VIDEOS_NAME, f"{version}/{VIDEOS_NAME}")
-        _describe(index, allrows, view_params)
+        _describe(index, allrows, view_params, cfg.reencode)
         (stage / META_NAME).write_text(_meta_json(cfg, stored, stage_fp, version))
         remote.put(stage / META_NAME, f"{version}/{META_NAME}")
         _write_stats(stage, index, allrows)
@@ -467,51 +537,13 @@ def _write_set(stage: Path, version: str, allrows: pl.DataFrame, stored: tuple[s
     for s_i, split in enumerate(SPLITS):
         rows = allrows.filter(pl.col("split") == split)
         shards: list[dict] = []
-        if rows.height:
-            order = np.random.default_rng([cfg.seed, s_i]).permutation(rows.height)
-            rows = rows[order.tolist()]
-            stats: dict[str, dict] = {}
-            sizes: dict[str, int] = {}
-
-            def closed(fname: str, sizes: dict[str, int] = sizes) -> None:
-                sizes[fname] = Path(fname).stat().st_size
-                if post is not None:
-                    post(fname)
-                    Path(fname).unlink()
-
-            sink = wds.ShardWriter(str(stage / f"{split}-%06d.tar"), maxcount=cfg.max_samples,
-                                   maxsize=cfg.max_bytes, verbose=0, mtime=0, user="facepipe",
-                                   group="facepipe", mode=0o444, post=closed)
-            try:
-                make = _clip_sample if index["sample_kind"] == "clip" else _sample
-                for r in rows.iter_rows(named=True):
-                    sample = make(r, stored, npz, cfg.masks)
-                    if stored and "view_shapes" not in index:
-                        index["view_shapes"] = {v: list(npz_shape(sample[f"{v}.npy"])) for v in stored}
-                    sink.write(sample)
-                    st = stats.setdefault(sink.fname, {"samples": 0, "datasets": Counter(), "labels": Counter(),
-                                                       "methods": Counter(), "cells": Counter(),
-                                                       "label_sources": Counter()})
-                    name = FACE_LABEL_NAMES[r["label"]]
-                    st["samples"] += 1
-                    st["datasets"][r["dataset"]] += 1
-                    st["labels"][name] += 1
-                    st["methods"][r["method"] or "unknown"] += 1
-                    st["cells"][f"{r['dataset']}:{name}"] += 1
-                    st["label_sources"][f"{r['label_source']}:{name}"] += 1
-                    bar.update(1)
-            except BaseException:
-                sink.post = None  # a failed run hands on no partial tar (nor retries a failed upload)
-                raise
-            finally:
-                sink.close()
-            for fname, st in stats.items():
-                shards.append({"url": f"{version}/{Path(fname).name}", "samples": st["samples"],
-                               "bytes": sizes[fname],
-                               **{k: dict(sorted(st[k].items()))
-                                  for k in ("datasets", "labels", "methods", "cells", "label_sources")}})
-                for k, n in st["label_sources"].items():
-                    summary.label_sources[k] = summary.label_sources.get(k, 0) + n
+        for g_i, (pattern, group) in enumerate(_groups(rows, split, cfg.layout)):
+            order = np.random.default_rng([cfg.seed, s_i] + ([] if cfg.layout == "mixed" else [g_i]))
+            group = group[order.permutation(group.height).tolist()]
+            shards += _write_group(stage / pattern, version, group, stored, cfg, index, npz, bar, post, wds)
+        for sh in shards:
+            for k, n in sh["label_sources"].items():
+                summary.label_sources[k] = summary.label_sources.get(k, 0) + n
         index["splits"][split] = {"samples": rows.height, "shards": shards}
         index["total"] += rows.height
         summary.samples[split] = rows.height
@@ -520,6 +552,61 @@ def _write_set(stage: Path, version: str, allrows: pl.DataFrame, stored: tuple[s
     bar.close()
     npz.cache_clear()
     return index
+
+
+def _groups(rows: pl.DataFrame, split: str, layout: str) -> list[tuple[str, pl.DataFrame]]:
+    """(tar name pattern, rows) per group of a split: one group (``mixed``), or one per (dataset, label) cell sorted
+    by dataset and label (``cells``)."""
+    if not rows.height:
+        return []
+    if layout == "mixed":
+        return [(f"{split}-%06d.tar", rows)]
+    cells = rows.select("dataset", "label").unique().sort("dataset", "label").iter_rows()
+    return [(f"{split}-{d}-{FACE_LABEL_NAMES[lab]}-%06d.tar",
+             rows.filter((pl.col("dataset") == d) & (pl.col("label") == lab))) for d, lab in cells]
+
+
+def _write_group(pattern: Path, version: str, rows: pl.DataFrame, stored: tuple[str, ...], cfg: ShardConfig,
+                 index: dict, npz, bar, post, wds) -> list[dict]:
+    """Write ``rows`` in order to tars named by ``pattern`` (closed at ``max_samples`` / ``max_bytes``); returns
+    their index entries (url, samples, bytes and counts)."""
+    stats: dict[str, dict] = {}
+    sizes: dict[str, int] = {}
+
+    def closed(fname: str) -> None:
+        sizes[fname] = Path(fname).stat().st_size
+        if post is not None:
+            post(fname)
+            Path(fname).unlink()
+
+    sink = wds.ShardWriter(str(pattern), maxcount=cfg.max_samples, maxsize=cfg.max_bytes, verbose=0, mtime=0,
+                           user="facepipe", group="facepipe", mode=0o444, post=closed)
+    try:
+        make = _clip_sample if index["sample_kind"] == "clip" else _sample
+        for r in rows.iter_rows(named=True):
+            sample = make(r, stored, npz, cfg.masks, cfg.reencode)
+            if stored and "view_shapes" not in index:
+                index["view_shapes"] = {v: list(npz_shape(sample[f"{v}.npy"])) for v in stored}
+            sink.write(sample)
+            st = stats.setdefault(sink.fname, {"samples": 0, "datasets": Counter(), "labels": Counter(),
+                                               "methods": Counter(), "cells": Counter(),
+                                               "label_sources": Counter()})
+            name = FACE_LABEL_NAMES[r["label"]]
+            st["samples"] += 1
+            st["datasets"][r["dataset"]] += 1
+            st["labels"][name] += 1
+            st["methods"][r["method"] or "unknown"] += 1
+            st["cells"][f"{r['dataset']}:{name}"] += 1
+            st["label_sources"][f"{r['label_source']}:{name}"] += 1
+            bar.update(1)
+    except BaseException:
+        sink.post = None  # a failed run hands on no partial tar (nor retries a failed upload)
+        raise
+    finally:
+        sink.close()
+    return [{"url": f"{version}/{Path(fname).name}", "samples": st["samples"], "bytes": sizes[fname],
+             **{k: dict(sorted(st[k].items())) for k in ("datasets", "labels", "methods", "cells", "label_sources")}}
+            for fname, st in stats.items()]
 
 
 def npz_shape(npy: bytes) -> tuple[int, ...]:
@@ -552,7 +639,37 @@ def _write_stats(folder: Path, index: dict, rows: pl.DataFrame) -> None:
         counts.select("group", "split", "dataset", "label", "samples").write_csv(tmp)
 
 
-def _sample(r: dict, views: tuple[str, ...], npz, masks: bool) -> dict:
+def _source(r: dict) -> dict:
+    """The source video's properties a sample records (the shortcut probe's nuisance features): width, height (after
+    rotation), bitrate in kbit/s (file size over duration) and codec; ``None`` where extract did not record them."""
+    def first(k):  # clip rows hold one value per frame
+        v = r.get(k)
+        return v[0] if isinstance(v, list) else v
+
+    kbps = first("source_kbps")
+    return {"width": first("source_width"), "height": first("source_height"),
+            "kbps": None if kbps is None or not np.isfinite(kbps) else float(kbps), "codec": first("source_codec")}
+
+
+def reencoded(image: bytes, ext: str, reencode: ReencodeConfig | None, where: str) -> tuple[bytes, str]:
+    """``image`` re-encoded as ``reencode`` says (JPEG at its quality, by OpenCV: byte-identical run to run), else as
+    it is.
+
+    Raises:
+        InputError: the crop does not decode (naming ``where``).
+    """
+    if reencode is None:
+        return image, ext
+    import cv2
+
+    bgr = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise InputError(f"{where}: crop does not decode; cannot re-encode it")
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, reencode.quality])
+    return buf.tobytes(), "jpg"
+
+
+def _sample(r: dict, views: tuple[str, ...], npz, masks: bool, reencode: ReencodeConfig | None = None) -> dict:
     root = Path(r["_root"])
     crop = root / r["crop_path"]
     try:
@@ -576,12 +693,14 @@ def _sample(r: dict, views: tuple[str, ...], npz, masks: bool) -> dict:
         "affine": [list(p) for p in r["affine"]], "crop_size": int(r["crop_size"]), "crop_mode": r["crop_mode"],
         "detector": r["detector"], "detector_version": r["detector_version"], "preset": r.get("preset"),
         "crop_landmarks": None if r.get("crop_landmarks") is None else [list(p) for p in r["crop_landmarks"]],
+        "source": _source(r),
     }
     ext = crop.suffix.lstrip(".").lower()
-    return encode_sample(r["key"], image, "jpg" if ext == "jpeg" else ext, meta, arrays, mask, masks=masks)
+    image, ext = reencoded(image, "jpg" if ext == "jpeg" else ext, reencode, str(crop))
+    return encode_sample(r["key"], image, ext, meta, arrays, mask, masks=masks)
 
 
-def _clip_sample(r: dict, views: tuple[str, ...], npz, masks: bool) -> dict:
+def _clip_sample(r: dict, views: tuple[str, ...], npz, masks: bool, reencode: ReencodeConfig | None = None) -> dict:
     """A clip row of :func:`clip_rows` as a clip sample (:func:`facepipe.data.schema.encode_clip_sample`)."""
     root = Path(r["_root"])
     try:
@@ -602,6 +721,11 @@ def _clip_sample(r: dict, views: tuple[str, ...], npz, masks: bool) -> dict:
         "gaps": [bool(g) for g in r["gap"]], "crop_size": int(r["crop_size"]), "crop_mode": r["crop_mode"],
         "detector": r["detector"], "detector_version": r["detector_version"], "preset": r.get("preset"),
         "crop_landmarks": [None if c is None else [list(p) for p in c] for c in r["crop_landmarks"]],
+        "source": _source(r),
     }
     ext = Path(r["crop_path"][0]).suffix.lstrip(".").lower()
-    return encode_clip_sample(r["key"], images, "jpg" if ext == "jpeg" else ext, meta, frame_masks)
+    ext = "jpg" if ext == "jpeg" else ext
+    if reencode is not None:
+        images = [reencoded(b, ext, reencode, str(root / c))[0] for b, c in zip(images, r["crop_path"])]
+        ext = "jpg"
+    return encode_clip_sample(r["key"], images, ext, meta, frame_masks)

@@ -37,13 +37,13 @@ import torch
 from pydantic import AliasChoices, Field, model_validator
 from tqdm.auto import tqdm
 
-from facepipe import __version__
+from facepipe import __version__, _faults
 from facepipe._io import atomic_path
 from facepipe.config import Section
 from facepipe.data.index import read_index
 from facepipe.data.sbi import SBIConfig
 from facepipe.data.schema import SCHEMA_VERSION
-from facepipe.errors import InputError
+from facepipe.errors import ConfigError, InputError
 from facepipe.freq.config import FreqConfig
 from facepipe.stages import contract
 from facepipe.train.consistency import ConsistencyConfig
@@ -291,14 +291,15 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module):
     return optimizer, build_scheduler(cfg, optimizer)
 
 
-def build_loaders(shards, index: dict, cfg: TrainConfig, freq: FreqConfig, size: int, device, step: int, spec):
-    """The resampled, augmented train stream and the in-order val loader (views computed on the device)."""
+def build_loaders(shards, index: dict, cfg: TrainConfig, freq: FreqConfig, size: int, device, spec):
+    """The resampled, augmented train stream and the in-order val loader (views computed on the device). A resumed
+    run continues the train stream where the checkpoint left it (:func:`_restore_loader`)."""
     from facepipe.data.loader import make_loader
 
     kw = dict(image_size=size, views=spec.views, view_source="compute", freq=freq, mean=spec.mean, std=spec.std,
               device=device, clips=spec.sample_kind == "clip")
     train = make_loader(shards, "train", cfg.batch_size, cfg.num_workers, resampled=True,
-                        epoch_samples=index["splits"]["train"]["samples"], seed=cfg.seed + step, augment=cfg.augment,
+                        epoch_samples=index["splits"]["train"]["samples"], seed=cfg.seed, augment=cfg.augment,
                         class_balance=cfg.class_balance and cfg.sbi is None, dataset_weights=cfg.dataset_weights,
                         sbi=cfg.sbi, **kw)
     val = make_loader(shards, "val", cfg.batch_size, cfg.num_workers, shuffle=False, rank=0, world_size=1, **kw)
@@ -499,7 +500,8 @@ def _run(shards, out_dir, cfg: TrainConfig, freq: FreqConfig, resume: bool, prog
     check_sample_kind(tr.model, index.get("sample_kind"), index.get("clip_length"), str(shards))
     with contract.stage_lock(out, STAGE) if dist.main else contextlib.nullcontext():
         _resume_or_clean(tr, resume)
-        train_loader, val_loader = build_loaders(shards, index, cfg, freq, size, device, tr.step, tr.core.spec)
+        train_loader, val_loader = build_loaders(shards, index, cfg, freq, size, device, tr.core.spec)
+        _restore_ranks(tr, train_loader)
         summary = fit(tr, train_loader, val_loader, progress, resume)
         summary["datasets"] = record["datasets"]
         _finish(tr, summary)
@@ -570,7 +572,10 @@ class Trainer:
     checkpoint records about the run besides its state (parameters, sizes, datasets, footprint, versions,
     fingerprint); ``live``: the dvclive logger (rank 0). ``step``, ``best`` (best val ``select`` score, at
     ``best_step``), ``best_ema`` and ``stale`` (validations without improvement) are checkpointed and resumed;
-    ``stop`` is why the run ended; ``wait_s`` / ``compute_s``: time spent waiting for data and computing.
+    ``stop`` is why the run ended; ``wait_s`` / ``compute_s``: time spent waiting for data and computing;
+    ``ranks``: per rank, the train loader's state (:meth:`facepipe.data.FaceLoader.state_dict`) and the random
+    generators' states (torch CPU and CUDA, numpy, Python) at the last ``last.pt``, checkpointed so a resume
+    continues with the next sample and the same random draws (dropout, drop-path, the models' own sampling).
     """
 
     cfg: TrainConfig
@@ -594,6 +599,7 @@ class Trainer:
     stop: str = "steps"
     wait_s: float = 0.0
     compute_s: float = 0.0
+    ranks: Optional[list] = None
     collapse: CollapseWatch = field(init=False)
     dead: DeadBranchWatch = field(init=False)
 
@@ -609,7 +615,7 @@ class Trainer:
                 "scaler": self.scaler.state_dict() if self.scaler else None,
                 "ema": self.ema.module.state_dict() if self.ema is not None else None,
                 "step": self.step, "best": self.best, "best_step": self.best_step, "best_ema": self.best_ema,
-                "stale": self.stale, **self.record}
+                "stale": self.stale, "ranks": self.ranks, **self.record}
 
     def load_state_dict(self, ckpt: dict, path: Path) -> None:
         """Resume from checkpoint ``ckpt`` (read from ``path``); the schedule is placed at its step.
@@ -631,6 +637,7 @@ class Trainer:
             self.ema.module.load_state_dict(ckpt["ema"])
         self.step, self.best, self.best_step = ckpt["step"], ckpt["best"], ckpt["best_step"]
         self.best_ema, self.stale = ckpt.get("best_ema", -math.inf), ckpt["stale"]
+        self.ranks = ckpt.get("ranks")
         self.scheduler.step_update(self.step)
 
     def summary(self) -> dict:
@@ -652,14 +659,56 @@ def save_on_main(tr: Trainer, name: str, weights: torch.nn.Module | None = None)
 
 
 def _cycle(loader):
-    """``loader``'s batches pass after pass (a new iterator per pass); ends only when a pass yields nothing."""
-    while True:
-        empty = True
+    """``loader``'s batches pass after pass (a new iterator per pass); ends only when two passes in a row yield
+    nothing (a resumed pass may be empty: the checkpoint was taken after its last batch)."""
+    empty = 0
+    while empty < 2:
+        empty += 1
         for batch in loader:
-            empty = False
+            empty = 0
             yield batch
-        if empty:
-            return
+
+
+def rank_states(tr: Trainer, loader) -> list:
+    """Every rank's train loader state (:meth:`~facepipe.data.FaceLoader.state_dict`; ``None`` for a loader without
+    one) and random generator states, gathered under ``torchrun`` (every rank must call it)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    rng = {"torch": torch.get_rng_state(), "numpy": [name, keys.tolist(), pos, has_gauss, gauss],
+           "python": random.getstate(),
+           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    state = {"loader": loader.state_dict() if hasattr(loader, "state_dict") else None, "rng": rng}
+    if tr.dist.world == 1:
+        return [state]
+    states: list = [None] * tr.dist.world
+    torch.distributed.all_gather_object(states, state)
+    return states
+
+
+def _restore_ranks(tr: Trainer, loader) -> None:
+    """Continue ``loader`` where the resumed checkpoint left this rank's stream, with its random generators; a
+    checkpoint without them (or from another world size) starts a new pass instead, logged."""
+    states = tr.ranks
+    if not tr.step:
+        return
+    if states is None or len(states) != tr.dist.world or states[tr.dist.rank].get("loader") is None:
+        log.warning("the checkpoint holds no train loader state for %d rank(s): the stream restarts with a new "
+                    "pass (samples of the interrupted pass may repeat)", tr.dist.world)
+        loader.set_epoch(tr.step)
+        return
+    mine = states[tr.dist.rank]
+    torch.set_rng_state(mine["rng"]["torch"])
+    name, keys, pos, has_gauss, gauss = mine["rng"]["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    random.setstate(mine["rng"]["python"])
+    if mine["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(mine["rng"]["cuda"])
+    try:
+        loader.load_state_dict(mine["loader"])
+    except ConfigError as e:
+        log.warning("train loader state not resumed (%s): the stream restarts with a new pass", e)
+        loader.set_epoch(tr.step)
+        return
+    log.info("train stream resumed in pass %d after %d batch(es)", mine["loader"]["epoch"], mine["loader"]["batches"])
 
 
 def _next_point(cfg: TrainConfig, step: int) -> int:
@@ -807,10 +856,15 @@ def fit(tr: Trainer, train_loader, val_loader, progress: bool = True, resume: bo
                 tr.stop = stop
                 break
         if tr.step % cfg.checkpoint_every == 0:
+            tr.ranks = rank_states(tr, train_loader)
             save_on_main(tr, "last.pt")
+            _faults.at_checkpoint(tr.step)
         if tr.live is not None:
             tr.live.next_step()
     bar.close()
+    tr.ranks = rank_states(tr, train_loader)  # for the final last.pt
     if tr.live is not None:
         tr.live.end()
-    return tr.summary()
+    summary = tr.summary()
+    summary["realised_shares"] = list(getattr(train_loader, "history", []))
+    return summary
