@@ -326,3 +326,40 @@ def test_train_killed_after_a_checkpoint_resumes_the_stream_exactly(example_cell
     assert (a["ranks"][0]["loader"]["epoch"], a["ranks"][0]["loader"]["batches"]) == (1, 3)
     for k, v in a["model"].items():
         assert torch.allclose(v.float(), b["model"][k].float(), atol=1e-5), k
+
+
+def test_sam_updates_the_weights_with_the_gradient_at_the_perturbed_point():
+    """train.sam (issue 24 item 1's recipe): one step equals the SAM rule computed by hand — the gradient g at w, the
+    weights moved to w + rho g / |g|, the gradient g' there, and w - lr g' (SGD, momentum 0.9: its first step is
+    lr g'); plain SGD would move by lr g instead. The checkpointed state is the base optimizer's."""
+    from facepipe.stages.train import build_optimizer
+    from facepipe.train.engine import logits_of, model_inputs
+
+    cfg = TrainConfig(model="local", optimizer="sgd", lr=0.5, weight_decay=0.0, sam={"rho": 0.05})
+    model = create_model("local", dim=32, depth=1)
+    opt, _ = build_optimizer(cfg, model)
+    w0 = [p.detach().clone() for p in model.parameters()]
+    batch = _batch()
+
+    def grads_at(weights):
+        with torch.no_grad():
+            for p, w in zip(model.parameters(), weights):
+                p.copy_(w)
+        model.zero_grad()
+        logits = logits_of(model(model_inputs(model, dict(batch), training=True))).float()
+        torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["label"].float()).backward()
+        return [p.grad.detach().clone() for p in model.parameters()]
+
+    g = grads_at(w0)
+    norm = torch.sqrt(sum((x ** 2).sum() for x in g))
+    g2 = grads_at([w + 0.05 * x / norm for w, x in zip(w0, g)])
+    with torch.no_grad():
+        for p, w in zip(model.parameters(), w0):
+            p.copy_(w)
+    train_step(model, dict(batch), opt, clip_norm=None)
+    for p, w, x in zip(model.parameters(), w0, g2):
+        assert torch.allclose(p.detach(), w - 0.5 * x, atol=1e-5)
+    assert not all(torch.allclose(w - 0.5 * a, w - 0.5 * b, atol=1e-5) for w, a, b in zip(w0, g, g2))
+    assert set(opt.base_optimizer.state_dict()) == {"state", "param_groups"}
+    with pytest.raises(ValueError, match="fp16"):
+        TrainConfig(sam={"rho": 0.05}, amp="fp16")

@@ -77,6 +77,18 @@ class CollapseConfig(Section):
     action: Literal["warn", "stop"] = "warn"
 
 
+class SAMConfig(Section):
+    """``train.sam``: sharpness-aware minimisation (Foret et al., "Sharpness-Aware Minimization for Efficiently
+    Improving Generalization", ICLR 2021) around ``train.optimizer``, as SBI's reference training uses it (SAM over
+    SGD, momentum 0.9): each step computes the gradient, moves the weights ``rho`` along it (``adaptive``: ASAM's
+    per-parameter scaling, Kwon et al., ICML 2021), recomputes the gradient there and updates the original weights
+    with it. pytorch-optimizer's ``SAM`` (``first_step`` / ``second_step``); two forward-backward passes per step;
+    BatchNorm statistics update in both passes, as in the SBI reference. Not with ``amp: fp16`` (its GradScaler)."""
+
+    rho: float = Field(0.05, gt=0)
+    adaptive: bool = False
+
+
 class TrainConfig(Section):
     """Parameters of the ``train`` stage (section ``train``).
 
@@ -93,8 +105,10 @@ class TrainConfig(Section):
     ``eval_every`` steps selects the best checkpoint on ``select`` (``video_auc`` or ``frame_auc``) of the **val**
     split, never test; training stops after ``patience`` validations without improvement, but not before
     ``min_steps`` (late emergence under mixed precision). ``amp``: ``auto`` (bf16 on CUDA, fp32 on CPU) | ``bf16`` |
-    ``fp16`` (with a GradScaler, checkpointed) | ``off``. ``optimizer`` (timm's ``create_optimizer_v2``) with
-    ``weight_decay`` on weights only: biases, norm weights and other 1-d parameters get none. ``schedule`` (timm's,
+    ``fp16`` (with a GradScaler, checkpointed) | ``off``. ``optimizer`` (timm's ``create_optimizer_v2``: ``adamw``,
+    ``adam``, or ``sgd``, SGD with momentum 0.9 without Nesterov) with ``weight_decay`` on weights only: biases, norm
+    weights and other 1-d parameters get none; ``sam`` wraps it in sharpness-aware minimisation
+    (:class:`SAMConfig`). ``schedule`` (timm's,
     per optimizer step, :func:`build_scheduler`): ``warmup_steps`` of linear warmup from ``warmup_start * lr``, then
     a cosine to 0, ``gamma`` every ``step_size`` steps, or constant. ``ema``: keep an EMA of the weights (timm's
     ``ModelEmaV3``, ``ema_decay``), validated too, saved as ``best_ema.pt``. ``backbone_lr_mult``: learning-rate
@@ -123,7 +137,8 @@ class TrainConfig(Section):
     min_steps: int = Field(0, ge=0)
     eval_every: int = Field(200, ge=1)
     checkpoint_every: int = Field(200, ge=1)
-    optimizer: Literal["adamw", "adam"] = "adamw"
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    sam: Optional[SAMConfig] = None
     lr: float = Field(1e-4, gt=0)
     backbone_lr_mult: float = Field(1.0, ge=0)
     weight_decay: float = Field(1e-4, ge=0)
@@ -162,6 +177,13 @@ class TrainConfig(Section):
                               "('detector' is the face detector of extract); the old names go in the next release",
                               FutureWarning, stacklevel=2)
         return data
+
+    @model_validator(mode="after")
+    def _sam_without_fp16(self):
+        if self.sam is not None and self.amp == "fp16":
+            raise ValueError("train.sam with amp: fp16: SAM's two passes do not go through the GradScaler; use amp "
+                             "bf16, auto or off")
+        return self
 
 
 def fingerprint(cfg: TrainConfig, freq: FreqConfig) -> str:
@@ -286,8 +308,18 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module):
     """
     from timm.optim import create_optimizer_v2
 
-    optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                    filter_bias_and_bn=True, param_group_fn=lambda m: param_groups(cfg, m))
+    if cfg.sam is not None:
+        from pytorch_optimizer import SAM
+
+        base = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}[cfg.optimizer]
+        extra = {"momentum": 0.9} if cfg.optimizer == "sgd" else {}
+        optimizer = SAM(param_groups(cfg, model), base, rho=cfg.sam.rho, adaptive=cfg.sam.adaptive, lr=cfg.lr,
+                        weight_decay=cfg.weight_decay, **extra)
+        return optimizer, build_scheduler(cfg, optimizer)
+    opt = "momentum" if cfg.optimizer == "sgd" else cfg.optimizer  # timm's "sgd" is Nesterov's
+    optimizer = create_optimizer_v2(model, opt=opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                    filter_bias_and_bn=True, param_group_fn=lambda m: param_groups(cfg, m),
+                                    **({"momentum": 0.9} if opt == "momentum" else {}))
     return optimizer, build_scheduler(cfg, optimizer)
 
 
@@ -611,7 +643,7 @@ class Trainer:
         """A checkpoint: the weights (``core``'s, or ``weights``'), optimizer, scheduler, scaler and EMA states, the
         counters, and :attr:`record`."""
         return {"model": (self.core if weights is None else weights).state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "optimizer": _inner(self.optimizer).state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler else None,
                 "ema": self.ema.module.state_dict() if self.ema is not None else None,
                 "step": self.step, "best": self.best, "best_step": self.best_step, "best_ema": self.best_ema,
@@ -626,7 +658,10 @@ class Trainer:
         """
         self.core.load_state_dict(ckpt["model"])
         try:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            _inner(self.optimizer).load_state_dict(ckpt["optimizer"])
+            if self.optimizer is not _inner(self.optimizer):  # SAM shares its base optimizer's groups and state
+                self.optimizer.param_groups = self.optimizer.base_optimizer.param_groups
+                self.optimizer.state = self.optimizer.base_optimizer.state
         except ValueError as e:
             raise InputError(f"{path}: its optimizer state does not fit this run's parameter groups ({e}); a "
                              "checkpoint written before biases and norms got their own groups (no weight decay) "
@@ -649,6 +684,11 @@ class Trainer:
                 "collapsed": bool(evidence and len(evidence) >= cfg.collapse.patience),
                 "dead_branches": sorted(self.dead.warned),
                 "data_wait_fraction": self.wait_s / max(self.wait_s + self.compute_s, 1e-9)}
+
+
+def _inner(optimizer):
+    """The optimizer whose state a checkpoint holds: SAM's base optimizer, else ``optimizer`` itself."""
+    return getattr(optimizer, "base_optimizer", optimizer)
 
 
 def save_on_main(tr: Trainer, name: str, weights: torch.nn.Module | None = None) -> None:

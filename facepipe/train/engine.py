@@ -199,6 +199,10 @@ def train_step(model: torch.nn.Module, batch: dict | list[dict], optimizer: torc
         consistency: a :class:`facepipe.train.consistency.ConsistencyConfig`: add the global-local consistency term
             (``consistency``, weighted by its ``weight``); not under DDP (``torchrun``).
 
+    A SAM optimizer (``first_step`` / ``second_step``: ``train.sam``) takes two passes: the gradient here, the weights
+    moved along it, the gradient again there (clipped alike), and the update of the original weights with it; the
+    loss and logits reported are the first pass's.
+
     Returns:
         A :class:`StepResult` (``float(result)`` is the total loss).
 
@@ -212,9 +216,40 @@ def train_step(model: torch.nn.Module, batch: dict | list[dict], optimizer: torc
         empty = torch.zeros(0)
         return StepResult(0.0, {}, 0.0, empty, empty.long(), {}, scaler.get_scale() if scaler is not None else None,
                           True)
-    n = len(micro)
     weights = _loss_weights(model, loss_weights, consistency)
     optimizer.zero_grad(set_to_none=True)
+    total_sum, sums, all_logits, all_labels = _backward(model, micro, optimizer, weights, amp_dtype, scaler,
+                                                         consistency)
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    norms = branch_grad_norms(model) if branch_norms else {}  # before clipping, like the global norm
+    params = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip_norm if clip_norm else float("inf")))
+    skipped = False
+    if hasattr(optimizer, "first_step") and hasattr(optimizer, "second_step"):  # SAM (train.sam)
+        optimizer.first_step(zero_grad=True)  # to the sharpest point within rho
+        _backward(model, micro, optimizer, weights, amp_dtype, None, consistency)
+        torch.nn.utils.clip_grad_norm_(params, clip_norm if clip_norm else float("inf"))
+        optimizer.second_step(zero_grad=True)  # back to the weights, updated with the gradient found there
+    elif scaler is not None:
+        before = scaler.get_scale()
+        scaler.step(optimizer)
+        scaler.update()
+        skipped = scaler.get_scale() < before
+    else:
+        optimizer.step()
+    return StepResult(total_sum, sums, grad_norm, torch.cat(all_logits), torch.cat(all_labels), norms,
+                      scaler.get_scale() if scaler is not None else None, skipped)
+
+
+def _backward(model, micro: list[dict], optimizer, weights: dict, amp_dtype, scaler, consistency):
+    """Forward and backward of every micro-batch (``loss / n`` each; DDP syncs on the last). Returns the total loss,
+    each term's mean, and the logits and labels.
+
+    Raises:
+        NonFiniteLoss: a micro-batch's loss is NaN/inf (the gradients are cleared).
+    """
+    n = len(micro)
     sums: dict[str, float] = {}
     total_sum = 0.0
     all_logits, all_labels = [], []
@@ -242,21 +277,7 @@ def train_step(model: torch.nn.Module, batch: dict | list[dict], optimizer: torc
             sums[name] = sums.get(name, 0.0) + float(v.item()) / n
         all_logits.append(logits.detach())
         all_labels.append(labels.detach())
-    if scaler is not None:
-        scaler.unscale_(optimizer)
-    norms = branch_grad_norms(model) if branch_norms else {}  # before clipping, like the global norm
-    params = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip_norm if clip_norm else float("inf")))
-    skipped = False
-    if scaler is not None:
-        before = scaler.get_scale()
-        scaler.step(optimizer)
-        scaler.update()
-        skipped = scaler.get_scale() < before
-    else:
-        optimizer.step()
-    return StepResult(total_sum, sums, grad_norm, torch.cat(all_logits), torch.cat(all_labels), norms,
-                      scaler.get_scale() if scaler is not None else None, skipped)
+    return total_sum, sums, all_logits, all_labels
 
 
 PREDICTION_SCHEMA = {"key": pl.String, "dataset": pl.String, "video_id": pl.String, "method": pl.String,
