@@ -137,3 +137,15 @@ def test_a_state_from_another_configuration_is_refused(example_cell_shards):
     b = make_loader(example_cell_shards, "val", batch_size=2, num_workers=0, rank=0, world_size=1)
     with pytest.raises(ConfigError, match="world_size 2 there, 1 here"):
         b.load_state_dict(a.state_dict())
+
+
+def test_resampled_passes_keep_the_target_shares_exactly(example_cell_shards):
+    """resampled=True (what `facepipe train` streams): shards drawn with replacement, yet every pass of every rank
+    delivers the cells' quotas exactly."""
+    for rank in range(2):
+        loader = make_loader(example_cell_shards, "val", batch_size=4, num_workers=2, rank=rank, world_size=2,
+                             resampled=True, epoch_samples=20, class_balance=True, seed=rank)
+        for _ in range(2):
+            got = Counter(int(lab) for b in loader for lab in b["label"])
+            assert got == {0: 5, 1: 5}
+        assert [h["shares"] for h in loader.history] == [{"example:fake": 0.5, "example:real": 0.5}] * 2

@@ -21,8 +21,9 @@ so an epoch is a fixed list of samples with exact shares that a resumed job can 
   many as slots.
 - **Interleaving.** Each slot draws its next cell with probability proportional to the cell's remaining quota
   (a uniformly random interleaving of the epoch's list), seeded by (seed, rank, worker, epoch); without shuffling,
-  cells follow one another in order. ``resampled``: each slot draws the cells by target share and their shards
-  with replacement, endlessly.
+  cells follow one another in order. ``resampled``: every slot reads every shard of a cell, drawn with
+  replacement, and each cell's quota is split evenly over the slots, so each pass still has the target shares
+  exactly.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ class CellStream:
     Attributes:
         cell: (dataset, label).
         urls: this slot's shards of the cell (resampled: all of the cell's shards, drawn with replacement).
-        quota: samples to take this pass (``None``: endless, resampled).
+        quota: samples to take this pass.
         share: the cell's target share (resampled draws).
         samples: the samples of ``urls`` (the index's count): the shards are read ``ceil(quota / samples)`` times
             at most, so broken samples shorten the pass rather than repeat others.
@@ -106,9 +107,10 @@ class CellStream:
 
     cell: Cell
     urls: tuple[str, ...]
-    quota: int | None
+    quota: int
     share: float
     samples: int = 0
+    resampled: bool = False
 
 
 @dataclass(frozen=True)
@@ -145,8 +147,11 @@ class MixPlan:
                 resampled: bool) -> list[CellStream]:
         """The cell streams of slot (``rank``, ``worker``)."""
         if resampled:
-            return [CellStream(c, tuple(u for cc, u, _ in self.shards if cc == c), None, s,
-                               sum(n for cc, _, n in self.shards if cc == c)) for c, s in sorted(self.shares.items())]
+            slot = worker * world_size + rank  # the remainders go to one worker of each rank first: ranks stay even
+            return [CellStream(c, tuple(u for cc, u, _ in self.shards if cc == c),
+                               apportion(self.quotas[c], [1] * (world_size * num_workers))[slot], s,
+                               sum(n for cc, _, n in self.shards if cc == c), resampled=True)
+                    for c, s in sorted(self.shares.items())]
         where = self.slots(world_size, num_workers)
         out = []
         for c in sorted(self.shares):
@@ -160,21 +165,27 @@ class MixPlan:
                                       sum(n for s, n in held if s == mine)))
         return out
 
-    def samples_of(self, rank: int, world_size: int, num_workers: int) -> int:
+    def samples_of(self, rank: int, world_size: int, num_workers: int, resampled: bool = False) -> int:
         """Samples one pass gives rank ``rank`` (its workers' quotas together)."""
-        return sum(s.quota or 0 for w in range(num_workers)
-                   for s in self.streams(rank, world_size, w, num_workers, resampled=False))
+        return sum(s.quota for w in range(num_workers) for s in self.streams(rank, world_size, w, num_workers,
+                                                                                resampled))
 
 
 def _cell_samples(stream: CellStream, read: Callable[[Iterator[dict]], Iterator[dict]], rng: random.Random,
                   shuffle: bool) -> Iterator[dict]:
     """One cell's samples for a pass: its shards in a shuffled order (reshuffled every cycle) until the quota is met,
     in at most ``ceil(quota / samples)`` cycles (so a broken sample shortens the pass, never repeats another);
-    resampled: shards drawn with replacement, endlessly. Ends early (with a warning) when a whole cycle gives
-    nothing (every shard of the cell broken)."""
-    if stream.quota is None:
+    resampled: shards drawn with replacement, endlessly (the mixer stops at the quota). Ends early (with a warning)
+    when a whole cycle gives nothing (every shard of the cell broken)."""
+    if stream.resampled:
         while True:
-            yield from read(iter([{"url": rng.choice(stream.urls)}]))
+            got = 0
+            for s in read(iter([{"url": rng.choice(stream.urls)}])):
+                got += 1
+                yield s
+            if not got and not any(True for _ in read(iter({"url": u} for u in stream.urls))):
+                log.warning("cell %s: no readable sample in its shards %s", stream.cell, list(stream.urls))
+                return
     taken, cycle = 0, 0
     cycles = -(-stream.quota // max(1, stream.samples))
     while taken < stream.quota and cycle < cycles:
@@ -198,15 +209,11 @@ def _cell_samples(stream: CellStream, read: Callable[[Iterator[dict]], Iterator[
 def mix(streams: list[CellStream], read: Callable[[Iterator[dict]], Iterator[dict]], seed: int,
         shuffle: bool = True) -> Iterator[dict]:
     """The samples of ``streams`` interleaved: the next cell drawn with probability proportional to its remaining
-    quota (resampled: to its share); without ``shuffle``, cell after cell. ``read`` turns ``{"url": ...}`` dicts
+    quota; without ``shuffle``, cell after cell. ``read`` turns ``{"url": ...}`` dicts
     into samples (webdataset's ``tarfile_to_samples``). A cell that ends before its quota (broken samples) leaves
     the rest of the pass to the others."""
     rng = random.Random(seed)
     its = {s.cell: _cell_samples(s, read, random.Random(rng.getrandbits(63)), shuffle) for s in streams}
-    if streams and streams[0].quota is None:
-        cells, shares = [s.cell for s in streams], [s.share for s in streams]
-        while True:
-            yield next(its[rng.choices(cells, shares)[0]])
     left = {s.cell: s.quota for s in streams if s.quota}
     while left:
         cells = list(left)

@@ -705,15 +705,11 @@ def _batches(cfg: LoaderConfig, samples: float) -> int:
 
 def _mixed_epoch_batches(cfg: LoaderConfig, plan: MixPlan, rank: int, world_size: int) -> int:
     """Batches per pass of rank ``rank`` under the cell mixer: exact per worker (each batches its own quotas), SBI
-    pairs doubling the real cells; resampled: ``epoch_samples`` (default the quotas' sum) over the ranks."""
+    pairs doubling the real cells."""
     pair = cfg.sbi is not None and cfg.sbi.mode == "pair"
-    if cfg.resampled:
-        total = cfg.epoch_samples or sum(plan.quotas.values())
-        return _batches(cfg, total / world_size * (1 + (sum(s for c, s in plan.shares.items() if c[1] == 0)
-                                                        if pair else 0)))
     workers = max(1, cfg.num_workers)
-    return sum(_batches(cfg, sum((s.quota or 0) * (2 if pair and s.cell[1] == 0 else 1)
-                                 for s in plan.streams(rank, world_size, w, workers, False)))
+    return sum(_batches(cfg, sum(s.quota * (2 if pair and s.cell[1] == 0 else 1)
+                                 for s in plan.streams(rank, world_size, w, workers, cfg.resampled)))
                for w in range(workers))
 
 
