@@ -482,3 +482,23 @@ def test_train_on_deepfakebench_shards_defaults_to_256(example_shards, tmp_path)
     cfg = TrainConfig(model="resnet18", batch_size=4, steps=1, eval_every=1, checkpoint_every=1, num_workers=0)
     run_train(shards, tmp_path / "run", cfg, progress=False)
     assert load_checkpoint(tmp_path / "run" / "last.pt", "resnet18")["image_size"] == 256
+
+
+def test_export_landmarks_refuses_faces_without_them(tmp_path):
+    """--landmarks: a face without 68-point landmarks is an error naming it and the preset that makes them (no JSON
+    written), instead of DeepfakeBench's with_landmark reading zeros; without it the faces export, and the CLI says
+    that no landmark file was written."""
+    from typer.testing import CliRunner
+
+    from facepipe import deepfakebench as dfb
+    from facepipe.cli import app
+
+    faces = [_png_face("shared_real", "ffpp-original_634", 0, "original"),
+             _png_face("shared_real", "ffpp-FaceSwap_634_660", 1, "FaceSwap")]
+    with pytest.raises(InputError, match=r"ffpp-original_634 frame 0: no 68-point landmarks.*--preset deepfakebench"):
+        dfb.export(iter(faces), tmp_path / "a", adapters={"shared_real": "ffpp"}, landmarks=True, progress=False)
+    assert not (tmp_path / "a" / "dataset_json").exists()
+    s = dfb.export(iter(faces), tmp_path / "b", adapters={"shared_real": "ffpp"}, progress=False)
+    assert s.frames == 2 and s.landmarks == 0
+    r = CliRunner().invoke(app, ["export", "deepfakebench", "--help"])
+    assert "no validation mode" in " ".join(r.output.split()) and "--landmarks" in r.output

@@ -31,9 +31,18 @@ def export_deepfakebench(
     path_prefix: str = typer.Option("./datasets/rgb", help="What the JSON's paths start with instead of OUT/rgb "
                                                            "(DeepfakeBench's rgb_dir, relative, starting with '.')."),
     compression: str = typer.Option("c23", help="Compression level key for FaceForensics++-family datasets."),
+    landmarks: bool = typer.Option(False, "--landmarks", help="Require 68-point landmarks for every face (made by "
+                                   "extract --preset deepfakebench): refuse rather than let DeepfakeBench's "
+                                   "with_landmark read zeros."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Write crops in DeepfakeBench's layout (frames, masks, landmarks) with its dataset JSON, from shards or extract."""
+    """Write crops in DeepfakeBench's layout (frames, masks, landmarks) with its dataset JSON, from shards or extract.
+
+    DeepfakeBench has no validation mode: the exported val split is listed in the JSON, but its trainer trains on
+    train and tests on test. It keeps one face per frame and one label per video: faces of other tracks and faces
+    whose label differs from their video's are left out (counted below). Landmark files are written only for faces
+    with 68-point landmarks (extract --preset deepfakebench); --landmarks makes their absence an error.
+    """
     from facepipe import deepfakebench as dfb
 
     if (shards is None) == (extract is None):
@@ -44,8 +53,11 @@ def export_deepfakebench(
              dfb.faces_from_extract(extract, manifest, dataset))
     s = dfb.export(faces, out, path_prefix=path_prefix, compression=compression,
                    adapters=key_values(adapter, "--adapter", "DATASET=ADAPTER"), progress=progress,
-                   method_map=key_values(method_map, "--method-map", "METHOD=NAME"))
+                   method_map=key_values(method_map, "--method-map", "METHOD=NAME"), landmarks=landmarks)
     typer.echo(f"export: {s.frames} frames, {s.masks} masks, {s.landmarks} landmark files -> {out}/rgb")
+    if not s.landmarks:
+        typer.echo("note: no landmark files (the faces have no 68-point landmarks: extract with --preset "
+                   "deepfakebench); DeepfakeBench configs with with_landmark: true would read zeros")
     for (name, label, split), n in sorted(s.videos.items()):
         typer.echo(f"  {name} {label} {split}: {n} videos")
     for why, n in sorted(s.skipped.items()):

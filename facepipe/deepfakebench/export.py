@@ -178,6 +178,7 @@ class _Export:
     compression: str
     adapters: dict[str, str]
     method_map: dict[str, str] | None
+    landmarks: bool = False  # every exported face must have 68-point crop landmarks
     summary: ExportSummary = field(default_factory=ExportSummary)
     tree: dict = field(default_factory=dict)
     seen: set = field(default_factory=set)
@@ -191,6 +192,11 @@ class _Export:
         if f.label != f.video_label:
             self.summary.skipped["face label differs from its video's (DeepfakeBench has video labels)"] += 1
             return False
+        if self.landmarks and (f.crop_landmarks is None or len(f.crop_landmarks) not in (68, 81)):
+            raise InputError(f"{f.dataset}/{f.video_id} frame {f.frame_index}: no 68-point landmarks, and --landmarks "
+                             "asks for them (DeepfakeBench's with_landmark would read zeros); extract with --preset "
+                             "deepfakebench (or extract.landmarks68: true) and shard again, or export without "
+                             "--landmarks")
         adapter = self.adapters.get(f.dataset)
         d = dfb_dataset(f.dataset, adapter)
         label_name = d.label_name(f.label, f.method, self.method_map)
@@ -276,7 +282,7 @@ def _write_label_dict(out: Path, label_dict: dict[str, int]) -> None:
 
 def export(faces: Iterator[Face], out: str | Path, path_prefix: str = DEFAULT_PREFIX, compression: str = "c23",
            adapters: dict[str, str] | None = None, progress: bool = True,
-           method_map: dict[str, str] | None = None) -> ExportSummary:
+           method_map: dict[str, str] | None = None, landmarks: bool = False) -> ExportSummary:
     """Write ``faces`` in DeepfakeBench's layout and dataset JSON under ``out`` (see the module docstring).
 
     DeepfakeBench has one face per frame and one label per video: faces whose label differs from their video's
@@ -295,11 +301,18 @@ def export(faces: Iterator[Face], out: str | Path, path_prefix: str = DEFAULT_PR
             method the dataset's DeepfakeBench naming does not list (FaceForensics++ and DFDCP name each method;
             e.g. a DFDC fake in a dataset exported as ``ffpp``), and overriding the naming otherwise. A name
             DeepfakeBench's ``label_dict`` has as real is refused for a fake.
+        landmarks: require 68-point crop landmarks on every exported face (``--landmarks``): without them
+            DeepfakeBench's ``with_landmark`` silently reads zeros. Faces get them from ``extract --preset
+            deepfakebench`` or ``extract.landmarks68: true``; without this option, faces lacking them get no file.
+
+    DeepfakeBench has no validation mode: the exported ``val`` split is listed in the JSON, but its trainer trains
+    on ``train`` and tests on ``test``.
 
     Raises:
         InputError: a name containing ``frames`` or a path separator, fakes of a method with no DeepfakeBench label
             name and no ``method_map`` entry (all such dataset/method pairs named, before any JSON is written), a
-            mapped name that is real in DeepfakeBench's ``label_dict``, or no face to export.
+            mapped name that is real in DeepfakeBench's ``label_dict``, no face to export, or (``landmarks``) a
+            face without 68-point landmarks (naming it and the preset that makes them; no JSON is written).
     """
     out = Path(out)
     prefix = path_prefix.rstrip("/")
@@ -308,7 +321,7 @@ def export(faces: Iterator[Face], out: str | Path, path_prefix: str = DEFAULT_PR
                     prefix)
     safe_component(prefix, "path prefix", sep_ok=True)
     check_method_map(method_map)
-    run = _Export(out / "rgb", prefix, compression, adapters or {}, method_map)
+    run = _Export(out / "rgb", prefix, compression, adapters or {}, method_map, landmarks)
     bar = tqdm(unit="face", desc="export deepfakebench", disable=not progress)
     for f in faces:
         if run.add(f):
