@@ -188,6 +188,7 @@ def example_clip_shards(tmp_path_factory) -> Path:
                                         "face_detector": {"name": "mtcnn"}, "align": {"size": 64}, "workers": 0})
     extract.run(videos, root / "extract", cfg, progress=False, manifest=root / "manifest.parquet")
     shard.run(root / "shards", shard.ShardConfig(inputs=(shard.ShardInput(
-        dataset="example", extract=str(root / "extract"), manifest=str(root / "manifest.parquet")),), max_samples=4),
+        dataset="example", extract=str(root / "extract"), manifest=str(root / "manifest.parquet")),), max_samples=4,
+        layout="mixed"),
         progress=False)
     return root / "shards"

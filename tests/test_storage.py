@@ -56,7 +56,8 @@ def s3():
 def _inputs(example_shards) -> shard.ShardConfig:
     root = example_shards.parent
     return shard.ShardConfig(inputs=(shard.ShardInput(dataset="example", extract=str(root / "extract"),
-                                                      manifest=str(root / "manifest.parquet")),), max_samples=16)
+                                                      manifest=str(root / "manifest.parquet")),), max_samples=16,
+                             layout="mixed")  # as the fixture
 
 
 def _stream(source, split: str, workers: int = 0) -> list[tuple[str, int]]:
@@ -67,7 +68,7 @@ def _stream(source, split: str, workers: int = 0) -> list[tuple[str, int]]:
 def test_cli_writes_the_set_to_s3_and_make_loader_streams_the_same_samples(s3, example_shards):
     root = example_shards.parent
     url = f"s3://{BUCKET}/example/"
-    r = CliRunner().invoke(app, ["shard", "--out", url, "--max-samples", "16", "--no-progress", "--input",
+    r = CliRunner().invoke(app, ["shard", "--out", url, "--max-samples", "16", "--no-progress", "-S", "layout=mixed", "--input",
                                  f"dataset=example,extract={root / 'extract'},manifest={root / 'manifest.parquet'}"])
     assert r.exit_code == 0, r.output
     local_index = json.loads((example_shards / "index.json").read_text())

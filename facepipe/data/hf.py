@@ -39,6 +39,8 @@ def hf_features(index: str | dict):
         raise SchemaError(f"shard set has image format {fmt!r}: Hugging Face needs one image field")
 
     def typ(t):
+        if isinstance(t, dict):
+            return {k: typ(v) for k, v in t.items()}
         return [typ(t[0])] if isinstance(t, list) else datasets.Value(t)
 
     if index.get("sample_kind") == "clip":  # T image members (and masks) per sample

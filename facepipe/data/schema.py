@@ -74,7 +74,9 @@ frame: identity ``affine``, ``landmarks`` from its landmark file or ``null``); `
 video ids a fake was made from (empty for reals). ``preset``: the alignment preset (``deepfakebench`` or
 ``null``); ``crop_landmarks``: dlib's 68 (or DeepfakeBench's 81) landmarks in crop pixels, or ``null``;
 ``has_mask``: the ``mask.png`` member is a real difference mask (else all zeros: a real face, or a fake without
-an original to compare with)."""
+an original to compare with). Optional (sets written since shard stage version 5): ``source``, the source video's
+``width`` and ``height`` (pixels, after rotation), ``kbps`` (file size over duration) and ``codec``, the shortcut
+probe's nuisance features (:mod:`facepipe.data.bias`)."""
 
 
 CLIP_META_FIELDS = (
@@ -396,6 +398,7 @@ HF_JSON_TYPES = {
     "box": ["float64"], "landmarks": [["float64"]], "affine": [["float64"]], "crop_size": "int64",
     "crop_mode": "string", "detector": "string", "detector_version": "string", "schema_version": "int64",
     "preset": "string", "crop_landmarks": [["float64"]], "has_mask": "bool",
+    "source": {"width": "int64", "height": "int64", "kbps": "float64", "codec": "string"},
 }
 
 HF_CLIP_JSON_TYPES = {
@@ -407,8 +410,10 @@ HF_CLIP_JSON_TYPES = {
     "manipulation_scores": ["float64"], "gaps": ["bool"], "has_masks": ["bool"], "crop_size": "int64",
     "crop_mode": "string", "detector": "string", "detector_version": "string", "schema_version": "int64",
     "preset": "string", "crop_landmarks": [[["float64"]]],
+    "source": {"width": "int64", "height": "int64", "kbps": "float64", "codec": "string"},
 }
-"""Hugging Face ``datasets`` types of a clip sample's ``json`` fields (:data:`CLIP_META_FIELDS`)."""
+"""Hugging Face ``datasets`` types of a clip sample's ``json`` fields (:data:`CLIP_META_FIELDS`, and the optional
+``source``)."""
 
 
 __all__ = ["CLIP_META_FIELDS", "HF_CLIP_JSON_TYPES", "IMAGE_EXTS", "IdError", "KEY_SEP", "LABEL_NAMES", "MASK_EXT",
