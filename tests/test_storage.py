@@ -68,7 +68,8 @@ def _stream(source, split: str, workers: int = 0) -> list[tuple[str, int]]:
 def test_cli_writes_the_set_to_s3_and_make_loader_streams_the_same_samples(s3, example_shards):
     root = example_shards.parent
     url = f"s3://{BUCKET}/example/"
-    r = CliRunner().invoke(app, ["shard", "--out", url, "--max-samples", "16", "--no-progress", "-S", "layout=mixed", "--input",
+    r = CliRunner().invoke(app, ["shard", "--out", url, "--max-samples", "16", "--no-progress", "-S", "layout=mixed",
+                                 "--input",
                                  f"dataset=example,extract={root / 'extract'},manifest={root / 'manifest.parquet'}"])
     assert r.exit_code == 0, r.output
     local_index = json.loads((example_shards / "index.json").read_text())

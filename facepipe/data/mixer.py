@@ -100,7 +100,6 @@ class CellStream:
         cell: (dataset, label).
         urls: this slot's shards of the cell (resampled: all of the cell's shards, drawn with replacement).
         quota: samples to take this pass.
-        share: the cell's target share (resampled draws).
         samples: the samples of ``urls`` (the index's count): the shards are read ``ceil(quota / samples)`` times
             at most, so broken samples shorten the pass rather than repeat others.
     """
@@ -108,7 +107,6 @@ class CellStream:
     cell: Cell
     urls: tuple[str, ...]
     quota: int
-    share: float
     samples: int = 0
     resampled: bool = False
 
@@ -149,9 +147,9 @@ class MixPlan:
         if resampled:
             slot = worker * world_size + rank  # the remainders go to one worker of each rank first: ranks stay even
             return [CellStream(c, tuple(u for cc, u, _ in self.shards if cc == c),
-                               apportion(self.quotas[c], [1] * (world_size * num_workers))[slot], s,
+                               apportion(self.quotas[c], [1] * (world_size * num_workers))[slot],
                                sum(n for cc, _, n in self.shards if cc == c), resampled=True)
-                    for c, s in sorted(self.shares.items())]
+                    for c in sorted(self.shares)]
         where = self.slots(world_size, num_workers)
         out = []
         for c in sorted(self.shares):
@@ -161,8 +159,7 @@ class MixPlan:
             mine = (rank, worker)
             if mine in owners:
                 urls = tuple(u for k, (cc, u, _) in enumerate(self.shards) if cc == c and where[k] == mine)
-                out.append(CellStream(c, urls, per[owners.index(mine)], self.shares[c],
-                                      sum(n for s, n in held if s == mine)))
+                out.append(CellStream(c, urls, per[owners.index(mine)], sum(n for s, n in held if s == mine)))
         return out
 
     def samples_of(self, rank: int, world_size: int, num_workers: int, resampled: bool = False) -> int:
