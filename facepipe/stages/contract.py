@@ -22,7 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from facepipe.errors import FacepipeError
+from facepipe.errors import FacepipeError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,28 @@ LOCK_NAME = ".lock"
 
 class StageBusy(FacepipeError):
     """Another run of a stage holds the lock on the same output folder."""
+
+
+EXTRACT_SETTINGS = "extract.json"
+"""The settings file the extract stage writes in its ``OUT``: what the crops were made with (``params``: the parameters
+that change results, ``detector``: ``name@version``, ``stage_fingerprint``). Shard copies it per dataset into its
+index (``extract``) and training into every checkpoint, so ``facepipe predict`` makes crops of new videos exactly as
+the model's training crops were made."""
+
+
+def read_extract_settings(extract_dir: str | Path) -> dict | None:
+    """The :data:`EXTRACT_SETTINGS` document of an extract output, or ``None`` when it has none (an older facepipe).
+
+    Raises:
+        InputError: the file exists but is not JSON (names it).
+    """
+    p = Path(extract_dir) / EXTRACT_SETTINGS
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{p}: unreadable extract settings ({e}); rerun 'facepipe extract'") from None
 
 
 def module_path(module: str) -> Path | None:
@@ -194,6 +216,28 @@ STATUSES = ("ok", "no_face", "decode_error", "unsupported", "error")
 never cached: the item is retried on the next run."""
 
 
+STATUS_HINTS = {
+    "no_face": "no face found: check the file, or lower extract.face_detector.min_score / min_face_px",
+    "decode_error": "damaged or truncated file (an interrupted download?): faces of its decodable frames are kept; "
+                    "re-download it",
+    "unsupported": "not a video or photo FFmpeg / Pillow reads, or no video stream",
+    "error": "unexpected failure: rerunning the command retries it; -v shows the traceback",
+}
+"""What each problem status means for the user, printed once per status in a run's summary."""
+
+
+def short_message(message: str | None, path: str | None) -> str:
+    """``message`` without a leading copy of its file's path (``/abs/dir/a.mp4: no video stream`` -> ``no video
+    stream``), so a line that names the file once stays readable."""
+    msg = message or ""
+    if path:
+        name = Path(path).name + ": "
+        head, sep, tail = msg.partition(name)
+        if sep and (not head or head.endswith("/") or head.endswith("\\")):
+            return tail
+    return msg
+
+
 def status_summary(rows: Iterable[dict], first: int = 3) -> tuple[dict[str, int], list[str]]:
     """Counts per status (every status present, zeros included) and the first messages of problems.
 
@@ -202,7 +246,7 @@ def status_summary(rows: Iterable[dict], first: int = 3) -> tuple[dict[str, int]
         first: messages kept per problem status.
 
     Returns:
-        (counts, lines like ``"error: a/b.mp4: message"``).
+        (counts, lines like ``"a/b.mp4: error: message"``: the file named once).
     """
     counts: Counter = Counter({s: 0 for s in STATUSES})
     lines: list[str] = []
@@ -211,9 +255,10 @@ def status_summary(rows: Iterable[dict], first: int = 3) -> tuple[dict[str, int]
         counts[r["status"]] += 1
         if r["status"] not in ("ok", "no_face") and per[r["status"]] < first:
             per[r["status"]] += 1
-            lines.append(f"{r['status']}: {r.get('path') or r.get('video_id')}: {r.get('message')}")
+            where = r.get("path") or r.get("video_id")
+            lines.append(f"{where}: {r['status']}: {short_message(r.get('message'), where)}")
     return dict(counts), lines
 
 
 __all__ = ["LOCK_NAME", "STATUSES", "StageBusy", "closure_relpaths", "code_closure", "code_hash", "fingerprint",
-           "item_key", "module_path", "stage_lock", "status_summary"]
+           "item_key", "module_path", "short_message", "stage_lock", "status_summary", "STATUS_HINTS"]

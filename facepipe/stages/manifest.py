@@ -50,13 +50,19 @@ def run(adapter: str, root: str | Path, dataset: str, cfg: ManifestConfig, out: 
         with atomic_path(out) as tmp:
             df.write_parquet(tmp, metadata={"facepipe_stage_fingerprint": fp, "facepipe_split_report":
                                             json.dumps(report, sort_keys=True),
-                                            "facepipe_excluded": json.dumps(info.get("excluded", {}), sort_keys=True)})
+                                            "facepipe_excluded": json.dumps(info.get("excluded", {}), sort_keys=True),
+                                            "facepipe_adapter": adapter})
     return ManifestSummary(df.height, report, fp, info.get("excluded", {}))
 
 
 def read_excluded(path: str | Path) -> dict:
     """The videos the official protocol left out, per reason (``{reason: {"n", "examples"}}``; empty when absent)."""
     return json.loads(pl.read_parquet_metadata(path).get("facepipe_excluded", "{}"))
+
+
+def read_adapter(path: str | Path) -> str | None:
+    """The dataset adapter a manifest written by this stage was built with (``None``: not recorded)."""
+    return pl.read_parquet_metadata(path).get("facepipe_adapter")
 
 
 def read_report(path: str | Path) -> dict:

@@ -2,6 +2,8 @@
 
 Layout of ``OUT``::
 
+    README.md              the set's dataset card (Hugging Face form: datasets.load_dataset(OUT) reads the splits;
+                           counts, how the crops were made, label sources, protocols and citations)
     index.json             THE pointer: the published set's version, and every shard with its samples, bytes
                            and counts by dataset, label, method, label source and (dataset, label) cell;
                            ``videos`` names the set's video table
@@ -49,7 +51,8 @@ from tqdm.auto import tqdm
 from facepipe import __version__
 from facepipe._io import atomic_path
 from facepipe.config import Section
-from facepipe.data import storage
+from facepipe.data import card, storage
+from facepipe.data.card import CARD_NAME
 from facepipe.data.footprint import VIDEOS_NAME, video_table
 from facepipe.data.schema import SCHEMA_VERSION, SPLITS, encode_clip_sample, encode_sample
 from facepipe.errors import InputError
@@ -436,7 +439,7 @@ def _publish_local(out: Path, version: str, stage_fp: str, allrows: pl.DataFrame
         try:
             index = _write_set(stage, version, allrows, stored, cfg, summary, progress, wds)
             _write_videos(stage, version, allrows, index)
-            _describe(index, allrows, view_params, cfg.reencode)
+            _describe(index, allrows, view_params, cfg)
             (stage / META_NAME).write_text(_meta_json(cfg, stored, stage_fp, version))
             final = out / version
             if final.exists():
@@ -445,6 +448,7 @@ def _publish_local(out: Path, version: str, stage_fp: str, allrows: pl.DataFrame
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)
             raise
+        _write_card(out, index, version, allrows, cfg)
         with atomic_path(out / INDEX_NAME) as tmp:  # the publishing step
             tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
         _write_stats(out, index, allrows)
@@ -452,6 +456,18 @@ def _publish_local(out: Path, version: str, stage_fp: str, allrows: pl.DataFrame
             if old.name != version and (old.name.startswith(SET_PREFIX) and old.is_dir()
                                         or old.suffix == ".tar" or old.name == META_NAME):
                 shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+def _write_card(folder: Path, index: dict, version: str, allrows: pl.DataFrame, cfg: ShardConfig) -> None:
+    """``README.md``: the set's Hugging Face dataset card (:mod:`facepipe.data.card`), written before the index is
+    published (both sets exist then, so the card never names a missing one)."""
+    info = {}
+    for inp in cfg.inputs:  # the adapter and split report a manifest stage recorded (none in a hand-written CSV)
+        meta = pl.read_parquet_metadata(inp.manifest) if Path(inp.manifest).suffix == ".parquet" else {}
+        info[inp.dataset] = card.dataset_info(meta.get("facepipe_adapter"),
+                                              json.loads(meta.get("facepipe_split_report", "{}")))
+    with atomic_path(folder / CARD_NAME) as tmp:
+        tmp.write_text(card.render(index, version, allrows, info, cfg.layout))
 
 
 def _write_videos(stage: Path, version: str, allrows: pl.DataFrame, index: dict) -> None:
@@ -462,10 +478,13 @@ def _write_videos(stage: Path, version: str, allrows: pl.DataFrame, index: dict)
     index["videos"] = f"{version}/{VIDEOS_NAME}"
 
 
-def _describe(index: dict, allrows: pl.DataFrame, view_params: dict | None,
-              reencode: ReencodeConfig | None = None) -> None:
-    """Set-wide facts readers need before opening a shard: view parameters, crop size, image format, and the
-    alignment preset when every sample has the same one (``deepfakebench``, ``deepfakebench-68``; else null)."""
+def _describe(index: dict, allrows: pl.DataFrame, view_params: dict | None, cfg: ShardConfig) -> None:
+    """Set-wide facts readers need before opening a shard: view parameters, crop size, image format, the
+    alignment preset when every sample has the same one (``deepfakebench``, ``deepfakebench-68``; else null), and
+    ``extract``: per dataset, the settings its crops were made with (its extract output's ``extract.json``; null
+    from an older facepipe), which training records in checkpoints for ``facepipe predict``."""
+    reencode = cfg.reencode
+    index["extract"] = {i.dataset: contract.read_extract_settings(i.extract) for i in cfg.inputs}
     sizes = allrows["crop_size"].unique().to_list()
     paths = allrows["crop_path"].explode() if allrows["crop_path"].dtype == pl.List(pl.String) else allrows["crop_path"]
     formats = sorted({Path(c).suffix.lstrip(".").lower().replace("jpeg", "jpg") for c in paths})
@@ -509,12 +528,14 @@ def _publish_remote(url: str, version: str, stage_fp: str, allrows: pl.DataFrame
         index = _write_set(stage, version, allrows, stored, cfg, summary, progress, wds, post=upload)
         _write_videos(stage, version, allrows, index)
         remote.put(stage / VIDEOS_NAME, f"{version}/{VIDEOS_NAME}")
-        _describe(index, allrows, view_params, cfg.reencode)
+        _describe(index, allrows, view_params, cfg)
         (stage / META_NAME).write_text(_meta_json(cfg, stored, stage_fp, version))
         remote.put(stage / META_NAME, f"{version}/{META_NAME}")
         _write_stats(stage, index, allrows)
         for name in (STATS_NAME, COUNTS_NAME):
             remote.put(stage / name, name)
+        _write_card(stage, index, version, allrows, cfg)
+        remote.put(stage / CARD_NAME, CARD_NAME)
         (stage / INDEX_NAME).write_text(json.dumps(index, indent=1, sort_keys=True))
         remote.put(stage / INDEX_NAME, INDEX_NAME)  # the publishing step
     for old in remote.sets():

@@ -457,8 +457,15 @@ def _record(cfg: TrainConfig, freq: FreqConfig, shards, index: dict, size: int) 
         log.warning("%s: shard set without videos.parquet (written by an older facepipe): the checkpoint cannot "
                     "record its training videos, so evaluate cannot check test sets against them; rerun "
                     "'facepipe shard'", shards)
+    datasets = sorted({d for s in index["splits"]["train"]["shards"] for d in s["datasets"]})
+    extract = {d: (index.get("extract") or {}).get(d) for d in datasets}
+    if any(v is None for v in extract.values()):
+        log.warning("%s: the shard set does not record how the crops of %s were made (written by an older facepipe): "
+                    "the checkpoint cannot record its extract settings, so 'facepipe predict' will need --params; "
+                    "rerun 'facepipe extract' and 'facepipe shard'", shards,
+                    ", ".join(d for d, v in extract.items() if v is None))
     return {"params": cfg.model_dump(), "freq": freq.model_dump(), "model_name": cfg.model, "image_size": size,
-            "datasets": sorted({d for s in index["splits"]["train"]["shards"] for d in s["datasets"]}),
+            "datasets": datasets, "extract": extract,
             "footprint": None if seen is None else training_footprint(seen),
             "imports": [str(Path(f).resolve()) for f in cfg.imports],
             "schema_version": SCHEMA_VERSION, "facepipe_version": __version__, "fingerprint": fingerprint(cfg, freq)}

@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class ExtractSummary:
     """What one run did. ``statuses`` counts every input's status after the run; ``problems`` the first
-    messages of each problem status; ``labels`` faces per (label_source, label)."""
+    messages of each problem status among the videos an earlier run did (this run's are printed as they finish);
+    ``labels`` faces per (label_source, label)."""
 
     processed: int = 0
     skipped: int = 0
@@ -93,8 +94,8 @@ class _Progress:
         self.bar.update(1)
         rate = s.faces_written / max(time.perf_counter() - self.t0, 1e-9)
         self.bar.set_postfix(faces=s.faces_written, faces_s=f"{rate:.1f}", refresh=False)
-        if row["status"] in ("decode_error", "unsupported", "error"):
-            tqdm.write(f"{row['path']}: {row['status']}: {row['message']}")
+        if row["status"] in ("decode_error", "unsupported", "error"):  # named here, once (the summary counts them)
+            tqdm.write(f"{row['path']}: {row['status']}: {contract.short_message(row['message'], row['path'])}")
 
 
 def _label_counts(out: Path) -> dict[str, int]:
@@ -102,6 +103,20 @@ def _label_counts(out: Path) -> dict[str, int]:
     faces = pl.read_parquet(out / "faces.parquet", columns=["label", "label_source"])
     return {f"{src or 'unlabelled'}:{'fake' if lab == 1 else 'real' if lab == 0 else '?'}": n
             for src, lab, n in faces.group_by("label_source", "label").len().sort("label_source", "label").iter_rows()}
+
+
+def write_settings(out: Path, cfg: ExtractConfig, *, detector_id: str, stage_fp: str) -> None:
+    """Write :data:`~facepipe.stages.contract.EXTRACT_SETTINGS` in ``out`` (temp name, then rename): the parameters
+    that change results, the detector id and the stage fingerprint."""
+    import json
+
+    from facepipe import __version__
+    from facepipe._io import atomic_path
+
+    doc = {"params": json.loads(json.dumps(cfg.result_params(), default=str)), "detector": detector_id,
+           "stage_fingerprint": stage_fp, "facepipe_version": __version__}
+    with atomic_path(out / contract.EXTRACT_SETTINGS) as tmp:
+        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
 
 
 def run(video_dir: str | Path, out_dir: str | Path, cfg: ExtractConfig, *, progress: bool = True,
@@ -160,7 +175,10 @@ def run(video_dir: str | Path, out_dir: str | Path, cfg: ExtractConfig, *, progr
                 run_tasks(tasks, out, cfg, backend, prog.done)
         prog.bar.close()
         rows = consolidate(out, jobs)
-    summary.statuses, summary.problems = contract.status_summary(rows)
+        write_settings(out, cfg, detector_id=summary.detector, stage_fp=stage_fp)
+    summary.statuses, _ = contract.status_summary(rows)
+    # problems of videos done by an earlier run (this run named its own as they finished)
+    _, summary.problems = contract.status_summary([r for r in rows if r["video_id"] not in pending])
     summary.labels = _label_counts(out)
     summary.seconds = time.perf_counter() - t0
     return summary
