@@ -11,4 +11,14 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "predict"]
+
+
+def __getattr__(name: str):
+    """``facepipe.predict`` (:func:`facepipe.inference.predict`), imported on first use: ``import facepipe`` stays
+    light (no torch)."""
+    if name == "predict":
+        from facepipe.inference import predict
+
+        return predict
+    raise AttributeError(f"module 'facepipe' has no attribute {name!r}")

@@ -159,6 +159,19 @@ def example_shards(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def example_checkpoint(example_shards, tmp_path_factory) -> Path:
+    """A ResNet-18 trained 2 steps on :func:`example_shards` at 64 px (``best.pt``): records the example's extract
+    settings, so ``facepipe predict`` can use it."""
+    from facepipe.stages.train import TrainConfig
+    from facepipe.stages.train import run as run_train
+
+    out = tmp_path_factory.mktemp("example_train")
+    run_train(example_shards, out, TrainConfig(model="resnet18", image_size=64, steps=2, eval_every=2,
+                                               checkpoint_every=2, batch_size=8, num_workers=0), progress=False)
+    return out / "best.pt"
+
+
+@pytest.fixture(scope="session")
 def example_cell_shards(example_shards, tmp_path_factory) -> Path:
     """The same example faces as :func:`example_shards` in ``layout: cells`` shards of at most 4 samples (one series
     per (dataset, label) cell: the cell mixer's input)."""

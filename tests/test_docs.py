@@ -89,10 +89,14 @@ def test_the_docs_have_snippets_and_only_the_declared_skips():
 
 
 @pytest.fixture()
-def docs_workdir(tmp_path, example_shards, example_clip_shards, monkeypatch):
+def docs_workdir(tmp_path, example_shards, example_clip_shards, example_checkpoint, monkeypatch):
     """A working directory like the repository's after ``dvc repro``: ``data/shards`` is the example's shard set,
-    ``data/clip_shards`` its clip set (the pipeline's clip variant)."""
-    (tmp_path / "data").mkdir()
+    ``data/clip_shards`` its clip set (the pipeline's clip variant), ``data/example/videos`` its videos,
+    ``data/train/best.pt`` a checkpoint trained on it."""
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    (tmp_path / "data" / "example").mkdir()
+    (tmp_path / "data" / "example" / "videos").symlink_to(example_shards.parent / "videos", target_is_directory=True)
+    (tmp_path / "data" / "train" / "best.pt").symlink_to(example_checkpoint)
     (tmp_path / "data" / "shards").symlink_to(example_shards, target_is_directory=True)
     (tmp_path / "data" / "clip_shards").symlink_to(example_clip_shards, target_is_directory=True)
     monkeypatch.chdir(tmp_path)

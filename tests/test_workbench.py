@@ -329,3 +329,21 @@ def test_features_pool_and_attention_weights(example_shards, trained, tmp_path):
     with pytest.raises(ConfigError, match="no layer 'nope'"):
         extract_features(trained / "local" / "best.pt", example_shards, "val", ["nope"], tmp_path / "g",
                          progress=False)
+
+
+def test_features_of_a_one_dimensional_layer_are_histograms(example_shards, trained, tmp_path):
+    """The last layer --list-layers prints (the logit, 1 feature per sample) cannot be t-SNE'd (scikit-learn's raw
+    'n_components=2 must be between 0 and min(n_samples, n_features)=1'): per-class histograms and a note instead."""
+    from typer.testing import CliRunner
+
+    from facepipe.cli import app
+
+    ckpt = trained / "resnet18" / "best.pt"
+    last = layer_table(ckpt, example_shards)[-1]
+    assert int(np.prod(last[2][1:])) == 1
+    r = CliRunner().invoke(app, ["features", "--checkpoint", str(ckpt), "--shards", str(example_shards),
+                                 "--layers", last[0], "--out", str(tmp_path / "f"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "note: " in r.output and "per-class histograms" in r.output and "t-SNE:" not in r.output
+    assert (tmp_path / "f" / "histogram.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "f" / "tsne.png").exists()

@@ -7,10 +7,43 @@ from typing import Optional
 
 import typer
 
-from facepipe.cli._common import _csv_list
+from facepipe.cli._common import _csv_list, plural
 from facepipe.errors import ConfigError
 
 app = typer.Typer()
+
+
+@app.command()
+def predict(
+    inputs: list[Path] = typer.Argument(..., help="Videos, photos, folders of them, or a .csv / .parquet list of "
+                                                  "files (a 'path' column, optionally 'label')."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint from 'facepipe train' (best.pt)."),
+    out: Path = typer.Option(Path("predictions"), "--out", help="Output folder: predictions.parquet, "
+                             "predictions.csv, annotated/, explain/, extract/ (a rerun resumes)."),
+    explain: bool = typer.Option(False, "--explain", help="Also write each face's Grad-CAM overlay (explain/)."),
+    device: Optional[str] = typer.Option(None, help="Model device: cpu, cuda, cuda:N [default: the GPU when there "
+                                                    "is one, else cpu]."),
+    workers: int = typer.Option(2, min=0, help="Extract worker processes (0: in this process)."),
+    batch_size: int = typer.Option(32, min=1, help="Faces per model batch."),
+    video_agg: str = typer.Option("mean", help="Per-track aggregation: mean, max, topk, deepfakebench; a video "
+                                               "takes its most-fake track."),
+    faces: str = typer.Option("all", help="Face tracks scored: all, or main (the largest, the training rule)."),
+    params: Optional[Path] = typer.Option(None, "--params", help="Take the extract settings from this params.yaml "
+                                          "instead of the checkpoint (older checkpoints record none)."),
+    root: Optional[Path] = typer.Option(None, help="Folder the paths of a list of files are relative to "
+                                                   "[default: the list's folder]."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Score your own videos and photos with a trained checkpoint, made into crops exactly as its training crops were
+    (the checkpoint records the extract settings)."""
+    from facepipe.inference import format_summary
+    from facepipe.inference import predict as run_predict
+
+    s = run_predict(inputs, checkpoint, out, explain=explain, device=device, workers=workers, batch_size=batch_size,
+                    video_agg=video_agg, faces=faces, params=params, root=root, progress=progress)
+    typer.echo(format_summary(s))
+    typer.echo(f"-> {out / 'predictions.parquet'}, {out / 'predictions.csv'}, {out / 'annotated'}/"
+               + (f", {out / 'explain'}/" if explain else ""))
 
 
 @app.command()
@@ -24,7 +57,8 @@ def features(
     pool: bool = typer.Option(False, help="Pooled (N, C) embeddings instead of full maps."),
     limit: Optional[int] = typer.Option(None, min=1, help="At most this many samples."),
     batch_size: int = typer.Option(32, min=1, help="Samples per batch."),
-    tsne: bool = typer.Option(True, help="t-SNE plot of the first layer (tsne.png)."),
+    tsne: bool = typer.Option(True, help="t-SNE plot of the first layer (tsne.png; per-class histograms, "
+                                         "histogram.png, for a 1-D layer)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Feature maps / embeddings and attention weights of named layers per sample, and a t-SNE plot."""
@@ -41,8 +75,10 @@ def features(
                          tsne=tsne, progress=progress)
     for name, shape in r["layers"].items():
         typer.echo(f"  {name}: {tuple(shape)} float16")
-    typer.echo(f"features: {r['samples']} samples of split '{split}' -> {out}"
+    typer.echo(f"features: {plural(r['samples'], 'sample')} of split '{split}' -> {out}"
                + (f" (t-SNE: {r['tsne']})" if r.get("tsne") else ""))
+    if r.get("note"):
+        typer.echo(f"note: {r['note']}")
 
 
 @app.command()

@@ -175,6 +175,8 @@ def extract_features(checkpoint: str | Path, shards: str | Path, split: str, lay
     - with ``tsne`` (and at least 5 samples): ``tsne.png``, a scikit-learn t-SNE of the first layer's pooled
       features coloured by face label, dataset and manipulation method (the analysis DeepfakeBench offers), and
       ``tsne.parquet`` (the index with the 2-D points).
+    - a layer with one feature per sample (a logit: ``head.1``, the last of :func:`list_layers`): ``histogram.png``,
+      its values per face label, instead of the t-SNE (``note`` in the result says so).
     - ``features.json``: sample count, shapes and layouts.
 
     Args:
@@ -218,8 +220,14 @@ def extract_features(checkpoint: str | Path, shards: str | Path, split: str, lay
     result = {"samples": n, "layers": shapes, "layouts": {k: rec.layouts[k] for k in shapes}}
     if tsne and n >= 5:
         first = torch.from_numpy(np.concatenate(chunks[layers[0]])[:n].astype(np.float32))
-        emb = pool_features(first, rec.layouts[layers[0]]).numpy()
-        result["tsne"] = str(tsne_plot(emb, index, out, title=f"{lm.checkpoint['model_name']} {layers[0]} ({split})"))
+        emb = pool_features(first, rec.layouts[layers[0]]).numpy().reshape(n, -1)
+        title = f"{lm.checkpoint['model_name']} {layers[0]} ({split})"
+        if emb.shape[1] < 2:  # a 1-D output (a logit): nothing for t-SNE to embed
+            result["histogram"] = str(histogram_plot(emb[:, 0], index, out, title=title))
+            result["note"] = (f"{layers[0]} has 1 feature per sample: per-class histograms ({result['histogram']}) "
+                              "instead of a t-SNE")
+        else:
+            result["tsne"] = str(tsne_plot(emb, index, out, title=title))
     with atomic_path(out / "features.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1))
     return result
@@ -247,12 +255,46 @@ def _record_split(model: torch.nn.Module, loader, rec: FeatureRecorder, limit: i
                 rec.layouts[name] = "NW" + rec.layouts[name][1:]
             chunks.setdefault(name, []).append(t.cpu().numpy().astype(np.float16))
         for k in ("key", "dataset", "video_id", "method", "video_label", "label_source"):
-            rows[k].extend(b[k])
+            rows[k].extend(b[k].tolist() if isinstance(b[k], torch.Tensor) else b[k])
         rows["label"].extend(b["label"].tolist())
         rows["score"].extend(score.cpu().tolist())
         if limit and len(rows["key"]) >= limit:
             break
     return chunks, rows
+
+
+_LABEL_NAMES = {0: "real", 1: "fake", -1: "uncertain"}
+_LABEL_COLOURS = {"real": "tab:green", "fake": "tab:red", "uncertain": "tab:gray"}
+
+
+def histogram_plot(values: np.ndarray, index: pl.DataFrame, out_dir: Path, title: str = "") -> Path:
+    """Per-class histograms (face label) of a one-dimensional feature, as ``histogram.png``.
+
+    Args:
+        values: (N,) the feature of each sample (row i = ``index`` row i).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = index["label"].replace_strict(_LABEL_NAMES, default="?", return_dtype=pl.String).to_numpy()
+    bins = np.histogram_bin_edges(values, bins=min(40, max(5, len(values) // 4)))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name in sorted(set(labels)):
+        sel = labels == name
+        ax.hist(values[sel], bins=bins, alpha=0.55, label=f"{name} ({int(sel.sum())})",
+                color=_LABEL_COLOURS.get(name, "tab:blue"))
+    ax.set_xlabel("value")
+    ax.set_ylabel("faces")
+    ax.legend()
+    ax.set_title(f"{title} — {len(values)} faces", fontsize=10)
+    fig.tight_layout()
+    path = out_dir / "histogram.png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
 
 
 def tsne_plot(embeddings: np.ndarray, index: pl.DataFrame, out_dir: Path, title: str = "", seed: int = 0) -> Path:
@@ -271,7 +313,7 @@ def tsne_plot(embeddings: np.ndarray, index: pl.DataFrame, out_dir: Path, title:
     with atomic_path(out_dir / "tsne.parquet") as tmp:
         table.write_parquet(tmp)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
-    label_names = table["label"].replace_strict({0: "real", 1: "fake"}, return_dtype=pl.String)
+    label_names = table["label"].replace_strict(_LABEL_NAMES, default="?", return_dtype=pl.String)
     for ax, (col, values) in zip(axes, (("face label", label_names), ("dataset", table["dataset"]),
                                         ("method", table["method"].fill_null("?")))):
         for i, v in enumerate(sorted(set(values.to_list()))):
@@ -463,4 +505,5 @@ def markdown(df: pl.DataFrame, metrics: list[str]) -> str:
 
 
 __all__ = ["DEFAULT_METRICS", "FeatureRecorder", "compare", "experiment_rows", "extract_features", "layer_table",
-           "list_layers", "markdown", "metric_names", "pool_features", "feature_layout", "tsne_plot", "wait_for_queue"]
+           "histogram_plot", "list_layers", "markdown", "metric_names", "pool_features", "feature_layout", "tsne_plot",
+           "wait_for_queue"]
