@@ -37,6 +37,34 @@ from facepipe.ids import IMAGE_EXTS
 
 log = logging.getLogger(__name__)
 
+VERBOSE_ENV = "FACEPIPE_VERBOSE"
+"""Set (to ``1``) by ``facepipe -v``, inherited by worker processes: FFmpeg's own log messages are shown."""
+
+
+def ffmpeg_verbose() -> bool:
+    """Whether FFmpeg's own log messages are shown (``facepipe -v``, i.e. :data:`VERBOSE_ENV` set)."""
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def _av():
+    """PyAV, its FFmpeg messages routed to Python logging (loggers ``libav.*``, level WARNING) under ``-v``; otherwise
+    off (PyAV's default: nothing printed). facepipe reports what matters of a failure itself (the file's status
+    and message)."""
+    import av
+
+    if ffmpeg_verbose():
+        av.logging.set_level(av.logging.WARNING)
+    return av
+
+
+def _decord():
+    """decord, its bundled FFmpeg quiet (it would print raw, colour-coded lines such as ``[mov,mp4,...] partial
+    file`` to stderr); under ``-v`` its warnings are shown (on stderr: that FFmpeg copy has no Python callback)."""
+    import decord
+
+    decord.logging.set_level(decord.logging.WARNING if ffmpeg_verbose() else decord.logging.QUIET)
+    return decord
+
 
 class SamplingConfig(Section):
     """Which frames of a video are decoded (``extract.sampling``).
@@ -128,8 +156,7 @@ def probe(path: str | Path) -> VideoInfo:
             does not decode; status ``unsupported`` for a file that is not a media container or has
             no video stream (e.g. audio only).
     """
-    import av
-
+    av = _av()
     p = Path(path)
     if p.is_dir():
         return _probe_images(p)
@@ -460,8 +487,7 @@ class FrameSampler:
             if last >= 0:  # part of the sample delivered, then the decoder failed: count what decodes
                 yield from self._pyav(after=last)
                 return
-        import decord
-
+        decord = _decord()
         try:
             vr = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=1)
             n = len(vr)
@@ -485,7 +511,7 @@ class FrameSampler:
             raise
         except Exception as e:  # decord raises DECORDError / RuntimeError without a stable type
             msg = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
-            log.info("%s: decord could not deliver the sample (%s); recounting decodable frames with PyAV",
+            log.debug("%s: decord could not deliver the sample (%s); recounting decodable frames with PyAV",
                      self.path, msg)
         yield from self._pyav(after=last)
 
@@ -498,7 +524,7 @@ class FrameSampler:
         timestamps (AVI's carry decode order); None when a packet has no or a repeated timestamp. Demuxing only:
         no frame is decoded.
         """
-        import av
+        av = _av()
 
         try:
             with av.open(self.path) as c:
@@ -506,7 +532,7 @@ class FrameSampler:
                     return None
                 pts = [p.pts for p in c.demux(c.streams.video[0]) if p.size]
         except (av.error.FFmpegError, OSError) as e:
-            log.info("%s: PyAV could not demux (%s); trying decord", self.path, e)
+            log.debug("%s: PyAV could not demux (%s); trying decord", self.path, e)
             return None
         if not pts or any(p is None for p in pts) or len(set(pts)) != len(pts):
             return None
@@ -524,7 +550,7 @@ class FrameSampler:
         bit-identical to a full decode (test against decord on the shared clips). Decoding stops after the last
         sampled frame. Frames leave the decoder in presentation order, so chunks are in increasing frame order.
         """
-        import av
+        av = _av()
 
         rot = int(round(self.info.rotation / 90)) % 4
         expected = (self.info.height, self.info.width, 3)
@@ -547,7 +573,7 @@ class FrameSampler:
                         if rot:
                             arr = np.rot90(arr, rot)
                         if arr.shape != expected:
-                            log.info("%s: PyAV gave frames of shape %s, expected %s", self.path, arr.shape, expected)
+                            log.debug("%s: PyAV gave frames of shape %s, expected %s", self.path, arr.shape, expected)
                             return
                         if block is None:
                             m = min(self.chunk_size, total - seen)
@@ -563,7 +589,7 @@ class FrameSampler:
                     if seen == total:
                         break
         except (av.error.FFmpegError, ValueError) as e:
-            log.info("%s: PyAV could not deliver the sample (%s)", self.path, e)
+            log.debug("%s: PyAV could not deliver the sample (%s)", self.path, e)
             return
         if seen == total:
             self._fast_done = True
@@ -609,7 +635,7 @@ class FrameSampler:
             raise VideoError(f"{self.path}: no image of the sequence decodes")
 
     def _pyav(self, after: int) -> Iterator[SampledFrames]:
-        import av
+        av = _av()
 
         n, err = 0, None
         try:

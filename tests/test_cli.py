@@ -69,7 +69,8 @@ def test_strict_fails_on_broken_files_but_still_writes_tables(tmp_path, face_vid
     assert v.filter(pl.col("status") == "decode_error")["video_id"].to_list() == ["broken"]
     r = _run("extract", "--video-dir", str(d), "--out", str(out), "--workers", "0", "--num-frames", "2",
              "--no-progress")
-    assert r.returncode == 0 and "0 videos processed, 3 skipped" in r.stdout
+    assert r.returncode == 0 and "extract: 3 videos (0 processed, 3 unchanged since the last run)" in r.stdout
+    assert r.stdout.count("broken.mp4") == 1 and "earlier run: broken.mp4: decode_error: empty file" in r.stdout
 
 
 def test_face_detectors_and_models_commands_are_separate(tmp_path):
@@ -96,7 +97,8 @@ def test_datasets_and_manifest_commands(tmp_path, face_video_dir):
     assert r.returncode == 0, r.stderr
     m = pl.read_parquet(out)
     assert m.height == 2 and set(m["method"]) == {"Zoom", "original"} and "2 videos of 'mine'" in r.stdout
-    assert "train real      1 fake      1  (100.0% of videos" in r.stdout  # the split report
+    assert "train      1      1  100.0% / 100.0% / 100.0%" in r.stdout  # the split report, one table
+    assert "{'train'" not in r.stdout + r.stderr  # not also as a Python dict
     params = tmp_path / "params.yaml"
     params.write_text(f"datasets:\n  mine:\n    adapter: folder\n    root: {root}\nmanifest:\n  split_mode: group\n")
     r = _run("manifest", "--dataset", "mine", "--params", str(params), "--out", str(tmp_path / "m2.parquet"))

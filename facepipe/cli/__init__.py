@@ -41,6 +41,10 @@ def _main(
                                  help="Print the version and exit."),
 ) -> None:
     _STATE["verbose"] = verbose
+    if verbose:  # FFmpeg's own messages (facepipe.video), in this process and the workers it starts
+        import os
+
+        os.environ["FACEPIPE_VERBOSE"] = "1"
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if not verbose:

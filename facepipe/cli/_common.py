@@ -13,6 +13,55 @@ SET_HELP = ("KEY=VALUE: set any parameter of this stage (repeatable; dvc exp run
             "Applied after --params and the named options.")
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 video``, ``2 videos`` (``many``: an irregular plural)."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
+def model_default(model, dotted: str):
+    """The built-in default of a parameter model's dotted key (``align.size`` -> 256)."""
+    value = model().model_dump(mode="json")
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+def _shown(v) -> str:
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return ",".join(map(str, v)) or "none"
+    return str(v)
+
+
+HEAVY_DEFAULTS = {"facepipe.stages.train:TrainConfig": {"model": "resnet18", "steps": 1000, "batch_size": 32,
+                                                         "lr": 0.0001}}
+"""Built-in defaults of parameter models whose module imports torch (seconds of start-up for every ``facepipe``
+command, ``--help`` included): written out here, checked against the model by the CLI tests."""
+
+
+def help_defaults(model, mapping: dict[str, str]):
+    """Decorator for a command whose named options default to ``None`` (so ``--params`` values win): append each
+    option's built-in default, read from ``model`` (``mapping``: parameter name -> dotted key), to its ``--help``
+    text as ``[default: X]``. Options without a mapping keep their own help. ``model`` may be a
+    ``"module:Class"`` name of :data:`HEAVY_DEFAULTS` (not imported)."""
+    import inspect
+
+    def default(key: str):
+        return HEAVY_DEFAULTS[model][key] if isinstance(model, str) else model_default(model, key)
+
+    def deco(fn):
+        for name, par in inspect.signature(fn).parameters.items():
+            info = par.default
+            if name in mapping and getattr(info, "default", 0) is None and "[default:" not in (info.help or ""):
+                info.help = f"{(info.help or '').rstrip()} [default: {_shown(default(mapping[name]))}]"
+        return fn
+
+    return deco
+
+
 def _params_data(params: Optional[Path], section: str, model) -> dict:
     """A stage's parameters as a plain dict: its params.yaml section (validated), or the defaults."""
     return (load_params(params, section, model) if params else model()).model_dump()

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from facepipe.cli._common import plural
 from facepipe.errors import FacepipeError
 
 app = typer.Typer()
@@ -23,7 +24,10 @@ def datasets() -> None:
 
 @app.command()
 def inspect(
-    shards: Path = typer.Argument(..., help="Shard folder (or its index.json)."),
+    shards_arg: Optional[Path] = typer.Argument(None, metavar="[SHARDS]", help="Shard folder (or its index.json); "
+                                                "the same as --shards."),
+    shards_opt: Optional[Path] = typer.Option(None, "--shards", help="Shard folder (or its index.json), as every "
+                                              "command that reads shards takes it."),
     n: int = typer.Option(32, help="Samples on the contact sheet."),
     out: Optional[Path] = typer.Option(None, "--out", help="Contact sheet PNG (default SHARDS/contact_sheet.png)."),
     bias: bool = typer.Option(False, "--bias", help="Run the shortcut probe: can nuisance features (JPEG quality, "
@@ -36,6 +40,12 @@ def inspect(
     shortcut probe instead."""
     import polars as pl
 
+    if shards_arg is not None and shards_opt is not None and shards_arg != shards_opt:
+        raise FacepipeError(f"two shard sets given ({shards_arg} and --shards {shards_opt}): give one")
+    shards = shards_opt or shards_arg
+    if shards is None:
+        raise FacepipeError("give the shard set: facepipe inspect --shards DIR")
+
     from facepipe.report import inspect_shards
 
     if bias:
@@ -45,7 +55,7 @@ def inspect(
     counts, sheet, problems = inspect_shards(shards, n=n, out_png=out)
     with pl.Config(tbl_rows=200, tbl_hide_dataframe_shape=True, tbl_formatting="ASCII_MARKDOWN"):
         typer.echo(str(counts))
-    typer.echo(f"total: {int(counts['len'].sum()) if counts.height else 0} samples")
+    typer.echo(f"total: {plural(int(counts['len'].sum()) if counts.height else 0, 'sample')}")
     if sheet:
         typer.echo(f"contact sheet: {sheet}")
     for p in problems[:20]:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from facepipe.cli._common import _csv_list, key_values
+from facepipe.cli._common import _csv_list, key_values, plural
 from facepipe.errors import InputError
 
 export_app = typer.Typer(help="Write facepipe data in another tool's layout.", no_args_is_help=True,
@@ -59,7 +59,7 @@ def export_deepfakebench(
         typer.echo("note: no landmark files (the faces have no 68-point landmarks: extract with --preset "
                    "deepfakebench); DeepfakeBench configs with with_landmark: true would read zeros")
     for (name, label, split), n in sorted(s.videos.items()):
-        typer.echo(f"  {name} {label} {split}: {n} videos")
+        typer.echo(f"  {name} {label} {split}: {plural(n, 'video')}")
     for why, n in sorted(s.skipped.items()):
         typer.echo(f"  left out {n} face(s): {why}")
     typer.echo("json: " + ", ".join(s.json_files) + f"; label names: {out}/label_dict.yaml")
@@ -92,6 +92,7 @@ def import_deepfakebench(
                         path_prefix=path_prefix,
                         max_samples=max_samples, seed=seed, progress=progress)
     typer.echo(f"import: {s.frames} frames ({s.masks} masks, {s.landmarks} landmark files) of "
-               f"{sum(s.videos.values())} videos -> {out}/{s.shards.version}")
+               f"{plural(sum(s.videos.values()), 'video')} -> {out}/{s.shards.version}")
     for (ds, split), n in sorted(s.videos.items()):
-        typer.echo(f"  {ds} {split}: {n} videos, {s.shards.samples.get(split, 0)} samples in the split")
+        typer.echo(f"  {ds} {split}: {plural(n, 'video')}, "
+                   f"{plural(s.shards.samples.get(split, 0), 'sample')} in the split")

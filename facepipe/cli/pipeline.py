@@ -7,8 +7,24 @@ from typing import Optional
 
 import typer
 
-from facepipe.cli._common import SET_HELP, _auc_text, _configure, _csv_list, _params_data, _sets, key_values
+from facepipe.cli._common import (
+    SET_HELP,
+    _auc_text,
+    _configure,
+    _csv_list,
+    _params_data,
+    _sets,
+    help_defaults,
+    key_values,
+    plural,
+)
+from facepipe.datasets.base import ManifestConfig as _ManifestConfig
 from facepipe.errors import FacepipeError, InputError
+from facepipe.freq.config import FreqConfig as _FreqConfig
+from facepipe.stages.evaluate import EvaluateConfig as _EvaluateConfig
+from facepipe.stages.explain import ExplainConfig as _ExplainConfig
+from facepipe.stages.extract.config import ExtractConfig as _ExtractConfig
+from facepipe.stages.shard import ShardConfig as _ShardConfig
 
 app = typer.Typer()
 PANEL = "Pipeline stages (dvc.yaml, in order)"
@@ -24,10 +40,11 @@ def example(
 
     d = build_example(out, seconds=seconds)
     files = sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file())
-    typer.echo(f"example: {len(files)} files in {d}: " + ", ".join(files))
+    typer.echo(f"example: {plural(len(files), 'file')} in {d}: " + ", ".join(files))
 
 
 @app.command(rich_help_panel=PANEL)
+@help_defaults(_ManifestConfig, {"split_mode": "split_mode", "compression": "compression"})
 def manifest(
     out: Path = typer.Option(..., "--out", help="manifest.parquet to write."),
     dataset: str = typer.Option(..., "--dataset", help="Dataset name (a key of 'datasets' in --params, if given)."),
@@ -59,10 +76,11 @@ def manifest(
                      _sets(sets, "manifest")["manifest"])
     out.parent.mkdir(parents=True, exist_ok=True)
     s = run(adapter, root, dataset, cfg, out)
-    typer.echo(f"manifest: {s.videos} videos of '{dataset}' ({adapter}) -> {out}")
+    typer.echo(f"manifest: {plural(s.videos, 'video')} of '{dataset}' ({adapter}) -> {out}")
+    typer.echo(f"  {'split':5s} {'real':>6s} {'fake':>6s}  share of videos / reals / fakes")
     for split, r in s.report.items():
-        typer.echo(f"  {split:5s} real {r['real']:6d} fake {r['fake']:6d}  ({100 * r['share']:.1f}% of videos, "
-                   f"{100 * r['share_real']:.1f}% of reals, {100 * r['share_fake']:.1f}% of fakes)")
+        typer.echo(f"  {split:5s} {r['real']:6d} {r['fake']:6d}  {100 * r['share']:.1f}% / "
+                   f"{100 * r['share_real']:.1f}% / {100 * r['share_fake']:.1f}%")
     for reason, e in s.excluded.items():
         typer.echo(f"  left out by the protocol: {e['n']} ({reason}; e.g. {', '.join(e['examples'])})")
 
@@ -85,6 +103,7 @@ is checked against the model on each run (:func:`facepipe.cli._common._configure
 
 
 @app.command(rich_help_panel=PANEL)
+@help_defaults(_ExtractConfig, {**EXTRACT_FLAGS, "sampling": "sampling.strategy"})
 def extract(
     video_dir: Path = typer.Option(..., "--video-dir", help="Folder searched recursively for videos and still images."),
     out: Path = typer.Option(..., "--out", help="Output folder (faces/, faces.parquet, videos.parquet)."),
@@ -95,14 +114,13 @@ def extract(
     sampling: Optional[str] = typer.Option(
         None, help="Frame sampling: uniform | stride | fps (isolated frames), or clips (clips of consecutive frames, "
                    "sampling.mode clips)."),
-    num_frames: Optional[int] = typer.Option(None, help="uniform: frames per video (default 32)."),
+    num_frames: Optional[int] = typer.Option(None, help="uniform: frames per video."),
     stride: Optional[int] = typer.Option(None, help="stride: keep every k-th frame."),
     fps: Optional[float] = typer.Option(None, help="fps: frames per second of video."),
     max_frames: Optional[int] = typer.Option(None, help="stride/fps: at most this many frames per video."),
-    num_clips: Optional[int] = typer.Option(None, help="clips: clips per video, start frames spread evenly "
-                                                       "(default 4)."),
-    clip_length: Optional[int] = typer.Option(None, help="clips: frames per clip (default 16)."),
-    frame_step: Optional[int] = typer.Option(None, help="clips: source frames between a clip's frames (default 1: "
+    num_clips: Optional[int] = typer.Option(None, help="clips: clips per video, start frames spread evenly."),
+    clip_length: Optional[int] = typer.Option(None, help="clips: frames per clip."),
+    frame_step: Optional[int] = typer.Option(None, help="clips: source frames between a clip's frames (1: "
                                                         "consecutive)."),
     clip_transform: Optional[str] = typer.Option(
         None, help="clips: clip (one crop transform per track and clip, fitted over its landmarks; default) | frame "
@@ -117,7 +135,7 @@ def extract(
     dlib_81: Optional[Path] = typer.Option(
         None, "--dlib-81", help="DeepfakeBench's shape_predictor_81_face_landmarks.dat (detector dlib_hog / preset "
                                 "deepfakebench; not shipped by any package facepipe installs)."),
-    model_root: Optional[str] = typer.Option(None, help="insightface model root (default ~/.insightface/models)."),
+    model_root: Optional[str] = typer.Option(None, help="insightface model root."),
     max_side: Optional[int] = typer.Option(None, help="Detect on a copy with this longest side (px)."),
     min_face: Optional[int] = typer.Option(None, help="Smallest face searched for, detection-image px."),
     min_face_frac: Optional[float] = typer.Option(None, help="Smallest face as a fraction of the frame's shorter "
@@ -125,17 +143,17 @@ def extract(
     min_score: Optional[float] = typer.Option(None, help="Drop faces scoring below this."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda (onnxruntime provider)."),
     align: Optional[str] = typer.Option(None, help="arcface (5-point similarity) | box (square box crop)."),
-    size: Optional[int] = typer.Option(None, help="Crop side in pixels (default 256)."),
-    margin: Optional[float] = typer.Option(None, help="Context margin (default 1.3)."),
+    size: Optional[int] = typer.Option(None, help="Crop side in pixels."),
+    margin: Optional[float] = typer.Option(None, help="Context margin."),
     select: Optional[str] = typer.Option(
-        None, help="main | all: which face tracks to keep, in real and fake videos alike (default main: the track "
+        None, help="main | all: which face tracks to keep, in real and fake videos alike (main: the track "
                    "with the largest summed face area)."),
     label_policy: Optional[str] = typer.Option(None, help="Fakes without a usable original: main | all | drop."),
     image_format: Optional[str] = typer.Option(None, "--format", help="png (lossless) | jpg."),
     jpeg_quality: Optional[int] = typer.Option(None, help="JPEG quality when --format jpg."),
     jpeg_subsampling: Optional[str] = typer.Option(None, help="JPEG chroma subsampling: 444 (none) | 422 | 420."),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", min=0,
-                                          help="Worker processes (0 = in this process; default 2)."),
+                                          help="Worker processes (0 = in this process)."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds per video before a worker is stopped."),
     fingerprint: Optional[str] = typer.Option(None, help="Change detection for resume: stat (size+mtime) | sha256."),
     engine: Optional[str] = typer.Option(None, help="local (worker processes here) | ray (actors on a Ray cluster; "
@@ -179,28 +197,34 @@ def _extract_overrides(given: dict) -> dict:
 
 
 def _report_extract(s, out: Path, contact_sheet: bool, strict: bool) -> None:
-    """Print an extract run's summary (and its contact sheet); ``--strict``: failed videos are an error."""
+    """Print an extract run's summary, one table (statuses with their counts and what to do), then where the outputs
+    are; ``--strict``: failed videos are an error."""
     from facepipe.report import contact_sheet as make_sheet
+    from facepipe.stages.contract import STATUS_HINTS
 
-    typer.echo(f"extract: {s.processed} videos processed, {s.skipped} skipped (unchanged), "
-               f"{s.faces_written} faces written in {s.seconds:.1f}s with {s.detector} (stage {s.fingerprint})")
-    typer.echo("status: " + ", ".join(f"{k}={v}" for k, v in s.statuses.items()))
+    total = sum(s.statuses.values())
+    typer.echo(f"extract: {plural(total, 'video')} ({s.processed} processed, {s.skipped} unchanged since the last "
+               f"run), {plural(s.faces_written, 'face')} written in {s.seconds:.1f} s with {s.detector} "
+               f"(stage {s.fingerprint})")
+    typer.echo(f"  {'status':13s} {'videos':>6s}")
+    for k, v in s.statuses.items():
+        if v or k == "ok":
+            typer.echo(f"  {k:13s} {v:6d}" + (f"   {STATUS_HINTS[k]}" if v and k in STATUS_HINTS else ""))
     for line in s.problems:
-        typer.echo(f"  {line}")
+        typer.echo(f"  earlier run: {line}")
     if s.labels:
-        typer.echo("faces by label source: " + ", ".join(f"{k}={v}" for k, v in s.labels.items()))
-    typer.echo(f"tables: {out / 'videos.parquet'}, {out / 'faces.parquet'}; crops under {out / 'faces'}")
-    if contact_sheet:
-        sheet = make_sheet(out)
-        if sheet is not None:
-            typer.echo(f"contact sheet: {sheet}")
+        typer.echo("  faces by label: " + ", ".join(f"{k} {v}" for k, v in s.labels.items()))
+    sheet = make_sheet(out) if contact_sheet else None
+    typer.echo(f"-> {out / 'videos.parquet'}, {out / 'faces.parquet'}, crops in {out / 'faces'}"
+               + (f", {sheet}" if sheet is not None else ""))
     bad = sum(s.statuses.get(k, 0) for k in ("error", "decode_error", "unsupported"))
     if strict and bad:
-        raise FacepipeError(f"--strict: {bad} video(s) failed (error, decode_error or unsupported; see status in "
-                            f"{out / 'videos.parquet'})")
+        raise FacepipeError(f"--strict: {plural(bad, 'video')} failed (error, decode_error or unsupported; see status "
+                            f"in {out / 'videos.parquet'})")
 
 
 @app.command(rich_help_panel=PANEL)
+@help_defaults(_FreqConfig, {"views": "views"})
 def freq(
     extract_dir: Path = typer.Option(..., "--extract", help="An extract output folder (faces.parquet + crops)."),
     out: Path = typer.Option(..., "--out", help="Output folder (views/<video_id>.npz, views.parquet)."),
@@ -217,12 +241,15 @@ def freq(
     cfg = _configure(FreqConfig, _params_data(params, "freq", FreqConfig), {"views": _csv_list(views)}, "freq",
                      _sets(sets, "freq")["freq"])
     s = run(extract_dir, out, cfg, workers=workers, progress=progress)
-    typer.echo(f"freq: {s.processed} videos processed, {s.skipped} skipped (unchanged), {s.crops} crops, "
+    typer.echo(f"freq: {plural(s.processed, 'video')} processed, {s.skipped} skipped (unchanged), "
+               f"{plural(s.crops, 'crop')}, "
                f"views stored: {', '.join(cfg.views) or 'none (computed on the fly by the loader)'} in "
                f"{s.seconds:.1f}s -> {out}")
 
 
 @app.command(rich_help_panel=PANEL)
+@help_defaults(_ShardConfig, {"max_samples": "max_samples", "max_bytes": "max_bytes", "seed": "seed",
+                              "statuses": "statuses"})
 def shard(
     out: str = typer.Option(..., "--out", help="Output folder or s3://bucket/prefix for the shards and index.json."),
     inputs: Optional[list[str]] = typer.Option(
@@ -255,20 +282,27 @@ def shard(
                                          "views": _csv_list(views), "statuses": _csv_list(statuses)}, "shard",
                      _sets(sets, "shard")["shard"])
     s = run(out, cfg, progress=progress)
+    total = sum(s.samples.values())
+    typer.echo(f"shard: {plural(total, 'sample')} in {plural(sum(s.shards.values()), 'shard')}, {s.bytes / 1e6:.1f} MB "
+               f"in {s.seconds:.1f} s -> {out}/{s.version} (dataset card: README.md)")
+    probe = s.bias or {}
+    typer.echo(f"  {'split':6s} {'samples':>8s} {'shards':>7s}" + ("  shortcut probe AUC (nuisance features only)"
+                                                                 if probe else ""))
+    for k in s.samples:
+        r = probe.get(k, {}).get("overall", {})
+        auc = "" if not probe else ("n/a" if r.get("auc") is None else f"{r['auc']:.2f}") + \
+            (f" (n = {r['n']})" if r else "")
+        typer.echo(f"  {k:6s} {s.samples[k]:8d} {s.shards[k]:7d}" + (f"  {auc}" if probe else ""))
+    typer.echo("  faces by label source: " + ", ".join(f"{k} {v}" for k, v in sorted(s.label_sources.items())))
     for k, n in sorted(s.left_out.items()):
-        typer.echo(f"left out {n} face(s) of {k} videos (shard.statuses {list(cfg.statuses)})")
-    typer.echo("shard: " + ", ".join(f"{k} {s.samples[k]} samples in {s.shards[k]} shards" for k in s.samples)
-               + f"; {s.bytes / 1e6:.1f} MB in {s.seconds:.1f}s -> {out}/{s.version}")
-    typer.echo("faces by label source: " + ", ".join(f"{k}={v}" for k, v in sorted(s.label_sources.items())))
-    if s.bias:
-        typer.echo("shortcut probe (nuisance features only, cross-validated AUC): " + ", ".join(
-            f"{split} {'n/a' if r['overall']['auc'] is None else format(r['overall']['auc'], '.2f')} "
-            f"(n = {r['overall']['n']})" for split, r in s.bias.items()))
+        typer.echo(f"  left out {plural(n, 'face')} of {k} videos (shard.statuses {list(cfg.statuses)})")
     for line in s.bias_warnings:
         typer.echo(f"warning: {line}", err=True)
 
 
 @app.command(rich_help_panel=PANEL)
+@help_defaults("facepipe.stages.train:TrainConfig", {"model": "model", "steps": "steps", "batch_size": "batch_size",
+                                                     "lr": "lr"})
 def train(
     shards: Path = typer.Option(..., "--shards", help="Shard folder (index.json) with train and val splits."),
     out: Path = typer.Option(..., "--out", help="Output folder: last.pt, best.pt, train.json, dvclive/."),
@@ -303,19 +337,21 @@ def train(
                       "imports": list(imports) if imports else None}, "train", s_["train"])
     freq = _configure(FreqConfig, _params_data(params, "freq", FreqConfig), {}, "freq", s_["freq"])
     s = run(shards, out, cfg, freq, resume=resume, progress=progress)
-    typer.echo(f"train: {s['steps']} steps of {s['model']}, best val {s['select']} "
+    typer.echo(f"train: {plural(s['steps'], 'step')} of {s['model']}, best val {s['select']} "
                f"{s['best'] if s['best'] is not None else 'n/a'} at step {s['best_step']} ({s['stop']}); "
                f"data wait {100 * s['data_wait_fraction']:.0f}% of step time -> {out}")
 
 
 @app.command(rich_help_panel=PANEL)
+@help_defaults(_EvaluateConfig, {"split": "split", "tta": "tta.flip", "tta_scales": "tta.scales",
+                                 "video_agg": "video_agg"})
 def evaluate(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint from 'facepipe train' (best.pt)."),
     shards: list[Path] = typer.Option(..., "--shards", help="Shard folder(s) to test on (repeat for cross-dataset)."),
     out: Path = typer.Option(..., "--out", help="Output folder: metrics.json, predictions.parquet, roc_*.csv."),
     params: Optional[Path] = typer.Option(None, "--params", help="params.yaml to read the 'evaluate' section from."),
     sets: Optional[list[str]] = typer.Option(None, "-S", "--set", help=SET_HELP),
-    split: Optional[str] = typer.Option(None, help="Split to evaluate (default test)."),
+    split: Optional[str] = typer.Option(None, help="Split to evaluate."),
     tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Horizontal-flip test-time augmentation "
                                                                   "(evaluate.tta.flip)."),
     tta_scales: Optional[str] = typer.Option(
@@ -341,7 +377,7 @@ def evaluate(
     r = run(checkpoint, list(shards), out, cfg, progress=progress)
     fmt = lambda v: "n/a" if v is None or v != v else f"{v:.4f}"  # noqa: E731
     typer.echo(f"evaluate {r['model']} on {cfg.split}: frame AUC {_auc_text(r['frame'])}, video AUC "
-               f"{_auc_text(r['video'])}, video EER {fmt(r['video']['eer'])} (n = {r['video']['n']} videos: "
+               f"{_auc_text(r['video'])}, video EER {fmt(r['video']['eer'])} (n = {plural(r['video']['n'], 'video')}: "
                f"{r['video']['n_real']} real, {r['video']['n_fake']} fake) -> {out / 'metrics.json'}")
     if r["overlap"]["videos"]:
         typer.echo(f"  left out: {r['overlap']['videos']} test video(s) seen in training, e.g. "
@@ -400,21 +436,23 @@ def benchmark(
                 continue
             typer.echo(f"  {name}: frame AUC {_auc_text({'auc': c['frame_auc'], 'auc_ci': c['frame_auc_ci']})}, "
                        f"video AUC {_auc_text({'auc': c['video_auc'], 'auc_ci': c['video_auc_ci']})} "
-                       f"(n = {c['n_videos']} videos: {c['n_real_videos']} real, {c['n_fake_videos']} fake)")
+                       f"(n = {plural(c['n_videos'], 'video')}: {c['n_real_videos']} real, {c['n_fake_videos']} fake)")
         for d in m["deviations"]:
             typer.echo(f"  deviation: {d}")
     typer.echo(f"-> {out / 'benchmark.md'}, benchmark.csv, benchmark.tex ({r['citation']})")
 
 
 @app.command(rich_help_panel=PANEL)
+@help_defaults(_ExplainConfig, {"split": "split", "n": "n", "seed": "seed", "method": "method", "layers": "layers",
+                                "head_fusion": "head_fusion"})
 def explain(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint from 'facepipe train' (best.pt)."),
     shards: Path = typer.Option(..., "--shards", help="Shard folder (index.json) to read faces from."),
     out: Path = typer.Option(..., "--out", help="Output folder (replaced): images, maps.npz, summary, gallery.html."),
     params: Optional[Path] = typer.Option(None, "--params", help="params.yaml to read the 'explain' section from."),
     sets: Optional[list[str]] = typer.Option(None, "-S", "--set", help=SET_HELP),
-    split: Optional[str] = typer.Option(None, help="Split to read (default test)."),
-    n: Optional[int] = typer.Option(None, "--n", min=1, help="Faces to explain, a seeded choice (default 16)."),
+    split: Optional[str] = typer.Option(None, help="Split to read."),
+    n: Optional[int] = typer.Option(None, "--n", min=1, help="Faces to explain, a seeded choice."),
     keys: Optional[Path] = typer.Option(None, "--keys", help="File with one sample key per line (instead of --n)."),
     seed: Optional[int] = typer.Option(None, help="Seed of the choice of faces."),
     method: Optional[str] = typer.Option(
@@ -445,5 +483,29 @@ def explain(
             raise InputError(f"{keys}: no keys in the file")
     m = run(checkpoint, shards, out, cfg, keys=key_list, metrics=metrics, progress=progress)
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    typer.echo(f"explain {m['model']} ({m['explain_method']}): {m['n']} faces, face mass {fmt(m['face_mass'])}, "
+    typer.echo(f"explain {m['model']} ({m['explain_method']}): {plural(m['n'], 'face')}, "
+               f"face mass {fmt(m['face_mass'])}, "
                f"pointing game {fmt(m['pointing_game'])} on {m['n_masked']} masked faces -> {out / 'gallery.html'}")
+
+
+@app.command(rich_help_panel=PANEL)
+def quickstart(
+    folder: Path = typer.Option(Path("example"), "--dir", help="The sandbox project, relative to the checkout "
+                                "(git-ignored there)."),
+    checkout: Path = typer.Option(Path("."), "--checkout", help="The facepipe checkout (dvc.yaml, params.yaml)."),
+    params: Optional[Path] = typer.Option(None, "--params", help="A params.yaml to use instead of the checkout's."),
+) -> None:
+    """Run the DVC pipeline on the bundled example in a sandbox project (example/: its own git + DVC repository, so
+    the checkout's git status stays clean; DVC refuses a git-ignored dvc.lock)."""
+    import json
+
+    from facepipe.quickstart import run as run_quickstart
+
+    box = run_quickstart(checkout, folder, params)
+    typer.echo(f"quickstart: the example's pipeline ran in {box} (cd there for dvc metrics show, dvc plots show, "
+               "dvc exp run)")
+    m = box / "data" / "evaluate" / "metrics.json"
+    if m.is_file():
+        r = json.loads(m.read_text())
+        typer.echo(f"  test split: frame AUC {_auc_text(r['frame'])} (n = {plural(r['frame']['n'], 'face')}), "
+                   f"video AUC {_auc_text(r['video'])} (n = {plural(r['video']['n'], 'video')})")

@@ -18,7 +18,7 @@ The features of a face (:data:`FEATURES`):
 - ``face_size_px``: the face box's geometric mean side in source pixels;
 - ``sharpness``: variance of the crop's grey Laplacian; ``brightness``: the crop's mean grey level.
 
-``facepipe inspect --bias SHARDS`` runs it on a shard set (a table and per-class histograms as a PNG); ``shard``
+``facepipe inspect --bias --shards SHARDS`` runs it on a shard set (a table and per-class histograms as a PNG); ``shard``
 runs it on ``shard.bias_probe`` samples per split after writing and warns at :data:`WARN_AUC` and above (folds
 grouped by video only).
 """

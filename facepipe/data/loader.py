@@ -198,7 +198,7 @@ class FaceLoader:
             yield self.to_device(b)
         self._in_pass = False
         self.history.append({"epoch": self.epoch, "samples": sum(self._counts.values()), "shares": self.shares})
-        log.info("epoch %d: %d samples, realised shares %s", self.epoch, sum(self._counts.values()),
+        log.debug("epoch %d: %d samples, realised shares %s", self.epoch, sum(self._counts.values()),
                  ", ".join(f"{k} {v:.3f}" for k, v in self.shares.items()))
 
 

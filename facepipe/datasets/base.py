@@ -435,7 +435,7 @@ def _check_manifest(df: pl.DataFrame, ad: Adapter, where: str, cfg: ManifestConf
         log.warning("%s: %d identities appear in more than one split (%s protocol)", where, len(leaks.identities),
                     "official" if cfg.split_mode == "official" else "grouped")
     report = split_report(df)
-    log.info("%s: splits reached: %s", where, report)
+    log.debug("%s: splits reached: %s", where, report)
     if cfg.both_classes and df["label"].n_unique() == 2:
         for s in ("val", "test"):
             if report[s]["real"] + report[s]["fake"] and not (report[s]["real"] and report[s]["fake"]):

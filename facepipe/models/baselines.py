@@ -122,7 +122,7 @@ def efficientnet_b4(pretrained=False, **kw) -> BackboneClassifier:
 @register_model(ModelSpec("resnet18", input_size=224, timm_name="resnet18",
                           paper="He et al., CVPR 2016 (transfer baseline)",
                           faithful="timm resnet18; freeze_backbone=True is a linear probe (BN statistics frozen "
-                                   "too); pool=max is the seed's AdaptiveMaxPool2d + Linear(512, 1) head",
+                                   "too); pool=max is the design notes' AdaptiveMaxPool2d + Linear(512, 1) head",
                           target_layer="backbone.layer4"))
 def resnet18(pretrained=False, **kw) -> BackboneClassifier:
     return BackboneClassifier("resnet18", pretrained, **kw)

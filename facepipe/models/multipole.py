@@ -100,12 +100,13 @@ class AttentionClassifier(FrozenAwareModule):
         return {"stem": self.stem, "blocks": self.blocks, "head": self.head}
 
 
-_FAITHFUL = ("the reference modules of shared/seeds/003 with its two defects fixed (full window coverage, all "
+_FAITHFUL = ("the reference modules of a researcher's attention notes with its two defects fixed (full window "
+             "coverage, all "
              "levels run); the surrounding CNN stem + ViT-style blocks are this project's")
 
 
 @register_model(ModelSpec("multipole", input_size=256, family="attention", size_options=("input_size",),
-                          paper="multipole attention (shared/seeds/003): one local attention shared across a "
+                          paper="multipole attention (a researcher's design notes): one local attention shared across a "
                                 "pooled pyramid, merged coarse-to-fine",
                           faithful=_FAITHFUL, target_layer="blocks.-1", explain="gradcam"))
 def multipole(pretrained=False, **kw) -> AttentionClassifier:
@@ -113,14 +114,15 @@ def multipole(pretrained=False, **kw) -> AttentionClassifier:
 
 
 @register_model(ModelSpec("local", input_size=256, family="attention", size_options=("input_size",),
-                          paper="local-window attention (shared/seeds/003): the one-level ablation of multipole",
+                          paper="local-window attention (a researcher's design notes): the one-level ablation of "
+                                "multipole",
                           faithful=_FAITHFUL, target_layer="blocks.-1"))
 def local(pretrained=False, **kw) -> AttentionClassifier:
     return AttentionClassifier("local", pretrained, **kw)
 
 
 @register_model(ModelSpec("global", input_size=256, family="attention", size_options=("input_size",),
-                          paper="global multi-head self-attention (shared/seeds/003 AttentionBlock)",
+                          paper="global multi-head self-attention (a researcher's AttentionBlock)",
                           faithful=_FAITHFUL, target_layer="blocks.-1"))
 def global_(pretrained=False, **kw) -> AttentionClassifier:
     return AttentionClassifier("global", pretrained, **kw)

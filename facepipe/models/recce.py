@@ -257,8 +257,9 @@ class SwinAutoencoderClassifier(FrozenAwareModule):
 
 @register_model(ModelSpec("recce_swin", input_size=224, family="reconstruction",
                           timm_name="swin_tiny_patch4_window7_224", uses_labels=True, loss_weights={"recon": 1.0},
-                          paper="the researcher's Swin-T autoencoder-classifier (shared/seeds/001), after RECCE",
-                          faithful="the seed's shapes and fusion; reconstruction loss on real faces only (the seed "
+                          paper="a Swin-T autoencoder-classifier from a researcher's design notes, after RECCE",
+                          faithful="the design notes' shapes and fusion; reconstruction loss on real faces only "
+                                   "(the notes "
                                    "reconstructs every face) and a linear last decoder block",
                           target_layer="encoder.layers.-1"))
 def recce_swin(pretrained=False, **kw) -> SwinAutoencoderClassifier:

@@ -128,9 +128,11 @@ class ViTFreqAdapter(FrozenAwareModule):
 
 @register_model(ModelSpec("vit_freq_adapter", inputs=("image", "dct_bands"), input_size=224, mean=HALF, std=HALF,
                           family="vit", timm_name="vit_base_patch16_224",
-                          paper="dual-branch spatial + frequency adapter on a frozen ViT (shared/seeds/000); adapters "
+                          paper="dual-branch spatial + frequency adapter on a frozen ViT (a researcher's design "
+                                "notes); adapters "
                                 "after AdaptFormer (Chen et al., NeurIPS 2022)",
-                          faithful="the seed's design as described (no reference code): parallel bottleneck adapters "
+                          faithful="the design as the notes describe it (no reference code): parallel bottleneck "
+                                   "adapters "
                                    "in every block, frequency view patch-embedded and added (gated) to chosen blocks",
                           target_layer="vit.blocks.-1.block.norm1", explain="attn_grad"))
 def vit_freq_adapter(pretrained=False, **kw) -> ViTFreqAdapter:
@@ -206,7 +208,7 @@ class ViTHybrid(FrozenAwareModule):
 @register_model(ModelSpec("vit_hybrid", input_size=224, mean=HALF, std=HALF, family="hybrid",
                           timm_name="vit_base_patch16_224",
                           paper="ViT with local / multipole / shifted-window / global-token attention "
-                                "(shared/seeds/000, 003, 004)",
+                                "(a researcher's design notes)",
                           faithful="timm ViT-B/16 blocks with the reference attention modules swapped in (Swin's "
                                    "alternating shift for 'shifted'); no class token, average-pooled",
                           target_layer="vit.blocks.-1.norm1"))
