@@ -190,8 +190,11 @@ def test_train_selects_on_val_resumes_and_evaluates(example_shards, tmp_path):
                                    "cross": False}]
     roc = pl.read_csv(tmp_path / "eval" / "roc_frame.csv")
     assert roc["fpr"].min() == 0 and roc["tpr"].max() == 1
-    on_disk = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    on_disk = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert on_disk["video"]["n"] == 2 and on_disk["split"] == "test"
+    headline = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert headline == {"step": on_disk["step"], "frame": {k: on_disk["frame"][k] for k in headline["frame"]},
+                        "video": {k: on_disk["video"][k] for k in headline["video"]}}
     # the stage's fingerprint (parameters + code) is recorded; run settings such as num_workers stay out of it
     from facepipe.stages.evaluate import fingerprint as evaluate_fingerprint
 

@@ -173,11 +173,12 @@ def run(checkpoint: str | Path, shards: list[str | Path], out_dir: str | Path, c
         progress: bool = True) -> dict:
     """Evaluate a checkpoint on ``cfg.split`` of each shard set.
 
-    Writes ``OUT/metrics.json``, ``OUT/predictions.parquet`` (one row per frame), ``OUT/roc_frame.csv``
-    and ``OUT/roc_video.csv`` (DVC plots: fpr, tpr).
+    Writes ``OUT/evaluation.json`` (everything: per dataset and method, the cross-dataset table, the overlap check),
+    ``OUT/metrics.json`` (the headline numbers, :func:`headline`), ``OUT/predictions.parquet`` (one row per frame),
+    ``OUT/roc_frame.csv`` and ``OUT/roc_video.csv`` (DVC plots: fpr, tpr).
 
     Returns:
-        The metrics dict written to ``metrics.json`` (with ``overlap``: what the footprint check found).
+        The dict written to ``evaluation.json`` (with ``overlap``: what the footprint check found).
 
     Raises:
         InputError: unreadable checkpoint, no shard set, a set without the split, or test videos the
@@ -231,6 +232,23 @@ def run(checkpoint: str | Path, shards: list[str | Path], out_dir: str | Path, c
                           ("roc_video.csv", roc_points(videos["label"], videos["score"]))):
             with atomic_path(out / name_) as tmp:
                 df.write_csv(tmp)
-        with atomic_path(out / "metrics.json") as tmp:
+        with atomic_path(out / DETAIL_NAME) as tmp:
             tmp.write_text(json.dumps(_clean(result), indent=1))
+        with atomic_path(out / "metrics.json") as tmp:
+            tmp.write_text(json.dumps(_clean(headline(result)), indent=1))
     return result
+
+
+DETAIL_NAME = "evaluation.json"
+"""Everything evaluate measured (per dataset, per method, cross-dataset table, overlap check, TTA), beside the headline
+``metrics.json``."""
+
+HEADLINE_KEYS = ("auc", "auc_ci", "eer", "ap", "n", "n_real", "n_fake")
+
+
+def headline(result: dict) -> dict:
+    """What ``metrics.json`` (and so ``dvc metrics show``, ``dvc exp show``) holds: frame- and video-level AUC with its
+    95 % interval, EER, AP and n per class, the step of the checkpoint; the detailed tables are in
+    :data:`DETAIL_NAME`."""
+    return {"step": result.get("step"), **{level: {k: result[level].get(k) for k in HEADLINE_KEYS}
+                                           for level in ("frame", "video")}}

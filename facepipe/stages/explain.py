@@ -66,7 +66,7 @@ def run(checkpoint: str | Path, shards: str | Path, out_dir: str | Path, cfg: Ex
     """Explain ``cfg.n`` seeded faces (or ``keys``) of ``cfg.split`` into ``out_dir`` (replaced whole).
 
     Returns:
-        The summary means (also ``OUT/summary.json`` and, when given, ``metrics``).
+        The summary means (also ``OUT/summary.json``; ``metrics``, when given, gets the :data:`HEADLINE` ones).
 
     Raises:
         InputError / ConfigError: see :func:`facepipe.explain.explain`.
@@ -98,5 +98,15 @@ def run(checkpoint: str | Path, shards: str | Path, out_dir: str | Path, cfg: Ex
 
             Path(metrics).parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(Path(metrics)) as tmp:
-                tmp.write_text(json.dumps(means, indent=1))
+                tmp.write_text(json.dumps(headline(means), indent=1))
     return means
+
+
+HEADLINE = ("n", "n_masked", "face_mass", "face_mass_chance", "pointing_game", "pointing_game_chance")
+"""What ``--metrics`` (``dvc metrics show``) gets: how much of the map falls on the face and the pointing game, each
+with its chance level; every mean (per face label, IoU) stays in ``OUT/summary.json``."""
+
+
+def headline(means: dict) -> dict:
+    """The :data:`HEADLINE` numbers of the summary means."""
+    return {k: means[k] for k in HEADLINE if k in means}
