@@ -89,7 +89,9 @@ def test_clip_models_train_two_steps_and_evaluate(name, example_clip_shards, tmp
     maps = np.load(tmp_path / "explain" / "maps.npz")
     assert e["n"] == 2 and e["explain_method"] == "gradcam"
     assert maps["fake"].shape == (2, 64, 4 * 64) and np.isfinite(maps["fake"].astype(np.float32)).all()
-    assert maps["fake"].max() > 0  # not a blank map
+    # not blank: a map of one sign may be (Grad-CAM's ReLU keeps the positive part, after 2 steps the fake logit's
+    # weighted activations can be negative everywhere), but without gradients both would be
+    assert max(float(maps["fake"].max()), float(maps["real"].max())) > 0
     summary = pl.read_parquet(tmp_path / "explain" / "summary.parquet")
     assert summary["face_mass_chance"].is_between(0.05, 0.95).all()
     assert all((tmp_path / "explain" / f).is_file() for f in summary["comparison_png"])

@@ -69,6 +69,33 @@ CLIP_META_KEYS = ("key", "dataset", "video_id", "method", "split", "clip_id", "c
                   "label_source", "frame_indices", "timestamps_s", "frame_labels", "frame_label_sources",
                   "manipulation_scores", "gaps", "landmarks", "affines", "crop_size", "crop_landmarks")
 """The metadata lists of a clip batch (one entry per clip; the per-frame fields are lists of ``clip_length``)."""
+NUMERIC_META = {"frame_index": torch.int64, "track_id": torch.int64, "video_label": torch.int64,
+                "crop_size": torch.int64, "manipulation_score": torch.float32, "landmarks": torch.float32,
+                "affine": torch.float64, "clip_id": torch.int64, "clip_start": torch.int64,
+                "frame_indices": torch.int64, "timestamps_s": torch.float64, "frame_labels": torch.int64,
+                "gaps": torch.bool, "manipulation_scores": torch.float32, "affines": torch.float64}
+"""Metadata batched as tensors (CPU), with their dtypes: per sample ``frame_index``, ``track_id``, ``video_label``,
+``crop_size`` (B,) int64, ``manipulation_score`` (B,) float32 (NaN: none), ``landmarks`` (B, 5, 2) float32 source-frame
+pixels, ``affine`` (B, 2, 3) float64 source -> crop; per clip the same with a T axis (``frame_indices`` (B, T), ...,
+``gaps`` (B, T) bool). A field some sample of the batch lacks (``None``: e.g. imported crops without landmarks) stays a
+list; so do the strings and ``crop_landmarks`` (a varying number of points)."""
+_NAN_OK = {"manipulation_score", "manipulation_scores", "timestamps_s"}
+
+
+def _meta_tensor(key: str, values: list) -> Any:
+    """``values`` as a tensor of :data:`NUMERIC_META`'s dtype (None -> NaN where that means 'none'), else the list."""
+    dtype = NUMERIC_META.get(key)
+    if dtype is None:
+        return values
+    if key in _NAN_OK:
+        values = [float("nan") if v is None else ([float("nan") if x is None else x for x in v]
+                                                   if isinstance(v, list) else v) for v in values]
+    elif any(v is None for v in values):
+        return values
+    try:
+        return torch.tensor(values, dtype=dtype)
+    except (TypeError, ValueError):  # ragged or holding None deeper down: keep the list
+        return values
 _SLOTS = 256  # per-worker skip counters in the shared state (worker id modulo this)
 
 
@@ -513,7 +540,7 @@ class FaceDataset(wds.DataPipeline):
         if self.cfg.masks:
             out["mask_u8"] = torch.from_numpy(np.stack([s["mask"] for s in samples]))  # (B, H, W) uint8
         for k in META_KEYS:
-            out[k] = [s["meta"].get(k) for s in samples]
+            out[k] = _meta_tensor(k, [s["meta"].get(k) for s in samples])
         for v in self.stored_views:
             out[v] = torch.from_numpy(np.stack([s[v] for s in samples]).astype(np.float16))
         return out
@@ -527,7 +554,7 @@ class FaceDataset(wds.DataPipeline):
         if self.cfg.masks:
             out["mask_u8"] = torch.from_numpy(np.stack([s["masks"] for s in samples]))  # (B, T, H, W) uint8
         for k in CLIP_META_KEYS:
-            out[k] = [s["meta"].get(k) for s in samples]
+            out[k] = _meta_tensor(k, [s["meta"].get(k) for s in samples])
         return out
 
 

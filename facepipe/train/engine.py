@@ -291,6 +291,12 @@ aggregation keeps the largest face of a frame) and the fake probability. For a c
 is null for frame sets)."""
 
 
+def _listed(v) -> list:
+    """A batch field as a Python list (numeric metadata comes as a tensor, see
+    :data:`facepipe.data.pipeline.NUMERIC_META`)."""
+    return v.tolist() if isinstance(v, torch.Tensor) else list(v)
+
+
 def face_sizes(affines: list, crop_sizes: list) -> list[float | None]:
     """Per sample, ``crop_size / sqrt(|det A|)`` of its (2, 3) source->crop ``affine`` (source pixels), or
     ``None`` where the sample has no affine."""
@@ -350,7 +356,7 @@ def predict(model: torch.nn.Module, loader, *, amp_dtype: torch.dtype | None = N
     rows: dict[str, list] = {k: [] for k in PREDICTION_SCHEMA}
     for b in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
         if "clip_id" in b:  # a clip batch: one row per clip, placed at its first frame
-            b = {**b, "frame_index": b["clip_start"], "affine": [a[0] for a in b["affines"]]}
+            b = {**b, "frame_index": b["clip_start"], "affine": [a[0] for a in b["affines"]]}  # (T, 2, 3) -> first
         else:
             b = {**b, "clip_id": [None] * len(b["key"])}
         x = model_inputs(model, b)
@@ -361,9 +367,9 @@ def predict(model: torch.nn.Module, loader, *, amp_dtype: torch.dtype | None = N
                     for f, s in versions) / len(versions)
         for k in ("key", "dataset", "video_id", "method", "split", "frame_index", "track_id", "label_source",
                   "clip_id"):
-            rows[k].extend(b[k])
+            rows[k].extend(_listed(b[k]))
         rows["label"].extend(b["label"].tolist())
-        rows["video_label"].extend(b["video_label"])
+        rows["video_label"].extend(_listed(b["video_label"]))
         rows["face_size"].extend(face_sizes(b["affine"], b["crop_size"]))
         rows["score"].extend(p.cpu().tolist())
     return pl.DataFrame(rows, schema=PREDICTION_SCHEMA)
