@@ -7,6 +7,15 @@ class FacepipeError(Exception):
     """Base class for every error facepipe raises on purpose. The message is shown to the user as is."""
 
 
+class Interrupted(FacepipeError):
+    """A run stopped by SIGINT (Ctrl-C) or SIGTERM after cleaning up: the message says how far it got and how to
+    resume; ``exit_code`` is 130 (SIGINT) or 143 (SIGTERM), the shell's convention."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class ConfigError(FacepipeError):
     """A parameter, a params file or a command-line option is invalid."""
 

@@ -550,6 +550,7 @@ def predict(inputs: Sequence[str | os.PathLike], checkpoint: str | os.PathLike, 
         DetectorError: the checkpoint's detector is not available here.
     """
     from facepipe.metrics import VIDEO_AGGREGATIONS
+    from facepipe.stages import contract
     from facepipe.stages import extract as extract_stage
     from facepipe.train.engine import model_from_checkpoint
 
@@ -563,7 +564,7 @@ def predict(inputs: Sequence[str | os.PathLike], checkpoint: str | os.PathLike, 
     items = resolve_inputs(inputs, root)
     with tempfile.TemporaryDirectory(prefix="facepipe-predict-") as tmp:
         base = Path(out) if out is not None else Path(tmp)
-        base.mkdir(parents=True, exist_ok=True)
+        contract.make_output_folder(base, "predict")
         stage_dir, ex_dir = base / "inputs", base / "extract"
         _stage(items, stage_dir)
         summary = extract_stage.run(stage_dir, ex_dir, cfg, progress=progress)

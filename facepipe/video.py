@@ -52,8 +52,7 @@ def _av():
     and message)."""
     import av
 
-    if ffmpeg_verbose():
-        av.logging.set_level(av.logging.WARNING)
+    av.logging.set_level(av.logging.WARNING if ffmpeg_verbose() else None)  # None: PyAV's default, off
     return av
 
 

@@ -91,7 +91,7 @@ def test_ffmpeg_messages_only_with_verbose(face_video_dir, tmp_path, capfd, capl
     (status, facepipe's message) says what is wrong."""
     import logging
 
-    monkeypatch.delenv("FACEPIPE_VERBOSE", raising=False)  # -v sets it for the workers; restored after the test
+    monkeypatch.setenv("FACEPIPE_VERBOSE", "0")  # -v sets it (for the workers): restored (unset) after the test
     data = next(face_video_dir.glob("*.mp4")).read_bytes()
     d = tmp_path / "v"
     d.mkdir()
@@ -107,3 +107,57 @@ def test_ffmpeg_messages_only_with_verbose(face_video_dir, tmp_path, capfd, capl
     loud = CliRunner().invoke(app, ["-v", *args, "--out", str(tmp_path / "b")])
     assert loud.exit_code == 0
     assert any("moov atom not found" in r.getMessage() for r in caplog.records if r.name.startswith("libav"))
+
+
+@pytest.mark.parametrize("case", ["file", "under_a_file"])
+def test_an_unusable_out_is_one_line_naming_it(case, face_video_dir, tmp_path):
+    """--out on an existing file, or below one: one error line naming the path and the cause, no traceback
+    (FileExistsError / NotADirectoryError from the lock's mkdir before)."""
+    f = tmp_path / "afile"
+    f.write_text("x")
+    out = f if case == "file" else f / "sub"
+    r = CliRunner().invoke(app, ["extract", "--video-dir", str(face_video_dir), "--out", str(out), "--workers", "0"])
+    assert r.exit_code == 1
+    msg = str(r.exception)
+    assert str(out) in msg and ("exists and is a file" if case == "file" else f"{f} is a file, not a folder") in msg
+    assert "Traceback" not in r.output
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "facepipe", "extract", "--video-dir", str(face_video_dir), "--out",
+                        str(out)], capture_output=True, text=True)
+    assert p.returncode == 1 and p.stderr.strip().splitlines() == [f"facepipe: error: {msg}"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_an_interrupted_extract_says_how_far_it_got_and_leaves_no_temporary_files(sig, code, face_video_dir, tmp_path):
+    """Ctrl-C / SIGTERM while a video is in flight (one hangs by fault injection, the other finishes first): one
+    summary line, exit 130 / 143, no temporary folder left, and the rerun resumes (the finished video is skipped)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "facepipe", "extract", "--video-dir", str(face_video_dir), "--out", str(out),
+           "--workers", "2", "--num-frames", "4", "--face-detector", "mtcnn", "--no-progress"]
+    env = {**os.environ, "FACEPIPE_TEST_FAULT": "hang:single"}
+    # as from a terminal: SIGINT not inherited as ignored (a shell's background job ignores it, Python then too)
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while not list((out / "_parts").glob("*.json")) and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # the hung video is in flight
+    p.send_signal(getattr(signal, sig))
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == code, err
+    lines = [line for line in err.splitlines() if line.startswith("facepipe:")]
+    assert lines == ["facepipe: extract: interrupted after 1 of 2 videos (0 done before); the finished ones are kept "
+                     "(their part files), the tables are not updated: rerun the same command to resume"], err
+    assert "Traceback" not in err
+    assert not [q for q in out.rglob("*") if ".tmp-" in q.name]
+    r = subprocess.run(cmd[:-1], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "(1 processed, 1 unchanged since the last run)" in r.stdout, r.stdout + r.stderr

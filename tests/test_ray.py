@@ -104,7 +104,7 @@ def test_ray_engine_on_a_two_node_cluster_equals_local(cluster, videos, tmp_path
            "--engine", "ray", "--address", address, "--no-progress", "--no-contact-sheet"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "4 videos processed" in r.stdout
+    assert "extract: 4 videos (4 processed" in r.stdout
 
     lv, lf = _tables(tmp_path / "local")
     rv, rf = _tables(tmp_path / "ray")
@@ -119,7 +119,7 @@ def test_ray_engine_on_a_two_node_cluster_equals_local(cluster, videos, tmp_path
     # Resume on the cluster: nothing changed, nothing redone; the tables stay byte-identical.
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "0 videos processed, 4 skipped" in again.stdout
+    assert "extract: 4 videos (0 processed, 4 unchanged since the last run)" in again.stdout
     assert _tables(tmp_path / "ray")[1].equals(rf)
 
 

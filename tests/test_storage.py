@@ -79,7 +79,7 @@ def test_cli_writes_the_set_to_s3_and_make_loader_streams_the_same_samples(s3, e
     for tar in sorted(shard_files(example_shards).glob("*.tar")):
         assert s3.cat(f"{BUCKET}/example/{version}/{tar.name}") == tar.read_bytes()
     assert {p.rsplit("/", 1)[-1] for p in s3.ls(f"{BUCKET}/example")} == {"index.json", "stats.json", "counts.csv",
-                                                                         version}
+                                                                         "README.md", version}
     for split in ("train", "val", "test"):
         assert _stream(url, split) == _stream(example_shards, split)
     # DataLoader workers (forked after the index was read in this process) stream it too

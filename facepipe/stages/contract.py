@@ -184,6 +184,30 @@ def item_key(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def make_output_folder(out: Path, stage: str) -> None:
+    """Create ``out`` (and its parents) for a stage's output, or say in one line why it cannot be.
+
+    Raises:
+        InputError: naming ``out`` and the cause.
+    """
+    import errno
+    import os
+
+    for p in [out, *out.parents]:
+        if p.exists() and not p.is_dir():
+            what = "exists and is a file" if p == out else f"cannot be created: {p} is a file, not a folder"
+            raise InputError(f"{out}: the {stage} output folder {what}; give another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        cause = {errno.EACCES: "permission denied", errno.EROFS: "read-only file system",
+                 errno.ENOSPC: "no space left on device"}.get(e.errno, e.strerror or type(e).__name__)
+        where = "" if not e.filename or Path(e.filename) == out else f": {e.filename}"
+        raise InputError(f"{out}: the {stage} output folder cannot be created ({cause}{where})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise InputError(f"{out}: the {stage} output folder is not writable (permission denied)")
+
+
 @contextmanager
 def stage_lock(out_dir: str | Path, stage: str) -> Iterator[Path]:
     """Hold an exclusive lock on ``out_dir`` (``OUT/.lock``, via ``filelock``) for one stage run.
@@ -193,11 +217,13 @@ def stage_lock(out_dir: str | Path, stage: str) -> Iterator[Path]:
 
     Raises:
         StageBusy: another process holds the lock (names the folder and the lock file).
+        InputError: ``out_dir`` cannot be the output folder (a file is in the way, a parent is not a folder, it cannot
+            be created or written): one line naming the path and the cause.
     """
     from filelock import FileLock, Timeout
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_folder(out, stage)
     path = out / LOCK_NAME
     lock = FileLock(str(path), timeout=0)
     try:
@@ -260,5 +286,6 @@ def status_summary(rows: Iterable[dict], first: int = 3) -> tuple[dict[str, int]
     return dict(counts), lines
 
 
-__all__ = ["LOCK_NAME", "STATUSES", "StageBusy", "closure_relpaths", "code_closure", "code_hash", "fingerprint",
-           "item_key", "module_path", "short_message", "stage_lock", "status_summary", "STATUS_HINTS"]
+__all__ = ["LOCK_NAME", "STATUSES", "STATUS_HINTS", "StageBusy", "closure_relpaths", "code_closure", "code_hash",
+           "fingerprint", "item_key", "make_output_folder", "module_path", "short_message", "stage_lock",
+           "status_summary"]

@@ -14,6 +14,7 @@ import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
+from facepipe.errors import Interrupted
 from facepipe.stages import contract
 from facepipe.stages.extract.config import MANIFEST_DATASET, STAGE, ExtractConfig, fingerprint
 from facepipe.stages.extract.inputs import Task, VideoJob, discover_videos, file_sha256, jobs_from_manifest, plan_tasks
@@ -139,6 +140,9 @@ def run(video_dir: str | Path, out_dir: str | Path, cfg: ExtractConfig, *, progr
         InputError: missing or empty ``video_dir`` (nothing is written then).
         DetectorError: the detector cannot be created.
         StageBusy: another run holds ``out_dir``.
+        InputError: ``out_dir`` cannot be the output folder (a file in the way, not creatable, not writable).
+        Interrupted: SIGINT (or SIGTERM, through the CLI) during the run: the abandoned videos' temporary files are
+            removed, the finished videos' parts kept (a rerun resumes from them).
     """
     from facepipe.faces import create_face_detector
     from facepipe.stages.extract.scheduler import open_backend, run_tasks
@@ -146,6 +150,7 @@ def run(video_dir: str | Path, out_dir: str | Path, cfg: ExtractConfig, *, progr
 
     t0 = time.perf_counter()
     jobs = _inputs(video_dir, cfg, manifest)
+    contract.make_output_folder(Path(out_dir), STAGE)  # before the detector loads: a bad --out fails at once
     workers = cfg.workers
     threads = max(1, (os.cpu_count() or 1) // max(1, workers)) if workers else 0
     detector = create_face_detector(cfg.face_detector, threads=threads)  # also checks the detector before any work
@@ -165,14 +170,21 @@ def run(video_dir: str | Path, out_dir: str | Path, cfg: ExtractConfig, *, progr
             log.info("%d of %d videos already done with this code and these parameters: skipped", summary.skipped,
                      len(jobs))
         prog = _Progress(summary, len(pending), progress)
-        if tasks and workers == 0 and cfg.engine != "ray":
-            for t in tasks:
-                for r in process_task(t, str(out), cfg, detector):
-                    prog.done(*r)
-        elif tasks:
-            del detector  # the workers make their own
-            with open_backend(cfg, out, workers, threads) as backend:
-                run_tasks(tasks, out, cfg, backend, prog.done)
+        try:
+            if tasks and workers == 0 and cfg.engine != "ray":
+                for t in tasks:
+                    for r in process_task(t, str(out), cfg, detector):
+                        prog.done(*r)
+            elif tasks:
+                del detector  # the workers make their own
+                with open_backend(cfg, out, workers, threads) as backend:  # leaving it stops the workers
+                    run_tasks(tasks, out, cfg, backend, prog.done)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as the CLI turns it into one
+            prog.bar.close()
+            _clear_stale(out)  # the abandoned videos' temporary folders and files
+            raise Interrupted(f"extract: interrupted after {summary.processed} of {len(pending)} videos "
+                              f"({summary.skipped} done before); the finished ones are kept (their part files), "
+                              f"the tables are not updated: rerun the same command to resume") from None
         prog.bar.close()
         rows = consolidate(out, jobs)
         write_settings(out, cfg, detector_id=summary.detector, stage_fp=stage_fp)
