@@ -418,6 +418,8 @@ def _title(img: np.ndarray, text: str) -> np.ndarray:
 def annotate(path: Path, kind: str, rows: pl.DataFrame, cfg, out: Path, caption: str, max_frames: int = 12) -> None:
     """Write ``out``: the photo with its faces boxed and scored, or for a video a contact sheet of up to
     ``max_frames`` of its sampled frames with faces (evenly chosen), 4 per row, each 480 px wide."""
+    from PIL import Image
+
     from facepipe.video import FrameSampler, probe, read_image
 
     if kind == "image":
@@ -434,8 +436,7 @@ def annotate(path: Path, kind: str, rows: pl.DataFrame, cfg, out: Path, caption:
         for idx, frame in zip(chunk.indices.tolist(), chunk.frames):
             if idx in want:
                 scale = 480 / frame.shape[1]
-                small = np.asarray(__import__("PIL.Image", fromlist=["Image"]).fromarray(frame).resize(
-                    (480, max(1, round(frame.shape[0] * scale)))))
+                small = np.asarray(Image.fromarray(frame).resize((480, max(1, round(frame.shape[0] * scale)))))
                 sel = rows.filter(pl.col("frame_index") == idx)
                 tiles[idx] = _title(_draw(small, [(b, s, t) for b, s, t in sel.select("box", "score", "track_id")
                                                   .iter_rows()], scale), f"frame {idx}")

@@ -67,6 +67,24 @@ def pytest_collection_modifyitems(config, items):
                                 "pytest.mark.real_data: " + ", ".join(unmarked))
 
 
+def chromium_dom(url: str, *, offline: bool = False, budget_ms: int = 10000) -> str:
+    """The DOM of ``url`` after headless Chromium ran its scripts (``offline``: every request sent to a dead proxy).
+    Skips without Chromium, except under ``CI`` (``.ci/run`` installs Debian's package), where it fails."""
+    import os
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    net = ["--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>"] if offline else []
+    return subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", *net,
+                           f"--virtual-time-budget={budget_ms}", "--dump-dom", url], capture_output=True, text=True,
+                          timeout=180).stdout
+
+
 @pytest.fixture(scope="session")
 def real_manifest() -> dict[str, dict]:
     if not REAL.is_dir():

@@ -14,6 +14,8 @@ import polars as pl
 import pytest
 import yaml
 
+from tests.conftest import chromium_dom
+
 pytestmark = pytest.mark.integration  # a real DVC repo: dvc repro of the whole pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,31 +197,16 @@ def test_the_clip_variant_runs_the_whole_chain(repo):
     assert (repo / "data" / "benchmark" / "benchmark.md").is_file()
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
 def test_plots_render_offline(repo, tmp_path):
     """`dvc plots show` writes a page with vega, vega-lite and vega-embed inlined (.dvc/plots/offline.html): headless
     Chromium with every network request sent to a dead proxy renders every plot (DVC's own page loads them from a
     CDN and stays blank offline)."""
-    import os
-    import subprocess
-
     _run(["dvc", "repro"], repo)
     _run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], repo)
     page = (tmp_path / "plots" / "index.html").read_text()
     assert "cdn.jsdelivr" not in page and "<script src=" not in page
     n_plots = page.count("vegaEmbed(")
     assert n_plots >= 3  # shard counts, ROC (frame and video), the training curves
-    browser = _chromium()
-    if browser is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
-        pytest.skip("chromium not installed (apt-get install chromium)")
-    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--proxy-server=127.0.0.1:9",
-                          "--proxy-bypass-list=<-loopback>", "--virtual-time-budget=15000", "--dump-dom",
-                          (tmp_path / "plots" / "index.html").as_uri()], capture_output=True, text=True,
-                         timeout=180).stdout
+    dom = chromium_dom((tmp_path / "plots" / "index.html").as_uri(), offline=True, budget_ms=15000)
     rendered = dom.count('class="marks"')  # vega's SVG or canvas element, one per rendered plot
     assert rendered == n_plots, dom[:1000]

@@ -35,6 +35,7 @@ from facepipe.explain import (
     write_gallery,
 )
 from facepipe.models import ModelSpec, create_model, list_models
+from tests.conftest import chromium_dom
 
 HALF = (0.5, 0.5, 0.5)
 
@@ -330,10 +331,6 @@ def test_editing_the_gallery_template_changes_the_explain_stage_fingerprint_only
     assert after["facepipe.stages.evaluate"] == before["facepipe.stages.evaluate"]
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
 @pytest.fixture(scope="module")
 def checkpoint(example_shards, tmp_path_factory):
     from facepipe.stages.train import TrainConfig
@@ -393,21 +390,12 @@ def test_explain_writes_images_maps_summary_and_a_gallery_that_loads(checkpoint,
     assert len(list(out.glob("*_comparison.png"))) == 2
     assert not list(out.parent.glob(".staging-*"))
 
-    browser = _chromium()
-    if browser is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
-        pytest.skip("chromium not installed (apt-get install chromium)")
-    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
-                          "--dump-dom", (out / "gallery.html").as_uri()], capture_output=True, text=True,
-                         timeout=120).stdout
+    dom = chromium_dom((out / "gallery.html").as_uri())
     assert 'data-loaded="6"' in dom and 'data-failed="0"' in dom, dom[:500]
     # a gallery whose images are gone says so
     for p in out.glob("*_fake.png"):
         p.unlink()
-    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
-                          "--dump-dom", (out / "gallery.html").as_uri()], capture_output=True, text=True,
-                         timeout=120).stdout
+    dom = chromium_dom((out / "gallery.html").as_uri())
     assert 'data-loaded="4"' in dom and 'data-failed="2"' in dom
 
 

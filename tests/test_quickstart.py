@@ -3,6 +3,7 @@ git status clean afterwards (DVC refuses a git-ignored dvc.lock, so it cannot ru
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -49,7 +50,7 @@ def test_quickstart_runs_the_example_in_a_sandbox_and_leaves_the_checkout_clean(
     _git(["commit", "-qm", "checkout"], co)
     env = {"PATH": f"{sys.executable.rsplit('/', 1)[0]}:/usr/bin:/bin"}
     r = subprocess.run([sys.executable, "-m", "facepipe", "quickstart", "--checkout", str(co)], cwd=co,
-                       capture_output=True, text=True, env={**__import__("os").environ, **env}, timeout=1500)
+                       capture_output=True, text=True, env={**os.environ, **env}, timeout=1500)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "quickstart: the example's pipeline ran in" in r.stdout and "test split: frame AUC" in r.stdout
     box = co / "example"

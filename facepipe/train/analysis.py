@@ -264,6 +264,17 @@ def _record_split(model: torch.nn.Module, loader, rec: FeatureRecorder, limit: i
 
 
 _LABEL_NAMES = {0: "real", 1: "fake", -1: "uncertain"}
+
+
+def _save_figure(fig, path: Path) -> Path:
+    """A matplotlib figure as PNG at ``path`` (laid out tight, 110 dpi; temp name, then rename), then closed."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
 _LABEL_COLOURS = {"real": "tab:green", "fake": "tab:red", "uncertain": "tab:gray"}
 
 
@@ -289,12 +300,7 @@ def histogram_plot(values: np.ndarray, index: pl.DataFrame, out_dir: Path, title
     ax.set_ylabel("faces")
     ax.legend()
     ax.set_title(f"{title} — {len(values)} faces", fontsize=10)
-    fig.tight_layout()
-    path = out_dir / "histogram.png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return _save_figure(fig, out_dir / "histogram.png")
 
 
 def tsne_plot(embeddings: np.ndarray, index: pl.DataFrame, out_dir: Path, title: str = "", seed: int = 0) -> Path:
@@ -325,12 +331,7 @@ def tsne_plot(embeddings: np.ndarray, index: pl.DataFrame, out_dir: Path, title:
         ax.set_yticks([])
         ax.legend(fontsize=7, markerscale=1.5, loc="best")
     fig.suptitle(f"t-SNE of {title} — {n} faces", fontsize=10)
-    fig.tight_layout()
-    path = out_dir / "tsne.png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return _save_figure(fig, out_dir / "tsne.png")
 
 
 # ------------------------------------------------------------------------------------------------------------------
