@@ -29,6 +29,7 @@ Outputs in ``out`` (:func:`predict`):
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -254,8 +255,15 @@ def extract_config(ckpt: dict, ckpt_path: Path, params: str | os.PathLike | None
 # scoring
 
 
-def _read_rgb(path: Path, size: int) -> np.ndarray:
+@functools.lru_cache(maxsize=8)
+def _resize(size: int):
+    """The loader's evaluation resize (albumentations ``Resize``), built once per size."""
     import albumentations as A
+
+    return A.Resize(size, size)
+
+
+def _read_rgb(path: Path, size: int) -> np.ndarray:
     import cv2
 
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -263,7 +271,7 @@ def _read_rgb(path: Path, size: int) -> np.ndarray:
         raise InputError(f"{path}: crop does not decode")
     rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     if rgb.shape[0] != size or rgb.shape[1] != size:
-        rgb = A.Resize(size, size)(image=rgb)["image"]  # the loader's evaluation resize
+        rgb = _resize(size)(image=rgb)["image"]
     return rgb
 
 
