@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections import Counter
+from typing import Iterable
 
 from facepipe.errors import FacepipeError
 
@@ -32,8 +34,9 @@ stored in shards)."""
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
-_PART = re.compile(r"^[A-Za-z0-9_-]+$")
+_PART = re.compile(r"[A-Za-z0-9_-]+")  # fullmatch: "$" would let a trailing newline through
 _ID_BAD = re.compile(r"[^A-Za-z0-9_-]+")
+_INT = re.compile(r"-?[0-9]+")  # ASCII only: int() also reads "+1", "1_0" and other scripts' digits
 
 
 class IdError(FacepipeError):
@@ -49,7 +52,7 @@ def check_name(kind: str, value: str) -> str:
     Raises:
         IdError: naming ``kind`` and ``value``.
     """
-    if (not isinstance(value, str) or not _PART.match(value) or KEY_SEP in value
+    if (not isinstance(value, str) or not _PART.fullmatch(value) or KEY_SEP in value
             or value.startswith("_") or value.endswith("_")):
         raise IdError(f"{kind} '{value}' cannot be part of a sample key: use letters, digits, '-' and "
                          f"single '_' only, never '_' first or last")
@@ -64,7 +67,8 @@ def video_id_for(rel_path: str) -> str:
     contains ``__`` (the sample-key separator). When that changed anything beyond separators and
     extension, 8 hex characters of the path's sha1 are appended so distinct paths stay distinct.
     Absolute paths (inputs outside the dataset root, e.g. DeeperForensics' FF++ targets) keep only their
-    last four components.
+    last four components. Paths that needed no change beyond that can share an id (``x.mp4`` and ``x.avi``,
+    ``a/b.mp4`` and ``a-b.mp4``): :func:`unique_video_ids` names the videos of a set apart.
 
     >>> video_id_for("ffpp/original_634.mp4")
     'ffpp-original_634'
@@ -76,8 +80,41 @@ def video_id_for(rel_path: str) -> str:
     plain = stem.replace("/", "-")
     clean = re.sub(r"_{2,}", "_", _ID_BAD.sub("_", plain)).strip("_-") or "video"
     if clean != plain:
-        clean = f"{clean}-{hashlib.sha1(rel_path.encode()).hexdigest()[:8]}"
+        clean = f"{clean}-{_path_hash(rel_path)}"
     return clean
+
+
+def _path_hash(rel_path: str) -> str:
+    # surrogatepass: a file name that is not UTF-8 comes from os.walk with lone surrogates (surrogateescape);
+    # every other path hashes as its UTF-8 bytes, as before
+    return hashlib.sha1(rel_path.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+
+
+def unique_video_ids(rel_paths: Iterable[str]) -> dict[str, str]:
+    """The ids of a set of videos: :func:`video_id_for` of each path, with 8 hex characters of the path's sha1
+    appended where distinct paths share an id.
+
+    :func:`video_id_for` maps some distinct paths to one id (``x.mp4`` and ``x.avi``: the extension is dropped;
+    ``a/b.mp4`` and ``a-b.mp4``: folder separators become ``-``; absolute paths with the same last four
+    components). Ids of paths that share theirs with no other path of the set are :func:`video_id_for`'s, so
+    no existing id changes; the extract stage names the videos of a folder the same way. A path listed twice
+    is one video (its one id).
+
+    Returns:
+        ``{path: video id}`` for every distinct path, ids pairwise distinct.
+
+    Raises:
+        IdError: two paths still share an id after the hash was appended (both named; e.g. a file whose own
+            name is another's id with the hash).
+    """
+    base = {p: video_id_for(p) for p in dict.fromkeys(rel_paths)}
+    counts = Counter(base.values())
+    out = {p: f"{v}-{_path_hash(p)}" if counts[v] > 1 else v for p, v in base.items()}
+    owner: dict[str, str] = {}
+    for p, v in out.items():
+        if owner.setdefault(v, p) != p:
+            raise IdError(f"'{owner[v]}' and '{p}' both map to video id '{v}': give one of them a video_id")
+    return out
 
 
 def sample_key(dataset: str, video_id: str, frame_index: int, track_id: int) -> str:
@@ -94,15 +131,24 @@ def clip_key(dataset: str, video_id: str, clip_id: int, track_id: int) -> str:
 
 
 def parse_key(key: str) -> tuple[str, str, int, int]:
-    """Inverse of :func:`sample_key`.
+    """Inverse of :func:`sample_key`: every key it accepts is the one :func:`sample_key` makes of its parts.
 
     Raises:
-        IdError: the key does not have four ``__``-separated parts.
+        IdError: the key does not have four ``__``-separated parts, a name part that :func:`check_name` refuses,
+            or a frame / track that is not written as :func:`sample_key` writes it (ASCII digits, the frame
+            zero-padded to 6).
     """
-    parts = key.split(KEY_SEP)
+    parts = key.split(KEY_SEP) if isinstance(key, str) else []
     if len(parts) != 4:
         raise IdError(f"sample key '{key}' is not <dataset>__<video_id>__<frame>__<track>")
-    return parts[0], parts[1], int(parts[2]), int(parts[3])
+    dataset, video_id, frame, track = parts
+    check_name("dataset", dataset)
+    check_name("video_id", video_id)
+    if not (_INT.fullmatch(frame) and f"{int(frame):06d}" == frame and _INT.fullmatch(track)
+            and str(int(track)) == track):
+        raise IdError(f"sample key '{key}': frame '{frame}' and track '{track}' are not written as sample_key "
+                      "writes them (integers, the frame zero-padded to 6 digits)")
+    return dataset, video_id, int(frame), int(track)
 
 
 def qualify(dataset: str, ref: str) -> tuple[str, str]:
@@ -119,4 +165,4 @@ def qualify(dataset: str, ref: str) -> tuple[str, str]:
 
 __all__ = ["FACE_LABEL_NAMES", "IMAGE_EXTS", "KEY_SEP", "LABEL_NAMES", "LABEL_SOURCES", "UNCERTAIN_LABEL",
            "IdError", "SPLITS", "VIDEO_EXTS",
-           "check_name", "clip_key", "parse_key", "qualify", "sample_key", "video_id_for"]
+           "check_name", "clip_key", "parse_key", "qualify", "sample_key", "unique_video_ids", "video_id_for"]

@@ -116,17 +116,32 @@ _LABELS = {"real": 0, "fake": 1, "0": 0, "1": 1, "original": 0, "manipulated": 1
 
 def _manifest_inputs(p: Path, root: Path | None) -> list[tuple[Path, int | None]]:
     """``(file, label)`` per row of a CSV / parquet list with a ``path`` column (relative to ``root``, by default the
-    list's folder) and optionally ``label`` (``real``/``fake``/``0``/``1``; other values such as ``none`` = unknown)."""
+    list's folder) and optionally ``label`` (``real``/``fake``/``0``/``1``; other values such as ``none`` = unknown).
+    Paths are kept as written; blank lines are skipped.
+
+    Raises:
+        InputError: naming the list: unreadable, no ``path`` column, columns that are not text, a blank path.
+    """
     try:
-        df = pl.read_parquet(p) if p.suffix == ".parquet" else pl.read_csv(p, infer_schema=False)
+        df = pl.read_parquet(p) if p.suffix.lower() == ".parquet" else pl.read_csv(p, infer_schema=False)
     except Exception as e:  # noqa: BLE001  polars raises several error types for unreadable files
         raise InputError(f"{p}: cannot read the list of inputs: {e}") from None
     if "path" not in df.columns:
         raise InputError(f"{p}: a list of inputs needs a 'path' column (columns: {df.columns})")
+    try:
+        label = pl.col("label").cast(pl.String) if "label" in df.columns else pl.lit(None, pl.String).alias("label")
+        df = df.select(pl.col("path").cast(pl.String), label, pl.all_horizontal(pl.all().is_null()).alias("_blank"))
+    except pl.exceptions.PolarsError as e:
+        raise InputError(f"{p}: the path and label columns of a list of inputs must be text: {e}") from None
     base = root or p.parent
-    labels = df["label"].cast(pl.String).to_list() if "label" in df.columns else [None] * df.height
-    return [(Path(v) if Path(v).is_absolute() else base / v, _LABELS.get(str(lab).strip().lower()))
-            for v, lab in zip(df["path"].cast(pl.String).to_list(), labels)]
+    out = []
+    for n, (v, lab, blank) in enumerate(df.iter_rows(), 2):  # polars keeps a blank line as a row of nulls
+        if blank:
+            continue
+        if v is None or not v.strip():
+            raise InputError(f"{p}:{n}: blank path (every row names a video or photo)")
+        out.append((Path(v) if Path(v).is_absolute() else base / v, _LABELS.get(str(lab).strip().lower())))
+    return out
 
 
 def resolve_inputs(inputs: Sequence[str | os.PathLike], root: str | os.PathLike | None = None) -> list[PredictInput]:
@@ -139,7 +154,8 @@ def resolve_inputs(inputs: Sequence[str | os.PathLike], root: str | os.PathLike 
 
     Raises:
         InputError: no input, an input that does not exist, a file with an extension facepipe does not read, a
-            folder with no such file, an unreadable list.
+            folder with no such file, an unreadable list, an empty one, or one with a blank path (naming the list and
+            line).
     """
     if not inputs:
         raise InputError("predict: no input given (videos, photos, folders or a list of files)")
@@ -155,7 +171,10 @@ def resolve_inputs(inputs: Sequence[str | os.PathLike], root: str | os.PathLike 
                 raise InputError(f"{p}: folder holds no video or photo ({', '.join(SUPPORTED_EXTS)})")
             found += [(f, f"{p.resolve().name}/{f.relative_to(p).as_posix()}", None) for f in files]
         elif p.suffix.lower() in MANIFEST_EXTS:
-            for f, lab in _manifest_inputs(p, Path(root) if root else None):
+            listed = _manifest_inputs(p, Path(root) if root else None)
+            if not listed:
+                raise InputError(f"{p}: the list of inputs has no row")
+            for f, lab in listed:
                 if not f.is_file():
                     raise InputError(f"{p}: lists {f}, which does not exist")
                 found.append((f, f.name, lab))

@@ -29,7 +29,7 @@ from pathlib import Path
 import polars as pl
 
 from facepipe.errors import InputError
-from facepipe.ids import SPLITS, check_name, qualify, video_id_for
+from facepipe.ids import SPLITS, IdError, check_name, qualify, unique_video_ids
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +40,19 @@ MANIFEST_SCHEMA = {
 }
 
 
+_NAMES = ("dataset", "video_id", "label", "method", "split", "compression", "protocol_note")
+"""Text columns read without surrounding spaces (``path`` and ``mask_path`` are kept as written)."""
+_LISTS = ("source_ids", "identity_ids")
+
+
 def _list_col(df: pl.DataFrame, name: str) -> pl.Expr:
     if name not in df.columns:
         return pl.lit([], dtype=pl.List(pl.String)).alias(name)
-    if df.schema[name] == pl.List(pl.String):
-        return pl.col(name)
-    return (pl.col(name).cast(pl.String).fill_null("").str.split(";")
-            .list.eval(pl.element().str.strip_chars().filter(pl.element() != "")).alias(name))
+    col = pl.col(name) if df.schema[name] == pl.List(pl.String) else \
+        pl.col(name).cast(pl.String).fill_null("").str.split(";")
+    # strip, then drop the blanks: inside one eval, filter's pl.element() is the entry before stripping
+    return (col.list.eval(pl.element().str.strip_chars())
+            .list.eval(pl.element().filter(pl.element().is_not_null() & (pl.element() != ""))).alias(name))
 
 
 def _rows_named(df: pl.DataFrame, n: int = 5) -> str:
@@ -61,7 +67,8 @@ def resolve_sources(df: pl.DataFrame, where: str) -> pl.DataFrame:
     qualified ``dataset:video_id`` (another dataset: kept as is).
 
     Raises:
-        InputError: an entry names no row (names the row and the entry).
+        InputError: an entry names no row, or a ``dataset:video_id`` entry that cannot be part of a sample
+            key (names ``where``, the row and the entry).
     """
     ids = {(d, v) for d, v in df.select("dataset", "video_id").iter_rows()}
     by_path = {(d, p): v for d, p, v in df.select("dataset", "path", "video_id").iter_rows()}
@@ -75,8 +82,11 @@ def resolve_sources(df: pl.DataFrame, where: str) -> pl.DataFrame:
                 resolved.append(s)
             elif ":" in s and qualify(d, s)[0] != d:
                 od, ov = qualify(d, s)
-                check_name("dataset", od)
-                check_name("video_id", ov)
+                try:
+                    check_name("dataset", od)
+                    check_name("video_id", ov)
+                except IdError as e:
+                    raise InputError(f"{where}: source '{s}' of {path}: {e}") from None
                 resolved.append(f"{od}:{ov}")
             else:
                 raise InputError(f"{where}: source '{s}' of {path} names no video of the manifest (give a "
@@ -85,8 +95,75 @@ def resolve_sources(df: pl.DataFrame, where: str) -> pl.DataFrame:
     return df.with_columns(pl.Series("source_ids", out, dtype=pl.List(pl.String)))
 
 
+def _read_table(p: Path) -> pl.DataFrame:
+    """The manifest's rows as read: blank lines (rows without any value) dropped, the columns of
+    :data:`MANIFEST_SCHEMA` as text (lists as lists of text), ``path``, ``label`` and ``split`` present and no
+    blank path."""
+    if not p.is_file():
+        raise InputError(f"{p}: manifest not found")
+    try:
+        df = pl.read_parquet(p) if p.suffix.lower() == ".parquet" else pl.read_csv(p, infer_schema=False)
+    except Exception as e:  # noqa: BLE001  polars raises several error types for unreadable files
+        raise InputError(f"{p}: cannot read manifest: {e}") from None
+    for col in ("path", "label", "split"):
+        if col not in df.columns:
+            raise InputError(f"{p}: manifest lacks column '{col}' (columns: {df.columns})")
+    try:
+        df = df.with_columns([pl.col(c).cast(pl.List(pl.String) if c in _LISTS and isinstance(df.schema[c], pl.List)
+                                             else pl.String) for c in df.columns if c in MANIFEST_SCHEMA])
+    except pl.exceptions.PolarsError as e:
+        raise InputError(f"{p}: manifest columns cannot be read as text: {e}") from None
+    df = df.filter(~pl.all_horizontal(pl.all().is_null()))
+    # a blank cell is "not given" whether the CSV writer quoted it ("") or not (polars reads null)
+    df = df.with_columns([pl.col(c).str.strip_chars().replace("", None) for c in _NAMES if c in df.columns]
+                         + [pl.col(c).replace("", None) for c in ("path", "mask_path") if c in df.columns])
+    blank = df.filter(pl.col("path").is_null() | (pl.col("path").str.strip_chars() == ""))
+    if blank.height:
+        raise InputError(f"{p}: blank path in {blank.height} row(s) (every row names a video file or folder)")
+    return df
+
+
+def _with_ids(df: pl.DataFrame, p: Path, dataset: str | None) -> pl.DataFrame:
+    """``dataset`` filled in (the argument for blank cells) and checked; ``video_id`` as given (checked) or, where
+    blank, derived from the path (:func:`~facepipe.ids.unique_video_ids` over each dataset's paths)."""
+    if "dataset" not in df.columns:
+        if dataset is None:
+            raise InputError(f"{p}: manifest has no 'dataset' column; give the dataset name")
+        df = df.with_columns(pl.lit(dataset, dtype=pl.String).alias("dataset"))
+    df = df.with_columns(pl.col("dataset").str.strip_chars().replace("", None))
+    if dataset is not None:
+        df = df.with_columns(pl.col("dataset").fill_null(dataset))
+    blank = df.filter(pl.col("dataset").is_null())
+    if blank.height:
+        raise InputError(f"{p}: blank dataset for {blank.height} row(s): {_rows_named(blank)}; give the dataset name")
+    paths: dict[str, list[str]] = {}
+    for d, path in df.select("dataset", "path").iter_rows():
+        paths.setdefault(d, []).append(path)
+    try:
+        for d in paths:
+            check_name("dataset", d)
+        derived = {d: unique_video_ids(ps) for d, ps in paths.items()}
+    except IdError as e:
+        raise InputError(f"{p}: {e}") from None
+    given = (df["video_id"].str.strip_chars().replace("", None).to_list() if "video_id" in df.columns
+             else [None] * df.height)
+    ids = [v if v is not None else derived[d][path]
+           for v, d, path in zip(given, df["dataset"].to_list(), df["path"].to_list())]
+    for v, path in zip(ids, df["path"].to_list()):
+        try:
+            check_name("video_id", v)
+        except IdError as e:
+            raise InputError(f"{p}: row {path}: {e}") from None
+    return df.with_columns(pl.Series("video_id", ids, dtype=pl.String))
+
+
 def read_manifest(path: str | Path, dataset: str | None = None) -> pl.DataFrame:
     """Read and validate a manifest (parquet, or CSV with ``path,label,split[,...]``).
+
+    Paths are kept as written (surrounding spaces included); labels, splits, datasets, video ids and list
+    entries are read without surrounding spaces. Blank lines are skipped. A row without ``video_id`` gets the
+    id of its path (:func:`~facepipe.ids.unique_video_ids` over its dataset's paths: ``x.mp4`` and ``x.avi``
+    are two videos).
 
     Args:
         path: the file.
@@ -96,27 +173,14 @@ def read_manifest(path: str | Path, dataset: str | None = None) -> pl.DataFrame:
         A DataFrame in :data:`MANIFEST_SCHEMA`.
 
     Raises:
-        InputError: unreadable file, missing columns, unknown labels, a blank or unknown split (naming
-            the rows), duplicate (dataset, video_id), a source that names no video, or a fake whose
+        InputError: naming the file: unreadable file, missing columns, a blank path, unknown labels, a blank
+            or unknown split (naming the rows), a blank dataset, a dataset name or video id that cannot be part
+            of a sample key, duplicate (dataset, video_id), a source that names no video, or a fake whose
             original sits in another split (leakage).
     """
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: manifest not found")
-    try:
-        df = pl.read_parquet(p) if p.suffix == ".parquet" else pl.read_csv(p, infer_schema=False)
-    except Exception as e:  # noqa: BLE001  polars raises several error types for unreadable files
-        raise InputError(f"{p}: cannot read manifest: {e}") from None
-    for col in ("path", "label", "split"):
-        if col not in df.columns:
-            raise InputError(f"{p}: manifest lacks column '{col}' (columns: {df.columns})")
-    if "dataset" not in df.columns:
-        if dataset is None:
-            raise InputError(f"{p}: manifest has no 'dataset' column; give the dataset name")
-        df = df.with_columns(pl.lit(dataset).alias("dataset"))
-    elif dataset is not None:
-        df = df.with_columns(pl.col("dataset").fill_null(dataset))
-    labels = pl.col("label").cast(pl.String).str.strip_chars().str.to_lowercase()
+    df = _read_table(p)
+    labels = pl.col("label").str.strip_chars().str.to_lowercase()
     df = df.with_columns(
         pl.when(labels.is_in(["0", "real"])).then(0).when(labels.is_in(["1", "fake"])).then(1)
         .otherwise(None).cast(pl.Int8).alias("_label"), labels.alias("_raw"))
@@ -124,7 +188,7 @@ def read_manifest(path: str | Path, dataset: str | None = None) -> pl.DataFrame:
     if bad.height:
         raise InputError(f"{p}: unknown label {bad['_raw'][0]!r} for {_rows_named(bad)} (use 0/1 or real/fake)")
     df = df.with_columns(pl.col("_label").alias("label")).drop("_label", "_raw")
-    df = df.with_columns(pl.col("split").cast(pl.String).str.strip_chars())
+    df = df.with_columns(pl.col("split").str.strip_chars())
     blank = df.filter(pl.col("split").is_null() | (pl.col("split") == ""))
     if blank.height:
         raise InputError(f"{p}: blank split for {blank.height} row(s): {_rows_named(blank)}; every row needs "
@@ -133,8 +197,7 @@ def read_manifest(path: str | Path, dataset: str | None = None) -> pl.DataFrame:
     if bad.height:
         raise InputError(f"{p}: unknown split {bad['split'][0]!r} for {bad.height} row(s): {_rows_named(bad)} "
                          f"(use {', '.join(SPLITS)})")
-    if "video_id" not in df.columns:
-        df = df.with_columns(pl.col("path").map_elements(video_id_for, return_dtype=pl.String).alias("video_id"))
+    df = _with_ids(df, p, dataset)
     if "method" not in df.columns:
         df = df.with_columns(pl.lit(None, dtype=pl.String).alias("method"))
     df = df.with_columns(pl.when(pl.col("method").is_null() & (pl.col("label") == 0)).then(pl.lit("original"))
@@ -144,8 +207,6 @@ def read_manifest(path: str | Path, dataset: str | None = None) -> pl.DataFrame:
             df = df.with_columns(pl.lit(None, dtype=pl.String).alias(col))
     df = df.with_columns(_list_col(df, "source_ids"), _list_col(df, "identity_ids"))
     df = df.select([pl.col(c).cast(t) for c, t in MANIFEST_SCHEMA.items()])
-    for name in df["dataset"].unique().to_list():
-        check_name("dataset", name)
     dup = df.group_by("dataset", "video_id").len().filter(pl.col("len") > 1)
     if dup.height:
         raise InputError(f"{p}: video '{dup['video_id'][0]}' of dataset '{dup['dataset'][0]}' is listed "

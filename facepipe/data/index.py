@@ -41,6 +41,7 @@ class ShardSet:
     frame_step: int | None = None
     crop_landmarks: int | None = None  # points of every sample's crop_landmarks (68 / 81), None when not all have them
     shard_cells: tuple[dict[tuple[str, int], int], ...] | None = None  # per URL: (dataset, label) -> samples
+    version: str | None = None  # the index's set version (``set-…``); None without an index
 
     def cell_of_shard(self) -> tuple[tuple[str, int], ...] | None:
         """Each shard's one (dataset, label) cell when every shard holds a single cell (``shard.layout: cells``),
@@ -79,16 +80,85 @@ def _missing_keys(index: dict) -> list[str]:
             missing.append(f"splits.{name}")
             continue
         missing += [f"splits.{name}.{k}" for k in _SPLIT_KEYS if k not in info]
-        for i, sh in enumerate(info.get("shards") or []):
+        shards = info.get("shards")
+        for i, sh in enumerate(shards if isinstance(shards, list) else []):
             missing += [f"splits.{name}.shards[{i}].{k}" for k in _SHARD_KEYS if not isinstance(sh, dict) or k not in sh]
     return missing
 
 
+def _is_count(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _bad_url(url: object) -> str | None:
+    """Why a shard's ``url`` cannot be used, or ``None``: a path below the index's folder, as the shard stage writes
+    it (``<set>/<split>-....tar``); it is joined to that folder, so nothing absolute, no ``..``, no scheme."""
+    if not isinstance(url, str) or not url.strip():
+        return "not a path"
+    if url.startswith("/") or "\\" in url or ":" in url or ".." in url.split("/"):
+        return "not a path inside the shard folder"
+    return None
+
+
+def _bad_shard(where: str, sh: dict) -> list[str]:
+    bad = []
+    why = _bad_url(sh["url"])
+    if why:
+        bad.append(f"{where}.url ({sh['url']!r}: {why})")
+    if not _is_count(sh["samples"]):
+        bad.append(f"{where}.samples ({sh['samples']!r}: not a count)")
+    cells = sh["cells"]
+    if not isinstance(cells, dict):
+        return bad + [f"{where}.cells ({type(cells).__name__}: not an object)"]
+    names = set(FACE_LABEL_NAMES.values())
+    for cell, n in cells.items():
+        d, _, lab = cell.rpartition(":")
+        if not d or lab not in names or not _is_count(n):
+            bad.append(f"{where}.cells[{cell!r}] ({n!r}: not <dataset>:<{'|'.join(sorted(names))}> with a count)")
+    if not bad and sum(cells.values()) != sh["samples"]:
+        bad.append(f"{where}.cells (they count {sum(cells.values())} samples, the shard {sh['samples']})")
+    return bad
+
+
+def _bad_values(index: dict) -> list[str]:
+    """Values of the keys the readers use that they cannot use (the keys are all present): counts that are not
+    non-negative integers or do not add up, shard URLs outside the index's folder, cells that name no label."""
+    bad = []
+    for name, info in index["splits"].items():
+        if not _is_count(info["samples"]):
+            bad.append(f"splits.{name}.samples ({info['samples']!r}: not a count)")
+        if not isinstance(info["shards"], list):
+            bad.append(f"splits.{name}.shards ({type(info['shards']).__name__}: not a list)")
+            continue
+        here = [b for i, sh in enumerate(info["shards"]) for b in _bad_shard(f"splits.{name}.shards[{i}]", sh)]
+        bad += here
+        if not here and _is_count(info["samples"]) and sum(sh["samples"] for sh in info["shards"]) != info["samples"]:
+            bad.append(f"splits.{name}.samples ({info['samples']}: its shards hold "
+                       f"{sum(sh['samples'] for sh in info['shards'])})")
+    views = index.get("views", [])
+    if not isinstance(views, list) or not all(isinstance(v, str) for v in views):
+        bad.append(f"views ({views!r}: not a list of names)")
+    if index.get("sample_kind", "frame") not in ("frame", "clip"):
+        bad.append(f"sample_kind ({index['sample_kind']!r}: not frame or clip)")
+    elif index.get("sample_kind") == "clip" and not index.get("clip_length"):
+        bad.append(f"clip_length ({index.get('clip_length')!r}: a clip set needs its frames per clip)")
+    for k in ("crop_size", "clip_length", "frame_step", "crop_landmarks", "total"):
+        if index.get(k) is not None and not _is_count(index[k]):
+            bad.append(f"{k} ({index[k]!r}: not a count)")
+    if index.get("videos") is not None and _bad_url(index["videos"]):
+        bad.append(f"videos ({index['videos']!r}: {_bad_url(index['videos'])})")
+    return bad
+
+
 def check_index(index: object, where: str) -> dict:
-    """``index`` if it is a shard index of this schema version with every key the readers use.
+    """``index`` if it is a shard index of this schema version with every key the readers use, holding values they
+    can use.
 
     Raises:
-        ShardIndexError: naming ``where``: not a JSON object, another schema version, or missing keys.
+        ShardIndexError: naming ``where``: not a JSON object, another schema version, missing keys, or wrong values
+            (counts that are not non-negative integers or do not add up: a split's samples are its shards', a
+            shard's are its cells'; shard URLs that are not paths inside the index's folder; cells that name no
+            ``<dataset>:<label>``; ``views``, ``sample_kind`` and the sizes of another type).
     """
     if not isinstance(index, dict):
         raise ShardIndexError(f"{where}: shard index is not a JSON object (got {type(index).__name__})")
@@ -100,11 +170,16 @@ def check_index(index: object, where: str) -> dict:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise ShardIndexError(f"{where}: shard index lacks {', '.join(missing[:5])}{more}; rebuild it with "
                               "'facepipe shard'")
+    bad = _bad_values(index)
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise ShardIndexError(f"{where}: shard index has wrong values: {'; '.join(bad[:5])}{more}; rebuild it with "
+                              "'facepipe shard'")
     return index
 
 
 def read_index(source: str | os.PathLike | dict) -> dict:
-    """A shard set's ``index.json``, read and checked.
+    """A shard set's ``index.json``, read and checked (:func:`check_index`).
 
     Args:
         source: the index (local path or URL), the folder holding it (local, or an ``s3://`` prefix), or an
@@ -115,7 +190,8 @@ def read_index(source: str | os.PathLike | dict) -> dict:
         ``views``, ``crop_size``, ...).
 
     Raises:
-        ShardIndexError: naming the path: missing, unreadable, not JSON, another schema version, missing keys.
+        ShardIndexError: naming the path: missing, unreadable, not JSON (nested too deep included), another schema
+            version, missing keys, wrong values.
     """
     if isinstance(source, dict):
         return check_index(source, "shard index")
@@ -128,7 +204,7 @@ def read_index(source: str | os.PathLike | dict) -> dict:
         raise ShardIndexError(f"{url}: cannot read shard index: {e}") from None
     try:
         index = json.loads(text)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: arrays or objects nested thousands deep
         raise ShardIndexError(f"{url}: shard index is not JSON: {e}") from None
     return check_index(index, url)
 
@@ -155,7 +231,7 @@ def _from_index(src: str, split: str | None) -> ShardSet:
     return ShardSet(urls, int(info["samples"]), dict(cells), tuple(index.get("views", ())),
                     index.get("view_params"), index.get("crop_size"), index.get("image_format"),
                     index.get("sample_kind", "frame"), index.get("clip_length"), index.get("frame_step"),
-                    index.get("crop_landmarks"), tuple(per_shard))
+                    index.get("crop_landmarks"), tuple(per_shard), index.get("version"))
 
 
 def resolve_shards(source: str | os.PathLike | Sequence[str], split: str | None = "train") -> ShardSet:

@@ -24,7 +24,7 @@ from pydantic import Field
 from facepipe._registries import check_unique
 from facepipe.config import Section
 from facepipe.errors import InputError
-from facepipe.ids import LABEL_NAMES, SPLITS, check_name, video_id_for
+from facepipe.ids import LABEL_NAMES, SPLITS, IdError, check_name, unique_video_ids
 from facepipe.manifest import MANIFEST_SCHEMA, check_leakage
 
 log = logging.getLogger(__name__)
@@ -319,7 +319,8 @@ def build_manifest(adapter: str, root: str | Path, dataset: str, cfg: ManifestCo
         InputError: unknown adapter, wrong root or layout (the expected one is shown), a missing
             split file, a listed file that does not exist (``missing_files: error``), conflicting labels
             for one file, a fake whose original is missing (``missing_originals: error``), a group too
-            large to split, a val/test split lacking a class, or originals/identities crossing splits.
+            large to split, a val/test split lacking a class, originals/identities crossing splits, or two
+            files whose ids :func:`~facepipe.ids.unique_video_ids` cannot tell apart.
     """
     ad = get_adapter(adapter)
     check_name("dataset", dataset)
@@ -334,7 +335,10 @@ def build_manifest(adapter: str, root: str | Path, dataset: str, cfg: ManifestCo
             raise InputError(msg + "; set manifest.missing_originals: warn to keep them")
         log.warning(msg)
     splits = _splits(rows, adapter, root, cfg)
-    df = _manifest_table(rows, seen, splits, dataset)
+    try:
+        df = _manifest_table(rows, seen, splits, dataset)
+    except IdError as e:
+        raise InputError(f"{root}: {e}") from None
     dup = df.group_by("video_id").len().filter(pl.col("len") > 1)
     if dup.height:
         raise InputError(f"{root}: two files map to video id '{dup['video_id'][0]}'")
@@ -407,7 +411,8 @@ def _splits(rows: list[Row], adapter: str, root: Path, cfg: ManifestConfig) -> l
 
 def _manifest_table(rows: list[Row], seen: dict, splits: list[str], dataset: str) -> pl.DataFrame:
     """The rows as a :data:`MANIFEST_SCHEMA` table sorted by path (sources as video ids)."""
-    ids = {r.path: r.video_id or video_id_for(r.path) for r in rows}
+    derived = unique_video_ids(r.path for r in rows if not r.video_id)
+    ids = {r.path: r.video_id or derived[r.path] for r in rows}
     return pl.DataFrame({
         "dataset": [dataset] * len(rows),
         "video_id": [ids[r.path] for r in rows],
@@ -415,7 +420,8 @@ def _manifest_table(rows: list[Row], seen: dict, splits: list[str], dataset: str
         "label": [r.label for r in rows],
         "method": [r.method for r in rows],
         "split": splits,
-        "source_ids": [[s if ":" in s else ids[s] for s in r.sources if ":" in s or s in seen] for r in rows],
+        # a source is a row's path (which may hold ':') before it is a dataset:video_id of another dataset
+        "source_ids": [[ids[s] if s in seen else s for s in r.sources if s in seen or ":" in s] for r in rows],
         "compression": [r.compression for r in rows],
         "identity_ids": [sorted(set(r.identities)) for r in rows],
         "mask_path": [r.mask_path for r in rows],

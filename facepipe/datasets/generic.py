@@ -8,7 +8,7 @@ import polars as pl
 
 from facepipe.datasets.base import ManifestConfig, Row, layout_error, register_adapter
 from facepipe.errors import InputError
-from facepipe.ids import IMAGE_EXTS, VIDEO_EXTS, video_id_for
+from facepipe.ids import IMAGE_EXTS, SPLITS, VIDEO_EXTS, IdError, unique_video_ids
 
 FOLDER_LAYOUT = """
 ROOT/real/**/<video>                real (videos, or still images: .jpg .png .webp .bmp, one frame each)
@@ -51,25 +51,41 @@ def _ids(v) -> list[str]:
 
 @register_adapter("csv", CSV_LAYOUT)
 def scan_csv(root: Path, cfg: ManifestConfig) -> list[Row]:
+    """Rows of the CSV file (see :data:`CSV_LAYOUT`): paths as written, blank lines skipped.
+
+    Raises:
+        InputError: naming the file (and the line of a bad row): not found, unreadable, a missing column, a blank
+            path, an unknown label or split, paths whose ids cannot be told apart.
+    """
     opt = Path(cfg.options.get("file", "manifest.csv"))
     f = opt if opt.is_absolute() or not (root / opt).is_file() and opt.is_file() else root / opt
     if not f.is_file():
         raise layout_error("csv", root, f"{opt} not found (in ROOT, or relative to the working folder)")
     try:
         df = pl.read_csv(f, infer_schema=False)
-    except Exception as e:  # polars raises several types for unreadable CSV
+    except Exception as e:  # noqa: BLE001  polars raises several types for unreadable CSV
         raise InputError(f"{f}: cannot read CSV: {e}") from None
     for col in ("path", "label"):
         if col not in df.columns:
             raise InputError(f"{f}: missing column '{col}' (columns: {df.columns})")
     rows = []
-    path_of_id = {video_id_for(p): p for p in df["path"].to_list()}
-    for n, r in enumerate(df.iter_rows(named=True), 2):
+    try:
+        path_of_id = {v: p for p, v in unique_video_ids(p for p in df["path"].to_list() if p is not None).items()}
+    except IdError as e:
+        raise InputError(f"{f}: {e}") from None
+    for n, r in enumerate(df.iter_rows(named=True), 2):  # polars keeps a blank line as a row of nulls
+        if all(v is None for v in r.values()):
+            continue
+        if r["path"] is None or not r["path"].strip():
+            raise InputError(f"{f}:{n}: blank path (every row names a video file or folder)")
         lab = str(r["label"]).strip().lower()
         if lab not in ("0", "1", "real", "fake"):
             raise InputError(f"{f}:{n}: label {r['label']!r} for {r['path']} (use 0/1 or real/fake)")
         label = 1 if lab in ("1", "fake") else 0
         split = (r.get("split") or "").strip() or None
+        if split is not None and split not in SPLITS:
+            raise InputError(f"{f}:{n}: split {r['split']!r} for {r['path']} (use {', '.join(SPLITS)}, or leave it "
+                             "empty for a grouped split)")
         if cfg.split_mode == "group":
             split = None
         method = (r.get("method") or "").strip() or ("original" if label == 0 else "fake")
