@@ -8,15 +8,18 @@ sample does not need (:meth:`FrameSampler._pyav_sampled`): bit-identical frames 
 clips about 45 % of the frames are skipped and decoding takes about 15 % less CPU than decoding every frame
 (``scripts/bench_extract.py``). Other containers (AVI, whose packets carry decode-order timestamps) go to decord
 (which applies the container's rotation metadata, so a phone clip tagged -90
-degrees comes out upright).
+degrees comes out upright), unless their stream has B-frames: decord returns wrong frames for those now and then
+(dmlc/decord#195), so PyAV decodes them in order.
 
 Header frame counts can lie (truncated uploads, broken muxers): when neither can deliver the sampled frames, the
 file is decoded sequentially with PyAV to count the frames that really decode, and the sample is drawn again from
-those.
+those. When fewer frames decode than the header says and the container's own headers show the file cut short, the
+sampler reports a decode error although the decoder stopped without one (FFmpeg ends a truncated AVI quietly).
 
 Still images (``.jpg``, ``.png``, ``.webp``, ``.bmp``) are one-frame items, decoded with Pillow (:func:`read_image`:
-EXIF orientation applied; palette, grey, CMYK, alpha and 16-bit images made 8-bit RGB); folders of images are
-image sequences (one frame per file).
+EXIF orientation applied; palette, grey, CMYK, alpha and 16-bit images made 8-bit RGB; an animation's first frame;
+images over :data:`MAX_IMAGE_PIXELS` refused before decoding); folders of images are image sequences (one frame per
+file). Video frames over :data:`MAX_FRAME_PIXELS` are refused too, from the stream's parameters.
 """
 
 from __future__ import annotations
@@ -150,10 +153,13 @@ def probe(path: str | Path) -> VideoInfo:
     ``width``/``height``.
 
     Raises:
-        VideoError: status ``decode_error`` for an empty or unreadable file, an MP4/MOV cut before its index
-            (``ftyp`` but no ``moov`` box: "moov atom missing: truncated download?") or a first frame that
-            does not decode; status ``unsupported`` for a file that is not a media container or has
-            no video stream (e.g. audio only).
+        VideoError: status ``decode_error`` for an empty or unreadable file (a dangling symlink or a symlink loop
+            included), an MP4/MOV cut before its index (``ftyp`` but no ``moov`` box: "moov atom missing:
+            truncated download?"), a file FFmpeg cannot open whose MP4/MOV boxes or AVI ``RIFF`` header claim
+            more bytes than it holds ("truncated download?") or whose MP4 index FFmpeg cannot parse ("damaged"),
+            or a first frame that does not decode; status ``unsupported`` for a file that is not a media
+            container or has no video stream (e.g. audio only), and for a still image over :data:`MAX_IMAGE_PIXELS`
+            or video frames over :data:`MAX_FRAME_PIXELS` (from the headers, before decoding).
     """
     av = _av()
     p = Path(path)
@@ -165,27 +171,28 @@ def probe(path: str | Path) -> VideoInfo:
     try:
         container = av.open(str(p))
     except av.error.InvalidDataError:
-        truncated = _mp4_truncation(p)
-        if truncated:
-            raise VideoError(f"{p}: {truncated}") from None
+        damage = _container_damage(p, opened=False)
+        if damage:
+            raise VideoError(f"{p}: {damage}") from None
         raise VideoError(f"{p}: not a video container FFmpeg can read", status="unsupported") from None
     except (av.error.FFmpegError, OSError) as e:
-        truncated = _mp4_truncation(p)
-        raise VideoError(f"{p}: {truncated or f'cannot open: {e}'}") from None
+        damage = _container_damage(p, opened=False)
+        raise VideoError(f"{p}: {damage or f'cannot open: {e}'}") from None
     with container:
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams}) or ["none"]
             raise VideoError(f"{p}: no video stream (streams: {', '.join(kinds)})", status="unsupported")
         st = container.streams.video[0]
+        _check_frame_pixels(p, st.codec_context.width, st.codec_context.height)  # before decoding one
         rotation = 0
         try:
             first = next(container.decode(st))
             rotation = int(round(getattr(first, "rotation", 0) or 0))
             rotation = (rotation + 179) % 360 - 179  # one of 0, 90, -90, 180
         except StopIteration:
-            raise VideoError(f"{p}: video stream holds no decodable frame") from None
+            raise VideoError(f"{p}: video stream holds no decodable frame{_damage_note(p)}") from None
         except av.error.FFmpegError as e:
-            raise VideoError(f"{p}: first frame does not decode: {e}") from None
+            raise VideoError(f"{p}: first frame does not decode: {e}{_damage_note(p)}") from None
         fps = float(st.average_rate) if st.average_rate else 0.0
         duration = float(st.duration * st.time_base) if st.duration and st.time_base else 0.0
         if not duration and container.duration:
@@ -231,65 +238,141 @@ def is_still(path: str | Path) -> bool:
     return p.suffix.lower() in IMAGE_EXTS and not p.is_dir()
 
 
-def _mp4_truncation(p: Path) -> str | None:
-    """Why an MP4/MOV file FFmpeg cannot open is a damaged video rather than no video: it starts with an ISO-BMFF
-    ``ftyp`` box but its top-level boxes hold no ``moov`` (the index of the samples, written last unless the file
-    was made with ``faststart``), as a download cut short leaves it. ``None`` when the file is not such a
-    container (reads box headers only)."""
+def _bmff_boxes(f, size: int) -> tuple[list[bytes], int]:
+    """The types of the top-level ISO-BMFF boxes of the open file ``f`` of ``size`` bytes (box headers only, at most
+    10 000) and the offset where the last one ends by its header (past ``size`` when the file is cut short)."""
+    import struct
+
+    types, off = [], 0
+    while off + 8 <= size and len(types) < 10_000:
+        f.seek(off)
+        n, kind = struct.unpack(">I4s", f.read(8))
+        if n == 1:
+            if off + 16 > size:
+                break
+            n = struct.unpack(">Q", f.read(8))[0]
+        elif n == 0:  # the box runs to the end of the file
+            n = size - off
+        if n < 8:
+            break
+        types.append(kind)
+        off += n
+    return types, off
+
+
+def _container_damage(p: Path, *, opened: bool) -> str | None:
+    """Why ``p`` is a damaged video rather than no video, read from its container's headers (nothing decoded);
+    ``None`` when nothing says so.
+
+    An ISO-BMFF file (MP4/MOV: an ``ftyp`` box first) without a ``moov`` box (the index of the samples, written last
+    unless the file was made with ``faststart``), as a download cut short leaves it; or whose last top-level box
+    claims bytes past the end of the file; or with an index but no samples (no ``mdat``, nor fragments: a
+    ``faststart`` file cut right after its index); or, when FFmpeg could not open it (``opened`` False), whose boxes
+    are all there but unreadable to FFmpeg (a damaged index). An AVI (``RIFF....AVI ``) whose ``RIFF`` size claims
+    more bytes than the file holds."""
     import struct
 
     try:
         size = p.stat().st_size
         with open(p, "rb") as f:
-            types, off = [], 0
-            while off + 8 <= size and len(types) < 10_000:
-                f.seek(off)
-                n, kind = struct.unpack(">I4s", f.read(8))
-                if n == 1:
-                    if off + 16 > size:
-                        break
-                    n = struct.unpack(">Q", f.read(8))[0]
-                elif n == 0:  # the box runs to the end of the file
-                    n = size - off
-                if n < 8:
-                    break
-                types.append(kind)
-                off += n
+            head = f.read(12)
+            if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+                claimed = struct.unpack("<I", head[4:8])[0] + 8
+                return (f"AVI file cut short: its RIFF header claims {claimed} bytes, the file holds {size}: "
+                        "truncated download?") if claimed > size else None
+            types, off = _bmff_boxes(f, size)
     except OSError:
         return None
-    if not types or types[0] != b"ftyp" or b"moov" in types:
+    if not types or types[0] != b"ftyp":
         return None
     boxes = ", ".join(t.decode("latin-1") for t in types[:6]) + (", ..." if len(types) > 6 else "")
     cut = f"; its last box claims {off - size} bytes past the end of the file ({size} bytes)" if off > size else ""
-    return f"MP4 container without its index (top-level boxes: {boxes}{cut}): moov atom missing: truncated download?"
+    if b"moov" not in types:
+        return (f"MP4 container without its index (top-level boxes: {boxes}{cut}): moov atom missing: "
+                "truncated download?")
+    if cut:
+        return f"MP4 container cut short (top-level boxes: {boxes}{cut}): truncated download?"
+    if b"mdat" not in types and b"moof" not in types:
+        return f"MP4 container without its samples (top-level boxes: {boxes}; no mdat box): truncated download?"
+    if not opened:
+        return f"MP4 container whose index FFmpeg cannot read (top-level boxes: {boxes}): damaged file?"
+    return None
+
+
+def _damage_note(p: Path) -> str:
+    """``"; "`` and :func:`_container_damage`'s finding for an opened file, or ``""``."""
+    damage = _container_damage(p, opened=True)
+    return f"; {damage}" if damage else ""
 
 
 def _check_file(p: Path) -> None:
-    """Raise :class:`VideoError` (``decode_error``) for a missing, unreadable or empty file."""
+    """Raise :class:`VideoError`: ``decode_error`` for a missing (a dangling symlink, a symlink loop), unreadable or
+    empty file; ``unsupported`` for what is no regular file (a FIFO, which FFmpeg and Pillow would wait on forever,
+    a device)."""
+    import stat
+
     try:
-        size = p.stat().st_size
+        st = p.stat()
     except OSError as e:
-        raise VideoError(f"{p}: cannot read: {e.strerror}") from None
+        link = f" (a symbolic link to {os.readlink(p)})" if p.is_symlink() else ""
+        raise VideoError(f"{p}: cannot read: {e.strerror}{link}") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device")
+        raise VideoError(f"{p}: not a regular file ({kind}): not read", status="unsupported")
+    size = st.st_size
     if size == 0:
         raise VideoError(f"{p}: empty file (0 bytes)")
     if not os.access(p, os.R_OK):
         raise VideoError(f"{p}: cannot read: permission denied")
 
 
+MAX_IMAGE_PIXELS = 89_478_485
+"""The largest still image decoded, in pixels: Pillow's default ``Image.MAX_IMAGE_PIXELS`` (its decompression-bomb
+threshold; 0.25 GiB as 8-bit RGB). Pillow refuses images over twice that but only warns between the two; facepipe
+refuses every image over it, from the header, before decoding (status ``unsupported``): a 13 000 x 13 000 PNG of
+168 KB (zeros deflated 1000:1) took a worker to 2 GB and 14 s before."""
+
+
+MAX_FRAME_PIXELS = 8192 * 4320
+"""The largest video frame decoded, in pixels: DCI 8K (UHD 8K is 7680 x 4320). Larger frames are refused from the
+stream's parameters, before a frame is decoded (status ``unsupported``): a decoder holds several frames (H.264 up to
+16 reference frames), and an 8192 x 8192 H.264 MP4 of 198 KB took 2.1 GB to sample 8 frames, a 260-byte GIF whose
+screen is 16 000 x 16 000 5 GB and 13 s."""
+
+
 @contextmanager
 def _pillow(p: Path):
     """Pillow's errors as :class:`VideoError`: no image format -> ``unsupported``, truncated/corrupt ->
-    ``decode_error``."""
+    ``decode_error``; Pillow's decompression-bomb warning silenced (:func:`_check_pixels` refuses those images)."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
     except UnidentifiedImageError:
         raise VideoError(f"{p}: not an image format Pillow can read", status="unsupported") from None
     except Image.DecompressionBombError as e:
         raise VideoError(f"{p}: {e}", status="unsupported") from None
     except (OSError, SyntaxError, ValueError) as e:  # Pillow's truncated / corrupt stream errors
         raise VideoError(f"{p}: image is truncated or corrupt: {e}") from None
+
+
+def _check_pixels(p: Path, im) -> None:
+    """Raise :class:`VideoError` (``unsupported``) for an image over :data:`MAX_IMAGE_PIXELS` (from its header)."""
+    w, h = im.size
+    if w * h > MAX_IMAGE_PIXELS:
+        raise VideoError(f"{p}: image of {w} x {h} pixels is over the limit of {MAX_IMAGE_PIXELS} pixels "
+                         "(facepipe.video.MAX_IMAGE_PIXELS): not decoded (a decompression bomb?)", status="unsupported")
+
+
+def _check_frame_pixels(p: Path, w: int, h: int) -> None:
+    """Raise :class:`VideoError` (``unsupported``) for video frames over :data:`MAX_FRAME_PIXELS`."""
+    if w * h > MAX_FRAME_PIXELS:
+        raise VideoError(f"{p}: frames of {w} x {h} pixels are over the limit of {MAX_FRAME_PIXELS} pixels "
+                         "(facepipe.video.MAX_FRAME_PIXELS): not decoded (a decompression bomb?)", status="unsupported")
 
 
 def _orientation(im) -> int:
@@ -300,7 +383,8 @@ def read_image(path: str | Path) -> tuple[np.ndarray, int, str]:
     """Decode a still image the way a viewer shows it.
 
     EXIF orientation is applied (pixels come out upright); palette, 1-bit, grey, CMYK and YCbCr images are
-    converted to RGB; transparency is composited over white; 16-bit images are scaled to 8 bits (``/ 257``).
+    converted to RGB; transparency is composited over white; 16-bit images are scaled to 8 bits (``/ 257``). An
+    animated image (GIF, APNG, WebP; whatever its extension) gives its first frame.
 
     Returns:
         ((H, W, 3) uint8 RGB upright, rotation in degrees the EXIF tag implied (FFmpeg's counter-clockwise
@@ -308,13 +392,15 @@ def read_image(path: str | Path) -> tuple[np.ndarray, int, str]:
 
     Raises:
         VideoError: status ``decode_error`` for an empty, unreadable, truncated or corrupt image; ``unsupported``
-            for a file that is no image format Pillow reads.
+            for a file that is no image format Pillow reads, and for an image over :data:`MAX_IMAGE_PIXELS` (refused
+            from its header, before decoding).
     """
     from PIL import Image, ImageOps
 
     p = Path(path)
     _check_file(p)
     with _pillow(p), Image.open(p) as im:
+        _check_pixels(p, im)
         fmt, orientation = im.format or "image", _orientation(im)
         im.load()
         return _rgb8(ImageOps.exif_transpose(im)), _EXIF_ROTATION.get(orientation, 0), fmt
@@ -341,6 +427,7 @@ def _probe_still(p: Path) -> VideoInfo:
 
     _check_file(p)
     with _pillow(p), Image.open(p) as im:
+        _check_pixels(p, im)
         (w, h), fmt, orientation = im.size, im.format or "image", _orientation(im)
     if orientation in (5, 6, 7, 8):  # a quarter turn: displayed sideways
         w, h = h, w
@@ -432,13 +519,18 @@ class FrameSampler:
     Iterating yields :class:`SampledFrames` chunks of at most ``chunk_size`` frames in increasing frame
     order. MP4/MOV/Matroska files are decoded with PyAV in one pass that skips unneeded non-reference frames
     (:meth:`_pyav_sampled`); other containers, and files where that pass cannot start, with decord (``get_batch``
-    decodes only up to each chunk's last frame and skips converting the others). When both fail, the frames
+    decodes only up to each chunk's last frame and skips converting the others), except streams with B-frames:
+    decord's ``get_batch`` returns a wrong frame for some of those now and then (on the shared NTU AVI, H.264 with
+    B-frames: in 2 to 3 of 20 readers, another sampled frame's pixels in place of frame 102; dmlc/decord#195), so
+    they are decoded sequentially with PyAV, as below (as fast there). When both fail, the frames
     that really decode are counted with PyAV
     and the sample is drawn again from those; chunks already delivered are kept and the new sample
     continues after the last delivered frame (with the default ``uniform`` 32 frames there is a single
     chunk, so the sample is exactly the one drawn over the decodable frames).
 
-    After iteration, ``frames_decodable`` and ``decode_error`` describe the file. With ``mode: clips``, ``clips``
+    After iteration, ``frames_decodable`` and ``decode_error`` describe the file (``decode_error`` is also set when
+    fewer frames decode than the header says and the container's headers show the file cut short, see
+    :func:`_container_damage`). With ``mode: clips``, ``clips``
     is the clip plan ((K, clip_length) int64 frame indices, :func:`clip_indices`) from the moment the first chunk
     is yielded; it is drawn again, like the sample, when the frames that decode are recounted.
 
@@ -462,8 +554,26 @@ class FrameSampler:
         self.decode_error: str | None = None
         self.n_sampled = 0
         self.clips = np.zeros((0, cfg.clip_length), dtype=np.int64)
+        self._reorders = False
 
     def __iter__(self) -> Iterator[SampledFrames]:
+        yield from self._decode()
+        self._note_truncation()
+
+    def _note_truncation(self) -> None:
+        """When fewer frames decoded than the header says and the container's headers show the file cut short
+        (:func:`_container_damage`), say so in ``decode_error``, setting it when the decoder stopped without an
+        error: a truncated download, not a header that lies."""
+        header = self.info.frames_header
+        if not header or self.frames_decodable >= header or is_still(self.path):
+            return
+        cut = _container_damage(Path(self.path), opened=True)
+        if cut and self.decode_error:
+            self.decode_error += f"; {cut}"
+        elif cut:
+            self.decode_error = f"{self.frames_decodable} of {header} header frames decode: {cut}"
+
+    def _decode(self) -> Iterator[SampledFrames]:
         if Path(self.path).is_dir():
             yield from self._images()
             return
@@ -486,6 +596,9 @@ class FrameSampler:
             if last >= 0:  # part of the sample delivered, then the decoder failed: count what decodes
                 yield from self._pyav(after=last)
                 return
+        if self._reorders:  # decord returns wrong frames for those now and then: PyAV decodes them in order
+            yield from self._pyav(after=-1)
+            return
         decord = _decord()
         try:
             vr = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=1)
@@ -521,12 +634,14 @@ class FrameSampler:
         Frame ``i`` is the packet with the ``i``-th smallest presentation timestamp (decord's numbering); the count
         is the number of packets, as decord's ``len``. Only MP4/MOV/Matroska, whose packets carry presentation
         timestamps (AVI's carry decode order); None when a packet has no or a repeated timestamp. Demuxing only:
-        no frame is decoded.
+        no frame is decoded. Sets ``self._reorders`` when the stream has B-frames (frames leave the decoder in
+        another order than they enter it).
         """
         av = _av()
 
         try:
             with av.open(self.path) as c:
+                self._reorders = bool(c.streams.video and c.streams.video[0].codec_context.has_b_frames)
                 if not ({"mp4", "mov", "matroska", "webm"} & set(c.format.name.split(","))) or not c.streams.video:
                     return None
                 pts = [p.pts for p in c.demux(c.streams.video[0]) if p.size]

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from facepipe.errors import Interrupted
 from facepipe.stages import contract
 from facepipe.stages.extract.config import MANIFEST_DATASET, STAGE, ExtractConfig, fingerprint
-from facepipe.stages.extract.inputs import Task, VideoJob, discover_videos, file_sha256, jobs_from_manifest, plan_tasks
+from facepipe.stages.extract.inputs import Task, VideoJob, discover_videos, input_sha256, jobs_from_manifest, plan_tasks
 from facepipe.stages.extract.tables import consolidate, is_done
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def _clear_stale(out: Path) -> None:
 def _plan(jobs: list[VideoJob], out: Path, cfg: ExtractConfig, stage_fp: str) -> tuple[list[Task], set[str]]:
     """Each video's cache key (stage fingerprint, file, manifest row, its original's file), the videos not done
     under their key, and the tasks that do them."""
-    shas = ({j.video_id: file_sha256(j.path) for j in jobs if Path(j.path).exists()}
+    shas = ({j.video_id: sha for j in jobs if (sha := input_sha256(j.path)) is not None}
             if cfg.file_fingerprint == "sha256" else {})
     by_id = {j.video_id: j for j in jobs}
 

@@ -12,7 +12,7 @@ from typing import Optional
 import polars as pl
 
 from facepipe.errors import InputError
-from facepipe.ids import qualify, video_id_for
+from facepipe.ids import IdError, qualify, unique_video_ids
 
 
 @dataclass(frozen=True)
@@ -39,11 +39,14 @@ class VideoJob:
 def discover_videos(video_dir: str | Path, extensions: tuple[str, ...]) -> list[VideoJob]:
     """List the video files below ``video_dir`` (recursive, hidden entries skipped), sorted by path.
 
-    Ids colliding after :func:`~facepipe.ids.video_id_for` (e.g. ``a.mp4`` and ``a.avi``) get the path
-    hash appended.
+    Ids colliding after :func:`~facepipe.ids.video_id_for` (e.g. ``a.mp4`` and ``a.avi``) get the path hash
+    appended (:func:`~facepipe.ids.unique_video_ids`). An entry that cannot be stat'ed (a dangling symlink, a
+    symlink loop) is still listed, with ``size`` -1, so the stage records it as ``decode_error`` ("cannot read")
+    instead of the run failing.
 
     Raises:
-        InputError: ``video_dir`` is missing, not a folder, or holds no file with a video extension.
+        InputError: ``video_dir`` is missing, not a folder, or holds no file with a video extension (or two files
+            whose ids cannot be told apart).
     """
     root = Path(video_dir)
     if not root.exists():
@@ -61,18 +64,30 @@ def discover_videos(video_dir: str | Path, extensions: tuple[str, ...]) -> list[
     if not rels:
         raise InputError(f"{root}: no video files (looked for {', '.join(sorted(exts))})")
     rels.sort()
-    ids = {r: video_id_for(r) for r in rels}
-    counts: dict[str, int] = {}
-    for v in ids.values():
-        counts[v] = counts.get(v, 0) + 1
+    try:
+        ids = unique_video_ids(rels)
+    except IdError as e:
+        raise InputError(f"{root}: {e}") from None
     jobs = []
     for r in rels:
         vid = ids[r]
-        if counts[vid] > 1:
-            vid = f"{vid}-{hashlib.sha1(r.encode()).hexdigest()[:8]}"
-        st = (root / r).stat()
-        jobs.append(VideoJob(str((root / r).resolve()), r, vid, st.st_size, st.st_mtime_ns))
+        try:
+            st = (root / r).stat()
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:
+            size, mtime = -1, 0
+        jobs.append(VideoJob(_absolute(root / r), r, vid, size, mtime))
     return jobs
+
+
+def _absolute(p: Path) -> str:
+    """``p`` with its symlinks resolved, or only made absolute when they cannot be: a dangling symlink keeps its
+    own name (the worker's message then names the link the user sees, not its missing target), and so does a
+    symlink loop (on which ``Path.resolve`` raises ``RuntimeError`` before Python 3.13, ``OSError`` after)."""
+    try:
+        return str(p.resolve(strict=True))
+    except (OSError, RuntimeError):
+        return os.path.abspath(p)
 
 
 def _tree_size(folder: Path) -> int:
@@ -113,7 +128,7 @@ def jobs_from_manifest(video_dir: str | Path, manifest: pl.DataFrame) -> list[Vi
                 original = v
             else:
                 note = f"original {sources[0]} is not among this run's inputs"
-        jobs.append(VideoJob(str(p.resolve()), rel, vid, size, mtime, None if label is None else int(label), method,
+        jobs.append(VideoJob(_absolute(p), rel, vid, size, mtime, None if label is None else int(label), method,
                              tuple(sources or ()), original, note))
     return jobs
 
@@ -128,6 +143,21 @@ def file_sha256(path: str) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
+
+
+def input_sha256(path: str) -> str | None:
+    """:func:`file_sha256` of an input, or ``None`` when it is neither a regular file nor a folder (a FIFO, whose
+    reading would block the run forever; a device; a dangling symlink or a symlink loop) or cannot be read: the
+    worker then records why, as a ``decode_error`` or ``unsupported`` row."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            return None
+        return file_sha256(path)
+    except OSError:
+        return None
 
 
 @dataclass
