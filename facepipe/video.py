@@ -183,6 +183,8 @@ def probe(path: str | Path) -> VideoInfo:
             kinds = sorted({s.type for s in container.streams}) or ["none"]
             raise VideoError(f"{p}: no video stream (streams: {', '.join(kinds)})", status="unsupported")
         st = container.streams.video[0]
+        if st.codec_context is None:  # FFmpeg found the stream but not enough of it to set up a decoder
+            raise VideoError(f"{p}: video stream without decodable parameters{_damage_note(p) or ': damaged file?'}")
         _check_frame_pixels(p, st.codec_context.width, st.codec_context.height)  # before decoding one
         rotation = 0
         try:

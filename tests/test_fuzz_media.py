@@ -317,3 +317,14 @@ def test_fifo_input_neither_hangs_the_run_nor_its_worker(tmp_path):
     rows = _rows(tmp_path / "out")
     assert re.search(r"pipe\.mp4: not a regular file \(a FIFO\)", rows["pipe.mp4"]["message"])
     assert rows["pipe.mp4"]["file_sha256"] is None and rows["notes.mp4"]["file_sha256"]
+
+
+@pytest.mark.real_data
+def test_mov_cut_before_its_stream_parameters_is_a_decode_error(tmp_path):
+    """Found by the soak: the first 1134 bytes of a MOV (ftyp, wide, a cut mdat, then moov) give FFmpeg a video stream
+    with no codec context; probe crashed (AttributeError, an ``error`` row) instead of naming the damage."""
+    cut = tmp_path / "cut.mov"
+    cut.write_bytes((REAL / "videos/edge/unordered.mov").read_bytes()[:1134])
+    with pytest.raises(VideoError, match="cut.mov: video stream without decodable parameters; .*truncated download") as e:
+        probe(cut)
+    assert e.value.status == "decode_error"
