@@ -5,7 +5,8 @@ Inactive unless the environment variable ``FACEPIPE_TEST_FAULT`` is set, e.g.
 on ``videoA``, kills its own process on ``videoB`` and fails its first crop write of ``videoC`` with
 ``ENOSPC`` (as a full disk does); ``killrun:videoD`` kills the whole run (``SIGKILL`` to its process group, driver
 and workers) right after ``videoD``'s part file is written: a kill -9 at a known point, with no timing in the test;
-``killtrain:6`` kills a training process right after its ``last.pt`` of step 6 is written.
+``killtrain:6`` kills a training process right after its ``last.pt`` of step 6 is written; ``hang:train-000001.tar``
+holds the shard stage right after that tar is closed.
 """
 
 from __future__ import annotations
@@ -68,3 +69,9 @@ def at_upload(name: str) -> None:
     """
     if _faults().get(name.rsplit("/", 1)[-1]) == "upload":
         raise RuntimeError(f"injected fault: upload of {name} interrupted")
+
+
+def at_shard(name: str) -> None:
+    """Called by the shard stage when a tar is closed (``name``: its file name): ``hang`` sleeps."""
+    if _faults().get(name) == "hang":
+        time.sleep(3600)

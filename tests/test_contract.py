@@ -222,7 +222,9 @@ def test_shard_publishing_is_atomic_and_a_failed_run_leaves_the_published_set(ex
     assert (out / "index.json").read_text() == index_before  # readers still see the complete old set
     assert all((out / s["url"]).is_file() for sp in json.loads(index_before)["splits"].values() for s in sp["shards"])
     assert not list(out.glob(".staging-*"))
-    # a new set replaces the old one in one step, and the old set is removed afterwards
+    # a new set replaces the old one in one step; the old set stays its grace period (marked), then goes
     shard.run(out, cfg.model_copy(update={"seed": 2}), progress=False)
     new = json.loads((out / "index.json").read_text())["version"]
-    assert new != version and not (out / version).exists() and (out / new).is_dir()
+    assert new != version and (out / version / shard.REPLACED_NAME).is_file() and (out / new).is_dir()
+    shard.run(out, cfg.model_copy(update={"seed": 2, "grace_hours": 0}), progress=False)
+    assert not (out / version).exists() and (out / new).is_dir()

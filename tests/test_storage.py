@@ -116,7 +116,12 @@ def test_a_killed_upload_never_publishes_an_index_naming_missing_shards(s3, exam
     s3.invalidate_cache()
     new = json.loads(s3.cat(f"{prefix}/index.json"))
     assert new["version"] == second.version != first.version
-    assert not s3.exists(f"{prefix}/{first.version}")  # the old set is removed once the new index is in place
+    # the old set stays for shard.grace_hours (loader passes begun on it finish), marked with when it was replaced
+    assert s3.exists(f"{prefix}/{first.version}/_replaced.json")
+    shard.run(url, smaller.model_copy(update={"grace_hours": 0}), progress=False)
+    s3.invalidate_cache()
+    assert not s3.exists(f"{prefix}/{first.version}")  # past its grace: removed by the next run
+    assert not s3.exists(f"{prefix}/{second.version}/_replaced.json")  # the current set carries no marker
     assert _stream(url, "train") == _stream(example_shards, "train")
 
 

@@ -37,7 +37,7 @@ from facepipe.data.pipeline import (
     make_dataset,
 )
 from facepipe.data.sbi import SBIConfig
-from facepipe.errors import ConfigError
+from facepipe.errors import ConfigError, FacepipeError
 from facepipe.freq.config import FreqConfig
 from facepipe.ids import FACE_LABEL_NAMES
 
@@ -72,18 +72,14 @@ class FaceLoader:
         to_device: the :class:`~facepipe.data.device.ToDevice` applied to every batch.
     """
 
-    def __init__(self, dataset: FaceDataset) -> None:
+    def __init__(self, dataset: FaceDataset, source: str | os.PathLike | Sequence[str] | None = None,
+                 split: str | None = None) -> None:
         cfg = dataset.cfg
-        self.dataset = self._pipe = dataset  # _pipe: what the DataLoader workers receive
         self.cfg = cfg
-        self.to_device = ToDevice(dataset)
-        self.device = self.to_device.device
-        self.views = self.to_device.views
-        self.compute_views = dataset.compute_views
+        self._source, self._split = source, split
+        self._attach(dataset)
         self.freq_cfg = cfg.freq
         self.num_workers = cfg.num_workers
-        self.shardset = dataset.shardset
-        self.epoch_batches = dataset.epoch_batches
         self.epoch = 0
         self._next_epoch = 0
         self._loader: torch.utils.data.DataLoader | None = None  # made on the first pass, kept for every other
@@ -93,6 +89,51 @@ class FaceLoader:
         self._in_pass = False
         self._resume: dict | None = None  # a loaded state, used by the next pass
         self.history: list[dict] = []
+
+    def _attach(self, dataset: FaceDataset) -> None:
+        self.dataset = self._pipe = dataset  # _pipe: what the DataLoader workers receive
+        self.to_device = ToDevice(dataset)
+        self.device = self.to_device.device
+        self.views = self.to_device.views
+        self.compute_views = dataset.compute_views
+        self.shardset = dataset.shardset
+        self.epoch_batches = dataset.epoch_batches
+
+    def _published_version(self) -> str | None:
+        """The set version the index names now (rank 0 reads it and broadcasts it under ``torch.distributed``), or
+        ``None`` to keep the set: not following, no index, or ranks that could not agree on one."""
+        if not self.cfg.follow_index or self._source is None or self.shardset.version is None:
+            return None
+        dist = torch.distributed
+        shared = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if self.dataset.world_size > 1 and not shared:
+            return None  # ranks reading the index apart could switch at different passes (a DDP hang)
+        version = None
+        if not shared or dist.get_rank() == 0:
+            try:
+                version = read_index(self._source).get("version")
+            except FacepipeError as e:
+                log.warning("cannot re-read the shard index (%s); this pass reads set %s again", e,
+                            self.shardset.version)
+        if shared:
+            box = [version]
+            dist.broadcast_object_list(box, src=0)
+            version = box[0]
+        return version
+
+    def _follow_index(self) -> None:
+        """Start the pass on the set the index names now (``follow_index``): a newer set replaces the pipeline and
+        the workers; a pass under way is never switched."""
+        version = self._published_version()
+        if version is None or version == self.shardset.version:
+            return
+        log.warning("%s: the index now names shard set %s (this loader read %s): the pass reads the new set",
+                    self._source, version, self.shardset.version)
+        old = self._loader
+        self._attach(make_dataset(self._source, self._split, self.cfg))
+        self._loader = None
+        if old is not None and getattr(old, "_iterator", None) is not None:
+            old._iterator._shutdown_workers()  # the old set's persistent workers
 
     @property
     def loader(self) -> torch.utils.data.DataLoader:
@@ -180,6 +221,8 @@ class FaceLoader:
 
     def __iter__(self) -> Iterator[dict]:
         resume, self._resume = self._resume or {}, None
+        if not resume.get("positions"):
+            self._follow_index()
         self.epoch, self._next_epoch = self._next_epoch, self._next_epoch + 1
         self._positions = {int(w): (int(p[0]), int(p[1])) for w, p in resume.get("positions", {}).items()}
         self._counts = Counter(resume.get("counts", {}))
@@ -232,6 +275,7 @@ def make_loader(
     decode: str = "auto",
     clips: bool | None = None,
     sbi: SBIConfig | dict | None = None,
+    follow_index: bool = True,
 ) -> FaceLoader:
     """Stream facepipe shards as training batches: :class:`LoaderConfig` from the keyword arguments, then
     :func:`make_dataset` and a :class:`FaceLoader` (one persistent ``DataLoader``) over it. Every argument but
@@ -261,7 +305,7 @@ def make_loader(
     options = dict(locals())
     del options["source"], options["split"]
     cfg = validate_section(LoaderConfig, options, "make_loader")
-    return FaceLoader(make_dataset(source, split, cfg))
+    return FaceLoader(make_dataset(source, split, cfg), source, split)
 
 
 __all__ = ["FaceDataset", "FaceLoader", "LoaderConfig", "ShardSet", "ToDevice", "_acceptance",

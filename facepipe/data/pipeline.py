@@ -159,6 +159,11 @@ class LoaderConfig(Section):
             2022): real faces give self-blended fakes (``label`` 1, ``label_source`` ``sbi``, the blend mask as
             ``mask``), made before the augmentation; needs frame shards with 68-point landmarks
             (``extract.landmarks68``). ``reals_only`` leaves the set's own fakes out.
+        follow_index: when the source is an index and ``facepipe shard`` publishes a new set there, the next pass
+            reads the new set (:class:`~facepipe.data.loader.FaceLoader` re-reads the index when a pass starts; a
+            pass under way finishes on its set, which the publisher keeps ``shard.grace_hours``). Under
+            ``torch.distributed`` rank 0's reading is broadcast, so every rank switches at the same pass; ranks
+            without an initialised process group keep their set. ``False``: every pass reads the set of the first.
     """
 
     batch_size: int = Field(32, ge=1)
@@ -187,6 +192,7 @@ class LoaderConfig(Section):
     decode: Literal["auto", "workers", "device"] = "auto"
     clips: bool | None = None
     sbi: SBIConfig | None = None
+    follow_index: bool = True
 
     @field_validator("freq", mode="before")
     @classmethod

@@ -29,7 +29,7 @@ from pydantic import Field, field_validator, model_validator
 
 from facepipe._io import atomic_path
 from facepipe.config import Section
-from facepipe.errors import InputError
+from facepipe.errors import InputError, Interrupted
 from facepipe.stages import contract
 
 log = logging.getLogger(__name__)
@@ -200,9 +200,13 @@ def run(checkpoint: str | Path, shards: list[str | Path], out_dir: str | Path, c
                              image_size=size, views=spec.views, view_source="compute", freq=freq, mean=spec.mean,
                              std=spec.std, device=device)
         check_sample_kind(model, loader.shardset.sample_kind, loader.shardset.clip_length, str(src))
-        frames.append(predict(model, loader, amp_dtype=amp, tta_hflip=cfg.tta.flip, tta_scales=cfg.tta.scales,
-                              progress=progress,
-                              desc=f"evaluate {Path(str(src)).name}"))
+        try:
+            frames.append(predict(model, loader, amp_dtype=amp, tta_hflip=cfg.tta.flip, tta_scales=cfg.tta.scales,
+                                  progress=progress, desc=f"evaluate {Path(str(src)).name}"))
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as the CLI turns it into one
+            raise Interrupted(f"evaluate: interrupted while scoring {src} ({len(frames)} of {len(shards)} shard "
+                              f"set(s) scored); nothing was written to {out_dir} (its outputs appear only whole): "
+                              "rerun the same command") from None
     preds = pl.concat(frames)
     if overlap["videos"] and cfg.overlap == "drop":
         preds = preds.join(overlap["_table"].select("dataset", "video_id"), on=["dataset", "video_id"], how="anti")

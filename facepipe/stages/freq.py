@@ -33,7 +33,7 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from facepipe._io import atomic_path, atomic_write_bytes
-from facepipe.errors import InputError
+from facepipe.errors import InputError, Interrupted
 from facepipe.freq import compute_view
 from facepipe.freq.config import FreqConfig
 from facepipe.freq.functional import to_chw01
@@ -87,6 +87,38 @@ def _video_views(extract_dir: str, out_dir: str, video_id: str, rows: list[dict]
     return len(rows)
 
 
+def _clear_stale(out: Path) -> None:
+    """Remove the temporary files of videos a killed or interrupted run abandoned."""
+    for stale in [*(out / "views").glob(".*.tmp-*"), *(out / "_parts").glob(".*.tmp-*"), *out.glob(".*.tmp-*")]:
+        stale.unlink(missing_ok=True)
+
+
+def _compute(ex: Path, out: Path, jobs: list, cfg: FreqConfig, workers: int, summary: "FreqSummary", bar) -> None:
+    """Every job's views, in a ``pebble`` pool of spawned processes (``workers`` > 0) or here. An interrupt stops
+    the pool's processes at once (a ``concurrent.futures`` pool would wait for the videos under way)."""
+    if not (workers and len(jobs) > 1):
+        for vid, rows, key in jobs:
+            summary.crops += _video_views(str(ex), str(out), vid, rows, cfg, key)
+            summary.processed += 1
+            bar.update(1)
+        return
+    from pebble import ProcessPool
+
+    pool = ProcessPool(max_workers=workers, context=mp.get_context("spawn"))
+    try:
+        futs = [pool.schedule(_video_views, args=(str(ex), str(out), vid, rows, cfg, key)) for vid, rows, key in jobs]
+        for f in cf.as_completed(futs):
+            summary.crops += f.result()
+            summary.processed += 1
+            bar.update(1)
+        pool.close()
+    except BaseException:
+        pool.stop()
+        raise
+    finally:
+        pool.join()
+
+
 @dataclass
 class FreqSummary:
     processed: int = 0
@@ -122,8 +154,7 @@ def run(extract_dir: str | Path, out_dir: str | Path, cfg: FreqConfig, workers: 
     with contract.stage_lock(out, STAGE):
         (out / "views").mkdir(parents=True, exist_ok=True)
         (out / "_parts").mkdir(parents=True, exist_ok=True)
-        for stale in [*(out / "views").glob(".*.tmp-*"), *(out / "_parts").glob(".*.tmp-*"), *out.glob(".*.tmp-*")]:
-            stale.unlink()
+        _clear_stale(out)
         jobs = []
         groups = faces.sort(["video_id", "frame_index", "track_id"]).group_by(["video_id"], maintain_order=True)
         for (vid,), g in groups if cfg.views else ():
@@ -142,18 +173,14 @@ def run(extract_dir: str | Path, out_dir: str | Path, cfg: FreqConfig, workers: 
                 continue
             jobs.append((vid, rows, key))
         bar = tqdm(total=len(jobs), unit="video", desc="freq", disable=not progress or not jobs)
-        if workers and len(jobs) > 1:
-            with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-                futs = [pool.submit(_video_views, str(ex), str(out), vid, rows, cfg, key) for vid, rows, key in jobs]
-                for f in cf.as_completed(futs):
-                    summary.crops += f.result()
-                    summary.processed += 1
-                    bar.update(1)
-        else:
-            for vid, rows, key in jobs:
-                summary.crops += _video_views(str(ex), str(out), vid, rows, cfg, key)
-                summary.processed += 1
-                bar.update(1)
+        try:
+            _compute(ex, out, jobs, cfg, workers, summary, bar)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as the CLI turns it into one
+            bar.close()
+            _clear_stale(out)
+            raise Interrupted(f"freq: interrupted after {summary.processed} of {len(jobs)} videos "
+                              f"({summary.skipped} done before); the finished ones are kept, views.parquet is not "
+                              "updated: rerun the same command to resume") from None
         bar.close()
         table = faces.select(
             "video_id", "frame_index", "track_id",

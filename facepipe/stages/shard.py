@@ -18,10 +18,12 @@ Layout of ``OUT``::
 
 Publishing is one atomic step: the new set is written to ``OUT/.staging-<pid>/``, renamed to
 ``OUT/set-<version>/``, and only then ``index.json`` is replaced (temp name, then rename), so a reader
-always sees a complete set; older sets are removed afterwards. A failed run removes its staging folder
-and leaves the published set untouched. ``<version>`` is a hash of the stage fingerprint and the input
-tables, so the same inputs, parameters and code give the same name and byte-identical tars (samples sorted
-by key, then shuffled with the seed; tar members with mtime 0, fixed owner and mode): DVC's cache works.
+always sees a complete set. A replaced set stays for ``grace_hours`` (default 24) so that loader passes begun on it
+finish (a pass reads the index when it starts); a later run removes it (:func:`retire_sets`). A failed run
+removes its staging folder and leaves the published set untouched. ``<version>`` is a hash of the stage
+fingerprint and the input tables, so the same inputs, parameters and code give the same name and byte-identical
+tars (samples sorted by key, then shuffled with the seed; tar members with mtime 0, fixed owner and mode): DVC's
+cache works.
 
 Labels are per face: each sample's ``label`` comes from ``faces.parquet`` (see
 :mod:`facepipe.faces.labels`); the manifest gives splits, methods and links, and must agree with the
@@ -48,14 +50,14 @@ import polars as pl
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from facepipe import __version__
+from facepipe import __version__, _faults
 from facepipe._io import atomic_path
 from facepipe.config import Section
 from facepipe.data import card, storage
 from facepipe.data.card import CARD_NAME
 from facepipe.data.footprint import VIDEOS_NAME, video_table
 from facepipe.data.schema import SCHEMA_VERSION, SPLITS, encode_clip_sample, encode_sample
-from facepipe.errors import InputError
+from facepipe.errors import InputError, Interrupted
 from facepipe.ids import FACE_LABEL_NAMES, clip_key, sample_key
 from facepipe.manifest import check_leakage, read_manifest
 from facepipe.stages import contract
@@ -69,6 +71,8 @@ META_NAME = "_meta.json"
 STATS_NAME = "stats.json"
 COUNTS_NAME = "counts.csv"
 SET_PREFIX = "set-"
+REPLACED_NAME = "_replaced.json"
+"""In a replaced set's folder: when a run first found it replaced (:func:`retire_sets`)."""
 
 
 class ShardInput(Section):
@@ -115,6 +119,11 @@ class ShardConfig(Section):
     (drawn with ``seed``) on which the shortcut probe (:mod:`facepipe.data.bias`) runs after writing: a warning when
     nuisance features alone (JPEG quality, blockiness, source resolution and bitrate, face size, sharpness,
     brightness) tell the classes apart; ``0`` turns it off.
+
+    ``grace_hours``: a set replaced by a newer one stays readable this long after the new index is published (a
+    loader reads the index when a pass starts, so a pass begun on the old set finishes on it; the next pass reads the
+    new set), then the next ``shard`` run on the same folder or prefix removes it (:func:`retire_sets`). ``0`` removes
+    replaced sets at once. Not part of the set's fingerprint.
     """
 
     inputs: tuple[ShardInput, ...] = ()
@@ -128,11 +137,12 @@ class ShardConfig(Section):
     layout: Literal["cells", "mixed"] = "cells"
     reencode: Optional[ReencodeConfig] = None
     bias_probe: int = Field(2000, ge=0)
+    grace_hours: float = Field(24.0, ge=0)
 
 
 def fingerprint(cfg: ShardConfig) -> str:
     """Parameters (inputs by dataset name, not path), stage version and code."""
-    params = cfg.model_dump(exclude={"inputs"})
+    params = cfg.model_dump(exclude={"inputs", "grace_hours"})
     params["datasets"] = [i.dataset for i in cfg.inputs]
     return contract.fingerprint(STAGE, STAGE_VERSION, params, __name__)
 
@@ -237,6 +247,8 @@ class ShardSummary:
     version: str = ""
     bias: dict = field(default_factory=dict)  # the shortcut probe's report (facepipe.data.bias.probe_table)
     bias_warnings: list = field(default_factory=list)
+    written: int = 0  # samples written so far (all of them once the run ends)
+    published: bool = False  # the index names this run's set
 
 
 def _inputs_hash(cfg: ShardConfig) -> str:
@@ -269,10 +281,20 @@ def run(out_dir: str | Path, cfg: ShardConfig, progress: bool = True) -> ShardSu
     stage_fp = fingerprint(cfg)
     version = SET_PREFIX + contract.item_key(stage_fp, _inputs_hash(cfg))
     summary = ShardSummary(version=version, left_out=dict(left_out))
-    if storage.is_remote(out_dir):
-        _publish_remote(str(out_dir), version, stage_fp, allrows, stored, view_params, cfg, summary, progress, wds)
-    else:
-        _publish_local(Path(out_dir), version, stage_fp, allrows, stored, view_params, cfg, summary, progress, wds)
+    try:
+        if storage.is_remote(out_dir):
+            _publish_remote(str(out_dir), version, stage_fp, allrows, stored, view_params, cfg, summary, progress,
+                            wds)
+        else:
+            _publish_local(Path(out_dir), version, stage_fp, allrows, stored, view_params, cfg, summary, progress,
+                           wds)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as the CLI turns it into one
+        if summary.published:
+            raise Interrupted(f"shard: interrupted after publishing set {version} ({out_dir}/index.json names it); "
+                              "replaced sets may not be retired yet: the next run does it") from None
+        raise Interrupted(f"shard: interrupted after {summary.written} of {allrows.height} samples; nothing was "
+                          f"published: {out_dir}/index.json still names the set it named before (if any) and the "
+                          "staging files are removed; rerun the same command") from None
     summary.bias, summary.bias_warnings = _probe(allrows, cfg)
     summary.seconds = time.perf_counter() - t0
     return summary
@@ -451,11 +473,13 @@ def _publish_local(out: Path, version: str, stage_fp: str, allrows: pl.DataFrame
         _write_card(out, index, version, allrows, cfg)
         with atomic_path(out / INDEX_NAME) as tmp:  # the publishing step
             tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
+        summary.published = True
         _write_stats(out, index, allrows)
-        for old in out.iterdir():  # older sets, and tars of the pre-versioned layout
-            if old.name != version and (old.name.startswith(SET_PREFIX) and old.is_dir()
-                                        or old.suffix == ".tar" or old.name == META_NAME):
-                shutil.rmtree(old) if old.is_dir() else old.unlink()
+        for old in out.iterdir():  # tars of the pre-versioned layout
+            if old.is_file() and (old.suffix == ".tar" or old.name == META_NAME):
+                old.unlink()
+        sets = sorted(p.name for p in out.iterdir() if p.name.startswith(SET_PREFIX) and p.is_dir())
+        retire_sets(sets, version, cfg.grace_hours, _LocalSets(out))
 
 
 def _write_card(folder: Path, index: dict, version: str, allrows: pl.DataFrame, cfg: ShardConfig) -> None:
@@ -538,9 +562,70 @@ def _publish_remote(url: str, version: str, stage_fp: str, allrows: pl.DataFrame
         remote.put(stage / CARD_NAME, CARD_NAME)
         (stage / INDEX_NAME).write_text(json.dumps(index, indent=1, sort_keys=True))
         remote.put(stage / INDEX_NAME, INDEX_NAME)  # the publishing step
-    for old in remote.sets():
-        if old != version:
-            remote.remove_set(old)
+        summary.published = True
+    retire_sets(remote.sets(), version, cfg.grace_hours, remote)
+
+
+class _LocalSets:
+    """The set folders under a local output folder, for :func:`retire_sets` (same methods as
+    :class:`~facepipe.data.storage.RemoteSet`)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def read(self, name: str) -> bytes | None:
+        try:
+            return (self.out / name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write(self, name: str, data: bytes) -> None:
+        with atomic_path(self.out / name) as tmp:
+            tmp.write_bytes(data)
+
+    def delete(self, name: str) -> None:
+        (self.out / name).unlink(missing_ok=True)
+
+    def remove_set(self, name: str) -> None:
+        shutil.rmtree(self.out / name, ignore_errors=True)
+
+
+def retire_sets(sets: list[str], current: str, grace_hours: float, store, now: float | None = None) -> list[str]:
+    """The grace rule for replaced sets, applied after ``current``'s index is published: each other set gets a
+    ``<set>/_replaced.json`` marker (``{"replaced_at": unix seconds, "by": current}``) the first time a run finds it
+    replaced, and is removed by the first run at least ``grace_hours`` after that; ``current`` loses a marker left from
+    an earlier replacement (a set published again is current again).
+
+    Args:
+        sets: the ``set-*`` names under the folder or prefix.
+        current: the set the index now names.
+        store: :class:`_LocalSets` or :class:`~facepipe.data.storage.RemoteSet` (``read``/``write``/``delete`` of a
+            name relative to the folder, ``remove_set``).
+        now: the time (unix seconds; default: now).
+
+    Returns:
+        The sets removed.
+    """
+    now = time.time() if now is None else now
+    store.delete(f"{current}/{REPLACED_NAME}")
+    removed = []
+    for name in sets:
+        if name == current:
+            continue
+        raw = store.read(f"{name}/{REPLACED_NAME}")
+        try:
+            since = float(json.loads(raw)["replaced_at"]) if raw is not None else None
+        except (ValueError, KeyError, TypeError):
+            since = None  # an unreadable marker: the grace starts again
+        if since is None:
+            since = now
+            store.write(f"{name}/{REPLACED_NAME}", json.dumps({"replaced_at": now, "by": current}).encode())
+        if now - since >= grace_hours * 3600:
+            store.remove_set(name)
+            removed.append(name)
+    if removed:
+        log.info("removed replaced shard set(s) %s (older than %g h)", ", ".join(removed), grace_hours)
+    return removed
 
 
 def _write_set(stage: Path, version: str, allrows: pl.DataFrame, stored: tuple[str, ...], cfg: ShardConfig,
@@ -555,13 +640,24 @@ def _write_set(stage: Path, version: str, allrows: pl.DataFrame, stored: tuple[s
     # Open npz files are cached for this run only: a later freq run may rewrite them under the same names.
     npz = lru_cache(maxsize=64)(lambda path: np.load(path, allow_pickle=False))
     bar = tqdm(total=allrows.height, unit="sample", desc="shard", disable=not progress)
+    try:
+        _write_splits(stage, version, allrows, stored, cfg, summary, index, npz, bar, post, wds)
+    finally:
+        bar.close()
+        npz.cache_clear()
+    return index
+
+
+def _write_splits(stage: Path, version: str, allrows: pl.DataFrame, stored: tuple[str, ...], cfg: ShardConfig,
+                  summary: ShardSummary, index: dict, npz, bar, post, wds) -> None:
     for s_i, split in enumerate(SPLITS):
         rows = allrows.filter(pl.col("split") == split)
         shards: list[dict] = []
         for g_i, (pattern, group) in enumerate(_groups(rows, split, cfg.layout)):
             order = np.random.default_rng([cfg.seed, s_i] + ([] if cfg.layout == "mixed" else [g_i]))
             group = group[order.permutation(group.height).tolist()]
-            shards += _write_group(stage / pattern, version, group, stored, cfg, index, npz, bar, post, wds)
+            shards += _write_group(stage / pattern, version, group, stored, cfg, index, npz, bar, post, wds,
+                                   summary)
         for sh in shards:
             for k, n in sh["label_sources"].items():
                 summary.label_sources[k] = summary.label_sources.get(k, 0) + n
@@ -570,9 +666,6 @@ def _write_set(stage: Path, version: str, allrows: pl.DataFrame, stored: tuple[s
         summary.samples[split] = rows.height
         summary.shards[split] = len(shards)
         summary.bytes += sum(s["bytes"] for s in shards)
-    bar.close()
-    npz.cache_clear()
-    return index
 
 
 def _groups(rows: pl.DataFrame, split: str, layout: str) -> list[tuple[str, pl.DataFrame]]:
@@ -588,7 +681,7 @@ def _groups(rows: pl.DataFrame, split: str, layout: str) -> list[tuple[str, pl.D
 
 
 def _write_group(pattern: Path, version: str, rows: pl.DataFrame, stored: tuple[str, ...], cfg: ShardConfig,
-                 index: dict, npz, bar, post, wds) -> list[dict]:
+                 index: dict, npz, bar, post, wds, summary: ShardSummary) -> list[dict]:
     """Write ``rows`` in order to tars named by ``pattern`` (closed at ``max_samples`` / ``max_bytes``); returns
     their index entries (url, samples, bytes and counts)."""
     stats: dict[str, dict] = {}
@@ -596,6 +689,7 @@ def _write_group(pattern: Path, version: str, rows: pl.DataFrame, stored: tuple[
 
     def closed(fname: str) -> None:
         sizes[fname] = Path(fname).stat().st_size
+        _faults.at_shard(Path(fname).name)
         if post is not None:
             post(fname)
             Path(fname).unlink()
@@ -620,6 +714,7 @@ def _write_group(pattern: Path, version: str, rows: pl.DataFrame, stored: tuple[
             st["cells"][f"{r['dataset']}:{name}"] += 1
             st["label_sources"][f"{r['label_source']}:{name}"] += 1
             bar.update(1)
+            summary.written += 1
     except BaseException:
         sink.post = None  # a failed run hands on no partial tar (nor retries a failed upload)
         raise

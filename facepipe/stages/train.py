@@ -43,7 +43,7 @@ from facepipe.config import Section
 from facepipe.data.index import read_index
 from facepipe.data.sbi import SBIConfig
 from facepipe.data.schema import SCHEMA_VERSION
-from facepipe.errors import ConfigError, InputError
+from facepipe.errors import ConfigError, InputError, Interrupted
 from facepipe.freq.config import FreqConfig
 from facepipe.stages import contract
 from facepipe.train.consistency import ConsistencyConfig
@@ -541,12 +541,27 @@ def _run(shards, out_dir, cfg: TrainConfig, freq: FreqConfig, resume: bool, prog
         _resume_or_clean(tr, resume)
         train_loader, val_loader = build_loaders(shards, index, cfg, freq, size, device, tr.core.spec)
         _restore_ranks(tr, train_loader)
-        summary = fit(tr, train_loader, val_loader, progress, resume)
+        if resume:
+            tr.last_saved = tr.step
+        try:
+            summary = fit(tr, train_loader, val_loader, progress, resume)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as the CLI turns it into one
+            raise Interrupted(_interrupted(tr)) from None
         summary["datasets"] = record["datasets"]
         _finish(tr, summary)
     if dist.world > 1:
         torch.distributed.barrier()
     return summary
+
+
+def _interrupted(tr: Trainer) -> str:
+    """What an interrupted training run says: where it stopped and what a rerun continues from."""
+    done = f"train: interrupted at step {tr.step} of {tr.cfg.steps}"
+    if tr.last_saved is None:
+        return f"{done}; no checkpoint was written yet (every {tr.cfg.checkpoint_every} steps): rerun the same command"
+    best = f"; best.pt holds step {tr.best_step}" if tr.best_step else ""
+    return (f"{done}; {tr.out / 'last.pt'} holds step {tr.last_saved}{best}: rerun with --resume to continue from it "
+            "(without it, training starts over)")
 
 
 def _open_live(path: Path, resume: bool):
@@ -639,6 +654,7 @@ class Trainer:
     wait_s: float = 0.0
     compute_s: float = 0.0
     ranks: Optional[list] = None
+    last_saved: Optional[int] = None  # the step OUT/last.pt holds (None: none yet)
     collapse: CollapseWatch = field(init=False)
     dead: DeadBranchWatch = field(init=False)
 
@@ -703,6 +719,8 @@ def save_on_main(tr: Trainer, name: str, weights: torch.nn.Module | None = None)
     atomically (:func:`~facepipe.train.engine.save_checkpoint`: a temp name, then a rename)."""
     if tr.dist.main:
         save_checkpoint(tr.out / name, tr.state_dict(weights))
+    if name == "last.pt":
+        tr.last_saved = tr.step
 
 
 def _cycle(loader):
