@@ -49,7 +49,8 @@ def _mtcnn(cfg: DetectorConfig, threads: int = 0) -> FaceDetector:
     from facepipe.faces.mtcnn import MTCNN
 
     return MTCNN(max_side=cfg.max_side, min_score=cfg.min_score, min_face_px=cfg.min_face_px,
-                 min_face_frac=cfg.min_face_frac, device=cfg.device, threads=threads)
+                 min_face_frac=cfg.min_face_frac, device=cfg.device, threads=threads, adaptive=cfg.adaptive,
+                 anchor_every=cfg.anchor_every)
 
 
 def _insight(kind: str) -> Callable[..., FaceDetector]:

@@ -52,6 +52,10 @@ class FaceDetector(ABC):
     """Retry frames without a face, or with a face rolled past :data:`MAX_ROLL_DEG`, rotated by 90/180/270 degrees
     (see :meth:`detect`). Set from ``DetectorConfig.rotations`` by the factory."""
 
+    adaptive: bool = False
+    """Detect each batch (one video's frames, in temporal order) with :meth:`_detect_sequence`, which may use what
+    some frames showed to search the others more cheaply (MTCNN's adaptive pyramid)."""
+
     def __init__(self, max_side: int = 640, min_score: float = 0.9) -> None:
         self.max_side = int(max_side)
         self.min_score = float(min_score)
@@ -64,6 +68,10 @@ class FaceDetector(ABC):
     @abstractmethod
     def _detect_resized(self, images: np.ndarray) -> list[RawDetections]:
         """Detect on (N, h, w, 3) uint8 RGB images of one size; one result per image."""
+
+    def _detect_sequence(self, images: np.ndarray) -> list[RawDetections]:
+        """As :meth:`_detect_resized` on one video's frames in temporal order (used when :attr:`adaptive`)."""
+        return self._detect_resized(images)
 
     def detect(self, frames: np.ndarray | Sequence[np.ndarray]) -> list[list[Face]]:
         """Detect faces in a batch of frames (by default the sampled frames of one video).
@@ -104,8 +112,8 @@ class FaceDetector(ABC):
             ValueError: a frame is not (H, W, 3) uint8.
         """
         batches = [b if isinstance(b, np.ndarray) and b.ndim == 4 else list(b) for b in batches]
-        if len(batches) == 1:
-            outs = [self._detect_upright(batches[0])]
+        if len(batches) == 1 or self.adaptive:  # adaptive: each video's frames are a sequence of their own
+            outs = [self._detect_upright(b, sequence=True) for b in batches]
         else:  # one flat list of frame views (iterating an (N, H, W, 3) array copies nothing)
             flat = self._detect_upright([f for b in batches for f in b])
             ends = np.cumsum([len(b) for b in batches]).tolist()
@@ -145,8 +153,9 @@ class FaceDetector(ABC):
         return [[_unrotate(face, k, f.shape[1], f.shape[0]) for face in fs]
                 for f, fs in zip(frames, self._detect_upright(rotated))]
 
-    def _detect_upright(self, frames: np.ndarray | Sequence[np.ndarray]) -> list[list[Face]]:
-        """:meth:`detect` on the frames as they are (no rotation retries); same arguments, result and errors."""
+    def _detect_upright(self, frames: np.ndarray | Sequence[np.ndarray], sequence: bool = False) -> list[list[Face]]:
+        """:meth:`detect` on the frames as they are (no rotation retries); same arguments, result and errors.
+        ``sequence``: the frames are one video's, in temporal order (:attr:`adaptive` detectors use it)."""
         if isinstance(frames, np.ndarray) and frames.ndim == 4:
             groups = {frames.shape[1:3]: list(range(len(frames)))}
             items = frames
@@ -169,7 +178,8 @@ class FaceDetector(ABC):
                 sx, sy = w / size[0], h / size[1]
             else:
                 small, sx, sy = (batch if isinstance(batch, np.ndarray) else np.stack(batch)), 1.0, 1.0
-            for i, (boxes, lms, scores) in zip(idx, self._detect_resized(small)):
+            raw = self._detect_sequence(small) if sequence and self.adaptive else self._detect_resized(small)
+            for i, (boxes, lms, scores) in zip(idx, raw):
                 keep = np.flatnonzero(scores >= self.min_score)
                 keep = keep[np.argsort(-scores[keep], kind="stable")]
                 faces = []

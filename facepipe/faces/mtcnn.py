@@ -92,6 +92,25 @@ def _bbreg(b: np.ndarray, reg: np.ndarray) -> np.ndarray:
     return b
 
 
+def _merged(boxes: np.ndarray) -> list[tuple[float, float, float, float]]:
+    """Boxes (K, 4) as disjoint regions: any two that overlap are replaced by their bounding box, until none do."""
+    out = [tuple(float(v) for v in b) for b in boxes]
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(out)):
+            for j in range(i + 1, len(out)):
+                a, b = out[i], out[j]
+                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                    out[i] = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+                    del out[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return sorted(out)
+
+
 class MTCNN(FaceDetector):
     """Embedded offline face detector with five landmarks.
 
@@ -104,6 +123,12 @@ class MTCNN(FaceDetector):
         scale_factor: pyramid step (0.709 = 1/sqrt(2), as in the original).
         device: ``auto`` | ``cpu`` | ``cuda`` for onnxruntime.
         threads: onnxruntime intra-op threads (0 = onnxruntime's default).
+        adaptive: the adaptive pyramid on each video's frames (:meth:`_detect_sequence`).
+        anchor_every: with ``adaptive``, every this many frames (and the last) get the full pyramid.
+        level_margin: with ``adaptive``, pyramid levels searched in the whole frame beyond the finest the anchors'
+            faces came from (one level = a factor ``1 / scale_factor`` in face size).
+        roi_margin: with ``adaptive``, the region searched at the finer levels: the anchors' face boxes widened by
+            this many face sides each way.
 
     Raises:
         DetectorError: weights missing.
@@ -113,8 +138,11 @@ class MTCNN(FaceDetector):
 
     def __init__(self, max_side: int = 640, min_score: float = 0.9, min_face_px: int = 20, min_face_frac: float = 0.0,
                  thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7), scale_factor: float = 0.709,
-                 device: str = "auto", threads: int = 0) -> None:
+                 device: str = "auto", threads: int = 0, adaptive: bool = False, anchor_every: int = 8,
+                 level_margin: int = 1, roi_margin: float = 0.5) -> None:
         super().__init__(max_side=max_side, min_score=min_score)
+        self.adaptive = bool(adaptive)
+        self.anchor_every, self.level_margin, self.roi_margin = int(anchor_every), int(level_margin), float(roi_margin)
         import onnxruntime as ort
 
         try:
@@ -176,36 +204,135 @@ class MTCNN(FaceDetector):
         return _normalise(out).transpose(0, 2, 1, 3)
 
     def _detect_resized(self, images: np.ndarray) -> list[RawDetections]:
+        return [r[:3] for r in self._cascade(images, None)]
+
+    def _detect_sequence(self, images: np.ndarray) -> list[RawDetections]:
+        """The adaptive pyramid on one video's frames in temporal order (:attr:`adaptive`). Every
+        :attr:`anchor_every`-th frame and the last get the full pyramid. For a frame between two anchors, the
+        pyramid levels finer than those the anchors' faces came from (minus :attr:`level_margin`) — the small
+        windows, most of P-Net's and R-Net's work — are searched only around the anchors' faces (their boxes'
+        union, widened by :attr:`roi_margin` face sides each way); the other levels search the whole frame. A frame
+        that then shows fewer faces than either anchor, or lies between anchors without a face, gets the full
+        pyramid.
+
+        P-Net is fully convolutional: on the cut-out region its outputs equal the full level's there, so the faces the
+        anchors saw come out as the full pyramid finds them (test on the shared real clips: same faces, landmarks
+        within 2 % of the face width); only small faces far from them appear no earlier than the next anchor.
+
+        Args:
+            images: (N, h, w, 3) uint8 RGB, downscaled (as :meth:`_detect_resized`).
+
+        Returns:
+            One ``(boxes, landmarks, scores)`` per frame, as :meth:`_detect_resized`.
+        """
         n, H, W = images.shape[:3]
-        empty = (np.zeros((0, 4), np.float32), np.zeros((0, 5, 2), np.float32), np.zeros(0, np.float32))
-        t1, t2, t3 = self.thresholds
-
-        # Stage 1: P-Net over the pyramid, per scale on all frames (in calls of CALL_BYTES).
-        cand, cand_g = [], []
-        for s in self._scales(H, W):
-            hs, ws = int(math.ceil(H * s)), int(math.ceil(W * s))
-
-            def level(i0, i1, ws=ws, hs=hs):
-                x = np.stack([cv2.resize(im, (ws, hs), interpolation=cv2.INTER_AREA) for im in images[i0:i1]])
-                return _normalise(x).transpose(0, 2, 1, 3)
-
-            reg, prob = self._run("pnet", n, ws * hs * 12, level)
-            reg, prob = reg.transpose(0, 2, 1, 3), prob.transpose(0, 2, 1, 3)  # (n, h', w', C)
-            g, r, c = np.nonzero(prob[..., 1] >= t1)
-            if len(g) == 0:
+        k = max(1, int(self.anchor_every))
+        if n <= 2 or k == 1:
+            return self._detect_resized(images)
+        anchors = sorted(set(range(0, n, k)) | {n - 1})
+        res: list = [None] * n
+        for a, r in zip(anchors, self._cascade(images[anchors], None)):
+            res[a] = r
+        kept = lambda r: r[2] >= self.min_score  # noqa: E731  the faces detect() keeps
+        again = []
+        for a0, a1 in zip(anchors, anchors[1:]):
+            idx = list(range(a0 + 1, a1))
+            if not idx:
                 continue
-            score = prob[g, r, c, 1]
-            boxes = np.stack([np.fix((2 * c + 1) / s), np.fix((2 * r + 1) / s),
-                              np.fix((2 * c + 12) / s), np.fix((2 * r + 12) / s)], axis=1)
-            b = np.concatenate([boxes, score[:, None], reg[g, r, c]], axis=1)
-            keep = nms(b[:, :4], b[:, 4], 0.5, "union", groups=g)
-            cand.append(b[keep])
-            cand_g.append(g[keep])
+            boxes = np.concatenate([res[a][0][kept(res[a])] for a in (a0, a1)])
+            levels = np.concatenate([res[a][3][kept(res[a])] for a in (a0, a1)])
+            if not len(boxes):
+                again += idx
+                continue
+            side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])[:, None] * self.roi_margin
+            grown = np.concatenate([boxes[:, :2] - side, boxes[:, 2:] + side], axis=1)
+            rois = _merged(np.clip(grown, 0, [W, H, W, H]))
+            fine = int(levels.min()) - self.level_margin  # levels below this index search only the region
+            least = min(int(kept(res[a0]).sum()), int(kept(res[a1]).sum()))
+            for i, r in zip(idx, self._cascade(images[idx], None, rois, fine)):
+                res[i] = r
+                if int(kept(r).sum()) < least:
+                    again.append(i)
+        for i, r in zip(again, self._cascade(images[again], None) if again else []):
+            res[i] = r
+        return [r[:3] for r in res]
+
+    def _pnet(self, images: np.ndarray, levels: list[int] | None, rois: list | None = None, fine: int = 0):
+        """Stage 1: P-Net over the pyramid levels ``levels`` (``None``: all), per level on all frames (in calls of
+        :data:`CALL_BYTES`); levels with an index below ``fine`` only inside the regions ``rois`` (disjoint
+        (x1, y1, x2, y2) in the images' pixels) when they are given. Returns the candidates after the cross-level NMS
+        as (rows of box, score, regression; frame; level), or ``None`` without any."""
+        n, H, W = images.shape[:3]
+        cand, cand_g, cand_l = [], [], []
+        scales = self._scales(H, W)
+        for lvl in range(len(scales)) if levels is None else levels:
+            s = scales[lvl]
+            hs, ws = int(math.ceil(H * s)), int(math.ceil(W * s))
+            if rois is None or lvl >= fine:
+                parts = [self._pnet_part(images, None, s, (0, 0, ws, hs), (ws, hs))]
+            else:  # the level once per frame (at most a chunk of frames), then P-Net on each region of it
+                small = np.stack([cv2.resize(im, (ws, hs), interpolation=cv2.INTER_AREA) for im in images])
+                parts = [self._pnet_part(small, None, s, (int(r[0] * s) // 2 * 2, int(r[1] * s) // 2 * 2,
+                                                          min(ws, int(math.ceil(r[2] * s))),
+                                                          min(hs, int(math.ceil(r[3] * s)))), (ws, hs))
+                         for r in rois]
+            for b, g in filter(None, parts):
+                keep = nms(b[:, :4], b[:, 4], 0.5, "union", groups=g)
+                cand.append(b[keep])
+                cand_g.append(g[keep])
+                cand_l.append(np.full(len(keep), lvl, np.int64))
         if not cand:
-            return [empty] * n
-        b, g = np.concatenate(cand), np.concatenate(cand_g)
+            return None
+        b, g, lv = np.concatenate(cand), np.concatenate(cand_g), np.concatenate(cand_l)
         keep = nms(b[:, :4], b[:, 4], 0.7, "union", groups=g)
-        b, g = b[keep], g[keep]
+        return b[keep], g[keep], lv[keep]
+
+    def _pnet_part(self, images: np.ndarray, _unused, s: float, part: tuple[int, int, int, int],
+                   size: tuple[int, int]):
+        """P-Net on the part ``(x0, y0, x1, y1)`` (``x0, y0`` even) of pyramid level ``s`` (``size``: the level's
+        (width, height)): ``images`` are the frames, or the level's images already when their size is ``size``.
+        Returns the candidates (rows of box in frame pixels, score, regression; frame), or ``None``."""
+        x0, y0, x1, y1 = part
+        ws, hs = size
+        if x1 - x0 < 12 or y1 - y0 < 12:
+            return None
+        ready = images.shape[2] == ws and images.shape[1] == hs
+
+        def build(i0, i1):
+            x = np.stack([(im if ready else cv2.resize(im, (ws, hs), interpolation=cv2.INTER_AREA))[y0:y1, x0:x1]
+                          for im in images[i0:i1]])
+            return _normalise(x).transpose(0, 2, 1, 3)
+
+        reg, prob = self._run("pnet", len(images), (x1 - x0) * (y1 - y0) * 12, build)
+        reg, prob = reg.transpose(0, 2, 1, 3), prob.transpose(0, 2, 1, 3)  # (n, h', w', C)
+        ok = prob[..., 1] >= self.thresholds[0]
+        # a window reaching past a cut edge saw padding, not the frame: the full level's output differs there
+        if x1 < ws:
+            ok[:, :, max(0, (x1 - x0 - 12) // 2 + 1):] = False
+        if y1 < hs:
+            ok[:, max(0, (y1 - y0 - 12) // 2 + 1):, :] = False
+        g, r, c = np.nonzero(ok)
+        if len(g) == 0:
+            return None
+        score, offsets = prob[g, r, c, 1], reg[g, r, c]
+        r, c = r + y0 // 2, c + x0 // 2  # on the full level's output grid
+        boxes = np.stack([np.fix((2 * c + 1) / s), np.fix((2 * r + 1) / s),
+                          np.fix((2 * c + 12) / s), np.fix((2 * r + 12) / s)], axis=1)
+        return np.concatenate([boxes, score[:, None], offsets], axis=1), g
+
+    def _cascade(self, images: np.ndarray, levels: list[int] | None, rois: list | None = None,
+                 fine: int = 0) -> list[tuple]:
+        """P-Net over the pyramid levels ``levels`` (indices into :meth:`_scales`; ``None``: all; see :meth:`_pnet`
+        for ``rois`` and ``fine``), then R-Net and O-Net; per frame ``(boxes, landmarks, scores, levels)``, the last
+        the pyramid level each face came from."""
+        n = len(images)
+        empty = (np.zeros((0, 4), np.float32), np.zeros((0, 5, 2), np.float32), np.zeros(0, np.float32),
+                 np.zeros(0, np.int64))
+        _, t2, t3 = self.thresholds
+        found = self._pnet(images, levels, rois, fine)
+        if found is None:
+            return [empty] * n
+        b, g, lv = found
         rw, rh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
         boxes = np.stack([b[:, 0] + b[:, 5] * rw, b[:, 1] + b[:, 6] * rh,
                           b[:, 2] + b[:, 7] * rw, b[:, 3] + b[:, 8] * rh], axis=1)
@@ -215,18 +342,18 @@ class MTCNN(FaceDetector):
         reg, prob = self._run("rnet", len(boxes), 24 * 24 * 12,
                               lambda i0, i1: self._crops(images, g[i0:i1], boxes[i0:i1], 24))
         ok = prob[:, 1] > t2
-        boxes, g, score, reg = boxes[ok], g[ok], prob[ok, 1], reg[ok]
+        boxes, g, score, reg, lv = boxes[ok], g[ok], prob[ok, 1], reg[ok], lv[ok]
         if len(boxes) == 0:
             return [empty] * n
         keep = nms(boxes, score, 0.7, "union", groups=g)
         boxes = np.fix(_rerec(_bbreg(boxes[keep], reg[keep])))
-        g = g[keep]
+        g, lv = g[keep], lv[keep]
 
         # Stage 3: O-Net gives final boxes, scores and five landmarks.
         reg, pts, prob = self._run("onet", len(boxes), 48 * 48 * 12,
                                    lambda i0, i1: self._crops(images, g[i0:i1], boxes[i0:i1], 48))
         ok = prob[:, 1] > t3
-        boxes, g, score, reg, pts = boxes[ok], g[ok], prob[ok, 1], reg[ok], pts[ok]
+        boxes, g, score, reg, pts, lv = boxes[ok], g[ok], prob[ok, 1], reg[ok], pts[ok], lv[ok]
         if len(boxes) == 0:
             return [empty] * n
         w = boxes[:, 2] - boxes[:, 0] + 1
@@ -235,12 +362,12 @@ class MTCNN(FaceDetector):
         ly = h[:, None] * pts[:, 5:10] + boxes[:, 1:2] - 1
         boxes = _bbreg(boxes, reg)
         keep = nms(boxes, score, 0.7, "min", groups=g)
-        boxes, g, score, lx, ly = boxes[keep], g[keep], score[keep], lx[keep], ly[keep]
+        boxes, g, score, lx, ly, lv = boxes[keep], g[keep], score[keep], lx[keep], ly[keep], lv[keep]
         boxes = boxes.copy()
         boxes[:, 0:2] -= 1  # 1-based inclusive -> 0-based, exclusive end
         lms = np.stack([lx, ly], axis=2).astype(np.float32)
         out = []
         for i in range(n):
             m = g == i
-            out.append((boxes[m].astype(np.float32), lms[m], score[m].astype(np.float32)))
+            out.append((boxes[m].astype(np.float32), lms[m], score[m].astype(np.float32), lv[m]))
         return out
