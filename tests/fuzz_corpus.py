@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from facepipe.stages.example import faststart_copy
+
 SEED = 20240607
 """The corpus's seed: every random offset and bit comes from ``random.Random(SEED + case number)``."""
 
@@ -410,7 +412,7 @@ def make_corpus(root: Path, *, clip_mp4: Path, clip_avi: Path, photo: Path, png_
     w = _Writer(root)
     src = root / ".src"
     src.mkdir()
-    mp4, fast = clip_mp4.read_bytes(), _faststart(clip_mp4, src / "fast.mp4").read_bytes()
+    mp4, fast = clip_mp4.read_bytes(), faststart_copy(clip_mp4, src / "fast.mp4").read_bytes()
     _mp4_truncations(w, mp4, fast)
     _mp4_damage(w, mp4, fast)
     _avi_cases(w, clip_avi.read_bytes())
@@ -418,18 +420,3 @@ def make_corpus(root: Path, *, clip_mp4: Path, clip_avi: Path, photo: Path, png_
     _image_damage(w, png_photo, cmyk)
     _oddities(w, mp4, png_photo.read_bytes())
     return w.cases
-
-
-def _faststart(src: Path, dst: Path) -> Path:
-    """``src`` remuxed with its index first (packets copied, nothing re-encoded)."""
-    import av
-
-    with av.open(str(src)) as inp, av.open(str(dst), "w", options={"movflags": "faststart"}) as out:
-        s_in = inp.streams.video[0]
-        s_out = out.add_stream_from_template(s_in)
-        for pkt in inp.demux(s_in):
-            if pkt.dts is None:
-                continue
-            pkt.stream = s_out
-            out.mux(pkt)
-    return dst

@@ -13,13 +13,38 @@ count exactly which requests failed.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import os
 import socket
 import struct
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@contextlib.contextmanager
+def aws_env(endpoint: str, **extra: str):
+    """The standard AWS variables pointing every client (and the DataLoader workers) at ``endpoint`` with test
+    credentials (plus ``extra`` variables), s3fs's instance cache cleared on entry and exit; restored afterwards."""
+    import s3fs
+
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_DEFAULT_REGION": "us-east-1", **extra}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        yield
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
 
 _ERRORS = {500: ("InternalError", "We encountered an internal error. Please try again."),
            503: ("SlowDown", "Please reduce your request rate.")}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 
 import pytest
 from typer.testing import CliRunner
@@ -21,6 +20,7 @@ from facepipe.data.loader import make_loader  # noqa: E402
 from facepipe.errors import InputError  # noqa: E402
 from facepipe.stages import shard  # noqa: E402
 from tests.conftest import shard_files  # noqa: E402
+from tests.s3_faults import aws_env  # noqa: E402
 
 pytestmark = pytest.mark.integration  # an S3-API server (moto) on 127.0.0.1
 
@@ -30,27 +30,17 @@ BUCKET = "facepipe-test"
 @pytest.fixture(scope="module")
 def s3():
     """An S3-API server on loopback; the standard AWS variables point every client (and worker) at it."""
+    import s3fs
+
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-           "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
-    fs = s3fs.S3FileSystem()
-    fs.mkdir(BUCKET)
-    yield fs
+    with aws_env(f"http://{host}:{port}"):
+        fs = s3fs.S3FileSystem()
+        fs.mkdir(BUCKET)
+        yield fs
     server.stop()
-    s3fs.S3FileSystem.clear_instance_cache()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 def _inputs(example_shards) -> shard.ShardConfig:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import Counter
 
 import pytest
@@ -22,7 +21,7 @@ from facepipe.data import storage  # noqa: E402
 from facepipe.data.loader import make_loader  # noqa: E402
 from facepipe.errors import InputError  # noqa: E402
 from facepipe.stages import shard  # noqa: E402
-from tests.s3_faults import FaultProxy, Rule  # noqa: E402
+from tests.s3_faults import FaultProxy, Rule, aws_env  # noqa: E402
 
 pytestmark = pytest.mark.integration  # an S3-API server (moto) and a proxy on 127.0.0.1
 
@@ -41,28 +40,18 @@ def store():
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     proxy = FaultProxy(server.get_host_and_port())
-    env = {"AWS_ENDPOINT_URL": proxy.url, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "3", "AWS_RETRY_MODE": "standard"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     saved_conf = fsspec.config.conf.get("s3")
     fsspec.config.conf["s3"] = {"config_kwargs": {"read_timeout": READ_TIMEOUT, "connect_timeout": READ_TIMEOUT}}
-    s3fs.S3FileSystem.clear_instance_cache()
-    fs = s3fs.S3FileSystem()
-    fs.mkdir(BUCKET)
-    yield fs, proxy
+    with aws_env(proxy.url, AWS_MAX_ATTEMPTS="3", AWS_RETRY_MODE="standard"):
+        fs = s3fs.S3FileSystem()
+        fs.mkdir(BUCKET)
+        yield fs, proxy
     proxy.stop()
     server.stop()
     if saved_conf is None:
         fsspec.config.conf.pop("s3", None)
     else:
         fsspec.config.conf["s3"] = saved_conf
-    s3fs.S3FileSystem.clear_instance_cache()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 def _cfg(example_shards, **kw) -> shard.ShardConfig:

@@ -124,18 +124,12 @@ def write_audio_only(path: str | Path, seconds: float = 1.0) -> Path:
     return path
 
 
-def truncate_copy(src: str | Path, dst: str | Path, keep: float = 0.5) -> Path:
-    """Copy ``src`` with its index moved to the front (faststart), then cut to ``keep`` of its bytes.
-
-    The header then still announces every frame while only the first part decodes: the
-    "header frame count lies" case seen in scraped datasets.
-    """
+def faststart_copy(src: str | Path, dst: str | Path) -> Path:
+    """``src``'s video stream remuxed into ``dst`` with its index (``moov``) first (``faststart``; packets copied,
+    nothing re-encoded)."""
     import av
 
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".full.mp4")
-    with av.open(str(src)) as i, av.open(str(tmp), "w", options={"movflags": "faststart"}) as o:
+    with av.open(str(src)) as i, av.open(str(dst), "w", options={"movflags": "faststart"}) as o:
         ist = i.streams.video[0]
         ost = o.add_stream_from_template(ist)
         for pkt in i.demux(ist):
@@ -143,6 +137,18 @@ def truncate_copy(src: str | Path, dst: str | Path, keep: float = 0.5) -> Path:
                 continue
             pkt.stream = ost
             o.mux(pkt)
+    return Path(dst)
+
+
+def truncate_copy(src: str | Path, dst: str | Path, keep: float = 0.5) -> Path:
+    """Copy ``src`` with its index moved to the front (:func:`faststart_copy`), then cut to ``keep`` of its bytes.
+
+    The header then still announces every frame while only the first part decodes: the
+    "header frame count lies" case seen in scraped datasets.
+    """
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = faststart_copy(src, dst.with_name(dst.name + ".full.mp4"))
     data = tmp.read_bytes()
     tmp.unlink()
     dst.write_bytes(data[: int(len(data) * keep)])
