@@ -266,22 +266,36 @@ def auc_ci(labels, scores, groups=None, n_boot: int = 1000, seed: int = 0,
     pools = [np.flatnonzero(cls == c) for c in (0, 1)]
     if min(len(p) for p in pools) < 2:
         return None
-    level_of = np.unique(s, return_inverse=True)[1]
-    n_lv = int(level_of.max()) + 1
+    # faces in score order once: each resample then sums weights per distinct score over consecutive runs
+    # (np.add.reduceat, sequential) instead of scattering into per-score bins (np.bincount, random writes whose
+    # cache misses grew faster than the faces: 10 ns a face at 320k, 20 ns at 3.2M)
+    order = np.argsort(s, kind="stable")
+    s_sorted, g_sorted, pos = s[order], g[order], (y[order] == 1)
+    starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
     stats = np.empty(n_boot)
     for b in range(n_boot):
         counts = np.zeros(n_g)
         for pool in pools:
             counts += np.bincount(rng.choice(pool, size=len(pool)), minlength=n_g)
-        stats[b] = weighted_auc(level_of, n_lv, y, counts[g])
+        w = counts[g_sorted]
+        wp = np.add.reduceat(np.where(pos, w, 0.0), starts)
+        wn = np.add.reduceat(np.where(pos, 0.0, w), starts)
+        tn, tp = wn.sum(), wp.sum()
+        stats[b] = (wp * (np.cumsum(wn) - 0.5 * wn)).sum() / (tn * tp) if tn and tp else float("nan")
     a = (1 - level) / 2
     lo, hi = np.nanquantile(stats, [a, 1 - a])
     return [float(lo), float(hi)]
 
 
 def roc_points(labels, scores) -> pl.DataFrame:
-    """ROC curve as a table (fpr, tpr, threshold) for DVC plots; empty when one class is absent."""
+    """ROC curve as a table (fpr, tpr, threshold) for DVC plots; empty when one class is absent.
+
+    Raises:
+        ValueError: a label other than 0 and 1 (leave uncertain faces, label -1, out first).
+    """
     y = np.asarray(labels)
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError(f"roc_points: labels must be 0 or 1, got {sorted(set(np.unique(y).tolist()) - {0, 1})}")
     if len(np.unique(y)) < 2:
         return pl.DataFrame({"fpr": [], "tpr": [], "threshold": []}, schema={"fpr": pl.Float64, "tpr": pl.Float64,
                                                                               "threshold": pl.Float64})

@@ -199,3 +199,53 @@ def test_bootstrap_ci_matches_delong_variance_and_resamples_videos():
     g = np.repeat(np.arange(len(y)), 10)
     assert auc_ci(np.repeat(y, 10), np.repeat(s, 10), g, n_boot=300, seed=5) == pytest.approx(
         auc_ci(y, s, None, n_boot=300, seed=5))
+
+
+def test_roc_tables_leave_uncertain_faces_out_of_the_frame_curve():
+    """A test split with an uncertain face (label -1) made evaluate's frame ROC raise sklearn's "multiclass format is
+    not supported" (found by scripts/bench_scale.py); the frame curve counts decided faces only, as the metrics do."""
+    from facepipe.metrics import roc_points
+    from facepipe.stages.evaluate import roc_tables
+
+    preds = pl.DataFrame({"dataset": ["d"] * 6, "video_id": ["r", "r", "f", "f", "f", "g"],
+                          "label": [0, 0, 1, -1, 1, 1], "video_label": [0, 0, 1, 1, 1, 1],
+                          "method": [None, None, "m", "m", "m", "m"], "score": [0.1, 0.3, 0.8, 0.2, 0.7, 0.6]})
+    tables = roc_tables(preds)
+    assert tables["roc_frame.csv"].height > 0 and tables["roc_video.csv"].height > 0
+    decided = preds.filter(pl.col("label") >= 0)
+    assert tables["roc_frame.csv"].equals(roc_points(decided["label"], decided["score"]))
+    with pytest.raises(ValueError, match="labels must be 0 or 1"):
+        roc_points(preds["label"], preds["score"])
+
+
+def test_the_empty_mask_is_encoded_once_per_size(monkeypatch):
+    from facepipe.data import schema
+
+    calls = []
+    real = schema._png_zeros
+    monkeypatch.setattr(schema, "_png_zeros", lambda size: calls.append(size) or real(size))
+    monkeypatch.setattr(schema, "_EMPTY_MASKS", {})
+    assert schema.empty_mask_png(24) == schema.empty_mask_png(24) == real(24)
+    assert calls == [24]
+
+
+def test_auc_ci_equals_the_per_resample_weighted_auc():
+    """auc_ci sums each resample's weights over faces sorted once by score; the interval equals the one computed with
+    weighted_auc (scikit-learn's weighted AUC, test above) on the same resamples, ties included."""
+    from facepipe.metrics import auc_ci, weighted_auc
+
+    rng = np.random.default_rng(3)
+    g = np.repeat(np.arange(60), 5)
+    y = (g % 3 == 0).astype(int)
+    s = np.round(rng.random(len(g)) * 0.5 + 0.3 * y, 2)  # rounded: many ties
+    got = auc_ci(y, s, g, n_boot=200, seed=7)
+    level_of = np.unique(s, return_inverse=True)[1]
+    draw = np.random.default_rng(7)
+    pools = [np.flatnonzero(np.bincount(g, weights=y) == 0), np.flatnonzero(np.bincount(g, weights=y) > 0)]
+    stats = []
+    for _ in range(200):
+        counts = np.zeros(60)
+        for pool in pools:
+            counts += np.bincount(draw.choice(pool, size=len(pool)), minlength=60)
+        stats.append(weighted_auc(level_of, int(level_of.max()) + 1, y, counts[g]))
+    assert got == pytest.approx(list(np.nanquantile(stats, [0.025, 0.975])), abs=1e-12)

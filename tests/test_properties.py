@@ -725,3 +725,33 @@ def test_index_regressions(tmp_path):
     (tmp_path / "ok").mkdir()
     (tmp_path / "ok" / "index.json").write_text(json.dumps(good))
     assert resolve_shards(tmp_path / "ok", "train").cells == {("d", 0): 2, ("d", 1): 1}
+
+
+_name = st.from_regex(r"[A-Za-z0-9](?:[A-Za-z0-9-]|_(?=[A-Za-z0-9-])){0,8}", fullmatch=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(_name, _name, st.integers(0, 2_000_000), st.integers(0, 120), st.integers(0, 40)),
+                min_size=1, max_size=20))
+def test_vectorised_keys_equal_sample_key_and_clip_key(rows):
+    """The shard stage builds every key in polars (shard.sample_keys); each equals the one ids.sample_key /
+    ids.clip_key makes of its row."""
+    import polars as pl
+
+    from facepipe.ids import clip_key, sample_key
+    from facepipe.stages.shard import sample_keys
+
+    df = pl.DataFrame(rows, schema={"dataset": pl.String, "video_id": pl.String, "frame_index": pl.Int64,
+                                    "track_id": pl.Int32, "clip_id": pl.Int32}, orient="row")
+    assert df.select(sample_keys(df))["key"].to_list() == [sample_key(d, v, f, t) for d, v, f, t, _ in rows]
+    assert df.select(sample_keys(df, clips=True))["key"].to_list() == [clip_key(d, v, c, t) for d, v, _, t, c in rows]
+
+
+def test_vectorised_keys_refuse_names_that_cannot_be_key_parts():
+    import polars as pl
+
+    from facepipe.stages.shard import sample_keys
+
+    df = pl.DataFrame({"dataset": ["ds"], "video_id": ["a.b"], "frame_index": [1], "track_id": [0]})
+    with pytest.raises(IdError, match="video_id 'a.b'"):
+        df.select(sample_keys(df))

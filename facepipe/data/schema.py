@@ -240,8 +240,11 @@ def npy_load(b: bytes) -> np.ndarray:
 
 
 def empty_mask_png(size: int) -> bytes:
-    """PNG bytes of an all-zero (size, size) uint8 mask (about 100 bytes)."""
-    return _EMPTY_MASKS.setdefault(int(size), _png_zeros(int(size)))
+    """PNG bytes of an all-zero (size, size) uint8 mask (about 100 bytes), encoded once per size."""
+    size = int(size)
+    if size not in _EMPTY_MASKS:  # (setdefault would encode it on every call: 0.3 ms a sample at 224 px)
+        _EMPTY_MASKS[size] = _png_zeros(size)
+    return _EMPTY_MASKS[size]
 
 
 _EMPTY_MASKS: dict[int, bytes] = {}

@@ -169,6 +169,17 @@ def references(videos: pl.DataFrame) -> pl.DataFrame:
             .select("dataset", "video_id", first.str.split(":").list.first().alias("reference")))
 
 
+def roc_tables(preds: pl.DataFrame, video_agg: str = "mean", topk: int = 5) -> dict[str, pl.DataFrame]:
+    """The ROC curves evaluate writes for DVC plots: ``roc_frame.csv`` over the faces that count at frame level
+    (uncertain faces, label -1, left out as in the metrics) and ``roc_video.csv`` over the videos' scores."""
+    from facepipe.metrics import _frame_rows, roc_points, video_scores
+
+    frames = _frame_rows(preds)
+    videos = video_scores(preds, video_agg, topk)
+    return {"roc_frame.csv": roc_points(frames["label"], frames["score"]),
+            "roc_video.csv": roc_points(videos["label"], videos["score"])}
+
+
 def run(checkpoint: str | Path, shards: list[str | Path], out_dir: str | Path, cfg: EvaluateConfig,
         progress: bool = True) -> dict:
     """Evaluate a checkpoint on ``cfg.split`` of each shard set.
@@ -185,7 +196,7 @@ def run(checkpoint: str | Path, shards: list[str | Path], out_dir: str | Path, c
             checkpoint was trained on (``overlap: error``).
     """
     from facepipe.data.loader import make_loader
-    from facepipe.metrics import metric_table, roc_points, video_scores
+    from facepipe.metrics import metric_table
     from facepipe.train.engine import check_sample_kind, model_from_checkpoint, predict
 
     if not shards:
@@ -231,9 +242,7 @@ def run(checkpoint: str | Path, shards: list[str | Path], out_dir: str | Path, c
     with contract.stage_lock(out, STAGE):
         with atomic_path(out / "predictions.parquet") as tmp:
             preds.write_parquet(tmp)
-        videos = video_scores(preds, cfg.video_agg, cfg.topk)
-        for name_, df in (("roc_frame.csv", roc_points(preds["label"], preds["score"])),
-                          ("roc_video.csv", roc_points(videos["label"], videos["score"]))):
+        for name_, df in roc_tables(preds, cfg.video_agg, cfg.topk).items():
             with atomic_path(out / name_) as tmp:
                 df.write_csv(tmp)
         with atomic_path(out / DETAIL_NAME) as tmp:
