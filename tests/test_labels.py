@@ -228,7 +228,9 @@ def test_shared_ffpp_fakes_score_far_above_faces_that_only_differ_by_compression
         assert f["mask_path"].is_not_null().all()
         score[vid] = f["manipulation_score"].min()
     nt = videos["ffpp/NeuralTextures_004_982.mp4"]
-    assert nt["n_tracks_dropped"] == 2 and nt["n_faces_dropped"] == 6 and nt["pair_check"].startswith("aligned")
+    # background detections dropped by the track rules: a 5-face track (the full pyramid also finds a one-frame one
+    # between anchors, which the adaptive pyramid does not search for there: 2 tracks, 6 faces)
+    assert nt["n_tracks_dropped"] == 1 and nt["n_faces_dropped"] == 5 and nt["pair_check"].startswith("aligned")
     d = tmp_path / "v"
     d.mkdir()
     (d / "original_634.mp4").symlink_to(REAL / "videos" / "ffpp" / "original_634.mp4")
