@@ -269,13 +269,12 @@ class MTCNN(FaceDetector):
             s = scales[lvl]
             hs, ws = int(math.ceil(H * s)), int(math.ceil(W * s))
             if rois is None or lvl >= fine:
-                parts = [self._pnet_part(images, None, s, (0, 0, ws, hs), (ws, hs))]
+                parts = [self._pnet_part(images, s, (0, 0, ws, hs), (ws, hs))]
             else:  # the level once per frame (at most a chunk of frames), then P-Net on each region of it
                 small = np.stack([cv2.resize(im, (ws, hs), interpolation=cv2.INTER_AREA) for im in images])
-                parts = [self._pnet_part(small, None, s, (int(r[0] * s) // 2 * 2, int(r[1] * s) // 2 * 2,
-                                                          min(ws, int(math.ceil(r[2] * s))),
-                                                          min(hs, int(math.ceil(r[3] * s)))), (ws, hs))
-                         for r in rois]
+                cuts = [(int(r[0] * s) // 2 * 2, int(r[1] * s) // 2 * 2,  # even: P-Net's stride-2 output grid
+                         min(ws, int(math.ceil(r[2] * s))), min(hs, int(math.ceil(r[3] * s)))) for r in rois]
+                parts = [self._pnet_part(small, s, cut, (ws, hs)) for cut in cuts]
             for b, g in filter(None, parts):
                 keep = nms(b[:, :4], b[:, 4], 0.5, "union", groups=g)
                 cand.append(b[keep])
@@ -287,7 +286,7 @@ class MTCNN(FaceDetector):
         keep = nms(b[:, :4], b[:, 4], 0.7, "union", groups=g)
         return b[keep], g[keep], lv[keep]
 
-    def _pnet_part(self, images: np.ndarray, _unused, s: float, part: tuple[int, int, int, int],
+    def _pnet_part(self, images: np.ndarray, s: float, part: tuple[int, int, int, int],
                    size: tuple[int, int]):
         """P-Net on the part ``(x0, y0, x1, y1)`` (``x0, y0`` even) of pyramid level ``s`` (``size``: the level's
         (width, height)): ``images`` are the frames, or the level's images already when their size is ``size``.
