@@ -69,14 +69,17 @@ def test_without_a_grace_period_the_pass_under_way_loses_its_shards(example_shar
     assert sorted(p.name for p in out.glob("set-*")) == [json.loads((out / "index.json").read_text())["version"]]
 
 
-def test_following_can_be_turned_off(example_shards, tmp_path):
+def test_following_can_be_turned_off_and_is_off_for_ranks(example_shards, tmp_path):
     out = tmp_path / "shards"
     v1 = shard.run(out, _cfg(example_shards), progress=False)
     loader = make_loader(out, "train", batch_size=4, num_workers=0, shuffle=False, follow_index=False)
     assert sum(len(b["key"]) for b in loader) == v1.samples["train"]
+    ranked = make_loader(out, "train", batch_size=4, num_workers=0, shuffle=False, rank=0, world_size=2)
     shard.run(out, _cfg(example_shards, max_samples=3), progress=False)
     assert sum(len(b["key"]) for b in loader) == v1.samples["train"]
     assert loader.shardset.version == v1.version
+    list(ranked)  # a rank of a multi-process job keeps its set too (ranks must not switch at different passes)
+    assert ranked.shardset.version == v1.version
 
 
 class _Store:

@@ -100,26 +100,19 @@ class FaceLoader:
         self.epoch_batches = dataset.epoch_batches
 
     def _published_version(self) -> str | None:
-        """The set version the index names now (rank 0 reads it and broadcasts it under ``torch.distributed``), or
-        ``None`` to keep the set: not following, no index, or ranks that could not agree on one."""
+        """The set version the index names now, or ``None`` to keep the set: not following, no index, or a process
+        of a multi-process job (several ranks, or an initialised ``torch.distributed`` process group: ranks reading
+        the index apart could switch at different passes and hang a collective)."""
         if not self.cfg.follow_index or self._source is None or self.shardset.version is None:
             return None
         dist = torch.distributed
-        shared = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        if self.dataset.world_size > 1 and not shared:
-            return None  # ranks reading the index apart could switch at different passes (a DDP hang)
-        version = None
-        if not shared or dist.get_rank() == 0:
-            try:
-                version = read_index(self._source).get("version")
-            except FacepipeError as e:
-                log.warning("cannot re-read the shard index (%s); this pass reads set %s again", e,
-                            self.shardset.version)
-        if shared:
-            box = [version]
-            dist.broadcast_object_list(box, src=0)
-            version = box[0]
-        return version
+        if self.dataset.world_size > 1 or (dist.is_available() and dist.is_initialized()):
+            return None
+        try:
+            return read_index(self._source).get("version")
+        except FacepipeError as e:
+            log.warning("cannot re-read the shard index (%s); this pass reads set %s again", e, self.shardset.version)
+            return None
 
     def _follow_index(self) -> None:
         """Start the pass on the set the index names now (``follow_index``): a newer set replaces the pipeline and

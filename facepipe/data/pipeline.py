@@ -161,9 +161,10 @@ class LoaderConfig(Section):
             (``extract.landmarks68``). ``reals_only`` leaves the set's own fakes out.
         follow_index: when the source is an index and ``facepipe shard`` publishes a new set there, the next pass
             reads the new set (:class:`~facepipe.data.loader.FaceLoader` re-reads the index when a pass starts; a
-            pass under way finishes on its set, which the publisher keeps ``shard.grace_hours``). Under
-            ``torch.distributed`` rank 0's reading is broadcast, so every rank switches at the same pass; ranks
-            without an initialised process group keep their set. ``False``: every pass reads the set of the first.
+            pass under way finishes on its set, which the publisher keeps ``shard.grace_hours``). A process of a
+            multi-process job (``world_size`` > 1, or an initialised ``torch.distributed`` process group) keeps the
+            set it started with: ranks reading the index apart could switch at different passes. ``False``: every
+            pass reads the set of the first.
     """
 
     batch_size: int = Field(32, ge=1)
