@@ -35,9 +35,12 @@ def models():
     return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(model))
 
 
-def aligned_face(bgr_frame: np.ndarray, det, pred):
+def aligned_face(bgr_frame: np.ndarray, det, pred, redetect: bool = True):
     """``extract_aligned_face_dlib``: ``(BGR crop (256, 256, 3) uint8, re-detected 68 landmarks (68, 2) int,
-    five source points (5, 2) float32 in frame pixels)``, or None when no face is found in the frame or the crop."""
+    five source points (5, 2) float32 in frame pixels)``, or None when no face is found in the frame or the crop.
+
+    ``redetect=False`` is a faster variant, not DeepfakeBench's recipe: no second dlib pass on the crop; its 68
+    landmarks are the frame's, mapped into the crop by the similarity transform (rounded to int)."""
     from skimage import transform as trans
 
     rgb = cv2.cvtColor(bgr_frame, cv2.COLOR_BGR2RGB)
@@ -58,6 +61,9 @@ def aligned_face(bgr_frame: np.ndarray, det, pred):
         warnings.simplefilter("ignore", FutureWarning)
         tform.estimate(src, dst)
     crop = cv2.cvtColor(cv2.warpAffine(rgb, tform.params[0:2, :], (256, 256)), cv2.COLOR_RGB2BGR)
+    if not redetect:
+        pts = np.array([[p.x, p.y, 1.0] for p in shape.parts()]) @ tform.params[0:2, :].T
+        return crop, np.rint(pts).astype(int), src
     again = det(crop, 1)
     if len(again) == 0:
         return None
@@ -65,8 +71,8 @@ def aligned_face(bgr_frame: np.ndarray, det, pred):
     return crop, np.array([[p.x, p.y] for p in lm.parts()]), src
 
 
-def video_faces(path: Path, n: int, det=None, pred=None):
-    """Every frame read with OpenCV; ``(indices, {index: aligned_face(...) or None})`` for the frames at
+def video_faces(path: Path, n: int, det=None, pred=None, redetect: bool = True):
+    """Every frame read with OpenCV; ``(indices, {index: aligned_face(..., redetect) or None})`` for the frames at
     ``linspace(0, CAP_PROP_FRAME_COUNT - 1, n)``."""
     if det is None:
         det, pred = models()
@@ -79,18 +85,19 @@ def video_faces(path: Path, n: int, det=None, pred=None):
         if not ok:
             break
         if i in idxs:
-            out[i] = aligned_face(frame, det, pred)
+            out[i] = aligned_face(frame, det, pred, redetect)
     cap.release()
     return idxs, out
 
 
-def preprocess(videos: list[Path], out: Path, n: int, workers: int | None = None) -> int:
+def preprocess(videos: list[Path], out: Path, n: int, workers: int | None = None, redetect: bool = True) -> int:
     """DeepfakeBench's ``preprocess`` over ``videos``: crops and landmarks written under ``out``; returns the
     number of crops written. Each video loads its own detector and predictor, as in the original's
-    ``video_manipulate`` (dlib's objects are not safe to share between threads)."""
+    ``video_manipulate`` (dlib's objects are not safe to share between threads). ``redetect=False``: the variant
+    without the second dlib pass (:func:`aligned_face`)."""
 
     def one(path: Path) -> int:
-        _, faces = video_faces(path, n)
+        _, faces = video_faces(path, n, redetect=redetect)
         written = 0
         for i, r in faces.items():
             if r is None:

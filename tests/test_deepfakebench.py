@@ -100,6 +100,21 @@ def test_preset_equals_a_straight_deepfakebench_implementation(preset_run):
 
 
 @needs_real
+def test_the_benchmark_variant_without_the_second_dlib_pass_keeps_the_crops():
+    """bench_extract's "no second dlib pass" row: the same crops as the recipe, the crop's 68 landmarks mapped from
+    the frame's instead of re-detected (within a few pixels of them), so it is a fair faster baseline."""
+    path = REAL / "videos" / "ffpp" / "original_634.mp4"
+    det, pred = dfb_ref.models()
+    _, recipe = dfb_ref.video_faces(path, 3, det, pred)
+    _, variant = dfb_ref.video_faces(path, 3, det, pred, redetect=False)
+    assert recipe.keys() == variant.keys() and all(r is not None for r in recipe.values())
+    for i, (crop, lm, src) in recipe.items():
+        crop_v, lm_v, src_v = variant[i]
+        np.testing.assert_array_equal(crop, crop_v)
+        np.testing.assert_array_equal(src, src_v)
+        assert lm_v.shape == (68, 2) and np.median(np.abs(lm - lm_v)) <= 3
+
+@needs_real
 def test_preset_frame_count_from_the_header(real_manifest):
     """frame_count header: indices over OpenCV's CAP_PROP_FRAME_COUNT for every shared clip that decodes."""
     from facepipe.video import FrameSampler, SamplingConfig, probe
