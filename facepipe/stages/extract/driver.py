@@ -144,15 +144,31 @@ def run(video_dir: str | Path, out_dir: str | Path, cfg: ExtractConfig, *, progr
         Interrupted: SIGINT (or SIGTERM, through the CLI) during the run: the abandoned videos' temporary files are
             removed, the finished videos' parts kept (a rerun resumes from them).
     """
-    from facepipe.faces import create_face_detector
-    from facepipe.stages.extract.scheduler import open_backend, run_tasks
-    from facepipe.stages.extract.worker import process_task
+    from facepipe.stages.extract.scheduler import PoolBackend
 
     t0 = time.perf_counter()
     jobs = _inputs(video_dir, cfg, manifest)
     contract.make_output_folder(Path(out_dir), STAGE)  # before the detector loads: a bad --out fails at once
     workers = cfg.workers
     threads = max(1, (os.cpu_count() or 1) // max(1, workers)) if workers else 0
+    # the local workers start now: they import and load their detectors while this process checks its own and plans
+    pool = PoolBackend(cfg, Path(out_dir), workers, threads).start() if workers and cfg.engine != "ray" else None
+    try:
+        summary = _run(jobs, Path(out_dir), cfg, workers, threads, pool, progress)
+    finally:
+        if pool is not None:
+            pool.close()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _run(jobs: list, out: Path, cfg: ExtractConfig, workers: int, threads: int, pool, progress: bool) -> ExtractSummary:
+    """:func:`run` after its inputs are found: check the detector, plan, process (on ``pool`` when started), write
+    the tables."""
+    from facepipe.faces import create_face_detector
+    from facepipe.stages.extract.scheduler import open_backend, run_tasks
+    from facepipe.stages.extract.worker import process_task
+
     detector = create_face_detector(cfg.face_detector, threads=threads)  # also checks the detector before any work
     if cfg.landmarks68 and cfg.preset != "deepfakebench":  # and the 68-point model, before any video
         from facepipe.faces.dlib68 import crop_landmarks68
@@ -160,7 +176,6 @@ def run(video_dir: str | Path, out_dir: str | Path, cfg: ExtractConfig, *, progr
         crop_landmarks68(np.zeros((32, 32, 3), np.uint8), np.array([4.0, 4.0, 28.0, 28.0]))
     stage_fp = fingerprint(cfg, detector.id)
     log.info("detector %s, stage fingerprint %s, %d videos, %d workers", detector.id, stage_fp, len(jobs), workers)
-    out = Path(out_dir)
     with contract.stage_lock(out, STAGE):
         _clear_stale(out)
         tasks, pending = _plan(jobs, out, cfg, stage_fp)
@@ -177,7 +192,7 @@ def run(video_dir: str | Path, out_dir: str | Path, cfg: ExtractConfig, *, progr
                         prog.done(*r)
             elif tasks:
                 del detector  # the workers make their own
-                with open_backend(cfg, out, workers, threads) as backend:  # leaving it stops the workers
+                with open_backend(cfg, out, workers, threads, pool) as backend:  # leaving it stops the workers
                     run_tasks(tasks, out, cfg, backend, prog.done)
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as the CLI turns it into one
             prog.bar.close()
@@ -192,5 +207,4 @@ def run(video_dir: str | Path, out_dir: str | Path, cfg: ExtractConfig, *, progr
     # problems of videos done by an earlier run (this run named its own as they finished)
     _, summary.problems = contract.status_summary([r for r in rows if r["video_id"] not in pending])
     summary.labels = _label_counts(out)
-    summary.seconds = time.perf_counter() - t0
     return summary

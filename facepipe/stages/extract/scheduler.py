@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import time
 from collections import deque
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -97,8 +98,16 @@ def _failed(t: Task, retried: bool, why: str, out: Path, queue: deque, done: Don
 
 
 @contextmanager
-def open_backend(cfg: ExtractConfig, out: Path, workers: int, threads: int) -> Iterator[Backend]:
-    """The backend of ``cfg.engine``, stopped (pool) or disconnected (Ray) on leaving."""
+def open_backend(cfg: ExtractConfig, out: Path, workers: int, threads: int,
+                 started: PoolBackend | None = None) -> Iterator[Backend]:
+    """The backend of ``cfg.engine`` (``started``: a pool already started, see :meth:`PoolBackend.start`), stopped
+    (pool) or disconnected (Ray) on leaving."""
+    if started is not None:
+        try:
+            yield started
+        finally:
+            started.close()
+        return
     if cfg.engine == "ray":
         with RayBackend.connect(cfg, out) as backend:
             yield backend
@@ -125,6 +134,12 @@ class PoolBackend:
         self.pool = ProcessPool(max_workers=workers, initializer=init_worker,
                                 initargs=(cfg, threads, logging.getLogger().level), context=mp.get_context("spawn"))
         self.inflight: dict = {}  # future -> (task, retried)
+
+    def start(self) -> PoolBackend:
+        """Start the workers now (pebble starts them at the first task): they import facepipe and load their
+        detectors while the caller prepares the run. Returns ``self``."""
+        self.pool.schedule(os.getpid)
+        return self
 
     def has_room(self) -> bool:
         return len(self.inflight) < self.capacity
@@ -155,8 +170,9 @@ class PoolBackend:
         return Outcome(task, retried, why=why)
 
     def close(self) -> None:
-        self.pool.stop()
-        self.pool.join()
+        if self.pool.active:
+            self.pool.stop()
+            self.pool.join()
 
 
 # ---------------------------------------------------------------------------------------------
