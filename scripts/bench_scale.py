@@ -24,9 +24,10 @@ memory is the process's high-water RSS during the timed part (``/proc/self/clear
                 all of them with identities, within and across datasets (as shard does)
   consolidate   extract's ``consolidate(out, jobs)`` of every dataset from its part files
   shard         ``facepipe.stages.shard.run`` writing real tars (n <= --tar-max only)
-  shard-tables  shard's table part without tars: ``_gather`` (collect + joins + leakage + keys + sort), each split
-                and cell shuffled as ``_write_splits`` does, ``video_table``, ``_describe``, ``_write_stats``,
-                ``_inputs_hash`` (every n)
+  shard-tables  shard's table part without tars: ``_gather`` (streamed reads + checks + joins + leakage + the key
+                order), each split's cells shuffled as ``_write_splits`` does and every row gathered in write order
+                as ``_write_group`` reads it (``Samples.rows_at``, no sample encoded), ``_video_table``,
+                ``_describe``, ``_write_stats``, ``_inputs_hash`` (every n)
   loader        ``read_index`` + ``resolve_shards`` of every split + ``make_loader`` construction (plain and
                 ``class_balance``) on the synthetic index (every n; nothing iterated)
   loader-real   ``make_loader`` on the real set written by ``shard`` + 4 batches iterated (n <= --tar-max)
@@ -432,9 +433,9 @@ def _instrument_shard(parts: dict) -> None:
     from facepipe.data import card
     from facepipe.stages import shard
 
-    instrument(parts, shard, "collect_samples", "_by_status", "read_manifest", "check_leakage", "_gather",
-               "_inputs_hash", "_write_set", "_write_videos", "_describe", "_write_card", "_write_stats", "_probe",
-               "video_table")
+    instrument(parts, shard, "collect_samples", "_by_status", "_check_labels", "read_manifest", "check_leakage",
+               "_gather", "_one_chunk", "_ordered", "_inputs_hash", "_write_set", "_write_videos", "_describe",
+               "_write_card", "_write_stats", "_probe", "video_table")
     instrument(parts, card, "render")
 
 
@@ -452,8 +453,6 @@ def setup_shard(p: dict, args, parts: dict):
 
 
 def setup_shard_tables(p: dict, args, parts: dict):
-    import polars as pl
-
     from facepipe.data.schema import SPLITS
     from facepipe.stages import shard
 
@@ -461,23 +460,36 @@ def setup_shard_tables(p: dict, args, parts: dict):
     cfg = shard_config(p)
     tmp = Path(tempfile.mkdtemp(prefix="bench-shard-tables-"))
 
+    def gather_all(samples, positions) -> int:
+        """Every row at ``positions`` read as ``_write_group`` reads them (timed as ``Samples.rows_at``)."""
+        t, n = time.perf_counter(), 0
+        for i in range(0, len(positions), shard._CHUNK):
+            n += samples.rows_at(positions[i:i + shard._CHUNK]).height
+        e = parts.setdefault("shard.Samples.rows_at", {"s": 0.0, "calls": 0, "hwm_mb": 0.0})
+        e["s"] += time.perf_counter() - t
+        e["calls"] += -(-len(positions) // shard._CHUNK)
+        e["hwm_mb"] = round(max(e["hwm_mb"], _status_mb("VmHWM")), 1)
+        return n
+
     def run():
-        allrows, _, _, _ = shard._gather(cfg)
-        index: dict = {"total": allrows.height, "splits": {}}
-        cells = 0
-        for s_i, split in enumerate(SPLITS):  # what _write_splits does before writing: cells, each shuffled
-            rows = allrows.filter(pl.col("split") == split)
-            for g_i, (_, group) in enumerate(shard._groups(rows, split, cfg.layout)):
+        samples, _, _, _ = shard._gather(cfg)
+        index: dict = {"total": samples.height, "splits": {}}
+        cells = read = 0
+        for s_i, split in enumerate(SPLITS):  # what _write_splits does around the tars: cells shuffled, rows read
+            n = 0
+            for g_i, (_, positions) in enumerate(shard._groups(samples, s_i, cfg.layout)):
                 order = np.random.default_rng([cfg.seed, s_i, g_i])
-                group = group[order.permutation(group.height).tolist()]
+                positions = positions[order.permutation(len(positions))]
+                read += gather_all(samples, positions)
+                n += len(positions)
                 cells += 1
-            index["splits"][split] = {"samples": rows.height, "shards": []}
-        shard.video_table(allrows)
-        shard._describe(index, allrows, None, cfg)
-        shard._write_stats(tmp, index, allrows)
+            index["splits"][split] = {"samples": n, "shards": []}
+        shard._video_table(samples)
+        shard._describe(index, samples.rows, None, cfg)
+        shard._write_stats(tmp, index, samples.rows)
         shard._inputs_hash(cfg)
         shutil.rmtree(tmp, ignore_errors=True)
-        return {"samples": allrows.height, "cells": cells, "note": "tables only: no tar written"}
+        return {"samples": samples.height, "cells": cells, "rows_read": read, "note": "tables only: no tar written"}
     return run
 
 

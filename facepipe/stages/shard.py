@@ -55,7 +55,7 @@ from facepipe._io import atomic_path
 from facepipe.config import Section
 from facepipe.data import card, storage
 from facepipe.data.card import CARD_NAME
-from facepipe.data.footprint import VIDEOS_NAME, video_table
+from facepipe.data.footprint import VIDEO_TABLE_SCHEMA, VIDEOS_NAME, video_table
 from facepipe.data.schema import SCHEMA_VERSION, SPLITS, encode_clip_sample, encode_sample
 from facepipe.errors import InputError, Interrupted
 from facepipe.ids import FACE_LABEL_NAMES, KEY_SEP, check_name
@@ -147,13 +147,32 @@ def fingerprint(cfg: ShardConfig) -> str:
     return contract.fingerprint(STAGE, STAGE_VERSION, params, __name__)
 
 
+COMPACT = ("dataset", "video_id", "split", "method", "crop_mode", "detector", "detector_version", "label_source",
+           "preset", "npz")
+"""Text columns with few distinct values, held as ``Categorical`` while a run holds every sample (4 bytes a row
+instead of a 16-byte view and, past 12 bytes, the text); :meth:`Samples.rows_at` gives them back as text."""
+PER_VIDEO = ("source_ids", "identity_ids", "source_width", "source_height", "source_kbps", "source_codec")
+"""Columns held once per video (:attr:`Samples.videos`), joined to the rows as they are read."""
+OPTIONAL = ("mask_path", "preset", "crop_landmarks", "manipulation_score", "clip_id", "clip_start", "gap")
+"""``faces.parquet`` columns that may hold no value at all (a set without masks, presets or crop landmarks, of real
+faces only, a frame set's clip columns): such a column is not held (:meth:`Samples.rows_at` gives it back, null)."""
+_CHUNK = 10_000
+"""Rows gathered at a time when samples are read in write order."""
+
+
 def collect_samples(inp: ShardInput, views: tuple[str, ...] | None, statuses: tuple[str, ...] = ("ok",),
-                    left_out: Counter | None = None) -> tuple[pl.DataFrame, pl.DataFrame, tuple[str, ...]]:
+                    left_out: Counter | None = None) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame,
+                                                              tuple[str, ...]]:
     """Join one dataset's faces with its manifest (and stored views). Only faces of videos whose ``videos.parquet``
     status is in ``statuses`` are kept; the others are counted in ``left_out`` (``"<dataset>:<status>"`` -> faces).
+    ``faces.parquet`` is checked on a per-video summary, then read once in one streamed pass.
 
     Returns:
-        (one row per face with its face label, split, method, source ids, crop/mask paths and npz member;
+        (one row per face, in ``faces.parquet``'s order: its columns, ``dataset``, ``split`` and ``method``, with
+        stored views the freq stage's ``npz`` and ``member``, and ``_v``, its video's row in the second table; the
+        columns of :data:`COMPACT` are ``Categorical``, those of :data:`OPTIONAL` that hold no value left out, every
+        column in one chunk;
+        one row per video with faces: ``video_id`` and the :data:`PER_VIDEO` columns;
         the dataset's manifest; the views that will be stored).
 
     Raises:
@@ -166,54 +185,58 @@ def collect_samples(inp: ShardInput, views: tuple[str, ...] | None, statuses: tu
     fp = ex / "faces.parquet"
     if not fp.is_file():
         raise InputError(f"{fp}: not found (run 'facepipe extract' first)")
-    faces = pl.read_parquet(fp)
-    if "label_source" not in faces.columns:
+    faces = pl.scan_parquet(fp)
+    names = faces.collect_schema().names()
+    if "label_source" not in names:
         raise InputError(f"{fp}: written by an older facepipe without per-face labels; rerun 'facepipe extract'")
-    faces = _by_status(faces, ex, inp.dataset, statuses, left_out)
+    per_video = faces.group_by("video_id").agg(
+        pl.len().alias("_faces"), pl.col("label_source").is_null().any().alias("_nolabel"),
+        pl.col("video_label").min().alias("_lo"), pl.col("video_label").max().alias("_hi")).collect()
+    kept = _by_status(per_video, ex, inp.dataset, statuses, left_out)
     man = read_manifest(inp.manifest, dataset=inp.dataset).filter(pl.col("dataset") == inp.dataset)
-    rows = faces.join(man.drop("path").rename({"label": "manifest_label"}), on="video_id", how="left")
-    unlabelled = rows.filter(pl.col("manifest_label").is_null())["video_id"].unique().sort().to_list()
-    if unlabelled:
-        raise InputError(f"{inp.manifest}: no manifest row for {len(unlabelled)} extracted video(s) of "
-                         f"'{inp.dataset}', e.g. {unlabelled[:3]}")
-    nolabel = rows.filter(pl.col("label_source").is_null())["video_id"].unique().sort().to_list()
-    if nolabel:
-        raise InputError(f"{fp}: {len(nolabel)} video(s) were extracted without the manifest, so their faces have no "
-                         f"labels (e.g. {nolabel[:3]}); rerun 'facepipe extract --manifest {inp.manifest}'")
-    stale = rows.filter(pl.col("video_label") != pl.col("manifest_label"))["video_id"].unique().sort().to_list()
-    if stale:
-        raise InputError(f"{fp}: video labels of {len(stale)} video(s) differ from {inp.manifest} (e.g. {stale[:3]}): "
-                         "the extract output is stale; rerun 'facepipe extract'")
-    rows = rows.drop("manifest_label").with_columns(pl.lit(str(ex.resolve())).alias("_root"))
-    stored: tuple[str, ...] = ()
-    if inp.freq:
-        vp = Path(inp.freq) / "views.parquet"
-        if not vp.is_file():
-            raise InputError(f"{vp}: not found (run 'facepipe freq' first)")
-        vt = pl.read_parquet(vp)
-        have = set(vt["views"][0]) if vt.height else set()
-        want = tuple(sorted(have)) if views is None else views
-        lacking = [v for v in want if v not in have]
-        if lacking:
-            raise InputError(f"{vp}: views {lacking} asked for but the freq stage stored {sorted(have)}")
-        stored = want
-        if stored:
-            rows = rows.join(vt.select("video_id", "frame_index", "track_id", "npz", "member"),
-                             on=["video_id", "frame_index", "track_id"], how="left")
-            missing = rows.filter(pl.col("npz").is_null())
-            if missing.height:
-                raise InputError(f"{vp}: no views for {missing.height} crop(s), e.g. {missing['crop_path'][0]}; "
-                                 "rerun 'facepipe freq'")
-            rows = rows.with_columns(pl.lit(str(Path(inp.freq).resolve())).alias("_freq"))
-    elif views:
-        raise InputError(f"dataset '{inp.dataset}': views {list(views)} asked for but no freq output given")
-    rows = rows.with_columns(pl.lit(inp.dataset).alias("dataset"))
-    return rows, man, stored
+    videos = _check_labels(kept, man, inp, fp)
+    stored, vt = _stored_views(inp, views)
+    lf = faces.join(videos.select("_v", "video_id", pl.col("split", "method").cast(pl.Categorical)).lazy(),
+                    on="video_id", how="inner", maintain_order="left")
+    if stored:
+        lf = lf.join(vt.select("video_id", "frame_index", "track_id", "npz", "member"),
+                     on=["video_id", "frame_index", "track_id"], how="left", maintain_order="left")
+    present = {*names, "dataset", "split", "method", *(("npz",) if stored else ())}
+    rows = lf.with_columns(pl.lit(inp.dataset).alias("dataset")).with_columns(
+        pl.col(c).cast(pl.Categorical) for c in COMPACT if c in present).collect(engine="streaming")
+    rows = _one_chunk(rows.drop([c for c in OPTIONAL if c in names and rows[c].null_count() == rows.height]))
+    if stored:
+        missing = rows.filter(pl.col("npz").is_null())
+        if missing.height:
+            raise InputError(f"{Path(inp.freq) / 'views.parquet'}: no views for {missing.height} crop(s), e.g. "
+                             f"{missing['crop_path'][0]}; rerun 'facepipe freq'")
+    return rows, videos.select("video_id", *PER_VIDEO), man, stored
 
 
-def _by_status(faces: pl.DataFrame, ex: Path, dataset: str, statuses: tuple[str, ...],
+def _stored_views(inp: ShardInput, views: tuple[str, ...] | None) -> tuple[tuple[str, ...], pl.LazyFrame | None]:
+    """The views to store from ``inp``'s freq output and its ``views.parquet`` (scanned), or ``()`` and ``None``."""
+    if not inp.freq:
+        if views:
+            raise InputError(f"dataset '{inp.dataset}': views {list(views)} asked for but no freq output given")
+        return (), None
+    vp = Path(inp.freq) / "views.parquet"
+    if not vp.is_file():
+        raise InputError(f"{vp}: not found (run 'facepipe freq' first)")
+    vt = pl.scan_parquet(vp)
+    first = vt.select("views").head(1).collect()
+    have = set(first["views"][0]) if first.height else set()
+    want = tuple(sorted(have)) if views is None else views
+    lacking = [v for v in want if v not in have]
+    if lacking:
+        raise InputError(f"{vp}: views {lacking} asked for but the freq stage stored {sorted(have)}")
+    return want, vt
+
+
+def _by_status(per_video: pl.DataFrame, ex: Path, dataset: str, statuses: tuple[str, ...],
                left_out: Counter | None) -> pl.DataFrame:
-    """The faces of videos whose extract status is in ``statuses`` (see :attr:`ShardConfig.statuses`)."""
+    """The videos of ``per_video`` (one row per video with faces, ``_faces`` their number) whose extract status is in
+    ``statuses`` (see :attr:`ShardConfig.statuses`), with the source columns of ``videos.parquet``; the others are
+    counted in ``left_out`` and logged."""
     vp = ex / "videos.parquet"
     if not vp.is_file():
         raise InputError(f"{vp}: not found (run 'facepipe extract' first; shards take faces of videos whose status "
@@ -223,17 +246,36 @@ def _by_status(faces: pl.DataFrame, ex: Path, dataset: str, statuses: tuple[str,
         "video_id", "status", pl.col("width").alias("source_width"), pl.col("height").alias("source_height"),
         (pl.col("file_size") * 8 / 1000 / pl.col("duration_s")).round(1).alias("source_kbps"),
         pl.col("codec").alias("source_codec"))
-    rows = faces.join(status, on="video_id", how="left").with_columns(pl.col("status").fill_null("no video row"))
-    out = rows.filter(pl.col("status").is_in(list(statuses)))
+    rows = per_video.join(status, on="video_id", how="left").with_columns(pl.col("status").fill_null("no video row"))
     dropped = rows.filter(~pl.col("status").is_in(list(statuses)))
     if dropped.height:
-        per = dropped.group_by("status").agg(pl.len().alias("faces"), pl.col("video_id").n_unique().alias("videos"))
+        per = dropped.group_by("status").agg(pl.col("_faces").sum().alias("faces"), pl.len().alias("videos"))
         for r in per.sort("status").iter_rows(named=True):
             if left_out is not None:
                 left_out[f"{dataset}:{r['status']}"] += r["faces"]
             log.warning("shard: %d face(s) of %d '%s' video(s) of '%s' left out (shard.statuses %s)", r["faces"],
                         r["videos"], r["status"], dataset, list(statuses))
-    return out.drop("status")
+    return rows.filter(pl.col("status").is_in(list(statuses))).drop("status")
+
+
+def _check_labels(kept: pl.DataFrame, man: pl.DataFrame, inp: ShardInput, fp: Path) -> pl.DataFrame:
+    """``kept`` (one row per video, see :func:`_by_status`) with its manifest row and ``_v`` (its row number), after
+    the checks of :func:`collect_samples`: every video in the manifest, every face labelled, no stale video label."""
+    rows = kept.join(man.drop("path", "dataset").rename({"label": "manifest_label"}), on="video_id", how="left")
+    unlabelled = rows.filter(pl.col("manifest_label").is_null())["video_id"].sort().to_list()
+    if unlabelled:
+        raise InputError(f"{inp.manifest}: no manifest row for {len(unlabelled)} extracted video(s) of "
+                         f"'{inp.dataset}', e.g. {unlabelled[:3]}")
+    nolabel = rows.filter(pl.col("_nolabel"))["video_id"].sort().to_list()
+    if nolabel:
+        raise InputError(f"{fp}: {len(nolabel)} video(s) were extracted without the manifest, so their faces have no "
+                         f"labels (e.g. {nolabel[:3]}); rerun 'facepipe extract --manifest {inp.manifest}'")
+    label = pl.col("manifest_label")
+    stale = rows.filter((pl.col("_lo") != label) | (pl.col("_hi") != label))["video_id"].sort().to_list()
+    if stale:
+        raise InputError(f"{fp}: video labels of {len(stale)} video(s) differ from {inp.manifest} (e.g. {stale[:3]}): "
+                         "the extract output is stale; rerun 'facepipe extract'")
+    return rows.sort("video_id").with_row_index("_v")
 
 
 @dataclass
@@ -259,7 +301,14 @@ def _inputs_hash(cfg: ShardConfig) -> str:
         if inp.freq:
             files.append(Path(inp.freq) / "views.parquet")
         for f in files:
-            h.update(inp.dataset.encode() + b"\0" + (f.read_bytes() if f.is_file() else b"-") + b"\0")
+            h.update(inp.dataset.encode() + b"\0")
+            if f.is_file():
+                with open(f, "rb") as src:  # in blocks: the tables are read whole nowhere (170 MB at 1.6M faces)
+                    for block in iter(lambda: src.read(1 << 22), b""):
+                        h.update(block)
+            else:
+                h.update(b"-")
+            h.update(b"\0")
     return h.hexdigest()
 
 
@@ -277,42 +326,43 @@ def run(out_dir: str | Path, cfg: ShardConfig, progress: bool = True) -> ShardSu
     import webdataset as wds
 
     t0 = time.perf_counter()
-    allrows, stored, view_params, left_out = _gather(cfg)
+    samples, stored, view_params, left_out = _gather(cfg)
     stage_fp = fingerprint(cfg)
     version = SET_PREFIX + contract.item_key(stage_fp, _inputs_hash(cfg))
     summary = ShardSummary(version=version, left_out=dict(left_out))
     try:
         if storage.is_remote(out_dir):
-            _publish_remote(str(out_dir), version, stage_fp, allrows, stored, view_params, cfg, summary, progress,
+            _publish_remote(str(out_dir), version, stage_fp, samples, stored, view_params, cfg, summary, progress,
                             wds)
         else:
-            _publish_local(Path(out_dir), version, stage_fp, allrows, stored, view_params, cfg, summary, progress,
+            _publish_local(Path(out_dir), version, stage_fp, samples, stored, view_params, cfg, summary, progress,
                            wds)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as the CLI turns it into one
         if summary.published:
             raise Interrupted(f"shard: interrupted after publishing set {version} ({out_dir}/index.json names it); "
                               "replaced sets may not be retired yet: the next run does it") from None
-        raise Interrupted(f"shard: interrupted after {summary.written} of {allrows.height} samples; nothing was "
+        raise Interrupted(f"shard: interrupted after {summary.written} of {samples.height} samples; nothing was "
                           f"published: {out_dir}/index.json still names the set it named before (if any) and the "
                           "staging files are removed; rerun the same command") from None
-    summary.bias, summary.bias_warnings = _probe(allrows, cfg)
+    summary.bias, summary.bias_warnings = _probe(samples, cfg)
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
-def _probe(allrows: pl.DataFrame, cfg: ShardConfig) -> tuple[dict, list[str]]:
-    """The shortcut probe (:mod:`facepipe.data.bias`) on ``cfg.bias_probe`` faces per split (drawn with the seed,
-    re-encoded as the shards are), its warnings logged; nothing for clip sets or ``bias_probe: 0``."""
-    if not cfg.bias_probe or "clip_length" in allrows.columns:
+def _probe(samples: Samples, cfg: ShardConfig) -> tuple[dict, list[str]]:
+    """The shortcut probe (:mod:`facepipe.data.bias`) on ``cfg.bias_probe`` faces per split (drawn with the seed from
+    the split's faces in key order, re-encoded as the shards are), its warnings logged; nothing for clip sets or
+    ``bias_probe: 0``."""
+    if not cfg.bias_probe or samples.clips:
         return {}, []
     from facepipe.data.bias import face_features, features_frame, probe_table, warnings_of
 
     rows = []
-    for split in SPLITS:
-        sub = allrows.filter(pl.col("split") == split)
-        if sub.height > cfg.bias_probe:
-            sub = sub.sample(cfg.bias_probe, seed=cfg.seed)
-        for r in sub.iter_rows(named=True):
+    for s_i, split in enumerate(SPLITS):
+        positions = samples.split_positions(s_i)
+        if len(positions) > cfg.bias_probe:  # the rows DataFrame.sample draws from a table of the split's faces
+            positions = pl.DataFrame({"i": positions}).sample(cfg.bias_probe, seed=cfg.seed)["i"].to_numpy()
+        for r in samples.rows_at(positions).iter_rows(named=True):
             crop = Path(r["_root"]) / r["crop_path"]
             ext = crop.suffix.lstrip(".").lower().replace("jpeg", "jpg")
             try:
@@ -330,12 +380,81 @@ def _probe(allrows: pl.DataFrame, cfg: ShardConfig) -> tuple[dict, list[str]]:
     return report, lines
 
 
-def _gather(cfg: ShardConfig) -> tuple[pl.DataFrame, tuple[str, ...], dict | None, Counter]:
-    """Every input's samples in one table sorted by key, after the leakage checks.
+@dataclass
+class Samples:
+    """Every sample of a shard set, held once (:func:`_gather`): the rows in the inputs' order (never a sorted copy)
+    and, as small arrays, the order the shards hold them in.
+
+    Attributes:
+        rows: one row per sample (face; clip for clip sets): the columns of :func:`collect_samples`' first table
+            (:func:`clip_rows` of them for clip sets), ``_v`` indexing :attr:`videos`; one chunk per input.
+        starts: the first row of each input's chunk, and the number of rows.
+        videos: one row per video: ``dataset``, ``video_id`` and the :data:`PER_VIDEO` columns.
+        roots: dataset -> its extract folder (resolved): the crops' root.
+        freqs: dataset -> its freq folder (resolved), for sets that store views.
+        clips: a clip set (keys ``<dataset>__<video>__c<clip>__<track>``).
+        decode: the type the inputs give each column held otherwise (``Categorical``) or not held (no value).
+        order: the row positions sorted by key.
+        split_of: per row, the index of its split in ``SPLITS`` (``len(SPLITS)``: none of them).
+        cell_of: per row, its (dataset, label) cell: ``256 * i + label + 128`` for ``datasets[i]``.
+        datasets: the dataset names, sorted.
+    """
+
+    rows: pl.DataFrame
+    starts: np.ndarray
+    videos: pl.DataFrame
+    roots: dict[str, str]
+    freqs: dict[str, str]
+    clips: bool
+    decode: dict[str, pl.DataType]
+    order: np.ndarray
+    split_of: np.ndarray
+    cell_of: np.ndarray
+    datasets: list[str]
+
+    @property
+    def height(self) -> int:
+        return self.rows.height
+
+    def rows_at(self, positions: np.ndarray) -> pl.DataFrame:
+        """The rows at ``positions``, in that order, as the inputs hold them (text as text), with their video's
+        :data:`PER_VIDEO` columns, ``key``, ``_root`` and (stored views) ``_freq``."""
+        part = self._gather_rows(np.asarray(positions, dtype=np.int64))
+        part = _as_given(part, self.decode)
+        part = part.hstack(self.videos[part["_v"].to_numpy()].drop("dataset", "video_id")).drop("_v")
+        extra = [_key_expr(self.clips), pl.col("dataset").replace_strict(self.roots, return_dtype=pl.String)
+                 .alias("_root")]
+        if self.freqs:
+            extra.append(pl.col("dataset").replace_strict(self.freqs, return_dtype=pl.String).alias("_freq"))
+        return part.with_columns(extra)
+
+    def _gather_rows(self, positions: np.ndarray) -> pl.DataFrame:
+        """``rows[positions]``, gathered from each input's chunk on its own (a gather across chunks is slow, see
+        :func:`_one_chunk`)."""
+        part_of = np.searchsorted(self.starts, positions, side="right") - 1
+        pieces, where = [], []
+        for p in np.unique(part_of).tolist():
+            here = np.flatnonzero(part_of == p)
+            start = int(self.starts[p])
+            pieces.append(self.rows.slice(start, int(self.starts[p + 1]) - start)[positions[here] - start])
+            where.append(here)
+        if len(pieces) == 1:
+            return pieces[0]
+        if not pieces:
+            return self.rows.clear()
+        return pl.concat(pieces, rechunk=True)[np.argsort(np.concatenate(where), kind="stable")]
+
+    def split_positions(self, s_i: int) -> np.ndarray:
+        """The positions of the rows of split ``SPLITS[s_i]``, in key order."""
+        return self.order[self.split_of[self.order] == s_i]
+
+
+def _gather(cfg: ShardConfig) -> tuple[Samples, tuple[str, ...], dict | None, Counter]:
+    """Every input's samples in one table, after the leakage checks, and their order by key.
 
     Returns:
-        (the rows, with their ``key``; the views stored per sample; the freq parameters they were computed with,
-        or None; faces left out per ``"<dataset>:<status>"``).
+        (the :class:`Samples`; the views stored per sample; the freq parameters they were computed with, or None;
+        faces left out per ``"<dataset>:<status>"``).
 
     Raises:
         InputError: as :func:`run`.
@@ -345,13 +464,16 @@ def _gather(cfg: ShardConfig) -> tuple[pl.DataFrame, tuple[str, ...], dict | Non
     names = [i.dataset for i in cfg.inputs]
     if len(set(names)) != len(names):
         raise InputError(f"shard: dataset names must be unique, got {names}")
-    parts, manifests, stored_sets = [], [], []
+    parts, videos, manifests, stored_sets = [], [], [], []
     left_out: Counter = Counter()
     for inp in cfg.inputs:
-        rows, man, stored = collect_samples(inp, cfg.views, cfg.statuses, left_out)
-        parts.append(rows)
+        rows, vids, man, stored = collect_samples(inp, cfg.views, cfg.statuses, left_out)
+        first = sum(v.height for v in videos)  # this input's videos follow the earlier inputs'
+        parts.append(rows.with_columns((pl.col("_v") + first).cast(pl.UInt32)) if first else rows)
+        videos.append(vids.select(pl.lit(inp.dataset).alias("dataset"), pl.all()))
         manifests.append(man)
         stored_sets.append(stored)
+    del rows
     if len(set(stored_sets)) > 1:
         raise InputError(f"shard: datasets store different views {dict(zip(names, stored_sets))}; "
                          "pick common ones with shard.views")
@@ -360,8 +482,10 @@ def _gather(cfg: ShardConfig) -> tuple[pl.DataFrame, tuple[str, ...], dict | Non
         raise InputError(f"shard.reencode: the stored views {list(stored)} were computed from the original crops, not "
                          "the re-encoded ones; set shard.views: [] and let the loader compute views")
     view_params = _view_params(cfg) if stored else None
-    allrows = pl.concat(parts, how="diagonal_relaxed")
-    del parts, rows  # the inputs' tables, copied into allrows (~1.3 GB in all at 3.2M faces)
+    starts = np.cumsum([0] + [p.height for p in parts])
+    same = all(p.schema == parts[0].schema for p in parts)  # else the inputs' columns are aligned (copies)
+    allrows = pl.concat(parts, how="vertical" if same else "diagonal_relaxed", rechunk=False)
+    del parts  # allrows holds their columns (not copied when the inputs' schemas agree)
     if allrows.height == 0:
         raise InputError("shard: the inputs hold no faces" + (
             f" of videos with status {list(cfg.statuses)} (left out: {dict(left_out)}; see shard.statuses)"
@@ -370,14 +494,91 @@ def _gather(cfg: ShardConfig) -> tuple[pl.DataFrame, tuple[str, ...], dict | Non
     check_leakage(allman, "shard inputs", identities=False, scope="within")
     check_leakage(allman, "shard inputs (across datasets)", identities=True, mode=cfg.cross_dataset_leakage,
                   scope="across")
-    if _is_clip_set(allrows):
-        if stored:
-            raise InputError(f"shard: views {list(stored)} asked for on clip faces (sampling.mode clips): clip sets "
-                             "store no views (the loader computes them per frame); set shard.views: [] or drop the "
-                             "freq input")
-        allrows = clip_rows(allrows)
-        return allrows.with_columns(sample_keys(allrows, clips=True)).sort("key"), stored, view_params, left_out
-    return allrows.with_columns(sample_keys(allrows)).sort("key"), stored, view_params, left_out
+    clips = _is_clip_set(allrows)
+    if clips and stored:
+        raise InputError(f"shard: views {list(stored)} asked for on clip faces (sampling.mode clips): clip sets store "
+                         "no views (the loader computes them per frame); set shard.views: [] or drop the freq input")
+    decode = _plain_types(cfg, allrows)
+    if clips:
+        allrows, decode = _one_chunk(clip_rows(_as_given(allrows, decode))), {}
+        starts = np.array([0, allrows.height])
+    videos = pl.concat(videos, how="vertical_relaxed")
+    roots = {i.dataset: str(Path(i.extract).resolve()) for i in cfg.inputs}
+    freqs = {i.dataset: str(Path(i.freq).resolve()) for i in cfg.inputs} if stored else {}
+    return (Samples(allrows, starts, videos, roots, freqs, clips, decode, *_ordered(allrows, videos, clips)), stored,
+            view_params, left_out)
+
+
+def _plain_types(cfg: ShardConfig, rows: pl.DataFrame) -> dict[str, pl.DataType]:
+    """The type the inputs give each ``Categorical`` column of ``rows`` and each ``faces.parquet`` column ``rows``
+    leaves out (:data:`OPTIONAL`): the file's (a column typed differently by two inputs: their common supertype),
+    text for the joined columns."""
+    plain = pl.concat([pl.DataFrame(schema=pl.scan_parquet(Path(i.extract) / "faces.parquet").collect_schema())
+                       for i in cfg.inputs], how="diagonal_relaxed").schema
+    return {**{c: plain.get(c, pl.String) for c, t in rows.schema.items() if t == pl.Categorical},
+            **{c: t for c, t in plain.items() if c not in rows.columns}}
+
+
+def _as_given(rows: pl.DataFrame, types: dict[str, pl.DataType]) -> pl.DataFrame:
+    """``rows`` with the columns of ``types`` as the inputs give them: cast, or (not held) null."""
+    rows = rows.cast({c: t for c, t in types.items() if c in rows.columns})
+    return rows.with_columns(pl.lit(None, dtype=t).alias(c) for c, t in types.items() if c not in rows.columns)
+
+
+def _one_chunk(df: pl.DataFrame) -> pl.DataFrame:
+    """``df`` with every column in one chunk, rechunked one column at a time (the copy costs a column, not a table):
+    polars gathers rows of an ``Array`` column (box, landmarks, affine) held in several chunks 50 times slower (a
+    streamed read gives dozens: 17 s against 1.2 s for 3.2M faces), and columns whose chunks do not line up are
+    all copied by the next operation on the table."""
+    for i, name in enumerate(df.columns):
+        if df.get_column(name).n_chunks() > 1:
+            df.replace_column(i, df.get_column(name).rechunk())
+    return df
+
+
+def _ordered(rows: pl.DataFrame, videos: pl.DataFrame, clips: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                              list[str]]:
+    """The key order of ``rows`` and each row's split and cell (:class:`Samples`' ``order``, ``split_of``,
+    ``cell_of`` and ``datasets``).
+
+    The key order is computed without building the keys: a key is ``<dataset>__<video>__`` + a suffix
+    (``<frame:06d>__<track>``, clips ``c<clip>__<track>``), and since no name starts or ends with ``_`` or holds
+    ``__`` (:func:`~facepipe.ids.check_name`), no video's prefix is the start of another's, so sorting the keys sorts
+    by the prefix first (ranked once per video) and by the suffix among a video's rows.
+
+    Raises:
+        IdError: a dataset or video id that cannot be part of a key.
+    """
+    _check_names(videos)
+    prefix = pl.concat_str("dataset", "video_id", pl.lit(""), separator=KEY_SEP)
+    rank = videos.select(prefix.rank("dense")).to_series()
+    sort = pl.DataFrame({"rank": rank.gather(rows["_v"]), "suffix": rows.select(_key_suffix(clips)).to_series()})
+    order = sort.select(pl.arg_sort_by("rank", "suffix", maintain_order=True)).to_series().to_numpy()
+    del sort
+    split_of = rows.select(pl.col("split").replace_strict({s: i for i, s in enumerate(SPLITS)}, default=len(SPLITS),
+                                                          return_dtype=pl.Int8).fill_null(len(SPLITS)))
+    datasets = videos["dataset"].unique().sort().to_list()
+    cell_of = rows.select(pl.col("dataset").replace_strict({d: i for i, d in enumerate(datasets)},
+                                                           return_dtype=pl.Int32) * 256
+                          + pl.col("label").cast(pl.Int32).fill_null(-128) + 128)
+    return order, split_of.to_series().to_numpy(), cell_of.to_series().to_numpy(), datasets
+
+
+def _check_names(rows: pl.DataFrame) -> None:
+    for kind in ("dataset", "video_id"):
+        for name in rows[kind].unique().to_list():
+            check_name(kind, name)
+
+
+def _key_suffix(clips: bool) -> pl.Expr:
+    """The part of a sample key after ``<dataset>__<video>__``."""
+    middle = (pl.format("c{}", pl.col("clip_id").cast(pl.Int64)) if clips
+              else pl.col("frame_index").cast(pl.Int64).cast(pl.String).str.zfill(6))
+    return pl.concat_str([middle, pl.col("track_id").cast(pl.Int64).cast(pl.String)], separator=KEY_SEP)
+
+
+def _key_expr(clips: bool) -> pl.Expr:
+    return pl.concat_str([pl.col("dataset"), pl.col("video_id"), _key_suffix(clips)], separator=KEY_SEP).alias("key")
 
 
 def sample_keys(rows: pl.DataFrame, clips: bool = False) -> pl.Expr:
@@ -388,13 +589,8 @@ def sample_keys(rows: pl.DataFrame, clips: bool = False) -> pl.Expr:
     Raises:
         IdError: a dataset or video id that cannot be part of a key (:func:`~facepipe.ids.check_name`).
     """
-    for kind in ("dataset", "video_id"):
-        for name in rows[kind].unique().to_list():
-            check_name(kind, name)
-    middle = (pl.format("c{}", pl.col("clip_id").cast(pl.Int64)) if clips
-              else pl.col("frame_index").cast(pl.Int64).cast(pl.String).str.zfill(6))
-    return pl.concat_str([pl.col("dataset"), pl.col("video_id"), middle,
-                          pl.col("track_id").cast(pl.Int64).cast(pl.String)], separator=KEY_SEP).alias("key")
+    _check_names(rows)
+    return _key_expr(clips)
 
 
 def _is_clip_set(rows: pl.DataFrame) -> bool:
@@ -460,7 +656,7 @@ def _view_params(cfg: ShardConfig) -> dict:
     return json.loads(next(iter(found.values())))
 
 
-def _publish_local(out: Path, version: str, stage_fp: str, allrows: pl.DataFrame, stored: tuple[str, ...],
+def _publish_local(out: Path, version: str, stage_fp: str, samples: Samples, stored: tuple[str, ...],
                    view_params: dict | None, cfg: ShardConfig, summary: ShardSummary, progress: bool, wds) -> None:
     """Write the set in a staging folder under ``out``, move it to ``out/<version>``, then publish ``index.json``
     (the one atomic step readers see) and remove older sets. Holds the stage lock of ``out`` throughout."""
@@ -470,9 +666,9 @@ def _publish_local(out: Path, version: str, stage_fp: str, allrows: pl.DataFrame
         stage = out / f".staging-{os.getpid()}"
         stage.mkdir()
         try:
-            index = _write_set(stage, version, allrows, stored, cfg, summary, progress, wds)
-            _write_videos(stage, version, allrows, index)
-            _describe(index, allrows, view_params, cfg)
+            index = _write_set(stage, version, samples, stored, cfg, summary, progress, wds)
+            _write_videos(stage, version, samples, index)
+            _describe(index, samples.rows, view_params, cfg)
             (stage / META_NAME).write_text(_meta_json(cfg, stored, stage_fp, version))
             final = out / version
             if final.exists():
@@ -481,11 +677,11 @@ def _publish_local(out: Path, version: str, stage_fp: str, allrows: pl.DataFrame
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)
             raise
-        _write_card(out, index, version, allrows, cfg)
+        _write_card(out, index, version, samples.rows, cfg)
         with atomic_path(out / INDEX_NAME) as tmp:  # the publishing step
             tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
         summary.published = True
-        _write_stats(out, index, allrows)
+        _write_stats(out, index, samples.rows)
         for old in out.iterdir():  # tars of the pre-versioned layout
             if old.is_file() and (old.suffix == ".tar" or old.name == META_NAME):
                 old.unlink()
@@ -505,12 +701,24 @@ def _write_card(folder: Path, index: dict, version: str, allrows: pl.DataFrame, 
         tmp.write_text(card.render(index, version, allrows, info, cfg.layout))
 
 
-def _write_videos(stage: Path, version: str, allrows: pl.DataFrame, index: dict) -> None:
+def _write_videos(stage: Path, version: str, samples: Samples, index: dict) -> None:
     """``videos.parquet`` of the set (one row per video: split, label, method, originals, people; see
     :mod:`facepipe.data.footprint`), named in the index: training records its footprint, evaluation checks test
     sets against it."""
-    video_table(allrows).write_parquet(stage / VIDEOS_NAME)
+    _video_table(samples).write_parquet(stage / VIDEOS_NAME)
     index["videos"] = f"{version}/{VIDEOS_NAME}"
+
+
+def _video_table(samples: Samples) -> pl.DataFrame:
+    """:func:`~facepipe.data.footprint.video_table` of the samples: the rows hold no per-video lists (they are in
+    :attr:`Samples.videos`), so the table's ``source_ids`` and ``identity_ids`` are taken from there."""
+    lists = samples.videos.select("dataset", "video_id", "source_ids", "identity_ids").unique(
+        ["dataset", "video_id"], keep="first", maintain_order=True)
+    none = pl.lit(None, dtype=pl.List(pl.String))
+    table = video_table(samples.rows.with_columns(none.alias("source_ids"), none.alias("identity_ids")))
+    return (table.drop("source_ids", "identity_ids").join(lists, on=["dataset", "video_id"], how="left",
+                                                          maintain_order="left")
+            .select([pl.col(c).cast(t) for c, t in VIDEO_TABLE_SCHEMA.items()]))
 
 
 def _describe(index: dict, allrows: pl.DataFrame, view_params: dict | None, cfg: ShardConfig) -> None:
@@ -526,8 +734,8 @@ def _describe(index: dict, allrows: pl.DataFrame, view_params: dict | None, cfg:
     formats = sorted({f.replace("jpeg", "jpg") for f in suffixes})
     presets = allrows["preset"].unique().to_list() if "preset" in allrows.columns else [None]
     points = None  # every frame sample's crop landmarks have this many points (SBI needs 68)
-    if allrows["crop_landmarks"].dtype != pl.List(pl.List(pl.Array(pl.Float32, 2))) and \
-            allrows["crop_landmarks"].null_count() == 0:
+    if "crop_landmarks" in allrows.columns and allrows["crop_landmarks"].dtype != pl.List(
+            pl.List(pl.Array(pl.Float32, 2))) and allrows["crop_landmarks"].null_count() == 0:  # (left out: none)
         counts = allrows["crop_landmarks"].list.len().unique().to_list()
         points = int(counts[0]) if len(counts) == 1 else None
     if reencode is not None:
@@ -543,7 +751,7 @@ def _meta_json(cfg: ShardConfig, stored: tuple[str, ...], stage_fp: str, version
     return json.dumps(meta, indent=1, sort_keys=True)
 
 
-def _publish_remote(url: str, version: str, stage_fp: str, allrows: pl.DataFrame, stored: tuple[str, ...],
+def _publish_remote(url: str, version: str, stage_fp: str, samples: Samples, stored: tuple[str, ...],
                     view_params: dict | None, cfg: ShardConfig, summary: ShardSummary, progress: bool, wds) -> None:
     """Write the set under an object-storage prefix: each tar uploaded (and deleted locally) as soon as it closes,
     then ``_meta.json``, ``stats.json``, ``counts.csv``, and ``index.json`` last (see :mod:`facepipe.data.storage`).
@@ -561,16 +769,16 @@ def _publish_remote(url: str, version: str, stage_fp: str, allrows: pl.DataFrame
         def upload(fname: str) -> None:
             remote.put(Path(fname), f"{version}/{Path(fname).name}")
 
-        index = _write_set(stage, version, allrows, stored, cfg, summary, progress, wds, post=upload)
-        _write_videos(stage, version, allrows, index)
+        index = _write_set(stage, version, samples, stored, cfg, summary, progress, wds, post=upload)
+        _write_videos(stage, version, samples, index)
         remote.put(stage / VIDEOS_NAME, f"{version}/{VIDEOS_NAME}")
-        _describe(index, allrows, view_params, cfg)
+        _describe(index, samples.rows, view_params, cfg)
         (stage / META_NAME).write_text(_meta_json(cfg, stored, stage_fp, version))
         remote.put(stage / META_NAME, f"{version}/{META_NAME}")
-        _write_stats(stage, index, allrows)
+        _write_stats(stage, index, samples.rows)
         for name in (STATS_NAME, COUNTS_NAME):
             remote.put(stage / name, name)
-        _write_card(stage, index, version, allrows, cfg)
+        _write_card(stage, index, version, samples.rows, cfg)
         remote.put(stage / CARD_NAME, CARD_NAME)
         (stage / INDEX_NAME).write_text(json.dumps(index, indent=1, sort_keys=True))
         remote.put(stage / INDEX_NAME, INDEX_NAME)  # the publishing step
@@ -640,62 +848,66 @@ def retire_sets(sets: list[str], current: str, grace_hours: float, store, now: f
     return removed
 
 
-def _write_set(stage: Path, version: str, allrows: pl.DataFrame, stored: tuple[str, ...], cfg: ShardConfig,
+def _write_set(stage: Path, version: str, samples: Samples, stored: tuple[str, ...], cfg: ShardConfig,
                summary: ShardSummary, progress: bool, wds, post=None) -> dict:
     """Write the split tars under ``stage`` and return the index. ``post(fname)``, when given, is called with each
     tar as soon as it is closed (the remote writer uploads it); the tar is deleted locally afterwards."""
     index = {"schema_version": SCHEMA_VERSION, "version": version, "total": 0, "views": list(stored),
              "masks": cfg.masks, "splits": {}, "sample_kind": "frame"}
-    if "clip_length" in allrows.columns:
-        index.update(sample_kind="clip", clip_length=int(allrows["clip_length"][0]),
-                     frame_step=int(allrows["frame_step"][0]))
+    rows = samples.rows
+    if "clip_length" in rows.columns:
+        index.update(sample_kind="clip", clip_length=int(rows["clip_length"][0]), frame_step=int(rows["frame_step"][0]))
     # Open npz files are cached for this run only: a later freq run may rewrite them under the same names.
     npz = lru_cache(maxsize=64)(lambda path: np.load(path, allow_pickle=False))
-    bar = tqdm(total=allrows.height, unit="sample", desc="shard", disable=not progress)
+    bar = tqdm(total=samples.height, unit="sample", desc="shard", disable=not progress)
     try:
-        _write_splits(stage, version, allrows, stored, cfg, summary, index, npz, bar, post, wds)
+        _write_splits(stage, version, samples, stored, cfg, summary, index, npz, bar, post, wds)
     finally:
         bar.close()
         npz.cache_clear()
     return index
 
 
-def _write_splits(stage: Path, version: str, allrows: pl.DataFrame, stored: tuple[str, ...], cfg: ShardConfig,
+def _write_splits(stage: Path, version: str, samples: Samples, stored: tuple[str, ...], cfg: ShardConfig,
                   summary: ShardSummary, index: dict, npz, bar, post, wds) -> None:
+    """Each split's groups (:func:`_groups`), each in key order shuffled by the seed, the split and the group."""
     for s_i, split in enumerate(SPLITS):
-        rows = allrows.filter(pl.col("split") == split)
         shards: list[dict] = []
-        for g_i, (pattern, group) in enumerate(_groups(rows, split, cfg.layout)):
+        n = 0
+        for g_i, (pattern, positions) in enumerate(_groups(samples, s_i, cfg.layout)):
             order = np.random.default_rng([cfg.seed, s_i] + ([] if cfg.layout == "mixed" else [g_i]))
-            group = group[order.permutation(group.height).tolist()]
-            shards += _write_group(stage / pattern, version, group, stored, cfg, index, npz, bar, post, wds,
-                                   summary)
+            positions = positions[order.permutation(len(positions))]
+            n += len(positions)
+            shards += _write_group(stage / pattern, version, samples, positions, stored, cfg, index, npz, bar, post,
+                                   wds, summary)
         for sh in shards:
-            for k, n in sh["label_sources"].items():
-                summary.label_sources[k] = summary.label_sources.get(k, 0) + n
-        index["splits"][split] = {"samples": rows.height, "shards": shards}
-        index["total"] += rows.height
-        summary.samples[split] = rows.height
+            for k, c in sh["label_sources"].items():
+                summary.label_sources[k] = summary.label_sources.get(k, 0) + c
+        index["splits"][split] = {"samples": n, "shards": shards}
+        index["total"] += n
+        summary.samples[split] = n
         summary.shards[split] = len(shards)
         summary.bytes += sum(s["bytes"] for s in shards)
 
 
-def _groups(rows: pl.DataFrame, split: str, layout: str) -> list[tuple[str, pl.DataFrame]]:
-    """(tar name pattern, rows) per group of a split: one group (``mixed``), or one per (dataset, label) cell sorted
-    by dataset and label (``cells``)."""
-    if not rows.height:
+def _groups(samples: Samples, s_i: int, layout: str) -> list[tuple[str, np.ndarray]]:
+    """(tar name pattern, row positions in key order) per group of split ``SPLITS[s_i]``: one group (``mixed``), or
+    one per (dataset, label) cell sorted by dataset and label (``cells``)."""
+    split = SPLITS[s_i]
+    positions = samples.split_positions(s_i)
+    if not len(positions):
         return []
     if layout == "mixed":
-        return [(f"{split}-%06d.tar", rows)]
-    cells = rows.select("dataset", "label").unique().sort("dataset", "label").iter_rows()
-    return [(f"{split}-{d}-{FACE_LABEL_NAMES[lab]}-%06d.tar",
-             rows.filter((pl.col("dataset") == d) & (pl.col("label") == lab))) for d, lab in cells]
+        return [(f"{split}-%06d.tar", positions)]
+    cells = samples.cell_of[positions]
+    return [(f"{split}-{samples.datasets[c // 256]}-{FACE_LABEL_NAMES[c % 256 - 128]}-%06d.tar",
+             positions[cells == c]) for c in np.unique(cells).tolist()]
 
 
-def _write_group(pattern: Path, version: str, rows: pl.DataFrame, stored: tuple[str, ...], cfg: ShardConfig,
-                 index: dict, npz, bar, post, wds, summary: ShardSummary) -> list[dict]:
-    """Write ``rows`` in order to tars named by ``pattern`` (closed at ``max_samples`` / ``max_bytes``); returns
-    their index entries (url, samples, bytes and counts)."""
+def _write_group(pattern: Path, version: str, samples: Samples, positions: np.ndarray, stored: tuple[str, ...],
+                 cfg: ShardConfig, index: dict, npz, bar, post, wds, summary: ShardSummary) -> list[dict]:
+    """Write the rows at ``positions`` in order (read :data:`_CHUNK` at a time) to tars named by ``pattern``
+    (closed at ``max_samples`` / ``max_bytes``); returns their index entries (url, samples, bytes and counts)."""
     stats: dict[str, dict] = {}
     sizes: dict[str, int] = {}
 
@@ -710,7 +922,8 @@ def _write_group(pattern: Path, version: str, rows: pl.DataFrame, stored: tuple[
                            user="facepipe", group="facepipe", mode=0o444, post=closed)
     try:
         make = _clip_sample if index["sample_kind"] == "clip" else _sample
-        for r in rows.iter_rows(named=True):
+        for r in (r for i in range(0, len(positions), _CHUNK)
+                  for r in samples.rows_at(positions[i:i + _CHUNK]).iter_rows(named=True)):
             sample = make(r, stored, npz, cfg.masks, cfg.reencode)
             if stored and "view_shapes" not in index:
                 index["view_shapes"] = {v: list(npz_shape(sample[f"{v}.npy"])) for v in stored}
@@ -748,6 +961,7 @@ def _write_stats(folder: Path, index: dict, rows: pl.DataFrame) -> None:
     """``stats.json`` (DVC metrics: samples, videos, fake share, bytes per sample, per split) and
     ``counts.csv`` (DVC plot data: samples per split, dataset and label), each written atomically."""
     stats: dict = {"samples": index["total"], "splits": {}}
+    rows = rows.select("split", "dataset", "video_id", "label")  # text or Categorical (see Samples)
     for split, info in index["splits"].items():
         r = rows.filter(pl.col("split") == split)
         n = info["samples"]
@@ -759,8 +973,9 @@ def _write_stats(folder: Path, index: dict, rows: pl.DataFrame) -> None:
         }
     with atomic_path(folder / STATS_NAME) as tmp:
         tmp.write_text(json.dumps(stats, indent=1, sort_keys=True))
-    counts = (rows.with_columns(pl.col("label").replace_strict(FACE_LABEL_NAMES, return_dtype=pl.String).alias("label"))
-              .group_by("split", "dataset", "label").len().rename({"len": "samples"})
+    counts = (rows.group_by("split", "dataset", "label").len().rename({"len": "samples"})
+              .with_columns(pl.col("split", "dataset").cast(pl.String),
+                            pl.col("label").replace_strict(FACE_LABEL_NAMES, return_dtype=pl.String))
               .with_columns(pl.concat_str("split", "dataset", "label", separator="/").alias("group"))
               .sort("split", "dataset", "label"))
     with atomic_path(folder / COUNTS_NAME) as tmp:
