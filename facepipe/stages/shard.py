@@ -33,6 +33,7 @@ datasets (``dataset:video_id`` links and shared identities).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -41,7 +42,7 @@ import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, wraps
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -147,6 +148,22 @@ def fingerprint(cfg: ShardConfig) -> str:
     return contract.fingerprint(STAGE, STAGE_VERSION, params, __name__)
 
 
+_OLD_CATEGORICALS = not hasattr(pl, "Categories")
+"""polars before 1.32 (the floor is 1.30) compares, joins and concatenates ``Categorical`` columns only when they
+were made under one string cache; later versions keep one global set of categories (``pl.Categories``) and
+deprecate ``pl.StringCache``."""
+
+
+def _under_one_string_cache(fn):
+    """Run ``fn`` under ``pl.StringCache()`` where polars needs it for the :data:`COMPACT` columns (see
+    :data:`_OLD_CATEGORICALS`); contexts nest, so the public stage and its parts can each hold one."""
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        with pl.StringCache() if _OLD_CATEGORICALS else contextlib.nullcontext():
+            return fn(*args, **kwargs)
+    return wrapper
+
+
 COMPACT = ("dataset", "video_id", "split", "method", "crop_mode", "detector", "detector_version", "label_source",
            "preset", "npz")
 """Text columns with few distinct values, held as ``Categorical`` while a run holds every sample (4 bytes a row
@@ -160,6 +177,7 @@ _CHUNK = 10_000
 """Rows gathered at a time when samples are read in write order."""
 
 
+@_under_one_string_cache
 def collect_samples(inp: ShardInput, views: tuple[str, ...] | None, statuses: tuple[str, ...] = ("ok",),
                     left_out: Counter | None = None) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame,
                                                               tuple[str, ...]]:
@@ -312,6 +330,7 @@ def _inputs_hash(cfg: ShardConfig) -> str:
     return h.hexdigest()
 
 
+@_under_one_string_cache
 def run(out_dir: str | Path, cfg: ShardConfig, progress: bool = True) -> ShardSummary:
     """Write the shard set for ``cfg.inputs`` and publish it in ``out_dir`` (replacing the set there).
 
@@ -449,6 +468,7 @@ class Samples:
         return self.order[self.split_of[self.order] == s_i]
 
 
+@_under_one_string_cache
 def _gather(cfg: ShardConfig) -> tuple[Samples, tuple[str, ...], dict | None, Counter]:
     """Every input's samples in one table, after the leakage checks, and their order by key.
 
