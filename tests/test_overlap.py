@@ -8,7 +8,7 @@ import json
 import polars as pl
 import pytest
 
-from facepipe.data.footprint import VIDEO_TABLE_SCHEMA, footprint, overlaps, read_video_table
+from facepipe.data.footprint import VIDEO_TABLE_SCHEMA, footprint, overlaps, read_video_table, video_table
 from facepipe.errors import InputError
 from facepipe.stages import shard
 from facepipe.stages.evaluate import EvaluateConfig
@@ -86,3 +86,15 @@ def test_evaluate_refuses_a_test_set_that_holds_training_videos(example_shards, 
     assert r["video"]["n"] == clean["video"]["n"] == table.filter(pl.col("split") == "test").height
     assert clean["overlap"]["videos"] == 0
     assert r["video"]["auc_ci"] is None or len(r["video"]["auc_ci"]) == 2
+
+
+def test_video_table_of_rows_without_source_or_identity_columns():
+    """Per-face rows of a set without ``source_ids`` / ``identity_ids`` give empty lists (both columns were once the
+    same unnamed literal: polars DuplicateError)."""
+    rows = pl.DataFrame({"dataset": ["a", "a", "b"], "video_id": ["v2", "v1", "v1"], "split": ["train", "train", "test"],
+                         "label": [1, 1, 0], "method": ["FaceSwap", "FaceSwap", ""]})
+    table = video_table(rows)
+    assert dict(table.schema) == VIDEO_TABLE_SCHEMA
+    assert table.select("dataset", "video_id", "faces").rows() == [("a", "v1", 1), ("a", "v2", 1), ("b", "v1", 1)]
+    assert table["source_ids"].to_list() == [[], [], []] and table["identity_ids"].to_list() == [[], [], []]
+    assert footprint(table)["sources"] == {} and footprint(table)["n_videos"] == 2
