@@ -50,11 +50,11 @@ def _h(text: str) -> str:
 def video_table(rows: pl.DataFrame) -> pl.DataFrame:
     """One row per (dataset, video_id) of a shard set's per-face rows, in :data:`VIDEO_TABLE_SCHEMA`, sorted."""
     label = "video_label" if "video_label" in rows.columns else "label"
-    cols = {c: (pl.col(c).first() if c in rows.columns else pl.lit([], dtype=pl.List(pl.String))).alias(c)
-            for c in ("source_ids", "identity_ids")}
+    lists = [(pl.col(c).first() if c in rows.columns else pl.lit([], dtype=pl.List(pl.String))).alias(c)
+             for c in ("source_ids", "identity_ids")]
     return (rows.group_by("dataset", "video_id")
             .agg(pl.col("split").first(), pl.col(label).first().alias("label"), pl.col("method").first(),
-                 cols["source_ids"], cols["identity_ids"], pl.len().alias("faces"))
+                 *lists, pl.len().alias("faces"))
             .select([pl.col(c).cast(t) for c, t in VIDEO_TABLE_SCHEMA.items()])
             .sort("dataset", "video_id"))
 

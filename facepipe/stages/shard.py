@@ -734,8 +734,7 @@ def _video_table(samples: Samples) -> pl.DataFrame:
     :attr:`Samples.videos`), so the table's ``source_ids`` and ``identity_ids`` are taken from there."""
     lists = samples.videos.select("dataset", "video_id", "source_ids", "identity_ids").unique(
         ["dataset", "video_id"], keep="first", maintain_order=True)
-    none = pl.lit(None, dtype=pl.List(pl.String))
-    table = video_table(samples.rows.with_columns(none.alias("source_ids"), none.alias("identity_ids")))
+    table = video_table(samples.rows)  # without per-video lists: empty ones, replaced below
     return (table.drop("source_ids", "identity_ids").join(lists, on=["dataset", "video_id"], how="left",
                                                           maintain_order="left")
             .select([pl.col(c).cast(t) for c, t in VIDEO_TABLE_SCHEMA.items()]))
